@@ -1,0 +1,188 @@
+"""``attribute`` / ``attribute_many``: one call signature for every method (as captum does)."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Sequence
+
+import torch
+from torch import nn
+
+from .model_state import TargetLike, model_guard, resolve_target
+from .registry import get_family, get_method, registered_methods
+
+#: The canonical method names, in the order of the SPEC §3 table.
+METHOD_NAMES: tuple[str, ...] = (
+    "gradient",
+    "saliency",
+    "input_x_gradient",
+    "smoothgrad",
+    "smoothgrad_sq",
+    "vargrad",
+    "integrated_gradients",
+    "guided_backprop",
+    "deconvnet",
+    "lrp_epsilon",
+    "lrp_epsilon_plus_flat",
+    "lrp_alpha2_beta1",
+    "deep_taylor",
+    "gradcam",
+    "gradcam_pp",
+    "smooth_gradcam_pp",
+    "occlusion",
+    "deeplift",
+    "shapley_sampling",
+    "kernel_shap",
+    "lime",
+    "atlas_occlusion",
+    "lrp_epsilon_gamma_box",
+    "lrp_epsilon_plus",
+)
+
+
+def available_methods() -> list[str]:
+    """Names of every attribution method, in the SPEC §3 order."""
+    registered = {method.name for method in registered_methods()}
+    return [name for name in METHOD_NAMES if name in registered]
+
+
+def method_defaults(method: str) -> dict[str, Any]:
+    """The default parameters of ``method`` (a copy)."""
+    return dict(get_method(method).defaults)
+
+
+def _check_input(x: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim != 5:
+        raise ValueError(f"x must have shape (B, C, X, Y, Z), got {tuple(x.shape)}")
+    if not torch.is_floating_point(x):
+        raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x contains NaN or Inf values")
+
+
+def attribute(
+    model: nn.Module,
+    x: torch.Tensor,
+    method: str,
+    target: TargetLike = None,
+    **params: Any,
+) -> torch.Tensor:
+    """Attribution map of ``method`` for ``model`` at ``x``.
+
+    Parameters
+    ----------
+    model
+        A PyTorch module mapping (B, C, X, Y, Z) to (B, K) (K = 1: regression / single score).
+        It is never modified: eval mode during the call, hooks removed, parameters untouched.
+    x
+        Input batch, float tensor (B, C, X, Y, Z).
+    method
+        One of :func:`available_methods`.
+    target
+        ``None``: the predicted class of each sample; an int; or one int per sample. Ignored for a
+        single-output model.
+    **params
+        The method's parameters (see :func:`method_defaults`), e.g. ``seed``, ``batch_size``.
+
+    Returns
+    -------
+    torch.Tensor
+        Signed, raw map of the same shape as ``x`` (no abs, no normalisation), detached, on
+        ``x``'s device.
+    """
+    return attribute_many(model, x, [method], target, **params)[method]
+
+
+def attribute_many(
+    model: nn.Module,
+    x: torch.Tensor,
+    methods: Sequence[str],
+    target: TargetLike = None,
+    *,
+    method_params: Optional[Mapping[str, Mapping[str, Any]]] = None,
+    **params: Any,
+) -> dict[str, torch.Tensor]:
+    """Several attribution maps at once; methods of one family share their passes.
+
+    gradient, saliency and input_x_gradient come from one backward pass; smoothgrad,
+    smoothgrad_sq and vargrad from the same noisy samples.
+
+    Parameters
+    ----------
+    methods
+        Method names; duplicates are computed once.
+    method_params
+        Per-method parameters, ``{"occlusion": {"window": 4}}``; they override ``params``.
+    **params
+        Parameters applied to every method that accepts them (``seed``, ``batch_size``, ...).
+        A parameter no requested method accepts is an error (it is most likely a typo).
+
+    Returns
+    -------
+    dict
+        ``{method: map}`` in the order of ``methods``.
+    """
+    _check_input(x)
+    names = list(dict.fromkeys(methods))
+    if not names:
+        raise ValueError("no attribution method requested")
+    entries = {name: get_method(name) for name in names}
+    method_params = {k: dict(v) for k, v in (method_params or {}).items()}
+
+    accepted = set().union(*(entry.defaults for entry in entries.values()))
+    unknown = sorted(set(params) - accepted)
+    if unknown:
+        raise TypeError(
+            f"parameter(s) {unknown} not accepted by any of {names}; "
+            f"accepted: {sorted(accepted)}"
+        )
+    for name, overrides in method_params.items():
+        if name not in entries:
+            raise ValueError(f"method_params given for {name!r}, which was not requested")
+        extra = sorted(set(overrides) - set(entries[name].defaults))
+        if extra:
+            raise TypeError(
+                f"{name} does not accept {extra}; accepted: {sorted(entries[name].defaults)}"
+            )
+
+    def resolved(name: str) -> dict[str, Any]:
+        entry = entries[name]
+        values = dict(entry.defaults)
+        values.update({k: v for k, v in params.items() if k in entry.defaults})
+        values.update(method_params.get(name, {}))
+        return values
+
+    # Group family members whose resolved parameters agree: they share one family call.
+    groups: dict[tuple, list[str]] = {}
+    for name in names:
+        entry = entries[name]
+        if entry.family is None:
+            groups[(name,)] = [name]
+        else:
+            key = (entry.family, repr(sorted(resolved(name).items())))
+            groups.setdefault(key, []).append(name)
+
+    out_device = x.device
+    results: dict[str, torch.Tensor] = {}
+    with model_guard(model) as device:
+        x_model = x.detach().to(device)
+        batch_size = int(params.get("batch_size", 16))
+        target_index = resolve_target(model, x_model, target, batch_size=batch_size)
+        for members in groups.values():
+            first = entries[members[0]]
+            if first.family is None:
+                maps = {first.name: first.function(model, x_model, target_index, **resolved(first.name))}
+            else:
+                maps = get_family(first.family)(
+                    model, x_model, target_index, members, **resolved(first.name)
+                )
+            for name in members:
+                result = maps[name]
+                if result.shape != x.shape:
+                    raise RuntimeError(
+                        f"{name} produced a map of shape {tuple(result.shape)} for input "
+                        f"{tuple(x.shape)}; this is a bug"
+                    )
+                results[name] = result.detach().to(out_device)
+    return {name: results[name] for name in names}
