@@ -1,0 +1,93 @@
+"""Grad-CAM family against MONAI and a hand computation."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nipype_xai.attribution import attribute
+from nipype_xai.attribution.gradcam import default_gradcam_layer
+
+
+def activation_and_gradient(model, x, layer, target):
+    store = {}
+    module = dict(model.named_modules())[layer]
+    handle = module.register_forward_hook(lambda m, i, o: store.update(a=o))
+    try:
+        out = model(x.clone().requires_grad_(True))
+        y = out[torch.arange(x.shape[0]), target].sum()
+        (grad,) = torch.autograd.grad(y, store["a"])
+    finally:
+        handle.remove()
+    return store["a"].detach(), grad
+
+
+def test_default_layer_is_last_convolutional_stage(tiny_net, monai_resnet, monai_densenet):
+    x = torch.zeros(1, 1, 32, 32, 32)
+    assert default_gradcam_layer(tiny_net, x) == "features"
+    assert default_gradcam_layer(monai_resnet, torch.zeros(1, 1, 64, 64, 64)) == "layer4"
+    assert default_gradcam_layer(monai_densenet, x) == "features"
+
+
+def test_gradcam_matches_monai(tiny_net, volume):
+    visualize = pytest.importorskip("monai.visualize")
+    ours = attribute(tiny_net, volume, "gradcam", layer="features")
+    target = tiny_net(volume).argmax(1)
+    # MONAI's default post-processing maps (min, max) to (1, 0): keep its raw upsampled map.
+    # One volume per call: with a batch, MONAI's logits[:, class_idx] sums B x B scores.
+    cam = visualize.GradCAM(nn_module=tiny_net, target_layers="features", postprocessing=lambda m: m)
+    theirs = torch.cat([
+        cam(volume[b : b + 1].clone().requires_grad_(True), class_idx=int(target[b])).detach()
+        for b in range(volume.shape[0])
+    ])
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-8)
+    # the default layer of this net is the same one
+    torch.testing.assert_close(attribute(tiny_net, volume, "gradcam"), ours)
+
+
+def test_gradcam_hand_computation_and_upsampling(tiny_net, volume):
+    target = tiny_net(volume).argmax(1)
+    a, g = activation_and_gradient(tiny_net, volume, "features.4", target)
+    cam = F.relu((g.mean(dim=(2, 3, 4), keepdim=True) * a).sum(1, keepdim=True))
+    expected = F.interpolate(cam, size=volume.shape[2:], mode="trilinear", align_corners=False)
+    ours = attribute(tiny_net, volume, "gradcam", layer="features.4")
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_gradcam_pp_hand_computation(tiny_net, volume):
+    target = tiny_net(volume).argmax(1)
+    a, g = activation_and_gradient(tiny_net, volume, "features", target)
+    b, k = a.shape[:2]
+    cam = torch.zeros(b, 1, *a.shape[2:])
+    for i in range(b):
+        for c in range(k):  # eq. 19 of Chattopadhay et al., channel by channel
+            gc, ac = g[i, c].double(), a[i, c].double()
+            den = 2 * gc**2 + ac.sum() * gc**3
+            alpha = torch.where(den != 0, gc**2 / torch.where(den != 0, den, 1.0), 0.0)
+            weight = (alpha * gc.clamp_min(0)).sum()
+            cam[i, 0] += (weight * ac).float()
+    expected = F.interpolate(cam.clamp_min(0), size=volume.shape[2:], mode="trilinear",
+                             align_corners=False)
+    ours = attribute(tiny_net, volume, "gradcam_pp")
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_smooth_gradcam_pp_is_mean_over_noise(tiny_net, volume):
+    plain = attribute(tiny_net, volume, "gradcam_pp")
+    smooth0 = attribute(tiny_net, volume, "smooth_gradcam_pp", noise_level=0.0, n_samples=4)
+    torch.testing.assert_close(smooth0, plain, rtol=1e-5, atol=1e-7)
+    a = attribute(tiny_net, volume, "smooth_gradcam_pp", n_samples=5, seed=2)
+    assert torch.equal(a, attribute(tiny_net, volume, "smooth_gradcam_pp", n_samples=5, seed=2))
+    assert not torch.allclose(a, plain)
+
+
+def test_gradcam_multichannel_input_and_inplace_relu(monai_resnet):
+    x = torch.randn(2, 1, 24, 24, 24, generator=torch.Generator().manual_seed(0))
+    for name in ["gradcam", "gradcam_pp"]:
+        cam = attribute(monai_resnet, x, name)
+        assert cam.shape == x.shape and bool(torch.isfinite(cam).all())
+        assert float(cam.min()) >= 0
+
+
+def test_gradcam_unknown_layer(tiny_net, volume):
+    with pytest.raises(ValueError, match="no module named 'nope'"):
+        attribute(tiny_net, volume, "gradcam", layer="nope")
