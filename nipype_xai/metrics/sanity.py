@@ -1,0 +1,263 @@
+"""Model-randomisation sanity checks (Adebayo et al. 2018, *Sanity Checks for Saliency Maps*).
+
+A map that explains the *model* must change when the model's weights are destroyed. Cascading
+randomisation re-initialises the network from the output layer downwards, one more layer per
+step, and compares each map with the trained model's map; a method whose maps stay highly
+correlated (e.g. one that mostly reproduces the input's edges) fails the check.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from scipy import ndimage, stats
+from torch import nn
+
+from .baselines import parameter_layers, randomize_model
+
+AttributeFunction = Callable[..., torch.Tensor]
+
+#: Similarities :func:`cascading_randomization` can report, each a function of two maps.
+SIMILARITIES = ("spearman", "pearson", "ssim")
+
+MODES = ("cascade", "independent")
+
+
+def forward_order(model: nn.Module, x: torch.Tensor) -> list[str]:
+    """Parameter layers (see :func:`~nipype_xai.metrics.baselines.parameter_layers`) in the order a
+    forward pass first calls them.
+
+    Registration order can differ from the data flow (a classifier defined before the features in
+    ``__init__``); "the layers above" in a cascade must follow the data. Layers that the forward
+    pass never calls cannot change a map; they are appended in registration order so that every
+    parameter layer still gets its row.
+
+    Parameters
+    ----------
+    model
+        The model; run once in eval mode without gradients on the first sample of ``x``, then put
+        back in its training mode. Its hooks are removed before returning.
+    x
+        An input batch (B, C, X, Y, Z).
+    """
+    names = parameter_layers(model)
+    modules = dict(model.named_modules())
+    called: list[str] = []
+    handles = []
+
+    def recorder(name: str):
+        def hook(_module, _inputs):
+            if name not in called:
+                called.append(name)
+
+        return hook
+
+    was_training = model.training
+    try:
+        for name in names:
+            handles.append(modules[name].register_forward_pre_hook(recorder(name)))
+        model.eval()  # training mode would update batch-norm statistics
+        with torch.no_grad():
+            model(x[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return called + [name for name in names if name not in called]
+
+
+def _predicted_target(model: nn.Module, x: torch.Tensor) -> Optional[list[int]]:
+    """The trained model's predicted class per sample (None for a single output).
+
+    Fixed before randomising, so every randomised model explains the same class as the original.
+    """
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            output = model(x)
+    finally:
+        model.train(was_training)
+    if isinstance(output, (tuple, list)):
+        output = output[0]
+    output = output.reshape(output.shape[0], -1)
+    if output.shape[1] == 1:
+        return None
+    return [int(k) for k in output.argmax(dim=1)]
+
+
+def _pearson(u: np.ndarray, v: np.ndarray) -> float:
+    """Pearson correlation; NaN when either map is constant (no ranking to compare)."""
+    u = u - u.mean()
+    v = v - v.mean()
+    norm = np.sqrt(np.dot(u, u) * np.dot(v, v))
+    if norm == 0:
+        return float("nan")
+    return float(np.clip(np.dot(u, v) / norm, -1.0, 1.0))
+
+
+def spearman(u: np.ndarray, v: np.ndarray) -> float:
+    """Spearman rank correlation of two maps (flattened; average ranks for ties).
+
+    Equal to ``scipy.stats.spearmanr(u.ravel(), v.ravel()).statistic``, but NaN without a warning
+    when a map is constant, which happens when randomisation kills every gradient.
+    """
+    return _pearson(
+        stats.rankdata(np.ravel(u)).astype(np.float64),
+        stats.rankdata(np.ravel(v)).astype(np.float64),
+    )
+
+
+def pearson(u: np.ndarray, v: np.ndarray) -> float:
+    """Pearson correlation of two maps (flattened)."""
+    return _pearson(np.ravel(u).astype(np.float64), np.ravel(v).astype(np.float64))
+
+
+def ssim(u: np.ndarray, v: np.ndarray, window: int = 7) -> float:
+    """Structural similarity of two 3D maps, each min-max scaled to [0, 1] first.
+
+    Wang et al. 2004's SSIM with a uniform ``window``^3 box, sample covariances and constants
+    K1 = 0.01, K2 = 0.03 for a data range of 1 (the conventions of ``skimage.metrics
+    .structural_similarity``), averaged over the voxels at least half a window from the edge. The
+    window shrinks to the largest odd size that fits an axis shorter than it. Leading axes (e.g.
+    channels) are treated as separate volumes and averaged.
+    """
+    u = np.asarray(u, dtype=np.float64)
+    v = np.asarray(v, dtype=np.float64)
+    if u.shape != v.shape or u.ndim < 3:
+        raise ValueError(f"ssim: expected two maps of the same shape (..., X, Y, Z), got "
+                         f"{u.shape} and {v.shape}")
+    if u.ndim > 3:
+        pairs = zip(u.reshape(-1, *u.shape[-3:]), v.reshape(-1, *v.shape[-3:]))
+        return float(np.mean([ssim(a, b, window) for a, b in pairs]))
+
+    def unit_range(a: np.ndarray) -> np.ndarray:
+        # Adebayo et al. compare maps normalised to [0, 1]; a constant map becomes all zeros.
+        span = a.max() - a.min()
+        return (a - a.min()) / span if span > 0 else np.zeros_like(a)
+
+    u, v = unit_range(u), unit_range(v)
+    sizes = [min(window, s if s % 2 else s - 1) for s in u.shape]
+    n = float(np.prod(sizes))
+    cov_norm = n / (n - 1) if n > 1 else 1.0
+
+    def mean(a: np.ndarray) -> np.ndarray:
+        return ndimage.uniform_filter(a, size=sizes, mode="reflect")
+
+    mu_u, mu_v = mean(u), mean(v)
+    var_u = cov_norm * (mean(u * u) - mu_u**2)
+    var_v = cov_norm * (mean(v * v) - mu_v**2)
+    cov = cov_norm * (mean(u * v) - mu_u * mu_v)
+    c1, c2 = 0.01**2, 0.03**2
+    index = ((2 * mu_u * mu_v + c1) * (2 * cov + c2)) / (
+        (mu_u**2 + mu_v**2 + c1) * (var_u + var_v + c2)
+    )
+    crop = tuple(slice((s - 1) // 2, dim - (s - 1) // 2) for s, dim in zip(sizes, u.shape))
+    return float(index[crop].mean())
+
+
+_SIMILARITY_FUNCTIONS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+    "spearman": spearman,
+    "pearson": pearson,
+    "ssim": ssim,
+}
+
+
+def _scored(maps: torch.Tensor, score: str) -> np.ndarray:
+    values = maps.detach().to("cpu", torch.float64).numpy()
+    if score == "abs":
+        return np.abs(values)
+    if score == "pos":
+        return np.maximum(values, 0.0)
+    return values
+
+
+def cascading_randomization(
+    model: nn.Module,
+    x: torch.Tensor,
+    method: str,
+    target: Any = None,
+    attribute_fn: Optional[AttributeFunction] = None,
+    similarity: Union[str, Sequence[str]] = "spearman",
+    score: str = "abs",
+    *,
+    mode: str = "cascade",
+    randomization_seed: int = 0,
+    **params: Any,
+) -> list[dict[str, Any]]:
+    """Similarity between the trained model's maps and maps of weight-randomised copies.
+
+    Parameters
+    ----------
+    model
+        The trained model; never modified (randomised copies are made with
+        :func:`~nipype_xai.metrics.baselines.randomize_model`).
+    x
+        Input batch (B, C, X, Y, Z).
+    method
+        Attribution method name, passed to ``attribute_fn``.
+    target
+        As for :func:`nipype_xai.attribution.attribute`. None: the *trained* model's predicted
+        class of each sample, kept fixed for the randomised models.
+    attribute_fn
+        ``fn(model, x, method, target=..., **params) -> maps``; default
+        :func:`nipype_xai.attribution.attribute`.
+    similarity
+        One or several of ``"spearman"`` (rank correlation, Adebayo et al.'s main measure),
+        ``"pearson"`` and ``"ssim"``.
+    score
+        How maps are read before comparing: ``"abs"`` (|map|, the default, as the rank metrics),
+        ``"pos"`` or ``"raw"`` (signed).
+    mode
+        ``"cascade"``: step i randomises the i top-most layers (in forward order), so the last
+        row is the fully randomised model. ``"independent"``: step i randomises the i-th layer
+        from the top alone.
+    randomization_seed
+        Seed of the weight re-initialisation (``seed`` is left to the method, through
+        ``params``).
+    **params
+        The method's parameters.
+
+    Returns
+    -------
+    list of dict
+        One row per parameter layer, from the output layer down: ``layer`` (its name),
+        ``n_randomized`` (layers randomised in this step) and one float per similarity, each
+        computed per sample on the flattened (C, X, Y, Z) maps and averaged over the batch. NaN
+        when a map is constant (then nothing is ranked).
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if score not in ("abs", "pos", "raw"):
+        raise ValueError(f"score must be 'abs', 'pos' or 'raw', got {score!r}")
+    measures = [similarity] if isinstance(similarity, str) else list(similarity)
+    unknown = [m for m in measures if m not in _SIMILARITY_FUNCTIONS]
+    if unknown or not measures:
+        raise ValueError(f"similarity must be among {SIMILARITIES}, got {similarity!r}")
+    if attribute_fn is None:
+        # Imported here: the attribution engine is heavier than the metrics and optional for them.
+        from nipype_xai.attribution import attribute as attribute_fn
+
+    if target is None:
+        target = _predicted_target(model, x)
+    original = _scored(attribute_fn(model, x, method, target=target, **params), score)
+    order = forward_order(model, x)
+
+    rows = []
+    for step, layer in enumerate(reversed(order), start=1):
+        chosen = order[len(order) - step:] if mode == "cascade" else [layer]
+        randomized = randomize_model(model, randomization_seed, layers=chosen)
+        maps = _scored(attribute_fn(randomized, x, method, target=target, **params), score)
+        row: dict[str, Any] = {"layer": layer, "n_randomized": len(chosen)}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            for measure in measures:
+                function = _SIMILARITY_FUNCTIONS[measure]
+                row[measure] = float(
+                    np.mean([function(o, r) for o, r in zip(original, maps)])
+                )
+        rows.append(row)
+    return rows
