@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Optional, Union
+from typing import Any, Iterable, Mapping, Optional, Union
 
 from . import __version__
+from .atomic import atomic_write
 
 PathLike = Union[str, os.PathLike]
 
@@ -88,29 +88,6 @@ def derivative_path(entities: Mapping[str, Any], root: Optional[PathLike] = None
     if path is None:
         raise ValueError(f"no derivative name pattern fits entities {dict(clean)}")
     return Path(root, path) if root is not None else Path(path)
-
-
-def atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_path)`` then move ``tmp_path`` onto ``path`` in one ``os.replace``.
-
-    The temporary file lives in the destination folder (same file system, so the rename is
-    atomic) and keeps the destination's suffixes so writers that infer the format from the name
-    (nibabel) behave.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}.", suffix=suffix,
-                                   dir=path.parent)
-    os.close(handle)
-    tmp_path = Path(tmp)
-    try:
-        write(tmp_path)
-        os.replace(tmp_path, path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_json(path: PathLike, content: Mapping[str, Any]) -> Path:

@@ -9,13 +9,14 @@ half-written derivative behind (SPEC §6, §10).
 from __future__ import annotations
 
 import os
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Union
 
 import nibabel as nib
 import numpy as np
+
+from .atomic import atomic_write
 
 PathLike = Union[str, os.PathLike]
 
@@ -58,7 +59,7 @@ def load_volume(path: PathLike) -> nib.Nifti1Image:
     try:
         img = nib.load(str(path))
     except Exception as error:  # nibabel raises several types (ImageFileError, EOFError, OSError)
-        raise ImageError(f"{name}: cannot be read as a NIfTI image ({error})") from error
+        raise ImageError(f"{name}: cannot be read as a NIfTI image ({_one_line(error)})") from error
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise ImageError(f"{name}: expected a NIfTI image, got {type(img).__name__}")
 
@@ -74,7 +75,7 @@ def load_volume(path: PathLike) -> nib.Nifti1Image:
         # .nii.gz): only reading every voxel finds out.
         data = np.asarray(img.dataobj, dtype=np.float32)
     except (EOFError, OSError, ValueError, zlib.error) as error:
-        raise ImageError(f"{name}: truncated or corrupt image data ({error})") from error
+        raise ImageError(f"{name}: truncated or corrupt image data ({_one_line(error)})") from error
     data = data.reshape(shape)
 
     finite = np.isfinite(data)
@@ -85,12 +86,24 @@ def load_volume(path: PathLike) -> nib.Nifti1Image:
             f"{name}: contains non-finite voxels ({n_nan} NaN, {n_inf} Inf of {data.size})"
         )
 
-    header = img.header.copy()
-    header.set_data_shape(shape)
-    header.set_data_dtype(np.float32)
-    # The array already holds the scaled values: keep the header from scaling them a second time.
-    header.set_slope_inter(1.0, 0.0)
-    return nib.Nifti1Image(data, img.affine, header=header)
+    # Nifti2Image subclasses Nifti1Image, so the type test must be exact.
+    if type(img) is nib.Nifti1Image:
+        header = img.header.copy()
+        header.set_data_shape(shape)
+        header.set_data_dtype(np.float32)
+        # The array already holds the scaled values: keep the header from scaling them again.
+        header.set_slope_inter(1.0, 0.0)
+        return nib.Nifti1Image(data, img.affine, header=header)
+    # NIfTI-2: its header does not convert field by field; keep the affines and their codes.
+    out = nib.Nifti1Image(data, img.affine)
+    out.set_sform(img.get_sform(), code=int(img.header["sform_code"]))
+    out.set_qform(img.get_qform(), code=int(img.header["qform_code"]))
+    return out
+
+
+def _one_line(error: BaseException) -> str:
+    # nibabel's messages can span lines; a CLI error is one line.
+    return " ".join(str(error).split())
 
 
 def save_image(img: nib.spatialimages.SpatialImage, path: PathLike) -> Path:
@@ -111,19 +124,6 @@ def save_image(img: nib.spatialimages.SpatialImage, path: PathLike) -> Path:
     pathlib.Path
         The absolute path written.
     """
-    path = Path(path).absolute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # nibabel picks the format (and gzip) from the extension, so the temporary name keeps it.
-    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".gz") else path.suffix
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
-    try:
-        nib.save(img, tmp_name)
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
+    # nibabel picks the format (and gzip) from the extension; atomic_write keeps it.
+    return atomic_write(path, lambda tmp: nib.save(img, str(tmp)))
     return path

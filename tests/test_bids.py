@@ -1,6 +1,7 @@
 """Derivative names and dataset description, checked against pybids' own indexing."""
 
 import json
+import os
 
 import pytest
 
@@ -87,3 +88,7 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     assert list(target.parent.iterdir()) == []
     write_json(target, {"b": 1, "a": [1, 2]})
     assert json.loads(target.read_text()) == {"a": [1, 2], "b": 1}
+    umask = os.umask(0)
+    os.umask(umask)
+    # not mkstemp's private 0600: a derivative gets the permissions of any new file
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask

@@ -26,6 +26,12 @@ def test_default_layer_is_last_convolutional_stage(tiny_net, monai_resnet, monai
     assert default_gradcam_layer(tiny_net, x) == "features"
     assert default_gradcam_layer(monai_resnet, torch.zeros(1, 1, 64, 64, 64)) == "layer4"
     assert default_gradcam_layer(monai_densenet, x) == "features"
+    from nipype_xai.models.architectures import SFCN, TinyCNN3D
+
+    # the last Conv3d before its pooling; SFCN's last block, not its classifier convolution
+    assert default_gradcam_layer(TinyCNN3D(), x) == "features.8"
+    sfcn = SFCN(channel_number=[4, 8, 8, 8, 8, 4])
+    assert default_gradcam_layer(sfcn, torch.zeros(1, 1, 64, 64, 64)) == "feature_extractor"
 
 
 def test_gradcam_matches_monai(tiny_net, volume):

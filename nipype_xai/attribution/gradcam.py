@@ -28,47 +28,51 @@ from .noise import noisy_batches
 from .registry import register_method
 
 
-def _contains_conv3d(module: nn.Module) -> bool:
-    return any(isinstance(m, nn.Conv3d) for m in module.modules())
-
-
 def default_gradcam_layer(model: nn.Module, x: torch.Tensor) -> str:
     """Name of the layer Grad-CAM uses by default for ``model`` at inputs shaped like ``x``.
 
-    The last module to *finish* in the forward pass whose output is still a spatial feature map
-    (5D, more than one voxel) and which is, or contains, a Conv3d: the output of the last
-    convolutional stage. For a plain CNN this is the last Conv3d's (rectified) feature map; for
-    residual networks the last residual stage (torchvision/MONAI ``layer4``), so the map does not
-    come from a 1×1×1 shortcut convolution alone; for SFCN-like nets the feature extractor, not
-    the 1×1×1 classifier convolution that runs after global pooling.
+    The last Conv3d to run whose output is still a spatial map (more than one voxel), as SPEC §3
+    says, widened to its outermost enclosing module that returns a map on the same grid. So:
+
+    - a plain CNN (conv → BN → ReLU → pool blocks): the last Conv3d itself, before its pooling;
+    - a block that ends in BN/ReLU on the same grid (SFCN's last block): that block's output;
+    - a residual network: the last residual stage (MONAI/torchvision ``layer4``), not the 1×1×1
+      shortcut convolution that happens to run last inside the final block;
+    - DenseNet: ``features`` (the last dense block and its final norm), as MONAI's examples use;
+    - SFCN: the feature extractor, not the 1×1×1 classifier convolution that runs after global
+      pooling (its output has one voxel).
     """
-    finished: list[str] = []
-    handles = []
+    outputs: dict[str, torch.Size] = {}
+    convolutions: list[str] = []
     names = {module: name for name, module in model.named_modules()}
 
     def record(module: nn.Module, _inputs, output) -> None:
-        if (
-            isinstance(output, torch.Tensor)
-            and output.ndim == 5
-            and output.shape[2:].numel() > 1
-            and module is not model
-            and _contains_conv3d(module)
-        ):
-            finished.append(names[module])
+        if module is model or not isinstance(output, torch.Tensor) or output.ndim != 5:
+            return
+        name = names[module]
+        outputs[name] = output.shape[2:]
+        if isinstance(module, nn.Conv3d) and output.shape[2:].numel() > 1:
+            convolutions.append(name)
 
-    for module in names:
-        handles.append(module.register_forward_hook(record))
+    handles = [module.register_forward_hook(record) for module in names]
     try:
         with torch.no_grad():
             forward(model, x[:1])
     finally:
         for handle in handles:
             handle.remove()
-    if not finished:
+    if not convolutions:
         raise ValueError(
             "gradcam: no Conv3d layer with a spatial output was found; pass layer=<module name>"
         )
-    return finished[-1]
+    chosen = convolutions[-1]
+    parts = chosen.split(".")
+    for depth in range(len(parts) - 1, 0, -1):
+        ancestor = ".".join(parts[:depth])
+        if outputs.get(ancestor) != outputs[chosen]:
+            break
+        chosen = ancestor
+    return chosen
 
 
 def _layer_activation_and_gradient(

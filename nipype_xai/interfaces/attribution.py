@@ -1,0 +1,177 @@
+"""``Attribution``: attribution maps of one image, one NIfTI and one JSON sidecar per method."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from nipype.interfaces.base import (
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    isdefined,
+    traits,
+)
+from nipype.utils.filemanip import fname_presuffix
+
+from ..bids import method_to_desc, write_json
+from ..images import load_volume, save_image
+from ..models.inference import Explanation, explain_image
+from ..models.spec import ModelSpec, load_model, load_model_spec, weights_sha256
+from .model import _ModelInputSpec, resolve_device
+
+__all__ = ["Attribution"]
+
+
+class _AttributionInputSpec(_ModelInputSpec):
+    methods = traits.List(
+        traits.Str,
+        mandatory=True,
+        minlen=1,
+        desc="attribution methods (nipype_xai.attribution.available_methods()); all are computed "
+        "in one call, sharing passes where they can",
+    )
+    target = traits.Int(
+        desc="index into the spec's outputs of the output to explain; default: the predicted class"
+    )
+    method_params = traits.Dict(
+        traits.Str,
+        traits.Dict,
+        desc="per-method parameter overrides, e.g. {'occlusion': {'window': 4}}",
+    )
+    seed = traits.Int(desc="seed of the stochastic methods (default: each method's default)")
+    batch_size = traits.Int(
+        desc="perturbed copies per forward pass, for the methods that take it (default: theirs)"
+    )
+
+
+class _AttributionOutputSpec(TraitedSpec):
+    # Lists even for a single method (OutputMultiObject would unwrap one file to a string), so
+    # downstream nodes can zip them with ``methods`` without special cases.
+    out_files = traits.List(
+        File(exists=True),
+        desc="one map per method, in the order of methods, on the input image's grid",
+    )
+    out_sidecars = traits.List(
+        File(exists=True), desc="one JSON sidecar per map: method, parameters, target, prediction"
+    )
+
+
+class Attribution(SimpleInterface):
+    """Attribution maps of a model's prediction for one image (SPEC §3, §6).
+
+    The model is loaded once; the image is resampled to the model grid, every method runs in one
+    :func:`~nipype_xai.attribution.attribute_many` call, and each map is resampled back onto the
+    input image's grid (same affine and shape as ``in_file``). Maps are signed and raw.
+
+    Files are named ``<in_file stem>_desc-<method in lowerCamelCase>_attribution.nii.gz`` (e.g.
+    ``desc-smoothgradSq``), each with a ``.json`` sidecar.
+
+    Examples
+    --------
+    >>> attribution = Attribution(
+    ...     in_file="sub-01_T1w.nii.gz", model_spec="model.json", methods=["gradient", "smoothgrad"]
+    ... )
+    >>> attribution.run()  # doctest: +SKIP
+    """
+
+    input_spec = _AttributionInputSpec
+    output_spec = _AttributionOutputSpec
+
+    def _run_interface(self, runtime):
+        inputs = self.inputs
+        img = load_volume(inputs.in_file)
+        spec = load_model_spec(inputs.model_spec)
+        # The output count is checked on the real prediction (no separate shape-only pass).
+        model = load_model(spec, device=resolve_device(inputs), check_outputs=False)
+
+        explanation = explain_image(
+            model,
+            spec,
+            img,
+            list(inputs.methods),
+            inputs.target if isdefined(inputs.target) else None,
+            method_params=inputs.method_params if isdefined(inputs.method_params) else None,
+            seed=inputs.seed if isdefined(inputs.seed) else None,
+            batch_size=inputs.batch_size if isdefined(inputs.batch_size) else None,
+        )
+
+        sha256 = weights_sha256(spec.weights)
+        out_files, out_sidecars = [], []
+        for method, map_img in explanation.maps.items():
+            out_file = Path(
+                fname_presuffix(
+                    inputs.in_file,
+                    suffix=f"_desc-{method_to_desc(method)}_attribution.nii.gz",
+                    newpath=runtime.cwd,
+                    use_ext=False,
+                )
+            )
+            sidecar = out_file.with_name(out_file.name[: -len(".nii.gz")] + ".json")
+            save_image(map_img, out_file)
+            write_json(sidecar, _sidecar(method, explanation, spec, sha256, map_img.header))
+            out_files.append(str(out_file))
+            out_sidecars.append(str(sidecar))
+
+        self._results["out_files"] = out_files
+        self._results["out_sidecars"] = out_sidecars
+        return runtime
+
+
+def _sidecar(
+    method: str, explanation: Explanation, spec: ModelSpec, sha256: str, header
+) -> dict[str, Any]:
+    """The JSON sidecar of one map (SPEC §6): what was explained, how, and by which model."""
+    prediction = explanation.prediction
+    grid = explanation.grid
+    zooms = [round(float(z), 6) for z in header.get_zooms()[:3]]
+    model_res = [float(r) for r in spec.input.resolution_mm]
+    sidecar: dict[str, Any] = {
+        "Method": method,
+        "Parameters": {k: _json_safe(v) for k, v in explanation.parameters[method].items()},
+        "Target": explanation.target,
+        "TargetLabel": explanation.target_label,
+        "ModelSpec": spec.name,
+        "ModelWeightsSHA256": sha256,
+        "Space": spec.input.space,
+        "Resolution": (
+            f"{'x'.join(f'{z:g}' for z in zooms)} mm voxels: the input image's grid. Computed on "
+            f"the model grid ({'x'.join(f'{r:g}' for r in model_res)} mm, shape "
+            f"{'x'.join(str(n) for n in grid.shape)}) and resampled with linear interpolation."
+        ),
+        "ModelGrid": {"ResolutionMM": model_res, "Shape": list(grid.shape)},
+    }
+    if prediction.task == "classification":
+        sidecar.update(
+            PredictedClass=prediction.predicted_index,
+            PredictedLabel=prediction.predicted_label,
+            Probability=prediction.probability,
+            TargetProbability=prediction.probabilities[explanation.target],
+        )
+    else:
+        sidecar["Prediction"] = dict(zip(spec.outputs, prediction.outputs))
+    return sidecar
+
+
+def _json_safe(value: Any) -> Any:
+    """Parameters as JSON: numbers, strings, lists; arrays up to 64 values; anything else described.
+
+    Never an error: a sidecar must not stop a map from being written.
+    """
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if hasattr(value, "tolist") and hasattr(value, "shape"):
+        shape = tuple(int(n) for n in value.shape)
+        if math.prod(shape) <= 64:
+            return _json_safe(value.tolist())
+        # A parcellation or baseline volume: its shape says what it was, the values would bloat
+        # every sidecar.
+        return f"<{type(value).__name__} of shape {list(shape)}>"
+    return repr(value)

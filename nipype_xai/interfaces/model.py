@@ -1,0 +1,121 @@
+"""``ModelInference``: a model spec's predictions for one image, as a TSV row.
+
+Also holds the inputs every model-running interface shares (image, model spec, device), so that
+``Attribution`` hashes and schedules the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import torch
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    isdefined,
+    traits,
+)
+from nipype.utils.filemanip import fname_presuffix
+
+from ..bids import atomic_write
+from ..images import load_volume
+from ..models.inference import predict_image
+from ..models.spec import ModelSpecError, load_model, load_model_spec
+
+__all__ = ["ModelInference"]
+
+
+class _ModelInputSpec(BaseInterfaceInputSpec):
+    """Inputs shared by the interfaces that run a model."""
+
+    # File inputs are hashed by Nipype's default hash_method, "timestamp" (size + mtime), so a
+    # large image is not re-read to decide whether a node must rerun.
+    in_file = File(exists=True, mandatory=True, desc="3D image (NIfTI) in the model's space")
+    model_spec = File(exists=True, mandatory=True, desc="model spec JSON (see nipype_xai.models)")
+    model_weights = File(
+        exists=True,
+        desc="the weights file model_spec names; filled in when model_spec is set (do not set "
+        "it): it is an input only so that Nipype's cache, which hashes it by timestamp, reruns "
+        "the node when the weights change while the spec JSON does not",
+    )
+    device = traits.Str(
+        nohash=True,
+        desc="torch device ('cpu', 'cuda', 'cuda:1'); default 'cuda' if use_gpu else 'cpu'",
+    )
+    use_gpu = traits.Bool(
+        False,
+        usedefault=True,
+        nohash=True,
+        desc="run on the GPU; Nipype's MultiProc schedules such nodes against n_gpu_procs",
+    )
+
+    def _model_spec_changed(self, new):
+        # Traits calls this whenever model_spec is set (also when a workflow connection sets it).
+        # A spec that cannot be read is left for _run_interface to report with its full message.
+        try:
+            weights = load_model_spec(new).weights
+        except (ModelSpecError, TypeError):
+            return
+        if weights.is_file():
+            self.model_weights = str(weights)
+
+
+def resolve_device(inputs) -> str:
+    """The torch device of a model-running interface: ``device`` if set, else from ``use_gpu``."""
+    if isdefined(inputs.device) and inputs.device:
+        return inputs.device
+    if inputs.use_gpu:
+        if not torch.cuda.is_available():
+            raise RuntimeError("use_gpu=True but torch finds no CUDA device on this node")
+        return "cuda"
+    return "cpu"
+
+
+class _ModelInferenceInputSpec(_ModelInputSpec):
+    pass
+
+
+class _ModelInferenceOutputSpec(TraitedSpec):
+    out_tsv = File(
+        exists=True,
+        desc="predictions, one row: a probability column per output name, predicted_label and "
+        "predicted_index (classification), or prediction (regression)",
+    )
+
+
+class ModelInference(SimpleInterface):
+    """Run a model spec's model on one image and write its prediction as a one-row TSV.
+
+    The image is resampled to the spec's grid and normalised as the spec says
+    (:func:`nipype_xai.models.to_model_grid`). Classification outputs are probabilities (softmax, or
+    a sigmoid for a single-logit binary classifier) with the predicted class; regression outputs are
+    written as they come.
+
+    Examples
+    --------
+    >>> inference = ModelInference(in_file="sub-01_T1w.nii.gz", model_spec="model.json")
+    >>> inference.run()  # doctest: +SKIP
+    """
+
+    input_spec = _ModelInferenceInputSpec
+    output_spec = _ModelInferenceOutputSpec
+
+    def _run_interface(self, runtime):
+        img = load_volume(self.inputs.in_file)
+        spec = load_model_spec(self.inputs.model_spec)
+        # The output count is checked on the real prediction (no separate shape-only pass).
+        model = load_model(spec, device=resolve_device(self.inputs), check_outputs=False)
+        prediction = predict_image(model, spec, img)
+
+        out_tsv = Path(
+            fname_presuffix(
+                self.inputs.in_file, suffix="_predictions.tsv", newpath=runtime.cwd, use_ext=False
+            )
+        )
+        table = pd.DataFrame([prediction.as_row()])
+        atomic_write(out_tsv, lambda tmp: table.to_csv(tmp, sep="\t", index=False))
+        self._results["out_tsv"] = str(out_tsv)
+        return runtime

@@ -1,0 +1,289 @@
+"""Running a model spec's model on an image: predictions and attribution maps (no files, no Nipype).
+
+These are the cores the ``ModelInference`` and ``Attribution`` interfaces call: the interfaces only
+load the inputs and write what comes back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Sequence
+
+import nibabel as nib
+import numpy as np
+import torch
+from torch import nn
+
+from ..attribution import TargetError, attribute_many, method_defaults
+from ..attribution.model_state import forward, model_device
+from .preprocessing import ModelGrid, from_model_grid, to_model_grid
+from .spec import ModelSpec, check_output_count
+
+__all__ = [
+    "Explanation",
+    "Prediction",
+    "explain_image",
+    "predict",
+    "predict_image",
+    "resolve_method_params",
+]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One sample's model output, read through the spec.
+
+    Attributes
+    ----------
+    task
+        ``"classification"`` or ``"regression"``.
+    names
+        The spec's output names.
+    outputs
+        The raw model outputs (logits, or regression values).
+    probabilities
+        Classification: one probability per name (softmax; for a single-logit binary classifier,
+        ``(1 − σ(z), σ(z))``). ``None`` for regression.
+    predicted_index, predicted_label
+        Classification: the most probable class. ``None`` for regression.
+    """
+
+    task: str
+    names: tuple[str, ...]
+    outputs: tuple[float, ...]
+    probabilities: Optional[tuple[float, ...]]
+    predicted_index: Optional[int]
+    predicted_label: Optional[str]
+
+    @property
+    def probability(self) -> Optional[float]:
+        """Probability of the predicted class (``None`` for regression)."""
+        if self.probabilities is None or self.predicted_index is None:
+            return None
+        return self.probabilities[self.predicted_index]
+
+    def as_row(self) -> dict[str, Any]:
+        """One predictions-TSV row.
+
+        Classification: a probability column per output name, ``predicted_label``,
+        ``predicted_index``. Regression: ``prediction`` for a single output, else a column per name.
+        """
+        if self.task == "classification":
+            row: dict[str, Any] = dict(zip(self.names, self.probabilities))
+            row["predicted_label"] = self.predicted_label
+            row["predicted_index"] = self.predicted_index
+            return row
+        if len(self.outputs) == 1:
+            return {"prediction": self.outputs[0]}
+        return dict(zip(self.names, self.outputs))
+
+
+def predict(
+    model: nn.Module, x: torch.Tensor, spec: ModelSpec, batch_size: int = 8
+) -> list[Prediction]:
+    """Predictions for a batch ``x`` (B, C, X, Y, Z) already on the model grid.
+
+    Parameters
+    ----------
+    model
+        The model (in eval mode, as :func:`~nipype_xai.models.load_model` returns it).
+    x
+        Normalised input batch.
+    spec
+        Gives the task and the output names.
+    batch_size
+        Samples per forward pass.
+
+    Returns
+    -------
+    list of Prediction
+        One per sample.
+
+    Raises
+    ------
+    ModelSpecError
+        The model's number of outputs does not fit ``spec.outputs``.
+    """
+    device = model_device(model)
+    with torch.no_grad():
+        outputs = torch.cat(
+            [forward(model, chunk.to(device)).float().cpu() for chunk in x.split(batch_size)]
+        )
+    check_output_count(spec, outputs.shape[1])
+    predictions = []
+    for row in outputs:
+        values = tuple(float(v) for v in row)
+        if spec.task == "regression":
+            predictions.append(Prediction(spec.task, spec.outputs, values, None, None, None))
+            continue
+        if row.numel() == 1:
+            # One logit scores the positive class, outputs[1] (see ModelSpec.outputs).
+            positive = float(torch.sigmoid(row[0]))
+            probabilities = (1.0 - positive, positive)
+        else:
+            probabilities = tuple(float(p) for p in torch.softmax(row.double(), dim=0))
+        index = int(np.argmax(probabilities))
+        predictions.append(
+            Prediction(spec.task, spec.outputs, values, probabilities, index, spec.outputs[index])
+        )
+    return predictions
+
+
+def predict_image(
+    model: nn.Module, spec: ModelSpec, img: nib.spatialimages.SpatialImage
+) -> Prediction:
+    """Prediction for one 3D image in the spec's space (resampled and normalised as it says)."""
+    x, _ = to_model_grid(img, spec)
+    return predict(model, x, spec)[0]
+
+
+def resolve_method_params(
+    methods: Sequence[str],
+    method_params: Optional[Mapping[str, Mapping[str, Any]]] = None,
+    **shared: Any,
+) -> dict[str, dict[str, Any]]:
+    """Every parameter each method will run with: its defaults, then ``shared``, then its overrides.
+
+    ``shared`` values (``seed``, ``batch_size``) go only to the methods that accept them, so a
+    deterministic method is not handed a seed it would reject. The result is what the sidecar
+    records and exactly what is passed to :func:`~nipype_xai.attribution.attribute_many`.
+    """
+    method_params = dict(method_params or {})
+    unknown = sorted(set(method_params) - set(methods))
+    if unknown:
+        raise ValueError(f"method_params given for {unknown}, which were not requested")
+    resolved = {}
+    for method in dict.fromkeys(methods):
+        params = method_defaults(method)
+        params.update({k: v for k, v in shared.items() if v is not None and k in params})
+        overrides = dict(method_params.get(method, {}))
+        extra = sorted(set(overrides) - set(params))
+        if extra:
+            raise TypeError(f"{method} does not accept {extra}; accepted: {sorted(params)}")
+        params.update(overrides)
+        resolved[method] = params
+    return resolved
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Attribution maps of one image, with what they explain.
+
+    Attributes
+    ----------
+    maps
+        ``{method: map}`` on the input image's grid (float32 NIfTI, signed, raw).
+    prediction
+        The model's prediction for the image.
+    target
+        Index of the explained output (``outputs[target]``; for a single-logit model, the logit's
+        class).
+    target_label
+        Name of the explained output.
+    parameters
+        ``{method: every parameter used}``.
+    grid
+        The model grid the maps were computed on.
+    """
+
+    maps: dict[str, nib.Nifti1Image]
+    prediction: Prediction
+    target: int
+    target_label: str
+    parameters: dict[str, dict[str, Any]]
+    grid: ModelGrid
+
+
+def explain_image(
+    model: nn.Module,
+    spec: ModelSpec,
+    img: nib.spatialimages.SpatialImage,
+    methods: Sequence[str],
+    target: Optional[int] = None,
+    *,
+    method_params: Optional[Mapping[str, Mapping[str, Any]]] = None,
+    seed: Optional[int] = None,
+    batch_size: Optional[int] = None,
+) -> Explanation:
+    """Predict and explain one 3D image with every method in one ``attribute_many`` call.
+
+    Parameters
+    ----------
+    model
+        The spec's model (see :func:`~nipype_xai.models.load_model`).
+    spec
+        Its model spec: the image is resampled to the spec's grid and normalised as it says.
+    img
+        A 3D image in the spec's space.
+    methods
+        Attribution method names.
+    target
+        Index into ``spec.outputs`` of the output to explain; ``None``: the predicted class (for a
+        single-output regression, its output; a multi-output regression needs a target). A
+        single-output model can only explain its one output.
+    method_params
+        Per-method overrides, ``{"occlusion": {"window": 4}}``.
+    seed, batch_size
+        Passed to the methods that accept them.
+
+    Returns
+    -------
+    Explanation
+        Maps on ``img``'s grid (mapped back from the model grid by resampling).
+
+    Raises
+    ------
+    nipype_xai.attribution.TargetError
+        ``target`` is out of range, or not the one output of a single-output model.
+    """
+    x, grid = to_model_grid(img, spec)
+    x = x.to(model_device(model))
+    prediction = predict(model, x, spec)[0]
+
+    n_outputs = len(prediction.outputs)
+    if n_outputs == 1:
+        # The engine ignores the target of a single-output model: it explains that output, which is
+        # outputs[1] for a single-logit binary classifier and outputs[0] for a regression.
+        explained = len(spec.outputs) - 1
+        if target is not None and int(target) != explained:
+            raise TargetError(
+                f"{spec.source}: target {target} cannot be explained: the model has a single "
+                f"output, which scores {spec.outputs[explained]!r} (target {explained})"
+            )
+        engine_target = None
+    else:
+        if target is None:
+            if prediction.predicted_index is None:
+                # The largest of several regression outputs is no "prediction" to explain.
+                raise TargetError(
+                    f"{spec.source}: the model has {n_outputs} regression outputs "
+                    f"{list(spec.outputs)}; give the target to explain"
+                )
+            explained = prediction.predicted_index
+        else:
+            explained = int(target)
+            if not 0 <= explained < n_outputs:
+                raise TargetError(
+                    f"{spec.source}: target {explained} out of range for outputs "
+                    f"{list(spec.outputs)} (valid: 0..{n_outputs - 1})"
+                )
+        engine_target = explained
+
+    parameters = resolve_method_params(
+        methods, method_params, seed=seed, batch_size=batch_size
+    )
+    tensors = attribute_many(model, x, list(parameters), engine_target, method_params=parameters)
+    # One volume fed as C identical channels: by the chain rule its attribution is the sum over
+    # channels (a no-op for the usual single channel).
+    maps = {
+        method: from_model_grid(tensor[0].sum(dim=0), grid, img)
+        for method, tensor in tensors.items()
+    }
+    return Explanation(
+        maps=maps,
+        prediction=prediction,
+        target=explained,
+        target_label=spec.outputs[explained],
+        parameters=parameters,
+        grid=grid,
+    )
