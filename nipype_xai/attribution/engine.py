@@ -167,12 +167,15 @@ def attribute_many(
     results: dict[str, torch.Tensor] = {}
     with model_guard(model) as device:
         x_model = x.detach().to(device)
-        batch_size = int(params.get("batch_size", 16))
+        # The target pass is bounded like the smallest batch any requested method runs with.
+        batch_size = min(int(resolved(name).get("batch_size", 16)) for name in names)
         target_index = resolve_target(model, x_model, target, batch_size=batch_size)
         for members in groups.values():
             first = entries[members[0]]
             if first.family is None:
-                maps = {first.name: first.function(model, x_model, target_index, **resolved(first.name))}
+                maps = {
+                    first.name: first.function(model, x_model, target_index, **resolved(first.name))
+                }
             else:
                 maps = get_family(first.family)(
                     model, x_model, target_index, members, **resolved(first.name)
