@@ -1,0 +1,391 @@
+"""Group statistics over subjects: bootstrap confidence intervals, method rankings, mean maps.
+
+Pure pandas/numpy/nibabel: no Nipype, no files written. ``init_group_wf`` and the group report call
+these three functions; the ranking plot reads the table :func:`summarize_methods` returns.
+
+The bootstrap
+-------------
+Every confidence interval is a *percentile bootstrap of the mean over subjects* (Efron & Tibshirani
+1993, ch. 13). The resampling unit is the subject. One index matrix of shape ``(n_boot, n_units)``
+is drawn from ``numpy.random.default_rng(seed)`` for the whole table, and every method and every
+metric is resampled with the *same* rows: the replicate means of two methods are paired over
+subjects, as the methods were run on the same subjects, so a difference of replicate means is a
+paired bootstrap of the difference. :func:`bootstrap_ci` is the one primitive: it draws
+``rng.integers(0, n, size=(n_boot, n))`` over the positions of the vector it is given, and
+:func:`summarize_methods` calls it on each method's column aligned to the table's full subject list,
+so the two always agree.
+
+NaN values (a metric undefined for one subject, or a subject missing for one method) are left out of
+every mean -- the point estimate and each replicate -- but keep their position, so that aligned
+vectors stay aligned. With no NaN this is the textbook percentile bootstrap; a replicate that draws
+only NaN positions is discarded.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Optional, Union
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "LOWER_IS_BETTER",
+    "SUMMARY_COLUMNS",
+    "bootstrap_ci",
+    "group_mean_maps",
+    "summarize_methods",
+]
+
+#: Metrics where a smaller value is better (every other metric: larger is better). ``emd`` is a
+#: distance in mm; ``roi_rank`` is the rank of the ground-truth region (1 = best).
+LOWER_IS_BETTER: frozenset[str] = frozenset({"emd", "roi_rank"})
+
+#: Statistic columns of :func:`summarize_methods`, after the ``group_by`` columns.
+SUMMARY_COLUMNS: tuple[str, ...] = ("metric", "mean", "sd", "ci_low", "ci_high", "n", "rank")
+
+# Columns that identify the resampling unit rather than a metric.
+_UNIT_COLUMNS = ("subject", "session")
+
+# The order of ground-truth overlap metrics in nipype_xai.metrics.overlap; others follow.
+_METRIC_ORDER = (
+    "precision_at_k", "relevance_mass_accuracy", "pointing_game", "auroc", "average_precision",
+    "dice_at_k", "emd", "emd_score", "roi_rank", "roi_top1", "roi_top3",
+)
+
+ImageLike = Union[str, os.PathLike, nib.spatialimages.SpatialImage]
+
+
+# --------------------------------------------------------------------------------------------
+# Bootstrap
+# --------------------------------------------------------------------------------------------
+
+
+def _check_bootstrap_args(n_boot: int, ci: float) -> None:
+    if int(n_boot) != n_boot or n_boot < 1:
+        raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
+    if not 0 < ci < 1:
+        raise ValueError(f"ci must be in (0, 1), got {ci!r}")
+
+
+def bootstrap_indices(n: int, *, n_boot: int = 2000, seed: int = 0) -> np.ndarray:
+    """The resampling indices every bootstrap in this module uses.
+
+    Parameters
+    ----------
+    n
+        Number of units (subjects) resampled.
+    n_boot
+        Number of bootstrap replicates.
+    seed
+        Seed of ``numpy.random.default_rng``.
+
+    Returns
+    -------
+    numpy.ndarray
+        Integer array of shape ``(n_boot, n)``: row b holds the units drawn, with replacement, for
+        replicate b. Depends only on ``n``, ``n_boot`` and ``seed``.
+    """
+    return np.random.default_rng(seed).integers(0, n, size=(int(n_boot), int(n)))
+
+
+def _bootstrap(values: np.ndarray, indices: np.ndarray, ci: float) -> tuple[float, float, float]:
+    valid = ~np.isnan(values)
+    if not valid.any():
+        return float("nan"), float("nan"), float("nan")
+    mean = float(values[valid].mean())
+    if valid.all():
+        replicates = values[indices].mean(axis=1)
+    else:
+        drawn = valid[indices]
+        counts = drawn.sum(axis=1)
+        sums = np.where(drawn, values[indices], 0.0).sum(axis=1)
+        keep = counts > 0
+        replicates = sums[keep] / counts[keep]
+    alpha = (1.0 - ci) / 2.0
+    low, high = np.percentile(replicates, [100.0 * alpha, 100.0 * (1.0 - alpha)])
+    return mean, float(low), float(high)
+
+
+def bootstrap_ci(
+    values: Union[Sequence[float], np.ndarray, pd.Series],
+    *,
+    n_boot: int = 2000,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """Mean over subjects and its percentile-bootstrap confidence interval.
+
+    Parameters
+    ----------
+    values
+        One value per subject; NaN marks a subject without a value and is left out of every mean
+        (see the module docstring: positions, not values, are resampled, so that vectors aligned on
+        the same subjects are resampled together).
+    n_boot
+        Number of bootstrap replicates.
+    ci
+        Coverage of the interval, in (0, 1).
+    seed
+        Seed of the resampling indices (:func:`bootstrap_indices` with ``n = len(values)``).
+
+    Returns
+    -------
+    tuple of float
+        ``(mean, ci_low, ci_high)``: the mean of the non-NaN values and the ``(1 - ci) / 2`` and
+        ``(1 + ci) / 2`` percentiles of the replicate means. All NaN when no value is finite; the
+        interval collapses to the mean when a single value is.
+
+    Raises
+    ------
+    ValueError
+        ``values`` is not one-dimensional or holds an infinite value; bad ``n_boot`` or ``ci``.
+    """
+    _check_bootstrap_args(n_boot, ci)
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim != 1:
+        raise ValueError(f"values: expected one value per subject (1D), got shape {array.shape}")
+    if np.isinf(array).any():
+        raise ValueError("values: infinite values have no mean; use NaN for a missing value")
+    if array.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    return _bootstrap(array, bootstrap_indices(array.size, n_boot=n_boot, seed=seed), ci)
+
+
+# --------------------------------------------------------------------------------------------
+# Method summaries and rankings
+# --------------------------------------------------------------------------------------------
+
+
+def _default_metrics(table: pd.DataFrame, exclude: Iterable[str]) -> list[str]:
+    excluded = set(exclude)
+    numeric = [
+        column for column in table.columns
+        if column not in excluded
+        and pd.api.types.is_numeric_dtype(table[column])
+        and not pd.api.types.is_bool_dtype(table[column])
+    ]
+    known = [name for name in _METRIC_ORDER if name in numeric]
+    return known + [name for name in numeric if name not in known]
+
+
+def summarize_methods(
+    table: pd.DataFrame,
+    *,
+    metrics: Optional[Sequence[str]] = None,
+    n_boot: int = 2000,
+    ci: float = 0.95,
+    seed: int = 0,
+    group_by: Sequence[str] = ("method",),
+) -> pd.DataFrame:
+    """Mean, SD, bootstrap CI and rank of every metric for every method, over subjects.
+
+    Parameters
+    ----------
+    table
+        One row per subject x method (the group ``desc-overlap_metrics.tsv``): a ``subject`` column
+        (and ``session``, if present: the unit is then subject x session), the ``group_by``
+        columns, and one float column per metric. Non-numeric columns are ignored.
+    metrics
+        The metric columns to summarise. Default: every numeric, non-boolean column that is not a
+        unit or ``group_by`` column, the overlap metrics first in their usual order.
+    n_boot, ci, seed
+        The bootstrap (module docstring): one index matrix over all subjects of the table, shared
+        by every method and metric, so the intervals of two methods are paired.
+    group_by
+        Columns that identify a method (e.g. ``("model", "method")``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Long format, one row per group x metric: the ``group_by`` columns, then ``metric``,
+        ``mean``, ``sd`` (sample SD, ddof=1; NaN below 2 values), ``ci_low``, ``ci_high``, ``n``
+        (number of subjects with a non-NaN value) and ``rank`` (1 = best mean within the metric;
+        lower is better for the metrics in :data:`LOWER_IS_BETTER`, higher for all others; ties
+        share the smallest rank; nullable integer, missing when the mean is NaN). Rows follow the
+        metric order, then the rank.
+
+    Raises
+    ------
+    ValueError
+        A missing ``subject``, ``group_by`` or metric column, a non-numeric metric column, a
+        subject listed twice for one method, or bad bootstrap arguments.
+    """
+    _check_bootstrap_args(n_boot, ci)
+    group_by = [group_by] if isinstance(group_by, str) else list(group_by)
+    unit_columns = [column for column in _UNIT_COLUMNS if column in table.columns]
+    missing = [c for c in ["subject", *group_by] if c not in table.columns]
+    if missing:
+        raise ValueError(f"metrics table: missing column(s) {missing}; has {list(table.columns)}")
+    if metrics is None:
+        metrics = _default_metrics(table, [*unit_columns, *group_by])
+    else:
+        metrics = list(metrics)
+        absent = [m for m in metrics if m not in table.columns]
+        if absent:
+            raise ValueError(f"metrics table: no column(s) {absent}")
+        for metric in metrics:
+            if not pd.api.types.is_numeric_dtype(table[metric]):
+                raise ValueError(f"metrics table: column {metric!r} is not numeric")
+
+    duplicated = table.duplicated([*unit_columns, *group_by], keep=False)
+    if duplicated.any():
+        first = table.loc[duplicated, [*unit_columns, *group_by]].iloc[0].to_dict()
+        raise ValueError(f"metrics table: more than one row for {first}")
+
+    # Every group's values aligned on the full, sorted list of units: same indices for all.
+    keys = table[unit_columns].astype(str)
+    unit_index = pd.MultiIndex.from_frame(keys.drop_duplicates().sort_values(unit_columns))
+    indices = bootstrap_indices(len(unit_index), n_boot=n_boot, seed=seed)
+
+    rows = []
+    for group, part in table.groupby(group_by, sort=True, dropna=False):
+        group = group if isinstance(group, tuple) else (group,)
+        aligned = (
+            part[metrics].astype(np.float64)
+            .set_axis(pd.MultiIndex.from_frame(keys.loc[part.index]), axis=0)
+            .reindex(unit_index)
+        )
+        for metric in metrics:
+            values = aligned[metric].to_numpy(dtype=np.float64)
+            if np.isinf(values).any():
+                raise ValueError(
+                    f"metrics table: infinite {metric!r} for {dict(zip(group_by, group))}"
+                )
+            mean, low, high = _bootstrap(values, indices, ci)
+            finite = values[~np.isnan(values)]
+            rows.append({
+                **dict(zip(group_by, group)),
+                "metric": metric,
+                "mean": mean,
+                "sd": float(finite.std(ddof=1)) if finite.size > 1 else float("nan"),
+                "ci_low": low,
+                "ci_high": high,
+                "n": int(finite.size),
+            })
+
+    summary = pd.DataFrame(rows, columns=[*group_by, *SUMMARY_COLUMNS[:-1]])
+    summary["n"] = summary["n"].astype(int)
+    ranks = [
+        part["mean"].rank(ascending=metric in LOWER_IS_BETTER, method="min")
+        for metric, part in summary.groupby("metric", sort=False)
+    ]
+    summary["rank"] = (pd.concat(ranks) if ranks else pd.Series(dtype=float)).astype("Int64")
+    order = {metric: i for i, metric in enumerate(metrics)}
+    summary = summary.assign(_order=summary["metric"].map(order)).sort_values(
+        ["_order", "rank", *group_by], na_position="last", kind="stable"
+    )
+    summary = summary.drop(columns="_order").reset_index(drop=True)
+    summary.attrs.update(ci=float(ci), n_boot=int(n_boot), seed=int(seed))
+    return summary
+
+
+# --------------------------------------------------------------------------------------------
+# Group mean maps
+# --------------------------------------------------------------------------------------------
+
+# Same tolerance as the overlap metrics: grids that agree to a micrometre are the same grid.
+_AFFINE_ATOL_MM = 1e-3
+
+
+def _load(item: ImageLike, label: str) -> tuple[np.ndarray, np.ndarray, nib.spatialimages.SpatialImage]:
+    if isinstance(item, (str, os.PathLike)):
+        from ..images import load_volume  # checks 3D, readable, finite; names the file
+
+        image = load_volume(item)
+        name = Path(item).name
+    else:
+        image = item
+        name = label
+    data = np.asarray(image.dataobj, dtype=np.float64)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise ValueError(f"{name}: expected a 3D image, got shape {data.shape}")
+    if not np.isfinite(data).all():
+        raise ValueError(f"{name}: contains NaN or Inf voxels")
+    return data, np.asarray(image.affine, dtype=np.float64), image
+
+
+def _name(item: ImageLike, label: str) -> str:
+    return Path(item).name if isinstance(item, (str, os.PathLike)) else label
+
+
+def group_mean_maps(
+    maps: Mapping[str, Sequence[ImageLike]],
+) -> dict[str, tuple[nib.Nifti1Image, nib.Nifti1Image]]:
+    """Voxel-wise mean and SD over subjects of each method's maps.
+
+    Parameters
+    ----------
+    maps
+        Method name -> one 3D map per subject (paths or nibabel images), all on one grid (the
+        template grid: same shape and affine, within 1e-3 mm, for every map of every method).
+        Maps are averaged as they are (signed, raw): take ``abs`` before if that is the question.
+
+    Returns
+    -------
+    dict
+        Method name -> ``(mean, sd)`` float32 ``Nifti1Image`` on that grid. The SD is the sample
+        SD (ddof=1); with a single subject it is zero everywhere (a NIfTI of NaN would fail every
+        downstream input check). Computed in one pass (Welford), so memory does not grow with the
+        number of subjects.
+
+    Raises
+    ------
+    ValueError
+        A method without maps, an unreadable, non-3D or non-finite map, or a map whose shape or
+        affine differs from the first map's; the message names the file (or ``method[i]`` for an
+        in-memory image).
+    """
+    reference: Optional[tuple[str, tuple[int, ...], np.ndarray, nib.spatialimages.SpatialImage]] = None
+    out: dict[str, tuple[nib.Nifti1Image, nib.Nifti1Image]] = {}
+    for method, items in maps.items():
+        items = list(items)
+        if not items:
+            raise ValueError(f"{method}: no maps to average")
+        mean = m2 = None
+        for count, item in enumerate(items, start=1):
+            label = f"{method}[{count - 1}]"
+            data, affine, image = _load(item, label)
+            name = _name(item, label)
+            if reference is None:
+                reference = (name, data.shape, affine, image)
+            ref_name, ref_shape, ref_affine, _ = reference
+            if data.shape != ref_shape:
+                raise ValueError(
+                    f"{name}: shape {data.shape} does not match {ref_name}'s {ref_shape}; "
+                    "group maps must all be on one grid"
+                )
+            if not np.allclose(affine, ref_affine, rtol=0.0, atol=_AFFINE_ATOL_MM):
+                raise ValueError(
+                    f"{name}: affine does not match {ref_name}'s; group maps must all be on one "
+                    f"grid\n{np.array2string(affine, precision=3)}\nvs\n"
+                    f"{np.array2string(ref_affine, precision=3)}"
+                )
+            # Welford's update: numerically stable, one volume in memory at a time.
+            if mean is None:
+                mean = data.copy()
+                m2 = np.zeros_like(data)
+            else:
+                delta = data - mean
+                mean += delta / count
+                m2 += delta * (data - mean)
+        sd = np.sqrt(m2 / (count - 1)) if count > 1 else np.zeros_like(mean)
+        out[method] = (_as_nifti(mean, reference), _as_nifti(sd, reference))
+    return out
+
+
+def _as_nifti(data: np.ndarray, reference: tuple) -> nib.Nifti1Image:
+    _, _, affine, image = reference
+    header = image.header.copy() if type(image) is nib.Nifti1Image else None
+    out = nib.Nifti1Image(data.astype(np.float32), affine, header=header)
+    out.set_data_dtype(np.float32)
+    out.header.set_slope_inter(1.0, 0.0)
+    if header is None:
+        out.set_sform(affine, code=1)
+        out.set_qform(affine, code=1)
+    return out

@@ -1,0 +1,46 @@
+"""Reports: figures (nilearn, matplotlib without pyplot) and self-contained HTML pages.
+
+>>> from nipype_xai.reports import subject_report, group_report
+>>> subject_report("sub-01.html", subject="01", t1w=t1w, maps=maps)  # doctest: +SKIP
+
+Figures are written as PNG and SVG; pages embed the PNGs (base64), so each page is one file that
+opens offline. File names are listed in :mod:`nipype_xai.reports.html`.
+"""
+
+from __future__ import annotations
+
+from .figures import (
+    BASELINES,
+    DEFAULT_THRESHOLD,
+    SCALE_PERCENTILE,
+    is_baseline,
+    plot_anatomy,
+    plot_attribution_panel,
+    plot_glass_brains,
+    plot_method_ranking,
+    scale_abs,
+)
+from .html import (
+    RANKING_METRICS,
+    figure_name,
+    format_value,
+    group_report,
+    subject_report,
+)
+
+__all__ = [
+    "BASELINES",
+    "DEFAULT_THRESHOLD",
+    "RANKING_METRICS",
+    "SCALE_PERCENTILE",
+    "figure_name",
+    "format_value",
+    "group_report",
+    "is_baseline",
+    "plot_anatomy",
+    "plot_attribution_panel",
+    "plot_glass_brains",
+    "plot_method_ranking",
+    "scale_abs",
+    "subject_report",
+]

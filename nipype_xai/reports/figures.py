@@ -1,0 +1,417 @@
+"""Report figures: attribution maps over anatomy (nilearn), glass brains, method rankings.
+
+Every function draws on its own ``matplotlib.figure.Figure`` (not ``pyplot``): nothing is
+registered with pyplot's figure manager, so the user's backend is neither used nor changed, no
+window opens, and a figure is freed as soon as it goes out of scope (no leak over 1,000 subjects).
+Saving renders with matplotlib's Agg (PNG) and SVG canvases whatever the global backend is.
+Importing ``nilearn.plotting`` switches the global backend to Agg only when the current one cannot
+load (no display), which is nilearn's own behaviour.
+
+Maps are shown as ``|map|`` scaled per map: divided by its 99th percentile of ``|map|`` over the
+nonzero voxels (:data:`SCALE_PERCENTILE`) and clipped to [0, 1]. Raw attribution values differ by
+orders of magnitude between methods; after this scaling every row uses the same colour scale, and 1
+means "among the top 1 % of this map". ``threshold`` is on that scale.
+
+Every figure is written twice, ``<out_base>.png`` and ``<out_base>.svg``, atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Optional, Union
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from ..atomic import atomic_write
+from ..metrics.group import LOWER_IS_BETTER, SUMMARY_COLUMNS
+
+__all__ = [
+    "BASELINES",
+    "DEFAULT_THRESHOLD",
+    "SCALE_PERCENTILE",
+    "is_baseline",
+    "plot_anatomy",
+    "plot_attribution_panel",
+    "plot_glass_brains",
+    "plot_method_ranking",
+    "scale_abs",
+]
+
+PathLike = Union[str, os.PathLike]
+ImageLike = Union[str, os.PathLike, nib.spatialimages.SpatialImage]
+
+#: Percentile of the nonzero ``|map|`` values that maps to 1 on the colour scale.
+SCALE_PERCENTILE = 99.0
+#: Default display threshold, on the scaled ``|map|`` (0.1 = a tenth of the 99th percentile).
+DEFAULT_THRESHOLD = 0.1
+#: Baseline method names (SPEC §3); any method whose name contains ``random_model`` is one too.
+BASELINES: frozenset[str] = frozenset({"sobel", "laplace", "random"})
+
+_DPI = 100
+_ROW_HEIGHT_IN = 2.3
+_TITLE_IN = 0.45
+_CMAP = "hot"
+_GT_COLOR = "cyan"
+_METHOD_COLOR = "#1f77b4"
+_BASELINE_COLOR = "#9a9a9a"
+
+
+def is_baseline(method: str) -> bool:
+    """True for the baselines of SPEC §3: ``sobel``, ``laplace``, ``random``, ``*random_model*``."""
+    return method in BASELINES or "random_model" in method
+
+
+# --------------------------------------------------------------------------------------------
+# Images
+# --------------------------------------------------------------------------------------------
+
+
+def _as_image(obj: ImageLike, name: str) -> nib.Nifti1Image:
+    """A 3D float32 image in memory; a path is read once, here."""
+    if isinstance(obj, (str, os.PathLike)):
+        name = Path(obj).name
+        try:
+            obj = nib.load(str(obj))
+        except Exception as error:  # nibabel raises several types for a missing or bad file
+            raise ValueError(f"{name}: cannot be read as an image ({error})") from error
+    try:
+        data = np.asarray(obj.dataobj, dtype=np.float32)
+    except Exception as error:
+        raise ValueError(f"{name}: truncated or corrupt image data ({error})") from error
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise ValueError(f"{name}: expected a 3D image, got shape {data.shape}")
+    return nib.Nifti1Image(data, obj.affine)
+
+
+def scale_abs(img: ImageLike, *, percentile: float = SCALE_PERCENTILE) -> tuple[nib.Nifti1Image, float]:
+    """``|map|`` divided by its ``percentile`` over nonzero voxels, clipped to [0, 1].
+
+    Parameters
+    ----------
+    img
+        A 3D map (path or image); NaN and Inf are shown as 0.
+    percentile
+        The percentile of the nonzero ``|map|`` values that maps to 1.
+
+    Returns
+    -------
+    image : nibabel.Nifti1Image
+        The scaled map, float32, on the input's grid.
+    scale : float
+        The divisor (0.0 for an all-zero map, which stays all zero).
+    """
+    image = _as_image(img, "map")
+    data = np.abs(np.nan_to_num(np.asarray(image.dataobj), nan=0.0, posinf=0.0, neginf=0.0))
+    nonzero = data[data > 0]
+    scale = float(np.percentile(nonzero, percentile)) if nonzero.size else 0.0
+    scaled = np.clip(data / scale, 0.0, 1.0) if scale > 0 else np.zeros_like(data)
+    return nib.Nifti1Image(scaled.astype(np.float32), image.affine), scale
+
+
+def _ground_truth_centre(ground_truth: nib.Nifti1Image) -> tuple[float, float, float]:
+    """World coordinates of the voxel of the largest GT component nearest its centre of mass.
+
+    The centre of mass itself can fall between lesions, or outside a curved one.
+    """
+    from scipy import ndimage
+
+    labels, _ = ndimage.label(np.asarray(ground_truth.dataobj) > 0.5)
+    sizes = np.bincount(labels.ravel())[1:]
+    component = labels == (int(np.argmax(sizes)) + 1)
+    voxels = np.argwhere(component)
+    centre = voxels.mean(axis=0)
+    nearest = voxels[np.argmin(((voxels - centre) ** 2).sum(axis=1))]
+    return tuple(float(v) for v in nib.affines.apply_affine(ground_truth.affine, nearest))
+
+
+def _shared_cut_coords(scaled: Sequence[nib.Nifti1Image], ground_truth: Optional[nib.Nifti1Image],
+                       display_mode: str, reference: nib.Nifti1Image):
+    """One set of cuts for every row, so methods are compared on the same slices."""
+    from nilearn.plotting import find_cut_slices, find_xyz_cut_coords
+
+    if display_mode in ("ortho", "tiled"):
+        if ground_truth is not None and (np.asarray(ground_truth.dataobj) > 0.5).any():
+            return _ground_truth_centre(ground_truth)
+        mean = np.mean([np.asarray(image.dataobj) for image in scaled], axis=0)
+        if mean.any():
+            return find_xyz_cut_coords(nib.Nifti1Image(mean, scaled[0].affine))
+        return find_xyz_cut_coords(reference)
+    if display_mode in ("x", "y", "z"):
+        source = ground_truth if ground_truth is not None else reference
+        return find_cut_slices(source, direction=display_mode, n_cuts=5)
+    return None  # other modes: nilearn's own choice per row
+
+
+# --------------------------------------------------------------------------------------------
+# Saving
+# --------------------------------------------------------------------------------------------
+
+
+def _save(figure: Figure, out_base: PathLike) -> dict[str, Path]:
+    out_base = Path(out_base)
+    written = {}
+    for fmt in ("png", "svg"):
+        path = out_base.with_name(f"{out_base.name}.{fmt}")
+        written[fmt] = atomic_write(
+            path, lambda tmp, fmt=fmt: figure.savefig(tmp, format=fmt, dpi=_DPI,
+                                                      facecolor=figure.get_facecolor())
+        )
+    return written
+
+
+def _rows_figure(n_rows: int, title: Optional[str], width: float, black: bool) -> tuple[Figure, float]:
+    top = _TITLE_IN if title else 0.0
+    height = n_rows * _ROW_HEIGHT_IN + top
+    figure = Figure(figsize=(width, height), facecolor="k" if black else "w")
+    if title:
+        figure.suptitle(title, color="w" if black else "k", fontsize=13,
+                        y=1.0 - 0.12 * _TITLE_IN / height)
+    return figure, top / height
+
+
+def _row_rect(i: int, n_rows: int, top_fraction: float) -> list[float]:
+    height = (1.0 - top_fraction) / n_rows
+    return [0.0, 1.0 - top_fraction - (i + 1) * height, 1.0, height]
+
+
+# --------------------------------------------------------------------------------------------
+# Public figures
+# --------------------------------------------------------------------------------------------
+
+
+def plot_attribution_panel(
+    maps: Mapping[str, ImageLike],
+    background: ImageLike,
+    out_base: PathLike,
+    *,
+    title: Optional[str] = None,
+    threshold: Optional[float] = None,
+    display_mode: str = "ortho",
+    cut_coords=None,
+    ground_truth: Optional[ImageLike] = None,
+) -> dict[str, Path]:
+    """One row per method: ``|map|`` over the background, the ground-truth outline on top.
+
+    Parameters
+    ----------
+    maps
+        Method name -> 3D attribution map (path or image), in the background's space.
+    background
+        Anatomy drawn under every map (read once for all rows).
+    out_base
+        Output path without extension; ``.png`` and ``.svg`` are added.
+    title
+        Figure title.
+    threshold
+        Scaled values (module docstring: 1 = the map's 99th percentile of ``|map|``) below this
+        are transparent. None: :data:`DEFAULT_THRESHOLD`.
+    display_mode
+        nilearn display mode (``"ortho"``, ``"z"``, ...).
+    cut_coords
+        Cuts for every row. None: the same cuts for all rows -- the ground truth's centre for
+        ``ortho``/``tiled`` when it is given, otherwise the peak of the mean scaled map; five
+        slices through the ground truth (or the background) for ``x``/``y``/``z``.
+    ground_truth
+        Binary mask whose outline (level 0.5) is drawn in cyan on every row.
+
+    Returns
+    -------
+    dict
+        ``{"png": Path, "svg": Path}``.
+
+    Raises
+    ------
+    ValueError
+        No maps, or an unreadable or non-3D image (the message names the file).
+    """
+    from nilearn.plotting import plot_stat_map
+
+    if not maps:
+        raise ValueError("plot_attribution_panel: no maps to plot")
+    threshold = DEFAULT_THRESHOLD if threshold is None else float(threshold)
+    bg = _as_image(background, "background")
+    gt = _as_image(ground_truth, "ground_truth") if ground_truth is not None else None
+    scaled = {method: scale_abs(img) for method, img in maps.items()}
+    if cut_coords is None:
+        cut_coords = _shared_cut_coords([s for s, _ in scaled.values()], gt, display_mode, bg)
+
+    width = 11.0 if display_mode not in ("x", "y", "z") else 12.0
+    figure, top = _rows_figure(len(scaled), title, width, black=True)
+    with warnings.catch_warnings():
+        # Empty contours on a slice and nilearn's notes on non-finite or zero maps are expected.
+        warnings.simplefilter("ignore")
+        for i, (method, (image, scale)) in enumerate(scaled.items()):
+            label = method if scale > 0 else f"{method} (all zero)"
+            display = plot_stat_map(
+                image, bg_img=bg, figure=figure, axes=_row_rect(i, len(scaled), top),
+                display_mode=display_mode, cut_coords=cut_coords, threshold=threshold,
+                vmin=0.0, vmax=1.0, cmap=_CMAP, symmetric_cbar=False, black_bg=True,
+                colorbar=True, title=label, draw_cross=False, annotate=True,
+            )
+            if gt is not None:
+                display.add_contours(gt, levels=[0.5], colors=[_GT_COLOR], linewidths=1.0)
+    return _save(figure, out_base)
+
+
+def plot_anatomy(img: ImageLike, out_base: PathLike, *, title: Optional[str] = None) -> dict[str, Path]:
+    """The input image alone (nilearn ``plot_anat``, ortho), as ``.png`` and ``.svg``.
+
+    Returns
+    -------
+    dict
+        ``{"png": Path, "svg": Path}``.
+    """
+    from nilearn.plotting import plot_anat
+
+    image = _as_image(img, "anatomy")
+    figure, top = _rows_figure(1, title, 9.0, black=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plot_anat(image, figure=figure, axes=_row_rect(0, 1, top), display_mode="ortho",
+                  black_bg=True, draw_cross=False, colorbar=False, dim=-0.5)
+    return _save(figure, out_base)
+
+
+def plot_glass_brains(
+    maps: Mapping[str, ImageLike],
+    out_base: PathLike,
+    *,
+    title: Optional[str] = None,
+    threshold: Optional[float] = None,
+) -> dict[str, Path]:
+    """One row per method: maximum-intensity projection of the scaled ``|map|`` (glass brain).
+
+    The glass brain outline is MNI152's, so the maps must be in an MNI space. Scaling and
+    ``threshold`` as in :func:`plot_attribution_panel`.
+
+    Returns
+    -------
+    dict
+        ``{"png": Path, "svg": Path}``.
+    """
+    from nilearn.plotting import plot_glass_brain
+
+    if not maps:
+        raise ValueError("plot_glass_brains: no maps to plot")
+    threshold = DEFAULT_THRESHOLD if threshold is None else float(threshold)
+    scaled = {method: scale_abs(img) for method, img in maps.items()}
+    figure, top = _rows_figure(len(scaled), title, 9.0, black=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for i, (method, (image, scale)) in enumerate(scaled.items()):
+            plot_glass_brain(
+                image, figure=figure, axes=_row_rect(i, len(scaled), top), display_mode="ortho",
+                threshold=threshold, vmin=0.0, vmax=1.0, cmap=_CMAP, plot_abs=True,
+                symmetric_cbar=False, colorbar=True, black_bg=False,
+                title=method if scale > 0 else f"{method} (all zero)",
+            )
+    return _save(figure, out_base)
+
+
+def _group_labels(summary: pd.DataFrame) -> tuple[list[str], pd.Series]:
+    group_columns = [c for c in summary.columns if c not in SUMMARY_COLUMNS]
+    if not group_columns:
+        raise ValueError("plot_method_ranking: the summary has no method column")
+    labels = summary[group_columns].astype(str).agg(" / ".join, axis=1)
+    return group_columns, labels
+
+
+def plot_method_ranking(
+    summary: pd.DataFrame,
+    metric: str,
+    out_base: PathLike,
+    *,
+    title: Optional[str] = None,
+) -> dict[str, Path]:
+    """Mean and bootstrap CI of one metric per method, best on top; baselines in grey.
+
+    Parameters
+    ----------
+    summary
+        The table of :func:`nipype_xai.metrics.group.summarize_methods` (its ``attrs["ci"]``, when
+        present, labels the interval).
+    metric
+        The metric to plot (a value of the ``metric`` column).
+    out_base
+        Output path without extension.
+    title
+        Figure title; default: the metric's name.
+
+    Returns
+    -------
+    dict
+        ``{"png": Path, "svg": Path}``.
+
+    Raises
+    ------
+    ValueError
+        The summary has no row for ``metric``.
+    """
+    rows = summary.loc[summary["metric"] == metric]
+    if rows.empty:
+        raise ValueError(
+            f"plot_method_ranking: no {metric!r} in the summary "
+            f"(metrics: {sorted(summary['metric'].unique())})"
+        )
+    group_columns, labels = _group_labels(rows)
+    lower = metric in LOWER_IS_BETTER
+    # Best first (NaN means last), then drawn top-down.
+    order = rows.assign(_label=labels).sort_values(
+        "mean", ascending=lower, na_position="last", kind="stable"
+    )
+    n = len(order)
+    y = np.arange(n)[::-1]
+    method_column = "method" if "method" in group_columns else group_columns[-1]
+    grey = [is_baseline(str(name)) for name in order[method_column]]
+    colors = [_BASELINE_COLOR if g else _METHOD_COLOR for g in grey]
+
+    mean = order["mean"].to_numpy(dtype=float)
+    low = order["ci_low"].to_numpy(dtype=float)
+    high = order["ci_high"].to_numpy(dtype=float)
+    figure = Figure(figsize=(7.5, 1.4 + 0.42 * n))
+    axes = figure.add_subplot(1, 1, 1)
+    for yi, m, lo, hi, color in zip(y, mean, low, high, colors):
+        if np.isnan(m):
+            continue
+        axes.barh(yi, m, height=0.6, color=color, alpha=0.35)
+        axes.errorbar(m, yi, xerr=[[max(m - lo, 0.0)], [max(hi - m, 0.0)]], fmt="o", color=color,
+                      ecolor=color, elinewidth=1.6, capsize=4, markersize=6)
+    axes.set_yticks(y)
+    axes.set_yticklabels(
+        [f"{label}  (n={int(k)})" for label, k in zip(order["_label"], order["n"])], fontsize=9
+    )
+    for tick, g in zip(axes.get_yticklabels(), grey):
+        tick.set_color(_BASELINE_COLOR if g else "k")
+    finite = np.concatenate([mean, low, high])
+    finite = finite[np.isfinite(finite)]
+    if finite.size:
+        span = max(float(finite.max()) - min(float(finite.min()), 0.0), 1e-9)
+        axes.set_xlim(min(float(finite.min()), 0.0), float(finite.max()) + 0.18 * span)
+        for yi, m, hi in zip(y, mean, high):
+            if np.isfinite(m):
+                axes.text((hi if np.isfinite(hi) else m) + 0.02 * span, yi, f"{m:.3g}",
+                          va="center", fontsize=8)
+    axes.set_ylim(-0.7, n - 0.3)
+    ci = summary.attrs.get("ci")
+    interval = f"{ci:.0%} bootstrap CI" if isinstance(ci, float) else "bootstrap CI"
+    direction = "lower is better" if lower else "higher is better"
+    axes.set_xlabel(f"{metric}: mean over subjects, {interval} ({direction})")
+    axes.grid(axis="x", alpha=0.3)
+    axes.spines[["top", "right"]].set_visible(False)
+    if any(grey):
+        from matplotlib.patches import Patch
+
+        axes.legend(handles=[Patch(color=_METHOD_COLOR, label="method"),
+                             Patch(color=_BASELINE_COLOR, label="baseline")],
+                    loc="best", fontsize=8, frameon=False)
+    axes.set_title(title or metric)
+    figure.tight_layout()
+    return _save(figure, out_base)

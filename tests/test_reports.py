@@ -1,0 +1,245 @@
+"""Report figures and self-contained HTML pages, on small 4 mm volumes."""
+
+from __future__ import annotations
+
+import base64
+import re
+
+import matplotlib
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from nipype_xai.metrics.group import summarize_methods
+from nipype_xai.reports import (
+    format_value,
+    group_report,
+    is_baseline,
+    plot_attribution_panel,
+    plot_glass_brains,
+    plot_method_ranking,
+    scale_abs,
+    subject_report,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SHAPE = (12, 14, 12)
+AFFINE = np.diag([4.0, 4.0, 4.0, 1.0])
+AFFINE[:3, 3] = [-22.0, -30.0, -20.0]
+METHODS = ("gradient", "smoothgrad", "sobel")
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """A smooth 'T1w', a cubic ground truth and one map per method peaking near it."""
+    root = tmp_path_factory.mktemp("images")
+    grid = np.indices(SHAPE).astype(np.float32)
+    centre = np.array(SHAPE, dtype=np.float32)[:, None, None, None] / 2
+    radius = np.sqrt(((grid - centre) ** 2).sum(axis=0))
+    t1w = np.clip(1.0 - radius / 7.0, 0, None) * 100
+    gt = np.zeros(SHAPE, np.float32)
+    gt[5:8, 6:9, 5:8] = 1
+    rng = np.random.default_rng(0)
+    paths = {"t1w": root / "sub-01_T1w.nii.gz", "gt": root / "sub-01_desc-lesion_mask.nii.gz"}
+    nib.save(nib.Nifti1Image(t1w, AFFINE), paths["t1w"])
+    nib.save(nib.Nifti1Image(gt, AFFINE), paths["gt"])
+    maps = {}
+    for i, method in enumerate(METHODS):
+        data = (gt * (3 - i) + rng.normal(scale=0.3, size=SHAPE)).astype(np.float32)
+        maps[method] = root / f"sub-01_desc-{method}_attribution.nii.gz"
+        nib.save(nib.Nifti1Image(data, AFFINE), maps[method])
+    paths["maps"] = maps
+    return paths
+
+
+def _check_figure(written, tmp_path, stem):
+    assert set(written) == {"png", "svg"}
+    assert written["png"] == (tmp_path / f"{stem}.png").absolute()
+    assert written["png"].read_bytes().startswith(PNG_MAGIC)
+    assert written["png"].stat().st_size > 5000
+    svg = written["svg"].read_text()
+    assert "<svg" in svg and svg.rstrip().endswith("</svg>")
+    assert not list(tmp_path.glob(".*tmp*"))  # atomic writes leave no temporary file
+
+
+@pytest.fixture(autouse=True)
+def no_pyplot_figures():
+    """Figures are drawn outside pyplot: the global backend is unchanged, no figure is left open."""
+    import matplotlib.pyplot as plt
+
+    backend = matplotlib.get_backend()
+    before = plt.get_fignums()
+    yield
+    assert plt.get_fignums() == before
+    assert matplotlib.get_backend() == backend
+
+
+def test_scale_abs_divides_by_the_99th_percentile():
+    data = np.zeros(SHAPE, np.float32)
+    data.flat[:200] = -np.arange(1, 201)  # signed: |map| is scaled
+    scaled, scale = scale_abs(nib.Nifti1Image(data, AFFINE))
+    assert scale == pytest.approx(np.percentile(np.arange(1, 201), 99))
+    values = np.asarray(scaled.dataobj)
+    assert values.max() == 1.0 and values.min() == 0.0
+    assert values.flat[99] == pytest.approx(100 / scale)
+    zero, zero_scale = scale_abs(nib.Nifti1Image(np.zeros(SHAPE, np.float32), AFFINE))
+    assert zero_scale == 0.0 and not np.asarray(zero.dataobj).any()
+
+
+def test_plot_attribution_panel(images, tmp_path):
+    written = plot_attribution_panel(
+        images["maps"], images["t1w"], tmp_path / "sub-01_desc-attribution_panel",
+        title="sub-01", ground_truth=images["gt"],
+    )
+    _check_figure(written, tmp_path, "sub-01_desc-attribution_panel")
+    # A few axial cuts instead of ortho, and a threshold.
+    written = plot_attribution_panel(
+        {"gradient": nib.load(images["maps"]["gradient"])}, nib.load(images["t1w"]),
+        tmp_path / "z", display_mode="z", threshold=0.5,
+    )
+    _check_figure(written, tmp_path, "z")
+
+
+def test_plot_attribution_panel_names_a_bad_file(images, tmp_path):
+    bad = tmp_path / "sub-01_desc-broken_attribution.nii.gz"
+    bad.write_bytes(b"not a nifti")
+    with pytest.raises(ValueError, match="sub-01_desc-broken_attribution.nii.gz"):
+        plot_attribution_panel({"broken": bad}, images["t1w"], tmp_path / "panel")
+
+
+def test_plot_glass_brains(images, tmp_path):
+    written = plot_glass_brains(images["maps"], tmp_path / "desc-groupMean_glassbrain", title="mean")
+    _check_figure(written, tmp_path, "desc-groupMean_glassbrain")
+
+
+@pytest.fixture(scope="module")
+def metrics_table():
+    rng = np.random.default_rng(5)
+    rows = []
+    for s in range(1, 5):
+        for i, method in enumerate((*METHODS, "gradient_random_model")):
+            rows.append({
+                "subject": f"{s:02d}", "method": method,
+                "precision_at_k": round(0.9 - 0.2 * i + 0.05 * rng.random(), 6),
+                "relevance_mass_accuracy": round(0.8 - 0.15 * i + 0.05 * rng.random(), 6),
+                "auroc": round(0.95 - 0.1 * i + 0.02 * rng.random(), 6),
+                "emd": round(4.0 + 3 * i + rng.random(), 6),
+            })
+    return pd.DataFrame(rows)
+
+
+def test_plot_method_ranking(metrics_table, tmp_path):
+    summary = summarize_methods(metrics_table, n_boot=200)
+    written = plot_method_ranking(summary, "emd", tmp_path / "desc-ranking_metric-emd_plot")
+    _check_figure(written, tmp_path, "desc-ranking_metric-emd_plot")
+    with pytest.raises(ValueError, match="no 'dice'"):
+        plot_method_ranking(summary, "dice", tmp_path / "x")
+    assert is_baseline("sobel") and is_baseline("gradient_random_model")
+    assert not is_baseline("gradient")
+
+
+def _assert_self_contained(text):
+    assert "http://" not in text and "https://" not in text
+    assert 'src="file' not in text and "<link" not in text and "<script" not in text
+    images = re.findall(r'<img[^>]*src="([^"]+)"', text)
+    assert images and all(src.startswith("data:image/png;base64,") for src in images)
+    for src in images:
+        assert base64.b64decode(src.split(",", 1)[1]).startswith(PNG_MAGIC)
+    return images
+
+
+def test_subject_report_is_self_contained(images, metrics_table, tmp_path):
+    predictions = tmp_path / "sub-01_desc-tinycnn_predictions.tsv"
+    pd.DataFrame({"class": ["control", "lesion"], "probability": [0.125, 0.875],
+                  "predicted": [False, True]}).to_csv(predictions, sep="\t", index=False)
+    metrics = tmp_path / "sub-01_desc-overlap_metrics.tsv"
+    table = metrics_table.loc[metrics_table["subject"] == "01"]
+    table.to_csv(metrics, sep="\t", index=False)
+    figures = tmp_path / "figures"
+
+    out = subject_report(
+        tmp_path / "sub-01.html", subject="sub-01", t1w=images["t1w"], maps=images["maps"],
+        predictions_tsv=predictions, metrics_tsv=metrics, ground_truth=images["gt"],
+        figures_dir=figures, errors=["occlusion: out of memory <on GPU>"],
+    )
+    assert out == (tmp_path / "sub-01.html").absolute()
+    text = out.read_text()
+    assert len(_assert_self_contained(text)) == 2  # the input and the panel
+    for method in METHODS:
+        assert method in text
+    for value in table[["precision_at_k", "auroc", "emd"]].to_numpy().ravel():
+        assert f">{format_value(value)}<" in text
+    assert ">0.875<" in text and ">lesion<" in text
+    assert "occlusion: out of memory &lt;on GPU&gt;" in text  # escaped
+    assert ">01<" in text  # the subject label stays text
+    assert sorted(p.name for p in figures.iterdir()) == [
+        "sub-01_desc-attribution_panel.png", "sub-01_desc-attribution_panel.svg",
+        "sub-01_desc-input_T1w.png", "sub-01_desc-input_T1w.svg",
+    ]
+
+
+def test_subject_report_minimal(images, tmp_path):
+    out = subject_report(tmp_path / "r.html", subject="02", t1w=nib.load(images["t1w"]), maps={})
+    text = out.read_text()
+    _assert_self_contained(text)
+    assert "sub-02" in text and "No attribution map" in text
+
+
+def test_subject_report_with_a_session_names_figures_by_both(images, tmp_path):
+    subject_report(tmp_path / "r.html", subject="sub-03_ses-pre", t1w=images["t1w"],
+                   maps={"gradient": images["maps"]["gradient"]}, figures_dir=tmp_path / "fig")
+    assert sorted(p.name for p in (tmp_path / "fig").glob("*.png")) == [
+        "sub-03_ses-pre_desc-attribution_panel.png", "sub-03_ses-pre_desc-input_T1w.png",
+    ]
+
+
+def test_group_report_is_self_contained(images, metrics_table, tmp_path):
+    metrics = tmp_path / "desc-overlap_metrics.tsv"
+    metrics_table.to_csv(metrics, sep="\t", index=False)
+    summary = summarize_methods(metrics_table, n_boot=300)
+    figures = tmp_path / "figures"
+    failures = [("sub-07", "sub-07_T1w.nii.gz: truncated or corrupt image data"),
+                ("sub-08", "no T1w found under anat/")]
+
+    out = group_report(
+        tmp_path / "group.html", metrics_tsv=metrics, summary=summary,
+        mean_maps=images["maps"], background=images["t1w"], failures=failures,
+        figures_dir=figures, provenance={"command": "nipype-xai bids out group"},
+    )
+    text = out.read_text()
+    # 4 ranking plots (one per metric), the mean-map panel and the glass brains.
+    assert len(_assert_self_contained(text)) == 6
+    for method in (*METHODS, "gradient_random_model"):
+        assert method in text
+    for _, subject, reason in [(None, *f) for f in failures]:
+        assert subject in text and reason in text
+    for row in summary.itertuples():
+        assert f"{format_value(row.mean)} [{format_value(row.ci_low)}, " \
+               f"{format_value(row.ci_high)}]" in text
+    assert "nipype-xai bids out group" in text and "nipype-xai version" in text
+    # The required metrics come first, in this order.
+    order = [text.index(f"<h3>{m}</h3>") for m in ("precision_at_k", "relevance_mass_accuracy",
+                                                   "auroc", "emd")]
+    assert order == sorted(order)
+    names = sorted(p.name for p in figures.iterdir())
+    assert "desc-ranking_metric-precisionAtK_plot.svg" in names
+    assert "desc-ranking_metric-relevanceMassAccuracy_plot.png" in names
+    assert {"desc-groupMean_panel.png", "desc-groupMean_glassbrain.svg"} <= set(names)
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]+\.(png|svg)", name) for name in names)
+
+
+def test_group_report_summarises_the_tsv_when_no_summary(metrics_table, tmp_path):
+    metrics = tmp_path / "desc-overlap_metrics.tsv"
+    metrics_table.to_csv(metrics, sep="\t", index=False)
+    # Failures may also come as the rows of a failures table.
+    out = group_report(tmp_path / "group.html", metrics_tsv=metrics, summary=None, mean_maps={},
+                       failures=[{"subject": "sub-09", "reason": "empty ground-truth mask"}])
+    text = out.read_text()
+    assert ">sub-09<" in text and ">empty ground-truth mask<" in text
+    assert "1 failed subject." in text
+    _assert_self_contained(text)
+    expected = summarize_methods(metrics_table)
+    row = expected.iloc[0]
+    assert f"{format_value(row['mean'])} [{format_value(row['ci_low'])}" in text
+    assert "4 subjects with metrics" in text
