@@ -1,0 +1,37 @@
+"""The validation benchmark: every attribution method scored against a known signal (SPEC §8).
+
+>>> from nipype_xai.benchmark import run_validation_benchmark
+>>> run_validation_benchmark("bench", tasks=["lesion"], n_train=100, n_test=40)  # doctest: +SKIP
+
+``nipype-xai benchmark OUTPUT_DIR`` is the command-line entry (:mod:`.command`).
+"""
+
+from .validation import (
+    ARCHITECTURES,
+    BASELINES,
+    DEFAULT_RANDOM_MODEL_METHODS,
+    METRICS,
+    TO_TEMPLATE,
+    architecture_spec,
+    cohort_seeds,
+    model_randomization_check,
+    read_table,
+    run_validation_benchmark,
+    subject_maps,
+    summarize_benchmark,
+)
+
+__all__ = [
+    "ARCHITECTURES",
+    "BASELINES",
+    "DEFAULT_RANDOM_MODEL_METHODS",
+    "METRICS",
+    "TO_TEMPLATE",
+    "architecture_spec",
+    "cohort_seeds",
+    "model_randomization_check",
+    "read_table",
+    "run_validation_benchmark",
+    "subject_maps",
+    "summarize_benchmark",
+]

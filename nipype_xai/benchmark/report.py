@@ -1,0 +1,323 @@
+"""Figures and the HTML page of the validation benchmark.
+
+Figures are drawn on ``matplotlib.figure.Figure`` objects (no pyplot, as in
+:mod:`nipype_xai.reports.figures`) and written as PNG + SVG; the page embeds the PNGs, so it is one
+file that opens offline.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from .. import __version__
+from ..atomic import atomic_write
+from ..bids import method_to_desc
+from ..metrics.group import LOWER_IS_BETTER, SUMMARY_COLUMNS
+from ..reports import figure_name, format_value, is_baseline, plot_method_ranking
+
+__all__ = [
+    "HEADLINE_METRICS",
+    "markdown_tables",
+    "plot_sanity_check",
+    "wide_table",
+    "write_figures",
+    "write_report",
+]
+
+PathLike = Union[str, os.PathLike]
+
+#: The metrics of the headline tables and the ranking figures: one rank metric that asks "are the
+#: top voxels in the target" (precision_at_k), one over the whole ranking (auroc), and the two mass
+#: metrics (share inside the target; distance of the mass to it).
+HEADLINE_METRICS = ("precision_at_k", "auroc", "relevance_mass_accuracy", "emd")
+
+
+def _label(text: Any) -> str:
+    cleaned = "".join(ch for ch in str(text) if ch.isalnum())
+    return cleaned or "model"
+
+
+def _save(figure: Figure, out_base: Path) -> dict[str, Path]:
+    written = {}
+    for fmt in ("png", "svg"):
+        path = out_base.with_name(f"{out_base.name}.{fmt}")
+        written[fmt] = atomic_write(
+            path, lambda tmp, fmt=fmt: figure.savefig(tmp, format=fmt, dpi=100,
+                                                      bbox_inches="tight"))
+    return written
+
+
+def plot_sanity_check(sanity: pd.DataFrame, out_base: PathLike, *,
+                      title: Optional[str] = None) -> dict[str, Path]:
+    """Spearman correlation with the trained model's map against the depth of randomisation.
+
+    Parameters
+    ----------
+    sanity
+        Rows of :func:`~nipype_xai.benchmark.validation.model_randomization_check` for one model:
+        ``method``, ``n_randomized``, ``layer``, ``spearman``.
+    out_base
+        Output path without extension.
+    title
+        Figure title.
+
+    Returns
+    -------
+    dict
+        ``{"png": Path, "svg": Path}``.
+
+    Notes
+    -----
+    A method that explains the model drops towards 0 as layers are randomised; one that stays
+    high reproduces something the model does not need (often the input's edges) and fails the
+    check (Adebayo et al. 2018). The point at 0 randomised layers is 1 by definition.
+    """
+    methods = list(dict.fromkeys(sanity["method"]))
+    steps = sorted({int(s) for s in sanity["n_randomized"]})
+    layer_of = dict(zip(sanity["n_randomized"].astype(int), sanity["layer"].astype(str)))
+    figure = Figure(figsize=(9.5, 5.0))
+    axes = figure.add_subplot(1, 1, 1)
+    colors = [figure_color(i) for i in range(len(methods))]
+    styles = ["-", "--", ":", "-."]
+    for i, method in enumerate(methods):
+        rows = sanity[sanity["method"] == method].sort_values("n_randomized")
+        x = np.concatenate([[0], rows["n_randomized"].to_numpy(dtype=float)])
+        y = np.concatenate([[1.0], rows["spearman"].to_numpy(dtype=float)])
+        axes.plot(x, y, styles[(i // 10) % len(styles)], marker="o", markersize=3,
+                  color=colors[i], label=method, linewidth=1.4)
+    axes.axhline(0.0, color="#888888", linewidth=0.8)
+    axes.set_xticks([0, *steps])
+    axes.set_xticklabels(["trained", *[_short(layer_of[s]) for s in steps]], rotation=60,
+                         ha="right", fontsize=7)
+    axes.set_xlabel("randomised from the output down to layer (cascade)")
+    axes.set_ylabel("Spearman rank correlation of |map| with the trained model's")
+    axes.set_ylim(-0.3, 1.05)
+    axes.grid(alpha=0.3)
+    axes.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7, frameon=False)
+    if title:
+        axes.set_title(title)
+    return _save(figure, Path(out_base))
+
+
+def figure_color(i: int) -> tuple:
+    """The i-th of 20 distinguishable colours (matplotlib's tab20, evens first)."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab20"]
+    return cmap(((2 * i) % 20 + (2 * i) // 20 % 2) / 20)
+
+
+def _short(layer: str) -> str:
+    # Deep module paths do not fit under an axis; the last two parts name a layer well enough.
+    parts = layer.split(".")
+    return ".".join(parts[-2:]) if len(parts) > 2 else layer
+
+
+def write_figures(summary: pd.DataFrame, sanity: pd.DataFrame,
+                  fig_dir: PathLike) -> dict[str, dict[str, Path]]:
+    """Ranking figures per task x architecture x class, and a sanity figure per model.
+
+    The rankings are of the correctly classified subjects (the decisions a lab would act on; the
+    incorrectly classified are in the tables), for :data:`HEADLINE_METRICS`.
+
+    Returns
+    -------
+    dict
+        ``"ranking/<task>/<architecture>/<label>/<metric>"`` and ``"sanity/<task>/<architecture>"``
+        -> ``{"png": Path, "svg": Path}``.
+    """
+    fig_dir = Path(fig_dir)
+    figures: dict[str, dict[str, Path]] = {}
+    for (task, name), part in summary.groupby(["task", "architecture"], sort=False):
+        for label, group in part.groupby("label", sort=False):
+            correct = group["correct"].astype(bool)
+            chosen, which = group[correct], "correctly classified"
+            if chosen.empty:
+                chosen, which = group[~correct], "incorrectly classified (none correct)"
+            ranking = chosen[["method", *SUMMARY_COLUMNS]].reset_index(drop=True)
+            ranking.attrs.update(summary.attrs)
+            for metric in HEADLINE_METRICS:
+                if metric not in set(ranking["metric"]):
+                    continue
+                base = fig_dir / figure_name(
+                    f"task-{task}", f"model-{_label(name)}", f"label-{_label(label)}",
+                    "desc-ranking", f"metric-{method_to_desc(metric)}", "plot")
+                figures[f"ranking/{task}/{name}/{label}/{metric}"] = plot_method_ranking(
+                    ranking, metric, base, title=f"{task} / {name} / {label} ({which}): {metric}")
+    if len(sanity):
+        for (task, name), part in sanity.groupby(["task", "architecture"], sort=False):
+            base = fig_dir / figure_name(f"task-{task}", f"model-{_label(name)}", "desc-sanity",
+                                         "plot")
+            figures[f"sanity/{task}/{name}"] = plot_sanity_check(
+                part, base, title=f"Cascading randomisation: {task} / {name}")
+    return figures
+
+
+def wide_table(summary: pd.DataFrame, metrics=HEADLINE_METRICS) -> pd.DataFrame:
+    """``mean [ci_low, ci_high]`` per method (rows) and metric (columns), best first.
+
+    ``summary`` is one group of subjects of ``benchmark.tsv`` (one task, architecture, label and
+    ``correct`` value). Rows are ordered by the first metric (lower first for
+    :data:`~nipype_xai.metrics.group.LOWER_IS_BETTER`); ``n`` is the number of subjects.
+    """
+    metrics = [m for m in metrics if m in set(summary["metric"])]
+    rows = {}
+    for method, part in summary.groupby("method", sort=False):
+        by_metric = part.set_index("metric")
+        row: dict[str, Any] = {"method": method}
+        for metric in metrics:
+            if metric in by_metric.index:
+                r = by_metric.loc[metric]
+                row[metric] = (f"{format_value(r['mean'])} [{format_value(r['ci_low'])}, "
+                               f"{format_value(r['ci_high'])}]")
+                row[f"_{metric}"] = float(r["mean"])
+        row["n"] = int(part["n"].max())
+        rows[method] = row
+    frame = pd.DataFrame(list(rows.values()))
+    if metrics and len(frame):
+        # Ties on the first metric (e.g. precision_at_k = 0 for many maps) go by the second.
+        keys = metrics[:2]
+        frame = frame.sort_values([f"_{m}" for m in keys],
+                                  ascending=[m in LOWER_IS_BETTER for m in keys],
+                                  na_position="last", kind="stable")
+    return frame[["method", *metrics, "n"]].reset_index(drop=True)
+
+
+def markdown_tables(summary: pd.DataFrame, metrics=HEADLINE_METRICS) -> str:
+    """The headline tables as Markdown: one per task x architecture x class x correct.
+
+    Each row is a method, each cell ``mean [ci_low, ci_high]`` (:func:`wide_table`); baselines
+    are in italics. Written next to ``benchmark.tsv`` as ``benchmark.md`` for documentation.
+    """
+    lines = []
+    for (task, name, label, correct), group in summary.groupby(
+            ["task", "architecture", "label", "correct"], sort=False):
+        wide = wide_table(group, metrics)
+        which = "correctly" if bool(correct) else "incorrectly"
+        n = int(wide["n"].max()) if len(wide) else 0
+        lines += [f"### {task} / {name} / {label}, {which} classified (n = {n})", ""]
+        columns = ["method", *[c for c in wide.columns if c not in ("method", "n")]]
+        lines.append("| " + " | ".join(columns) + " |")
+        lines.append("|" + "|".join("---" for _ in columns) + "|")
+        for _, row in wide.iterrows():
+            method = str(row["method"])
+            shown = f"*{method}*" if is_baseline(method) else method
+            lines.append("| " + " | ".join([shown, *[str(row[c]) for c in columns[1:]]]) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _table(frame: pd.DataFrame, method_column: Optional[str] = "method") -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    body = []
+    for _, row in frame.iterrows():
+        baseline = method_column in frame.columns and is_baseline(str(row[method_column]))
+        cells = "".join(f"<td>{html.escape(format_value(row[c]))}</td>" for c in frame.columns)
+        body.append(f'<tr class="{"baseline" if baseline else ""}">{cells}</tr>')
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _img(paths: Mapping[str, Path], alt: str) -> str:
+    data = base64.b64encode(Path(paths["png"]).read_bytes()).decode("ascii")
+    return f'<img alt="{html.escape(alt, quote=True)}" src="data:image/png;base64,{data}">'
+
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:.85em}
+th,td{border:1px solid #ccc;padding:.25em .5em;text-align:left}
+th{background:#f2f2f2} tr.baseline td{color:#777;font-style:italic}
+img{max-width:100%;margin:.5em 0} .note{color:#555;font-size:.9em}
+details{margin:1em 0}
+"""
+
+
+def write_report(out_html: PathLike, *, summary: pd.DataFrame, models: pd.DataFrame,
+                 sanity: pd.DataFrame, figures: Mapping[str, Mapping[str, Path]],
+                 provenance: Mapping[str, Any]) -> Path:
+    """Write the benchmark's self-contained HTML page.
+
+    Parameters
+    ----------
+    out_html
+        The page.
+    summary
+        ``benchmark.tsv`` as a frame (:func:`~nipype_xai.benchmark.validation.summarize_benchmark`).
+    models
+        ``models.tsv``: per task x architecture, test accuracy and subjects scored / skipped.
+    sanity
+        ``sanity.tsv`` (may be empty).
+    figures
+        :func:`write_figures`' result.
+    provenance
+        ``provenance.json``'s content.
+
+    Returns
+    -------
+    pathlib.Path
+        The page written.
+    """
+    settings = provenance.get("settings", {})
+    random_models = ", ".join("random_model_" + m for m in settings.get("random_model_methods", []))
+    body = [
+        (f"<p>{len(settings.get('methods', []))} attribution methods and the baselines "
+         f"{', '.join(settings.get('baselines', []))} and {random_models}, scored against the "
+         "known ground truth of synthetic cohorts (SPEC §8).</p>"),
+        ('<p class="note">Maps explain the predicted class, in template space on the model grid, '
+         "scored as |map| inside the template brain mask. Only subjects with a ground-truth mask are "
+         "scored (lesion task: controls have no lesion and are skipped; atrophy task: both classes "
+         "have the caudate mask and are scored, kept apart by <code>label</code>). Correctly and "
+         "incorrectly classified subjects are summarised apart (<code>correct</code>). Intervals: "
+         f"{settings.get('ci', 0.95):.0%} percentile bootstrap over subjects, "
+         f"{settings.get('n_boot', '')} replicates, paired across methods. Baselines in grey "
+         "italics. Lower is better for emd, higher for the other metrics.</p>"),
+        "<h2>Models</h2>", _table(models, method_column=None),
+    ]
+    for (task, name), part in summary.groupby(["task", "architecture"], sort=False):
+        body.append(f"<h2>{html.escape(str(task))} / {html.escape(str(name))}</h2>")
+        for label, by_label in part.groupby("label", sort=False):
+            for correct, group in by_label.groupby("correct", sort=False):
+                n = int(group["n"].max()) if len(group) else 0
+                which = "correctly" if bool(correct) else "incorrectly"
+                body.append(f"<h3>{html.escape(str(label))}, {which} classified "
+                            f"({n} subjects)</h3>")
+                body.append(_table(wide_table(group)))
+            for metric in HEADLINE_METRICS:
+                key = f"ranking/{task}/{name}/{label}/{metric}"
+                if key in figures:
+                    body.append(_img(figures[key], f"{task} {name} {label}: ranking by {metric}"))
+        key = f"sanity/{task}/{name}"
+        if key in figures:
+            subjects = sanity.loc[(sanity["task"] == task) & (sanity["architecture"] == name),
+                                  "n_subjects"]
+            body.append(f"<h3>Cascading randomisation ({int(subjects.max())} subjects)</h3>")
+            body.append(_img(figures[key], f"{task} {name}: sanity check"))
+    body.append("<details><summary>All statistics (benchmark.tsv)</summary>"
+                + _table(summary) + "</details>")
+    body.append("<h2>Provenance</h2>")
+    items = pd.DataFrame([
+        {"item": "command", "value": provenance.get("command")},
+        {"item": "seed", "value": provenance.get("seed")},
+        {"item": "cohort seeds", "value": provenance.get("cohort_seeds")},
+        {"item": "versions", "value": provenance.get("versions")},
+        {"item": "machine", "value": provenance.get("machine")},
+        {"item": "settings", "value": settings},
+        {"item": "wall time (s)", "value": provenance.get("seconds")},
+    ])
+    body.append(_table(items, method_column=None))
+    page = ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            "<title>nipype-xai validation benchmark</title>\n"
+            f"<style>{_CSS}</style>\n</head>\n<body>\n<h1>nipype-xai validation benchmark</h1>\n"
+            f'<p class="note">nipype-xai {html.escape(__version__)} &middot; '
+            f"{html.escape(str(provenance.get('finished', '')))}</p>\n"
+            + "\n".join(body) + "\n</body>\n</html>\n")
+    return atomic_write(out_html, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))

@@ -1,0 +1,433 @@
+"""Running the participant and group levels: Nipype configuration, plugins, and failure records.
+
+A subject fails when any node of its workflow crashes. Nipype (``stop_on_first_crash`` off) then
+skips that node's dependents -- the subject's sinks among them, so it gets no derivative -- and
+runs every other subject to the end. Each run writes its crash files (plain text) to a fresh
+folder in the work directory; each crash file names the failing node, whose workflow names the
+subject, and ends with the error. Those become ``failures.tsv`` at the output root, which the
+group report lists.
+"""
+
+from __future__ import annotations
+
+import gc
+import io
+import json
+import logging
+import os
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import pandas as pd
+
+from ..atomic import atomic_write
+from ..bids import write_dataset_description
+from .parser import UsageError
+
+__all__ = [
+    "Failure",
+    "RunSummary",
+    "configure_logging",
+    "plugin_settings",
+    "run_group_level",
+    "run_participant_level",
+]
+
+LOGGER = logging.getLogger("nipype_xai")
+
+FAILURES_COLUMNS = ("subject", "reason", "node", "crashfile")
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A subject (``sub-X[_ses-Y]``) that produced no derivatives, and why."""
+
+    subject: str
+    reason: str
+    node: str = ""
+    crashfile: str = ""
+
+
+@dataclass
+class RunSummary:
+    """Outcome of a participant-level run."""
+
+    succeeded: list[str] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+
+# ---- Nipype configuration ----------------------------------------------------------------------
+
+
+#: Nipype's log level in this process and in the worker processes it starts (see
+#: :func:`configure_logging`); None: Nipype's own configuration, untouched.
+_NIPYPE_LOG_LEVEL: Optional[str] = None
+
+
+def configure_logging(verbose: bool) -> None:
+    """Nipype's log at INFO with ``-v``; otherwise only what nipype-xai itself reports.
+
+    Nipype logs every crash with its full traceback at ERROR level; without ``-v`` the command
+    prints one line per failed subject instead (the crash files keep the tracebacks).
+    """
+    from nipype import config
+    from nipype import logging as nipype_logging
+
+    global _NIPYPE_LOG_LEVEL
+    level = _NIPYPE_LOG_LEVEL = "INFO" if verbose else "CRITICAL"
+    config.update_config({"logging": {"workflow_level": level, "interface_level": level,
+                                      "utils_level": level}})
+    nipype_logging.update_logging(config)
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="nipype-xai: %(message)s")
+    for name in ("nipype_xai", "py.warnings"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+    if not verbose:
+        # Library deprecation chatter (nilearn, pybids) is not the user's concern.
+        import warnings
+
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=UserWarning)
+
+
+def plugin_settings(plugin: Optional[str], plugin_args: Optional[str], nprocs: Optional[int],
+                    device: str) -> tuple[str, dict[str, Any]]:
+    """The Nipype plugin and its arguments from the command-line options.
+
+    Raises
+    ------
+    UsageError
+        ``--plugin-args`` is not a JSON object, or ``--device cuda`` without a CUDA device.
+    """
+    args: dict[str, Any] = {}
+    if plugin_args:
+        try:
+            args = json.loads(plugin_args)
+        except json.JSONDecodeError as error:
+            raise UsageError(f"--plugin-args: not valid JSON ({error.msg} at column "
+                             f"{error.colno})") from None
+        if not isinstance(args, dict):
+            raise UsageError(f"--plugin-args: expected a JSON object, got {plugin_args!r}")
+    n_procs = nprocs or os.cpu_count() or 1
+    if plugin is None:
+        plugin = "Linear" if n_procs == 1 else "MultiProc"
+    if plugin == "MultiProc":
+        args.setdefault("n_procs", n_procs)
+        # Spawned, not forked, workers: a process forked after this one has run torch on
+        # several threads (OpenMP) hangs at its first parallel region, and the CLI's own checks,
+        # or a host application embedding it, may well have.
+        args.setdefault("mp_context", "spawn")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: torch finds no CUDA device on this machine")
+        if plugin == "MultiProc":
+            # Model nodes declare use_gpu; MultiProc runs at most this many of them at once.
+            args.setdefault("n_gpu_procs", torch.cuda.device_count())
+    elif device != "cpu":
+        raise UsageError(f"--device: expected cpu or cuda[:N], got {device!r}")
+    return plugin, args
+
+
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def _worker_threads(plugin: str, args: Mapping[str, Any]) -> dict[str, Optional[str]]:
+    """Give each MultiProc worker its share of the cores; return the variables replaced.
+
+    Workers read the thread count from the environment when they import torch (they are spawned,
+    see :func:`plugin_settings`): with n_procs model nodes side by side, each should use its
+    share of the cores, not all of them (oversubscription slows every node).
+    """
+    if plugin != "MultiProc":
+        return {}
+    n_procs = int(args.get("n_procs", os.cpu_count() or 1))
+    threads = str(max(1, (os.cpu_count() or 1) // max(1, n_procs)))
+    previous = {name: os.environ.get(name) for name in _THREAD_VARIABLES}
+    for name in _THREAD_VARIABLES:
+        os.environ.setdefault(name, threads)
+    return previous
+
+
+def _worker_log_config(work_dir: Path) -> dict[str, Optional[str]]:
+    """Make spawned workers log at this process's Nipype level; return the variable replaced.
+
+    A spawned worker imports Nipype afresh, which reads its configuration from
+    ``$NIPYPE_CONFIG_DIR/nipype.cfg`` (default ``~/.nipype``) and knows nothing of this process's
+    settings: without this, every worker would print Nipype's INFO log. The file written is the
+    user's own ``nipype.cfg`` (if any) with the log levels replaced.
+    """
+    import configparser
+
+    if _NIPYPE_LOG_LEVEL is None:
+        return {}
+    user_dir = Path(os.path.expanduser(os.environ.get("NIPYPE_CONFIG_DIR", "~/.nipype")))
+    parser = configparser.ConfigParser()
+    parser.read([user_dir / "nipype.cfg"])
+    if not parser.has_section("logging"):
+        parser.add_section("logging")
+    for option in ("workflow_level", "interface_level", "utils_level"):
+        parser.set("logging", option, _NIPYPE_LOG_LEVEL)
+    config_dir = work_dir / "nipype-config"
+    config_dir.mkdir(parents=True, exist_ok=True)
+    text = io.StringIO()
+    parser.write(text)
+    atomic_write(config_dir / "nipype.cfg", lambda tmp: tmp.write_text(text.getvalue()))
+    previous = {"NIPYPE_CONFIG_DIR": os.environ.get("NIPYPE_CONFIG_DIR")}
+    os.environ["NIPYPE_CONFIG_DIR"] = str(config_dir)
+    return previous
+
+
+def _restore_environment(previous: Mapping[str, Optional[str]]) -> None:
+    for name, value in previous.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+def _workflow_config(work_dir: Path) -> tuple[dict[str, Any], Path]:
+    crash_dir = work_dir / "crashfiles" / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    return {
+        "execution": {
+            "crashdump_dir": str(crash_dir),
+            "crashfile_format": "txt",
+            "stop_on_first_crash": False,
+            # Large images are hashed by size and modification time, never re-read to hash.
+            "hash_method": "timestamp",
+            # Our nodes take seconds: the default 2 s poll would dominate a small run.
+            "poll_sleep_duration": 0.2,
+            "check_version": False,
+        },
+        "monitoring": {"enabled": False},
+    }, crash_dir
+
+
+class _SubjectProgress:
+    """Nipype status callback: one progress-bar tick per subject whose results are all there.
+
+    A subject is done when its ``all_results`` gate node has run. Nipype pickles the plugin
+    arguments along with the nodes it sends to worker processes, so the bar is left out of the
+    pickled state (a worker's copy does nothing).
+    """
+
+    def __init__(self, total: int):
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(total=total, desc="subjects", unit="subject", disable=None)
+
+    def __call__(self, node, status: str) -> None:
+        if self._bar is not None and status == "end" and node.name == "all_results":
+            self._bar.update(1)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+    def __getstate__(self) -> dict:
+        return {"_bar": None}
+
+
+def _run(workflow, work_dir: Path, plugin: str, plugin_args: dict[str, Any],
+         progress_nodes: Optional[Mapping[str, str]] = None) -> tuple[Path, bool]:
+    """Run a workflow; return its crash folder and whether Nipype reported a failure."""
+    settings, crash_dir = _workflow_config(work_dir)
+    for section, values in settings.items():
+        workflow.config.setdefault(section, {}).update(values)
+    workflow.base_dir = str(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    environment = _worker_threads(plugin, plugin_args)
+    if plugin == "MultiProc":
+        environment.update(_worker_log_config(work_dir))
+
+    args = dict(plugin_args)
+    progress = None
+    if progress_nodes and plugin in ("Linear", "MultiProc"):
+        progress = _SubjectProgress(len(progress_nodes))
+        args["status_callback"] = progress
+    failed = False
+    # Nipype's MultiProc runs a full garbage collection at every scheduling step and after every
+    # node run in this process; with torch, pybids and nilearn loaded each one walks millions of
+    # objects (~0.7 s here), which made a 4-subject run 3x slower than its nodes. Objects that
+    # exist before the run are long-lived: freeze them out of the collector's reach.
+    gc.freeze()
+    try:
+        workflow.run(plugin=plugin, plugin_args=args)
+    except RuntimeError:
+        # Nipype raises after running everything it could; the crash files say what failed.
+        failed = True
+    finally:
+        gc.unfreeze()
+        if progress is not None:
+            progress.close()
+        _restore_environment(environment)
+    return crash_dir, failed
+
+
+_ERROR_LINE = re.compile(r"^\s*(?:[A-Za-z_][\w.]*\.)?([A-Za-z_]\w*(?:Error|Exception|"
+                         r"NotAvailable|Exit))\s*:\s*(.+?)\s*$")
+_GENERIC = ("Exception raised while executing Node", "raised. Re-raising first")
+
+
+def _reason(text: str) -> str:
+    """The error a crash file ends with, in one line (``Type: message``)."""
+    found = None
+    for line in text.splitlines():
+        match = _ERROR_LINE.match(line)
+        if match and not any(g in match.group(2) for g in _GENERIC):
+            found = f"{match.group(1)}: {match.group(2)}"
+    if found:
+        return found
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "unknown error (empty crash file)"
+
+
+def _crash_failures(crash_dir: Path, workflows: Mapping[str, str]) -> dict[str, Failure]:
+    """The first crash of each subject: ``{sub-X[_ses-Y]: Failure}``.
+
+    ``workflows`` maps a subject workflow's name to the subject's label. A crash outside every
+    subject workflow (the shared template selection) fails every subject; with no subject
+    workflows (the group level) it is recorded under ``group``.
+    """
+    failures: dict[str, Failure] = {}
+    if not crash_dir.is_dir():
+        return failures
+    for path in sorted(crash_dir.glob("crash-*"), key=lambda p: p.stat().st_mtime):
+        text = path.read_text(errors="replace")
+        first = text.splitlines()[0] if text else ""
+        node = first[len("Node: "):].strip() if first.startswith("Node: ") else path.name
+        subject = next((label for name, label in workflows.items()
+                        if f".{name}." in f".{node}."), None)
+        affected = [subject] if subject else (list(workflows.values()) or ["group"])
+        for label in affected:
+            failures.setdefault(label, Failure(label, _reason(text), node, str(path)))
+    return failures
+
+
+def _write_failures(output_dir: Path, failures: Sequence[Failure],
+                    processed: Sequence[str]) -> Path:
+    """Update ``failures.tsv``: rows of the subjects processed now are replaced, others kept."""
+    from ..workflows.group import FAILURES_FILE
+
+    path = output_dir / FAILURES_FILE
+    rows = []
+    if path.is_file():
+        previous = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+        rows = [row for row in previous.to_dict("records") if row.get("subject") not in processed]
+    rows += [{"subject": f.subject, "reason": f.reason, "node": f.node, "crashfile": f.crashfile}
+             for f in failures]
+    if not rows:
+        path.unlink(missing_ok=True)
+        return path
+    table = pd.DataFrame(rows, columns=list(FAILURES_COLUMNS)).sort_values("subject")
+    atomic_write(path, lambda tmp: table.to_csv(tmp, sep="\t", index=False))
+    return path
+
+
+def _add_to_bidsignore(output_dir: Path, *entries: str) -> None:
+    ignore = output_dir / ".bidsignore"
+    lines = ignore.read_text().splitlines() if ignore.is_file() else []
+    lines += [entry for entry in entries if entry not in lines]
+    atomic_write(ignore, lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
+
+
+# ---- the two levels -----------------------------------------------------------------------------
+
+
+def run_participant_level(
+    *,
+    bids_dir: Path,
+    output_dir: Path,
+    work_dir: Path,
+    model_spec: Path,
+    methods: Sequence[str],
+    template: Optional[str],
+    participant_labels: Optional[Sequence[str]] = None,
+    ground_truth_dir: Optional[Path] = None,
+    gt_label: str = "lesion",
+    transforms_dir: Optional[Path] = None,
+    registration: str = "affine",
+    method_params: Optional[Mapping[str, Mapping[str, Any]]] = None,
+    seed: int = 0,
+    device: str = "cpu",
+    reports: bool = True,
+    plugin: str = "MultiProc",
+    plugin_args: Optional[Mapping[str, Any]] = None,
+) -> RunSummary:
+    """Query the dataset, build one workflow per subject, run them, record the failures.
+
+    Raises
+    ------
+    nipype_xai.workflows.BIDSInputError
+        The dataset (or a derivatives folder) cannot be used at all: nothing is run.
+    """
+    from ..workflows import collect_data, init_participant_wf, subject_workflow_name
+
+    started = time.perf_counter()
+    subjects, problems = collect_data(
+        bids_dir, participant_labels, ground_truth_dir=ground_truth_dir, gt_label=gt_label,
+        transforms_dir=transforms_dir, template=template or "MNI152NLin2009aSym",
+    )
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_dataset_description(output_dir, source_datasets=[bids_dir.absolute().as_uri()])
+    _add_to_bidsignore(output_dir, "failures.tsv")
+
+    failures = [Failure(f"sub-{p.subject}" + (f"_ses-{p.session}" if p.session else ""),
+                        p.problem, "inputs") for p in problems]
+    labels = {subject_workflow_name(s.subject, s.session): s.label for s in subjects}
+    if subjects:
+        workflow = init_participant_wf(
+            subjects=subjects, output_dir=output_dir, model_spec=model_spec, methods=methods,
+            template=template, registration=registration, method_params=method_params,
+            seed=seed, device=device, reports=reports,
+        )
+        crash_dir, _ = _run(workflow, work_dir, plugin, dict(plugin_args or {}), labels)
+        crashed = _crash_failures(crash_dir, labels)
+        failures += list(crashed.values())
+    else:
+        crashed = {}
+    processed = list(labels.values()) + [f.subject for f in failures]
+    _write_failures(output_dir, failures, processed)
+    return RunSummary(
+        succeeded=[label for label in labels.values() if label not in crashed],
+        failures=failures, elapsed_s=time.perf_counter() - started,
+    )
+
+
+def run_group_level(
+    *,
+    output_dir: Path,
+    work_dir: Path,
+    template: Optional[str] = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+    reports: bool = True,
+    provenance: Optional[Mapping[str, Any]] = None,
+    plugin: str = "MultiProc",
+    plugin_args: Optional[Mapping[str, Any]] = None,
+) -> tuple[Optional[Path], list[Failure]]:
+    """Summarise the participant-level derivatives; return the report (or None) and failures."""
+    from ..workflows import collect_group_inputs, init_group_wf
+
+    inputs = collect_group_inputs(output_dir, template)
+    provenance = {
+        "Subjects": len(inputs.subjects),
+        "Methods": ", ".join(dict.fromkeys(inputs.methods)),
+        "Space": inputs.template + (f" (res-{inputs.res})" if inputs.res else ""),
+        **dict(provenance or {}),
+    }
+    workflow = init_group_wf(inputs=inputs, output_dir=output_dir, reports=reports,
+                             n_boot=n_boot, seed=seed, provenance=provenance)
+    crash_dir, failed = _run(workflow, work_dir, plugin, dict(plugin_args or {}))
+    failures = list(_crash_failures(crash_dir, {}).values())
+    if failed and not failures:
+        failures = [Failure("group", "the group workflow failed (run with -v for Nipype's log)")]
+    report = output_dir / "group.html"
+    return (report if reports and report.is_file() and not failures else None), failures

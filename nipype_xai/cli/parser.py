@@ -1,0 +1,196 @@
+"""Argument parsers of the ``nipype-xai`` command (SPEC §7).
+
+argparse cannot mix the BIDS-App positional arguments (``BIDS_DIR OUTPUT_DIR participant|group``)
+with subcommands, so :func:`nipype_xai.cli.run.main` dispatches on the first argument: ``demo``,
+``synth`` and ``train`` have parsers of their own, anything else is the BIDS-App call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import NoReturn, Optional
+
+from .. import __version__
+
+__all__ = [
+    "DEFAULT_METHODS",
+    "UsageError",
+    "bids_app_parser",
+    "demo_parser",
+    "synth_parser",
+    "train_parser",
+]
+
+#: The default method set: a fast, representative subset of each family, plus two baselines.
+DEFAULT_METHODS = (
+    "gradient", "smoothgrad", "integrated_gradients", "lrp_epsilon_plus_flat", "gradcam",
+    "occlusion", "sobel", "random",
+)
+
+_PROG = "nipype-xai"
+
+
+class UsageError(Exception):
+    """A command-line argument is missing or invalid (reported in one line, exit code 1)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line on stderr and exit code 1 (no usage dump)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def _common_run_options(parser: argparse.ArgumentParser, *, methods_default=DEFAULT_METHODS):
+    """Options shared by the BIDS-App call and ``demo``."""
+    parser.add_argument(
+        "--methods", nargs="+", default=list(methods_default), metavar="METHOD",
+        help="attribution methods and baselines (sobel, laplace, random) to compute "
+             f"(default: {' '.join(methods_default)})")
+    parser.add_argument("--work-dir", "-w", type=Path, metavar="DIR",
+                        help="Nipype work directory: a re-run with the same one recomputes only "
+                             "what changed")
+    parser.add_argument("--nprocs", "--n-cpus", type=_positive_int, metavar="N",
+                        help="parallel processes (default: all CPUs)")
+    parser.add_argument("--plugin", choices=("Linear", "MultiProc", "SLURM"),
+                        help="Nipype execution plugin (default: MultiProc, Linear with --nprocs 1)")
+    parser.add_argument("--plugin-args", metavar="JSON",
+                        help="Nipype plugin arguments as a JSON object, e.g. "
+                             "'{\"sbatch_args\": \"--time=1:00:00\"}'")
+    parser.add_argument("--device", default="cpu", metavar="cpu|cuda",
+                        help="torch device of the model nodes (default: cpu)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the stochastic methods, the random baseline and the "
+                             "registration (default: 0)")
+    parser.add_argument("--registration", choices=("affine", "syn"), default="affine",
+                        help="T1w -> template registration (default: affine)")
+    parser.add_argument("--no-reports", dest="reports", action="store_false",
+                        help="skip the HTML reports and their figures")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="Nipype's log, and tracebacks with errors")
+
+
+def bids_app_parser() -> argparse.ArgumentParser:
+    """``nipype-xai BIDS_DIR OUTPUT_DIR participant|group [options]``."""
+    parser = _Parser(
+        prog=_PROG,
+        description="Explain a 3D brain-MRI PyTorch model's predictions for every subject of a "
+                    "BIDS dataset: attribution maps in template and native space as BIDS "
+                    "derivatives, ground-truth overlap metrics, reports.",
+        epilog="Other commands: 'nipype-xai demo [OUTPUT_DIR]' (synthetic cohort + bundled model "
+               "+ report), 'nipype-xai synth OUTPUT_DIR ...' (synthetic cohorts), 'nipype-xai "
+               "train ...' (train a model spec on a cohort). Exit codes: 0 done, 1 bad input "
+               "(nothing run), 2 some subjects failed (see OUTPUT_DIR/failures.tsv).",
+    )
+    parser.add_argument("--version", action="version", version=f"{_PROG} {__version__}")
+    parser.add_argument("bids_dir", type=Path, metavar="BIDS_DIR", help="the input BIDS dataset")
+    parser.add_argument("output_dir", type=Path, metavar="OUTPUT_DIR",
+                        help="the output derivatives dataset")
+    parser.add_argument("analysis_level", choices=("participant", "group"),
+                        help="participant: every subject's maps; group: summaries over the "
+                             "participant-level outputs")
+    parser.add_argument("--participant-label", "--participant_label", nargs="+", metavar="LABEL",
+                        help="subjects to process (with or without 'sub-'; default: all)")
+    parser.add_argument("--model", type=Path, metavar="SPEC.json",
+                        help="model spec JSON (default: the bundled lesion model)")
+    parser.add_argument("--template", metavar="TEMPLATE",
+                        help="TemplateFlow template to work in (default: the model spec's space)")
+    parser.add_argument("--ground-truth", type=Path, metavar="DERIV_DIR",
+                        help="derivatives dataset with native-space ground-truth masks "
+                             "(sub-X_label-<gt-label>_mask.nii.gz): adds overlap metrics")
+    parser.add_argument("--gt-label", default="lesion", metavar="LABEL",
+                        help="label- of the ground-truth masks (default: lesion)")
+    parser.add_argument("--transforms-from", type=Path, metavar="DERIV_DIR",
+                        help="reuse T1w <-> template transforms from this derivatives folder "
+                             "(fMRIPrep/sMRIPrep: *_from-T1w_to-<tpl>_mode-image_xfm.h5 and the "
+                             "inverse) instead of registering")
+    parser.add_argument("--n-boot", type=_positive_int, default=2000, metavar="N",
+                        help="group level: bootstrap replicates of the ranking CIs "
+                             "(default: 2000)")
+    _common_run_options(parser)
+    return parser
+
+
+def demo_parser() -> argparse.ArgumentParser:
+    """``nipype-xai demo [OUTPUT_DIR] [options]``."""
+    parser = _Parser(
+        prog=f"{_PROG} demo",
+        description="The whole pipeline on data the package makes itself: a synthetic lesion "
+                    "cohort, the bundled lesion model, the default methods and baselines, "
+                    "participant and group levels, HTML reports.",
+    )
+    parser.add_argument("output_dir", type=Path, nargs="?", default=Path("nipype-xai-demo"),
+                        metavar="OUTPUT_DIR",
+                        help="where the cohort (bids/), the results (derivatives/nipype-xai/) and "
+                             "the work directory (work/) go (default: ./nipype-xai-demo)")
+    parser.add_argument("--n-subjects", type=_positive_int, default=8, metavar="N",
+                        help="subjects in the synthetic cohort (default: 8, half with lesions)")
+    parser.add_argument("--cohort-seed", type=int, default=2024, metavar="S",
+                        help="seed of the synthetic cohort (default: 2024, a cohort the bundled "
+                             "model never saw)")
+    parser.add_argument("--model", type=Path, metavar="SPEC.json",
+                        help="model spec JSON (default: the bundled lesion model)")
+    _common_run_options(parser)
+    return parser
+
+
+def synth_parser() -> argparse.ArgumentParser:
+    """``nipype-xai synth OUTPUT_DIR --task lesion|atrophy --n-subjects N [options]``."""
+    parser = _Parser(
+        prog=f"{_PROG} synth",
+        description="Write a synthetic cohort with a known signal source as a BIDS dataset, with "
+                    "its ground truth in derivatives/groundtruth (SPEC §8).",
+    )
+    parser.add_argument("output_dir", type=Path, metavar="OUTPUT_DIR",
+                        help="new (or empty) folder for the dataset")
+    parser.add_argument("--task", choices=("lesion", "atrophy"), required=True)
+    parser.add_argument("--n-subjects", type=_positive_int, required=True, metavar="N")
+    parser.add_argument("--seed", type=int, default=0, metavar="S", help="(default: 0)")
+    parser.add_argument("--resolution", type=float, default=2.0, metavar="MM",
+                        help="isotropic voxel size in mm (default: 2)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="tracebacks with errors")
+    return parser
+
+
+def train_parser() -> argparse.ArgumentParser:
+    """``nipype-xai train COHORT_DIR OUTPUT_DIR [options]``."""
+    parser = _Parser(
+        prog=f"{_PROG} train",
+        description="Train a model spec's architecture on a synthetic cohort with a fixed seed "
+                    "and write the weights and a spec JSON pointing at them "
+                    "(nipype_xai.synth.train.train_on_cohort).",
+    )
+    parser.add_argument("cohort_dir", type=Path, metavar="COHORT_DIR",
+                        help="a cohort written by 'nipype-xai synth'")
+    parser.add_argument("output_dir", type=Path, metavar="OUTPUT_DIR",
+                        help="folder for <name>.pt and <name>.json")
+    parser.add_argument("--spec", type=Path, metavar="SPEC.json",
+                        help="spec to train: architecture, kwargs, input grid, outputs; its "
+                             "weights are ignored (default: the bundled lesion model's spec)")
+    parser.add_argument("--name", help="base name of the files and the spec's name")
+    parser.add_argument("--to-template", choices=("groundtruth", "affine", "identity"),
+                        default="groundtruth",
+                        help="how the T1w images reach template space: the cohort's known "
+                             "transform, its affine part, or none (default: groundtruth)")
+    parser.add_argument("--epochs", type=_positive_int, default=30)
+    parser.add_argument("--batch-size", type=_positive_int, default=8)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("-v", "--verbose", action="store_true", help="tracebacks with errors")
+    return parser
+
+
+def wants_verbose(argv: Optional[list[str]]) -> bool:
+    """Whether ``-v`` is among the arguments (known before parsing, for error reporting)."""
+    argv = sys.argv[1:] if argv is None else argv
+    return any(arg in ("-v", "--verbose") for arg in argv)

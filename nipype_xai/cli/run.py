@@ -1,0 +1,294 @@
+"""The ``nipype-xai`` command: BIDS-App participant/group levels; ``demo``, ``synth``, ``train``.
+
+Exit codes: 0 done; 1 bad input (one line on stderr, ``nipype-xai: error: <file>: <problem>``,
+nothing run; with ``-v`` the traceback too); 2 some subjects failed (the others finished; their
+names and errors are in ``OUTPUT_DIR/failures.tsv`` and the group report).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from .parser import (
+    UsageError,
+    bids_app_parser,
+    demo_parser,
+    synth_parser,
+    train_parser,
+    wants_verbose,
+)
+
+__all__ = ["main"]
+
+LOGGER = logging.getLogger("nipype_xai")
+
+EXIT_OK, EXIT_BAD_INPUT, EXIT_SUBJECTS_FAILED = 0, 1, 2
+
+
+def _say(message: str) -> None:
+    print(f"nipype-xai: {message}", file=sys.stderr)
+
+
+def _one_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = lines[0] if lines else type(error).__name__
+    # Errors from our cores start with the file name; anything else gets its type for context.
+    from ..images import ImageError
+    from ..models.spec import ModelSpecError
+
+    known = (UsageError, ImageError, ModelSpecError, FileExistsError, FileNotFoundError)
+    if not isinstance(error, known) and type(error).__module__.split(".")[0] != "nipype_xai":
+        text = f"{type(error).__name__}: {text}"
+    return text
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run ``nipype-xai`` with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = wants_verbose(argv)
+    commands: dict[str, Callable[[list[str]], int]] = {
+        "demo": _demo, "synth": _synth, "train": _train,
+    }
+    try:
+        if argv and argv[0] in commands:
+            return commands[argv[0]](argv[1:])
+        return _bids_app(argv)
+    except SystemExit as stop:  # --help, --version
+        return int(stop.code or 0)
+    except KeyboardInterrupt:
+        _say("interrupted")
+        return 130
+    except Exception as error:  # noqa: BLE001 - the one place that turns errors into exit codes
+        if verbose:
+            traceback.print_exc()
+        print(f"nipype-xai: error: {_one_line(error)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+# ---- shared checks ------------------------------------------------------------------------------
+
+
+def _model_spec(path: Optional[Path]) -> Path:
+    """The model spec to use, checked by loading the model once (a bad spec stops everything)."""
+    from ..models.spec import load_model, load_model_spec
+
+    if path is None:
+        from ..models.bundled import bundled_model_spec
+
+        path = bundled_model_spec("lesion")
+    path = Path(path).absolute()
+    spec = load_model_spec(path)
+    # Weights missing, refused by weights_only=True, or of the wrong shape: one clear error now
+    # rather than the same crash in every subject.
+    load_model(spec, device="cpu")
+    return path
+
+
+def _check_methods(methods: Sequence[str]) -> list[str]:
+    from ..workflows.xai import check_methods
+
+    try:
+        model_methods, baselines = check_methods(methods)
+    except ValueError as error:
+        raise UsageError(f"--methods: {error}") from None
+    return model_methods + baselines
+
+
+def _warn_space(model_spec: Path, template: Optional[str]) -> None:
+    from ..models.spec import load_model_spec
+
+    space = load_model_spec(model_spec).input.space
+    if template and template != space:
+        # Allowed (fMRIPrep users bring MNI152NLin2009cAsym transforms for a 2009aSym model; the
+        # two differ by far less than a model voxel), but the user should know.
+        _say(f"note: the model expects {space} images; they will be in {template} (--template)")
+
+
+def _report_run(summary, output_dir: Path) -> int:
+    from ..workflows.group import FAILURES_FILE
+
+    total = len(summary.succeeded) + len(summary.failures)
+    for failure in summary.failures:
+        _say(f"{failure.subject} failed: {failure.reason}")
+    print(f"nipype-xai: participant level: {len(summary.succeeded)} of {total} subject(s) done "
+          f"in {summary.elapsed_s:.0f} s; results in {output_dir}")
+    if summary.failures:
+        _say(f"{len(summary.failures)} subject(s) failed; see {output_dir / FAILURES_FILE}")
+        return EXIT_SUBJECTS_FAILED
+    return EXIT_OK
+
+
+def _check_dirs(bids_dir: Path, output_dir: Path) -> None:
+    """The cheap checks of the two folders, before the model is loaded."""
+    from ..workflows.base import BIDSInputError
+
+    if not bids_dir.is_dir():
+        raise BIDSInputError(f"{bids_dir}: BIDS_DIR is not a folder")
+    if not (bids_dir / "dataset_description.json").is_file():
+        raise BIDSInputError(f"{bids_dir}: not a BIDS dataset (no dataset_description.json at "
+                             "its root)")
+    if output_dir.absolute() == bids_dir.absolute():
+        raise UsageError(f"{output_dir}: OUTPUT_DIR must not be the input dataset itself "
+                         "(use e.g. BIDS_DIR/derivatives/nipype-xai)")
+
+
+# ---- BIDS-App -----------------------------------------------------------------------------------
+
+
+def _bids_app(argv: list[str]) -> int:
+    args = bids_app_parser().parse_args(argv)
+    from .execution import (
+        configure_logging,
+        plugin_settings,
+        run_group_level,
+        run_participant_level,
+    )
+
+    configure_logging(args.verbose)
+    output_dir = args.output_dir.absolute()
+    work_dir = (args.work_dir or Path.cwd() / "work").absolute()
+    plugin, plugin_args = plugin_settings(args.plugin, args.plugin_args, args.nprocs, args.device)
+
+    if args.analysis_level == "group":
+        report, failures = run_group_level(
+            output_dir=output_dir, work_dir=work_dir, template=args.template,
+            n_boot=args.n_boot, seed=args.seed, reports=args.reports, plugin=plugin,
+            plugin_args=plugin_args,
+        )
+        for failure in failures:
+            _say(f"group level failed: {failure.reason}")
+        if failures:
+            return EXIT_SUBJECTS_FAILED
+        print(f"nipype-xai: group level done; results in {output_dir}"
+              + (f"; report: {report}" if report else ""))
+        return EXIT_OK
+
+    _check_dirs(args.bids_dir, output_dir)
+    methods = _check_methods(args.methods)
+    model_spec = _model_spec(args.model)
+    _warn_space(model_spec, args.template)
+    summary = run_participant_level(
+        bids_dir=args.bids_dir.absolute(), output_dir=output_dir, work_dir=work_dir,
+        model_spec=model_spec, methods=methods, template=args.template,
+        participant_labels=args.participant_label, ground_truth_dir=args.ground_truth,
+        gt_label=args.gt_label, transforms_dir=args.transforms_from,
+        registration=args.registration, seed=args.seed, device=args.device,
+        reports=args.reports, plugin=plugin, plugin_args=plugin_args,
+    )
+    return _report_run(summary, output_dir)
+
+
+# ---- demo ---------------------------------------------------------------------------------------
+
+
+def _demo(argv: list[str]) -> int:
+    args = demo_parser().parse_args(argv)
+    from ..models.spec import load_model_spec
+    from ..synth import generate_cohort
+    from .execution import (
+        configure_logging,
+        plugin_settings,
+        run_group_level,
+        run_participant_level,
+    )
+
+    configure_logging(args.verbose)
+    started = time.perf_counter()
+    root = args.output_dir.absolute()
+    bids_dir, output_dir = root / "bids", root / "derivatives" / "nipype-xai"
+    work_dir = (args.work_dir or root / "work").absolute()
+    methods = _check_methods(args.methods)
+    model_spec = _model_spec(args.model)
+    spec = load_model_spec(model_spec)
+    plugin, plugin_args = plugin_settings(args.plugin, args.plugin_args, args.nprocs, args.device)
+
+    # The cohort on the model's own voxel size: the bundled model was trained on such images.
+    resolution = float(max(spec.input.resolution_mm))
+    if (bids_dir / "participants.tsv").is_file():
+        n_existing = sum(1 for _ in open(bids_dir / "participants.tsv")) - 1
+        if n_existing != args.n_subjects:
+            raise UsageError(f"{bids_dir}: holds a cohort of {n_existing} subjects, not "
+                             f"{args.n_subjects}; choose another OUTPUT_DIR")
+        print(f"nipype-xai demo: reusing the synthetic cohort in {bids_dir}")
+    else:
+        print(f"nipype-xai demo: generating a synthetic lesion cohort of {args.n_subjects} "
+              f"subjects ({resolution:g} mm) in {bids_dir}")
+        generate_cohort(bids_dir, "lesion", args.n_subjects, seed=args.cohort_seed,
+                        resolution_mm=resolution, overwrite=True, progress=True)
+
+    print(f"nipype-xai demo: participant level ({', '.join(methods)}; model {spec.name})")
+    summary = run_participant_level(
+        bids_dir=bids_dir, output_dir=output_dir, work_dir=work_dir, model_spec=model_spec,
+        methods=methods, template=None, ground_truth_dir=bids_dir / "derivatives" / "groundtruth",
+        gt_label="lesion", registration=args.registration, seed=args.seed, device=args.device,
+        reports=args.reports, plugin=plugin, plugin_args=plugin_args,
+    )
+    code = _report_run(summary, output_dir)
+    if not summary.succeeded:
+        return code
+
+    print("nipype-xai demo: group level")
+    report, failures = run_group_level(
+        output_dir=output_dir, work_dir=work_dir, seed=args.seed, reports=args.reports,
+        plugin=plugin, plugin_args=plugin_args,
+        provenance={"Model": f"{spec.name} ({model_spec.name})",
+                    "Cohort": f"synthetic lesion, {args.n_subjects} subjects, seed "
+                              f"{args.cohort_seed}, {resolution:g} mm"},
+    )
+    for failure in failures:
+        _say(f"group level failed: {failure.reason}")
+    elapsed = time.perf_counter() - started
+    print(f"nipype-xai demo: done in {elapsed / 60:.1f} min; results in {output_dir}")
+    if report is not None:
+        print(f"nipype-xai demo: open the report: {report}")
+    return EXIT_SUBJECTS_FAILED if failures else code
+
+
+# ---- synth, train ------------------------------------------------------------------------------
+
+
+def _synth(argv: list[str]) -> int:
+    args = synth_parser().parse_args(argv)
+    from ..synth import generate_cohort
+
+    try:
+        root = generate_cohort(args.output_dir, args.task, args.n_subjects, seed=args.seed,
+                               resolution_mm=args.resolution, progress=True)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    except FileExistsError:
+        raise UsageError(
+            f"{args.output_dir}: folder is not empty; choose a new OUTPUT_DIR") from None
+    print(f"nipype-xai synth: {args.task} cohort of {args.n_subjects} subjects in {root}; "
+          f"ground truth in {Path(root) / 'derivatives' / 'groundtruth'}")
+    return EXIT_OK
+
+
+def _train(argv: list[str]) -> int:
+    args = train_parser().parse_args(argv)
+    try:
+        from ..synth.train import train_on_cohort
+    except ImportError:  # pragma: no cover - only in an installation without the module
+        raise UsageError("this installation has no nipype_xai.synth.train") from None
+    if args.spec is None:
+        from ..models.bundled import bundled_model_spec
+
+        args.spec = bundled_model_spec("lesion")
+    started = time.perf_counter()
+    spec_path = train_on_cohort(
+        args.cohort_dir, args.spec, args.output_dir, name=args.name,
+        to_template=args.to_template, epochs=args.epochs, batch_size=args.batch_size,
+        lr=args.lr, seed=args.seed, device=args.device, progress=True,
+    )
+    print(f"nipype-xai train: model spec {spec_path} (weights beside it), trained in "
+          f"{time.perf_counter() - started:.0f} s")
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,627 @@
+"""Train a model spec's architecture on a synthetic cohort, with a fixed seed (SPEC §4, §8).
+
+The bundled reference model (``nipype_xai/data/models``) is made with these functions and
+``scripts/train_bundled_model.py``; the benchmark uses them to train on its own cohorts.
+
+Data flow: :func:`load_cohort_arrays` is the one loader (BIDS files -> tensors on the spec's model
+grid); :func:`train_model` and :func:`evaluate` are pure (tensors in, model and numbers out);
+:func:`save_trained_model` writes the weights and the spec JSON; :func:`train_on_cohort` chains the
+three.
+
+Into template space with the known transforms
+---------------------------------------------
+A model spec's input lives in a template space, and a subject's T1w does not. The pipeline
+registers each T1w to the template with ANTs (:mod:`nipype_xai.registration`); for *training* we
+use the cohort's known ground-truth transform instead (``derivatives/groundtruth/
+sub-XX_from-T1w_to-MNI152NLin2009aSym_mode-image_xfm.nii.gz``), which is what a perfect
+registration would give, costs no registration time and makes the training set independent of
+ANTs' version and thread count. ``to_template`` chooses how much of it is used:
+
+``"groundtruth"``
+    the whole transform ``phi^-1``: a perfect *nonlinear* registration. Right for the lesion task
+    (lesions are intensity changes and survive any warp).
+``"affine"``
+    only its affine component ``A`` (the sidecar's ``LinearComponent``): a perfect *affine*
+    registration, leaving the subject's smooth anatomical variability in place. Right for the
+    atrophy task: ``phi`` contains the caudate contraction ``c``, so a perfect nonlinear
+    registration would undo exactly the shape change that tells the classes apart (the reason
+    voxel-based morphometry modulates by the Jacobian).
+``"identity"``
+    no transform: the native image is read as if it were already in template space (the native
+    grid shares the template's axes and field-of-view centre, so only the subject's own affine and
+    warp separate them). A baseline for how much the registration matters.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import nibabel as nib
+import numpy as np
+import torch
+from torch import nn
+
+from ..atomic import atomic_write
+from ..images import load_volume
+from ..models.preprocessing import to_model_grid
+from ..models.spec import (
+    ModelSpec,
+    _import_class,
+    _instantiate,
+    check_output_count,
+    load_model_spec,
+    weights_sha256,
+)
+from .anatomy import TEMPLATE_SPACE
+from .warps import apply_displacement_field
+
+__all__ = [
+    "TO_TEMPLATE",
+    "augment_batch",
+    "balanced_batches",
+    "build_model",
+    "cohort_to_template",
+    "evaluate",
+    "load_cohort_arrays",
+    "read_participants",
+    "save_trained_model",
+    "train_model",
+    "train_on_cohort",
+]
+
+PathLike = Union[str, os.PathLike]
+
+#: How a cohort's T1w images are brought into template space (see the module notes).
+TO_TEMPLATE = ("groundtruth", "affine", "identity")
+
+_GROUNDTRUTH = Path("derivatives", "groundtruth")
+
+
+# --------------------------------------------------------------------------------------------
+# Loading a cohort onto the model grid
+
+
+def read_participants(bids_dir: PathLike) -> list[tuple[str, str]]:
+    """``(participant_id, label)`` of every row of a cohort's ``participants.tsv``.
+
+    Raises
+    ------
+    FileNotFoundError
+        No ``participants.tsv`` (:func:`~nipype_xai.synth.generate_cohort` writes it last, so its
+        absence also means an interrupted generation).
+    ValueError
+        The table has no ``participant_id`` or ``label`` column, or no rows.
+    """
+    path = Path(bids_dir) / "participants.tsv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found (not a cohort, or an interrupted generation)")
+    with open(path, newline="", encoding="utf-8") as stream:
+        rows = list(csv.DictReader(stream, delimiter="\t"))
+    if not rows:
+        raise ValueError(f"{path.name}: no participants")
+    missing = [c for c in ("participant_id", "label") if c not in rows[0]]
+    if missing:
+        raise ValueError(f"{path.name}: missing column(s) {missing}")
+    return [(row["participant_id"], row["label"]) for row in rows]
+
+
+def cohort_to_template(
+    bids_dir: PathLike, participant_id: str, to_template: str = "groundtruth"
+) -> nib.Nifti1Image:
+    """A cohort subject's T1w in template space (the cohort's template grid), by known transform.
+
+    Parameters
+    ----------
+    bids_dir
+        Root of a cohort written by :func:`~nipype_xai.synth.generate_cohort`.
+    participant_id
+        ``sub-XX``.
+    to_template
+        ``"groundtruth"``, ``"affine"`` or ``"identity"`` (see the module notes).
+
+    Returns
+    -------
+    nibabel.Nifti1Image
+        float32; on the template grid at the cohort's resolution (the grid of the stored
+        transform), or the native T1w itself for ``"identity"``.
+    """
+    if to_template not in TO_TEMPLATE:
+        raise ValueError(f"to_template must be one of {list(TO_TEMPLATE)}, got {to_template!r}")
+    root = Path(bids_dir)
+    t1w = load_volume(root / participant_id / "anat" / f"{participant_id}_T1w.nii.gz")
+    if to_template == "identity":
+        return t1w
+    xfm = (root / _GROUNDTRUTH / participant_id / "anat"
+           / f"{participant_id}_from-T1w_to-{TEMPLATE_SPACE}_mode-image_xfm.nii.gz")
+    if not xfm.is_file():
+        raise FileNotFoundError(f"{xfm.name}: the known transform of {participant_id} is missing "
+                                f"({xfm})")
+    field = nib.load(str(xfm))
+    if to_template == "groundtruth":
+        return apply_displacement_field(t1w, field, order=1)
+
+    from nilearn.image import resample_img
+
+    sidecar = xfm.with_name(xfm.name[: -len(".nii.gz")] + ".json")
+    try:
+        linear = np.asarray(json.loads(sidecar.read_text())["LinearComponent"]["MatrixRAS"])
+    except (OSError, KeyError, ValueError) as error:
+        raise ValueError(f"{sidecar.name}: no LinearComponent.MatrixRAS to read the affine "
+                         f"from ({error})") from error
+    # A maps native world to template world: the same voxels with affine A @ affine are the image
+    # in template world, resampled once onto the template grid of the stored transform.
+    moved = nib.Nifti1Image(np.asarray(t1w.dataobj), linear @ t1w.affine)
+    return resample_img(moved, target_affine=field.affine, target_shape=field.shape[:3],
+                        interpolation="linear", fill_value=0.0, force_resample=True,
+                        copy_header=True)
+
+
+def load_cohort_arrays(
+    bids_dir: PathLike,
+    spec: ModelSpec,
+    *,
+    to_template: str = "groundtruth",
+    progress: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Every subject of a synthetic cohort on the spec's model grid, with its class index.
+
+    Each T1w is brought into template space with the cohort's known transform
+    (:func:`cohort_to_template`; the pipeline registers with ANTs instead) and then onto the
+    model grid with :func:`~nipype_xai.models.to_model_grid` (resolution, shape and
+    normalisation of ``spec.input``), exactly as inference prepares an image.
+
+    Parameters
+    ----------
+    bids_dir
+        Root of a cohort written by :func:`~nipype_xai.synth.generate_cohort`.
+    spec
+        A classification spec in ``MNI152NLin2009aSym`` whose ``outputs`` name the cohort's
+        ``label`` values (``["control", "lesion"]``).
+    to_template
+        ``"groundtruth"`` (default), ``"affine"`` or ``"identity"``.
+    progress
+        Show a tqdm progress bar.
+
+    Returns
+    -------
+    X : torch.Tensor
+        float32, ``(N, C, X, Y, Z)``.
+    y : torch.Tensor
+        int64, ``(N,)``: index of each subject's label in ``spec.outputs``.
+    subjects : list of str
+        ``participant_id`` of each row, in ``participants.tsv`` order.
+
+    Raises
+    ------
+    ValueError
+        A regression spec, another template space, or a label the spec does not list.
+    """
+    from tqdm.auto import tqdm
+
+    if spec.task != "classification":
+        raise ValueError(f"{spec.source}: cohorts are classification tasks; the spec's task is "
+                         f"{spec.task!r}")
+    if to_template != "identity" and spec.input.space != TEMPLATE_SPACE:
+        raise ValueError(f"{spec.source}: the cohort's known transforms go to {TEMPLATE_SPACE}, "
+                         f"but the spec's input space is {spec.input.space!r}")
+    participants = read_participants(bids_dir)
+    unknown = sorted({label for _, label in participants} - set(spec.outputs))
+    if unknown:
+        raise ValueError(f"participants.tsv: label(s) {unknown} are not among the spec's outputs "
+                         f"{list(spec.outputs)}")
+    X = torch.empty((len(participants), spec.input.channels, *spec.input.shape),
+                    dtype=torch.float32)
+    for row, (participant_id, _) in enumerate(tqdm(participants, desc="load cohort",
+                                                   unit="subject", disable=not progress)):
+        X[row] = to_model_grid(cohort_to_template(bids_dir, participant_id, to_template), spec)[0][0]
+    y = torch.tensor([spec.outputs.index(label) for _, label in participants], dtype=torch.int64)
+    return X, y, [participant_id for participant_id, _ in participants]
+
+
+# --------------------------------------------------------------------------------------------
+# Training (pure: tensors in, model out)
+
+
+def build_model(spec: ModelSpec) -> nn.Module:
+    """A freshly initialised instance of the spec's architecture (no weights read)."""
+    return _instantiate(spec, _import_class(spec))
+
+
+def balanced_batches(y: torch.Tensor, batch_size: int, generator: torch.Generator
+                     ) -> list[torch.Tensor]:
+    """One epoch of class-balanced batches of sample indices.
+
+    Each class is shuffled and the smaller classes are repeated (a fresh shuffle each pass) up to
+    the size of the largest; the classes are then interleaved, so every batch of
+    ``batch_size`` holds ``batch_size / n_classes`` samples of each class. A BatchNorm model
+    therefore never sees a one-class batch, and a rare class weighs as much as a common one. A
+    last batch of a single sample is dropped (BatchNorm statistics of one sample are noise).
+    """
+    classes = torch.unique(y)
+    members = [torch.nonzero(y == c).flatten() for c in classes]
+    largest = max(len(m) for m in members)
+    columns = []
+    for indices in members:
+        passes = [indices[torch.randperm(len(indices), generator=generator)]
+                  for _ in range(math.ceil(largest / len(indices)))]
+        columns.append(torch.cat(passes)[:largest])
+    order = torch.stack(columns, dim=1).flatten()
+    batches = list(torch.split(order, int(batch_size)))
+    if len(batches) > 1 and len(batches[-1]) < 2:
+        batches.pop()
+    return batches
+
+
+def augment_batch(
+    x: torch.Tensor,
+    generator: torch.Generator,
+    *,
+    max_shift: int = 2,
+    intensity_jitter: float = 0.1,
+    flip_x: bool = False,
+) -> torch.Tensor:
+    """Light, label-preserving augmentation of a batch ``(B, C, X, Y, Z)``.
+
+    * a random shift of up to ``max_shift`` voxels along each axis, filled with zeros (not a
+      circular roll: the brain touches the bottom of the template's field of view, and a roll
+      would wrap the cerebellum onto the vertex), as residual misregistration does;
+    * an intensity change ``a x + b`` of the nonzero voxels, ``a`` in ``1 +- jitter`` and ``b``
+      in ``+- jitter``, as a z-scored image of another scanner would differ; zeros stay zero,
+      as the spec's ``mask="nonzero"`` normalisation keeps them;
+    * with ``flip_x``, a left-right flip of half the samples. Only for tasks that are not
+      lateralised, on a symmetric template (MNI152NLin2009aSym is): a flip must not change the
+      label.
+    """
+    batch = x.shape[0]
+    out = torch.zeros_like(x)
+    shifts = torch.randint(-max_shift, max_shift + 1, (batch, 3), generator=generator)
+    scales = 1.0 + intensity_jitter * (2.0 * torch.rand(batch, generator=generator) - 1.0)
+    offsets = intensity_jitter * (2.0 * torch.rand(batch, generator=generator) - 1.0)
+    flips = torch.rand(batch, generator=generator) < 0.5
+    for b in range(batch):
+        source = x[b]
+        if flip_x and flips[b]:
+            source = torch.flip(source, dims=(1,))
+        target_slices, source_slices = [slice(None)], [slice(None)]
+        for axis, shift in enumerate(shifts[b].tolist()):
+            size = x.shape[2 + axis]
+            # Content moves by +shift: target[i + shift] = source[i].
+            target_slices.append(slice(max(shift, 0), size + min(shift, 0)))
+            source_slices.append(slice(max(-shift, 0), size - max(shift, 0)))
+        out[b][tuple(target_slices)] = source[tuple(source_slices)]
+        nonzero = out[b] != 0
+        out[b] = torch.where(nonzero, out[b] * scales[b] + offsets[b], out[b])
+    return out
+
+
+def _loss_and_predictions(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor,
+                                                                            torch.Tensor]:
+    if logits.shape[1] == 1:
+        # A single-logit binary classifier scores outputs[1] (see ModelSpec.outputs).
+        logit = logits[:, 0]
+        loss = nn.functional.binary_cross_entropy_with_logits(logit, y.to(logit.dtype))
+        return loss, (logit > 0).long()
+    return nn.functional.cross_entropy(logits, y), logits.argmax(dim=1)
+
+
+def _stratified_split(y: torch.Tensor, fraction: float, generator: torch.Generator
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    train, val = [], []
+    for c in torch.unique(y):
+        indices = torch.nonzero(y == c).flatten()
+        indices = indices[torch.randperm(len(indices), generator=generator)]
+        n_val = int(round(fraction * len(indices)))
+        val.append(indices[:n_val])
+        train.append(indices[n_val:])
+    return torch.sort(torch.cat(train)).values, torch.sort(torch.cat(val)).values
+
+
+def train_model(
+    spec: ModelSpec,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epochs: int = 30,
+    batch_size: int = 8,
+    lr: float = 3e-3,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
+    augment: bool = True,
+    max_shift: int = 2,
+    intensity_jitter: float = 0.1,
+    flip_x: bool = False,
+    val_fraction: float = 0.0,
+    device: Union[str, torch.device] = "cpu",
+    progress: bool = True,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Train the spec's architecture from scratch on ``(X, y)`` with a fixed seed.
+
+    AdamW with a cosine learning-rate decay over the epochs, cross-entropy (binary cross-entropy
+    for a single-logit binary classifier), class-balanced batches (:func:`balanced_batches`) and,
+    with ``augment``, :func:`augment_batch`.
+
+    Parameters
+    ----------
+    spec
+        The model spec: architecture, kwargs and outputs (its weights are not read).
+    X, y
+        Inputs ``(N, C, X, Y, Z)`` on the model grid and class indices ``(N,)``, as from
+        :func:`load_cohort_arrays`.
+    epochs, batch_size, lr, weight_decay
+        Optimisation settings.
+    seed
+        Seeds the initial weights, the validation split, the batch order and the augmentation.
+    augment, max_shift, intensity_jitter, flip_x
+        Augmentation; see :func:`augment_batch`. ``flip_x`` only for tasks that are not
+        lateralised.
+    val_fraction
+        Share of each class held out for validation (0: none); its loss and balanced accuracy are
+        recorded each epoch (the model returned is the last epoch's either way).
+    device
+        Where to train.
+    progress
+        Show a tqdm progress bar over the epochs.
+
+    Returns
+    -------
+    model : torch.nn.Module
+        The trained model, in eval mode, on ``device``.
+    history : dict
+        ``loss`` and ``train_accuracy`` per epoch (over the augmented batches); ``val_loss`` and
+        ``val_balanced_accuracy`` per epoch when ``val_fraction > 0``; ``val_indices``;
+        ``seconds``; ``n_parameters``.
+
+    Notes
+    -----
+    Reproducibility: the same seed, data, settings, PyTorch build and thread count give
+    bit-identical weights on the CPU. The global RNG state is saved and restored around the call,
+    and deterministic algorithms are switched on for its duration (on a GPU some operations have
+    no deterministic kernel; they warn instead of failing, and the weights may then differ
+    slightly between runs).
+    """
+    from tqdm.auto import tqdm
+
+    if spec.task != "classification":
+        raise ValueError(f"{spec.source}: train_model trains classifiers; the spec's task is "
+                         f"{spec.task!r}")
+    if X.ndim != 5 or len(X) != len(y):
+        raise ValueError(f"expected X of shape (N, C, X, Y, Z) and y of shape (N,), got "
+                         f"{tuple(X.shape)} and {tuple(y.shape)}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    y = y.to(torch.int64)
+    if len(torch.unique(y)) < 2:
+        raise ValueError("the training set holds a single class; a classifier needs two")
+    device = torch.device(device)
+    generator = torch.Generator().manual_seed(int(seed))
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    started = time.perf_counter()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(int(seed))
+        torch.use_deterministic_algorithms(True, warn_only=device.type != "cpu")
+        try:
+            model = build_model(spec).to(device)
+            train_idx, val_idx = (_stratified_split(y, val_fraction, generator) if val_fraction
+                                  else (torch.arange(len(y)), torch.arange(0)))
+            history = _fit(model, spec, X, y, train_idx, val_idx, epochs=epochs,
+                           batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                           generator=generator, augment=augment, max_shift=max_shift,
+                           intensity_jitter=intensity_jitter, flip_x=flip_x, device=device,
+                           bar=tqdm(range(epochs), desc="train", unit="epoch",
+                                    disable=not progress))
+        finally:
+            torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+    history["val_indices"] = val_idx.tolist()
+    history["seconds"] = time.perf_counter() - started
+    history["n_parameters"] = sum(p.numel() for p in model.parameters())
+    return model.eval(), history
+
+
+def _fit(model: nn.Module, spec: ModelSpec, X: torch.Tensor, y: torch.Tensor,
+         train_idx: torch.Tensor, val_idx: torch.Tensor, *, epochs: int, batch_size: int,
+         lr: float, weight_decay: float, generator: torch.Generator, augment: bool,
+         max_shift: int, intensity_jitter: float, flip_x: bool, device: torch.device,
+         bar) -> dict[str, Any]:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
+    history: dict[str, Any] = {"loss": [], "train_accuracy": []}
+    if len(val_idx):
+        history.update(val_loss=[], val_balanced_accuracy=[])
+    checked = False
+    for _ in bar:
+        model.train()
+        total, correct, seen = 0.0, 0, 0
+        for batch in balanced_batches(y[train_idx], batch_size, generator):
+            rows = train_idx[batch]
+            xb = X[rows]
+            if augment:
+                xb = augment_batch(xb, generator, max_shift=max_shift,
+                                   intensity_jitter=intensity_jitter, flip_x=flip_x)
+            yb = y[rows].to(device)
+            logits = model(xb.to(device))
+            if not checked:
+                check_output_count(spec, logits.reshape(len(logits), -1).shape[1])
+                checked = True
+            loss, predicted = _loss_and_predictions(logits.reshape(len(logits), -1), yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(rows)
+            correct += int((predicted == yb).sum())
+            seen += len(rows)
+        scheduler.step()
+        history["loss"].append(total / seen)
+        history["train_accuracy"].append(correct / seen)
+        postfix = {"loss": f"{total / seen:.3f}"}
+        if len(val_idx):
+            scores = evaluate(model, X[val_idx], y[val_idx], device=device)
+            history["val_loss"].append(scores["loss"])
+            history["val_balanced_accuracy"].append(scores["balanced_accuracy"])
+            postfix["val_bacc"] = f"{scores['balanced_accuracy']:.3f}"
+        bar.set_postfix(postfix)
+    return history
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    batch_size: int = 8,
+    device: Optional[Union[str, torch.device]] = None,
+) -> dict[str, Any]:
+    """Classification scores of ``model`` (put in eval mode) on ``(X, y)``.
+
+    Returns
+    -------
+    dict
+        ``balanced_accuracy`` (mean recall over the classes present in ``y``), ``accuracy``,
+        ``confusion`` (list of rows: true class; columns: predicted class), ``loss`` (mean
+        cross-entropy), ``predictions`` (class index per sample) and ``n``.
+    """
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    model.eval()
+    y = y.to(torch.int64)
+    losses, predictions = [], []
+    for start in range(0, len(y), batch_size):
+        logits = model(X[start:start + batch_size].to(device))
+        logits = logits.reshape(len(logits), -1)
+        loss, predicted = _loss_and_predictions(logits, y[start:start + batch_size].to(device))
+        losses.append(float(loss) * len(predicted))
+        predictions.append(predicted.cpu())
+    predicted = torch.cat(predictions)
+    n_classes = max(2 if logits.shape[1] == 1 else logits.shape[1], int(y.max()) + 1)
+    confusion = np.zeros((n_classes, n_classes), dtype=int)
+    np.add.at(confusion, (y.numpy(), predicted.numpy()), 1)
+    present = confusion.sum(axis=1) > 0
+    recalls = np.diag(confusion)[present] / confusion.sum(axis=1)[present]
+    return {
+        "balanced_accuracy": float(recalls.mean()),
+        "accuracy": float(np.trace(confusion) / len(y)),
+        "confusion": confusion.tolist(),
+        "loss": sum(losses) / len(y),
+        "predictions": predicted.tolist(),
+        "n": int(len(y)),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Writing the trained model
+
+
+def _as_spec(spec: Union[ModelSpec, PathLike]) -> ModelSpec:
+    return spec if isinstance(spec, ModelSpec) else load_model_spec(spec)
+
+
+def save_trained_model(
+    model: nn.Module,
+    spec_template: Union[ModelSpec, PathLike],
+    out_dir: PathLike,
+    *,
+    name: Optional[str] = None,
+    metadata: Optional[Mapping[str, Any]] = None,
+) -> Path:
+    """Write ``model``'s weights and a spec JSON that points at them, with their SHA-256.
+
+    Parameters
+    ----------
+    model
+        The trained model.
+    spec_template
+        The spec it was trained from (a :class:`ModelSpec` or a JSON path; its ``weights`` are
+        replaced).
+    out_dir
+        Folder for ``<name>.pt`` and ``<name>.json`` (created if needed).
+    name
+        Base name of both files and the spec's ``name`` (default: the template's name).
+    metadata
+        Written under the JSON's ``"training"`` key (how the model was made and how it scored).
+        :func:`~nipype_xai.models.load_model_spec` ignores keys it does not know, and
+        :func:`~nipype_xai.models.save_model_spec` does not write them back.
+
+    Returns
+    -------
+    pathlib.Path
+        The spec JSON written.
+    """
+    spec = _as_spec(spec_template)
+    name = name or spec.name
+    out_dir = Path(out_dir).absolute()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights = out_dir / f"{name}.pt"
+    state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+    # Serialised in memory first: torch.save names the archive's top folder after the file, and
+    # the atomic writer's temporary name is random, so saving to it would change the bytes (and
+    # the SHA-256) from run to run. In memory the folder is always "archive".
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write(weights, lambda tmp: tmp.write_bytes(buffer.getvalue()))
+    trained = dataclasses.replace(spec, weights=weights, name=name,
+                                  weights_sha256=weights_sha256(weights), path=None)
+    content = trained.to_dict(relative_to=out_dir)
+    if metadata:
+        content["training"] = dict(metadata)
+    text = json.dumps(content, indent=2) + "\n"
+    return atomic_write(out_dir / f"{name}.json", lambda tmp: tmp.write_text(text,
+                                                                              encoding="utf-8"))
+
+
+def train_on_cohort(
+    bids_dir: PathLike,
+    spec_template: Union[ModelSpec, PathLike],
+    out_dir: PathLike,
+    *,
+    name: Optional[str] = None,
+    to_template: str = "groundtruth",
+    metadata: Optional[Mapping[str, Any]] = None,
+    progress: bool = True,
+    **train_options: Any,
+) -> Path:
+    """Load a cohort, train the spec's architecture on it and write the trained model.
+
+    Parameters
+    ----------
+    bids_dir
+        Root of a cohort from :func:`~nipype_xai.synth.generate_cohort`.
+    spec_template
+        The spec to train (architecture, kwargs, input grid, outputs); its weights are ignored.
+    out_dir, name, metadata
+        See :func:`save_trained_model`. The cohort, the settings and the training history are
+        added to ``metadata``.
+    to_template
+        See :func:`load_cohort_arrays`.
+    progress
+        Progress bars while loading and training.
+    **train_options
+        Passed to :func:`train_model` (``epochs``, ``batch_size``, ``lr``, ``seed``, ...).
+
+    Returns
+    -------
+    pathlib.Path
+        The spec JSON written; :func:`~nipype_xai.models.load_model` loads the trained model from
+        it.
+    """
+    spec = _as_spec(spec_template)
+    X, y, subjects = load_cohort_arrays(bids_dir, spec, to_template=to_template,
+                                        progress=progress)
+    model, history = train_model(spec, X, y, progress=progress, **train_options)
+    record = {
+        "cohort": {"path": str(Path(bids_dir)), "n_subjects": len(subjects)},
+        "to_template": to_template,
+        "settings": {key: value for key, value in train_options.items()
+                     if isinstance(value, (int, float, str, bool))},
+        "final_loss": history["loss"][-1] if history["loss"] else None,
+        **(dict(metadata) if metadata else {}),
+    }
+    return save_trained_model(model, spec, out_dir, name=name, metadata=record)

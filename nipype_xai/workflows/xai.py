@@ -1,0 +1,445 @@
+"""One subject: T1w -> template -> model grid -> prediction and attribution maps -> derivatives."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence, Union
+
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+
+from ..attribution import available_methods
+from ..bids import derivative_path, method_to_desc, resolution_label
+from ..interfaces.attribution import Attribution
+from ..interfaces.baselines import BASELINE_DESCRIPTIONS, BaselineMaps
+from ..interfaces.bids import DerivativesDataSink, ReportsSink
+from ..interfaces.grids import ModelGridReference
+from ..interfaces.metrics import GroundTruthOverlap
+from ..interfaces.model import ModelInference
+from ..interfaces.registration import ApplyTransforms
+from ..interfaces.reports import SubjectReport
+from ..models.spec import ModelSpec, load_model_spec
+from .registration import init_registration_wf
+
+__all__ = [
+    "check_methods",
+    "init_xai_wf",
+    "model_label",
+    "model_resolution_label",
+    "registration_resolution",
+    "subject_workflow_name",
+]
+
+PathLike = Union[str, os.PathLike]
+
+
+def check_methods(methods: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Split requested names into attribution methods and model-free baselines, in order.
+
+    Raises
+    ------
+    ValueError
+        An unknown name (the message lists the valid ones), or no name at all.
+    """
+    names = list(dict.fromkeys(methods))
+    if not names:
+        raise ValueError("no attribution method requested")
+    known = available_methods()
+    unknown = [name for name in names if name not in known and name not in BASELINE_DESCRIPTIONS]
+    if unknown:
+        raise ValueError(
+            f"unknown method(s) {unknown}; methods: {', '.join(known)}; baselines: "
+            f"{', '.join(BASELINE_DESCRIPTIONS)}"
+        )
+    return ([n for n in names if n in known], [n for n in names if n in BASELINE_DESCRIPTIONS])
+
+
+def model_label(spec: ModelSpec) -> str:
+    """The model's name as a BIDS label (``desc-<label>_predictions.tsv``): alphanumeric only."""
+    return re.sub(r"[^A-Za-z0-9]", "", spec.name) or "model"
+
+
+def model_resolution_label(spec: ModelSpec) -> str:
+    """``res-`` label of the model grid: ``4`` for 4 mm, ``2x2x3`` for an anisotropic grid."""
+    sizes = [float(r) for r in spec.input.resolution_mm]
+    if len(set(sizes)) == 1:
+        return resolution_label(sizes[0])
+    return "x".join(resolution_label(r) for r in sizes)
+
+
+def registration_resolution(spec: ModelSpec) -> int:
+    """TemplateFlow ``res-`` index to register to: 2 mm for models on 2 mm grids or coarser.
+
+    Registering to the 2 mm template is about seven times faster than to the 1 mm one and loses
+    nothing a model that sees >= 2 mm voxels could use.
+    """
+    return 2 if min(spec.input.resolution_mm) >= 2 else 1
+
+
+def subject_workflow_name(subject: str, session: Optional[str] = None) -> str:
+    """Name of a subject's workflow: ``sub_01_wf`` or ``sub_01_ses_1_wf``."""
+    return f"sub_{subject}" + (f"_ses_{session}" if session else "") + "_wf"
+
+
+def init_xai_wf(
+    *,
+    subject: str,
+    methods: Sequence[str],
+    model_spec: PathLike,
+    output_dir: PathLike,
+    session: Optional[str] = None,
+    template: Optional[str] = None,
+    t1w: Optional[PathLike] = None,
+    ground_truth: Union[PathLike, bool, None] = None,
+    transforms: Union[tuple[PathLike, PathLike], bool, None] = None,
+    registration: str = "affine",
+    template_resolution: Optional[int] = None,
+    method_params: Optional[Mapping[str, Mapping[str, Any]]] = None,
+    seed: int = 0,
+    device: str = "cpu",
+    reports: bool = True,
+    select_template: bool = True,
+    name: Optional[str] = None,
+) -> pe.Workflow:
+    """Explain a model's prediction for one subject's T1w, in template and native space.
+
+    The graph, in the order data flows:
+
+    1. T1w -> template: ANTsPy registration (``registration`` preset), or the given
+       ``transforms`` (e.g. fMRIPrep's); the subject's brain mask is the template's pulled back
+       (:func:`~nipype_xai.workflows.registration.init_registration_wf`).
+    2. T1w -> model grid: the spec's grid in template space (``ModelGridReference``), reached in
+       one interpolation through the forward transform (``ApplyTransforms``).
+    3. ``ModelInference`` (the prediction) and ``Attribution`` (every method in one run, sharing
+       passes), plus ``BaselineMaps`` for the requested baselines (sobel, laplace, random).
+    4. Maps back on the T1w grid through the inverse transform (linear).
+    5. With ground truth: ``GroundTruthOverlap`` of the native maps against the native
+       ground-truth mask, inside the native brain mask.
+    6. A subject HTML report, and derivatives (SPEC §6) written by ``DerivativesDataSink`` nodes
+       that all wait for every result above: a subject whose computation fails anywhere gets no
+       derivative at all, never a partial set.
+
+    Derivatives (``<s>`` = ``sub-<subject>[_ses-<session>]``, under ``sub-<subject>/[ses-*/]anat``):
+    ``<s>_space-<tpl>_res-<r>_desc-<method>_attribution.nii.gz`` (+ ``.json``; ``r`` = the model
+    grid's voxel size), ``<s>_desc-<method>_attribution.nii.gz`` (T1w grid, + ``.json``),
+    ``<s>_space-<tpl>_res-<r>_desc-preproc_T1w.nii.gz`` (the model input), ``<s>_desc-brain_mask``,
+    ``<s>_from-T1w_to-<tpl>_mode-image_xfm.h5`` and its inverse (when registered here),
+    ``<s>_desc-<model>_predictions.tsv``, ``<s>_desc-overlap_metrics.tsv`` (with ground truth);
+    and ``<s>.html`` with ``sub-<subject>/figures/`` at the root.
+
+    Parameters
+    ----------
+    subject, session
+        BIDS labels.
+    methods
+        Attribution methods and baselines (``sobel``, ``laplace``, ``random``), all computed.
+    model_spec
+        Model spec JSON (SPEC §4); read now for the grid, the model name and the space.
+    output_dir
+        Root of the derivatives dataset.
+    template
+        TemplateFlow identifier of the space to work in; default: the model spec's space.
+    t1w
+        The T1w file; or ``None`` to connect ``inputnode.t1w``.
+    ground_truth
+        The native-space ground-truth mask, or ``True`` to connect ``inputnode.ground_truth``, or
+        ``None``/``False`` for no overlap metrics.
+    transforms
+        ``(T1w -> template, template -> T1w)`` transform files to reuse instead of registering, or
+        ``True`` to connect ``inputnode.forward_transform`` / ``inverse_transform``.
+    registration
+        Registration preset: ``"affine"`` (default) or ``"syn"`` (or ``"rigid"``).
+    template_resolution
+        TemplateFlow ``res-`` index registered to; default :func:`registration_resolution`.
+    method_params
+        Per-method parameter overrides, e.g. ``{"smoothgrad": {"n_samples": 20}}``; recorded in
+        the sidecars.
+    seed
+        Seed of the stochastic methods, the random baseline and the registration.
+    device
+        Torch device of the model nodes (``"cpu"``, ``"cuda"``); not part of the cache hash.
+    reports
+        Make the subject HTML report.
+    select_template
+        Select the template files in this workflow; ``False``: connect ``inputnode.template``
+        and ``inputnode.template_mask`` (one selection shared by many subjects).
+    name
+        Workflow name; default :func:`subject_workflow_name`.
+
+    Inputs
+    ------
+    t1w
+        The subject's T1w.
+    ground_truth
+        Native-space ground-truth mask (when ``ground_truth`` is set).
+    forward_transform, inverse_transform
+        Transforms to reuse (when ``transforms`` is set).
+    template, template_mask
+        Template T1w (skull-stripped) and brain mask at ``template_resolution`` (when
+        ``select_template`` is off).
+
+    Outputs
+    -------
+    template_maps, native_maps
+        Maps on the model grid (template space) and on the T1w grid, in the order of ``methods``.
+    methods
+        The method of each map.
+    predictions
+        The prediction TSV.
+    metrics
+        The overlap-metrics TSV (with ground truth).
+    t1w_model
+        The T1w on the model grid (the model's input before normalisation).
+    brain_mask
+        The subject's brain mask on the T1w grid.
+    forward_transform, inverse_transform
+        T1w <-> template transforms.
+    report
+        The subject's HTML report (in the work directory; the sink copies it).
+    """
+    model_methods, baselines = check_methods(methods)
+    all_methods = model_methods + baselines
+    spec = load_model_spec(model_spec)
+    template = template or spec.input.space
+    res = model_resolution_label(spec)
+    if template_resolution is None:
+        template_resolution = registration_resolution(spec)
+    params = {m: dict(p) for m, p in (method_params or {}).items() if m in model_methods}
+    has_gt = bool(ground_truth)
+    reuse = bool(transforms)
+    gpu = str(device).startswith("cuda")
+    name = name or subject_workflow_name(subject, session)
+    entities = {"subject": subject, "session": session}
+    label = f"sub-{subject}" + (f"_ses-{session}" if session else "")
+
+    workflow = pe.Workflow(name=name)
+    inputnode = pe.Node(
+        niu.IdentityInterface(fields=["t1w", "ground_truth", "forward_transform",
+                                      "inverse_transform", "template", "template_mask"]),
+        name="inputnode",
+    )
+    if t1w is not None:
+        inputnode.inputs.t1w = str(Path(t1w).absolute())
+    if has_gt and ground_truth is not True:
+        inputnode.inputs.ground_truth = str(Path(ground_truth).absolute())
+    if reuse and transforms is not True:
+        forward, inverse = transforms
+        inputnode.inputs.forward_transform = str(Path(forward).absolute())
+        inputnode.inputs.inverse_transform = str(Path(inverse).absolute())
+    outputnode = pe.Node(
+        niu.IdentityInterface(fields=["template_maps", "native_maps", "methods", "predictions",
+                                      "metrics", "t1w_model", "brain_mask", "forward_transform",
+                                      "inverse_transform", "report"]),
+        name="outputnode",
+    )
+    outputnode.inputs.methods = all_methods
+
+    registration_wf = init_registration_wf(
+        template=template, preset=registration, resolution=template_resolution,
+        reuse_transforms=reuse, apply_to_masks=has_gt and reports,
+        select_template=select_template, seed=seed,
+    )
+    model_grid = pe.Node(ModelGridReference(model_spec=str(model_spec)), name="model_grid")
+    t1w_model = pe.Node(ApplyTransforms(interpolation="linear"), name="t1w_model")
+    inference = pe.Node(
+        ModelInference(model_spec=str(model_spec), device=device, use_gpu=gpu), name="inference"
+    )
+    sources = []  # (node, maps field, sidecars field) of every map-producing node
+    if model_methods:
+        attribution = pe.Node(
+            Attribution(model_spec=str(model_spec), methods=model_methods, seed=seed,
+                        device=device, use_gpu=gpu),
+            name="attribution",
+        )
+        if params:
+            attribution.inputs.method_params = params
+        sources.append(attribution)
+    if baselines:
+        baseline_maps = pe.Node(
+            BaselineMaps(model_spec=str(model_spec), baselines=baselines, seed=seed),
+            name="baseline_maps",
+        )
+        sources.append(baseline_maps)
+    # One list of maps (and one of sidecars) in the order of all_methods.
+    merge_maps = pe.Node(niu.Merge(len(sources)), name="merge_maps")
+    merge_sidecars = pe.Node(niu.Merge(len(sources)), name="merge_sidecars")
+    maps_to_native = pe.MapNode(
+        ApplyTransforms(interpolation="linear"), iterfield=["in_file"], name="maps_to_native"
+    )
+
+    # Every result a derivative depends on: the sinks wait for all of them (see docstring).
+    gate_fields = [
+        (merge_maps, "out"), (merge_sidecars, "out"), (maps_to_native, "out_file"),
+        (inference, "out_tsv"), (t1w_model, "out_file"),
+        (registration_wf, "outputnode.brain_mask"),
+        (registration_wf, "outputnode.forward_transform"),
+        (registration_wf, "outputnode.inverse_transform"),
+    ]
+
+    connections = [
+        (inputnode, registration_wf, [("t1w", "inputnode.t1w"),
+                                      ("forward_transform", "inputnode.forward_transform"),
+                                      ("inverse_transform", "inputnode.inverse_transform"),
+                                      ("template", "inputnode.template"),
+                                      ("template_mask", "inputnode.template_mask")]),
+        (registration_wf, model_grid, [("outputnode.template", "template")]),
+        (inputnode, t1w_model, [("t1w", "in_file")]),
+        (model_grid, t1w_model, [("out_file", "reference_image")]),
+        (registration_wf, t1w_model, [("outputnode.forward_transform", "transforms")]),
+        (t1w_model, inference, [("out_file", "in_file")]),
+    ]
+    for index, node in enumerate(sources, start=1):
+        connections += [
+            (t1w_model, node, [("out_file", "in_file")]),
+            (node, merge_maps, [("out_files", f"in{index}")]),
+            (node, merge_sidecars, [("out_sidecars", f"in{index}")]),
+        ]
+    connections += [
+        (merge_maps, maps_to_native, [("out", "in_file")]),
+        (inputnode, maps_to_native, [("t1w", "reference_image")]),
+        (registration_wf, maps_to_native, [("outputnode.inverse_transform", "transforms")]),
+        (merge_maps, outputnode, [("out", "template_maps")]),
+        (maps_to_native, outputnode, [("out_file", "native_maps")]),
+        (inference, outputnode, [("out_tsv", "predictions")]),
+        (t1w_model, outputnode, [("out_file", "t1w_model")]),
+        (registration_wf, outputnode, [("outputnode.brain_mask", "brain_mask"),
+                                       ("outputnode.forward_transform", "forward_transform"),
+                                       ("outputnode.inverse_transform", "inverse_transform")]),
+    ]
+
+    if has_gt:
+        overlap = pe.Node(
+            GroundTruthOverlap(methods=all_methods, subject=subject), name="overlap"
+        )
+        if session:
+            overlap.inputs.session = session
+        connections += [
+            (maps_to_native, overlap, [("out_file", "in_maps")]),
+            (inputnode, overlap, [("ground_truth", "ground_truth")]),
+            (registration_wf, overlap, [("outputnode.brain_mask", "brain_mask")]),
+            (overlap, outputnode, [("out_tsv", "metrics")]),
+        ]
+        gate_fields.append((overlap, "out_tsv"))
+
+    if reports:
+        report = pe.Node(SubjectReport(subject=subject, methods=all_methods), name="report")
+        if session:
+            report.inputs.session = session
+        connections += [
+            (t1w_model, report, [("out_file", "t1w")]),
+            (merge_maps, report, [("out", "maps")]),
+            (model_grid, report, [("out_file", "background")]),
+            (inference, report, [("out_tsv", "predictions_tsv")]),
+            (report, outputnode, [("out_report", "report")]),
+        ]
+        if has_gt:
+            connections += [
+                (inputnode, registration_wf, [("ground_truth", "inputnode.masks")]),
+                (registration_wf, report, [(("outputnode.masks", _first), "ground_truth")]),
+                (overlap, report, [("out_tsv", "metrics_tsv")]),
+            ]
+        gate_fields += [(report, "out_report"), (report, "out_figures")]
+
+    gate = pe.Node(niu.Merge(len(gate_fields)), name="all_results")
+    for index, (node, field) in enumerate(gate_fields, start=1):
+        connections.append((node, gate, [(field, f"in{index}")]))
+
+    # ---- derivatives, written only once every result above exists --------------------------
+    descs = [method_to_desc(m) for m in all_methods]
+    sources_text = [f"T1w: {Path(t1w).name}"] if t1w is not None else []
+    inverse_name = derivative_path(
+        {**entities, "from": template, "to": "T1w", "mode": "image", "suffix": "xfm"}).name
+    template_text = (
+        f"{template}, on the model grid: the model spec's {res} mm grid of shape "
+        f"{'x'.join(str(n) for n in spec.input.shape)}, centred on the template's field of view; "
+        "the subject's T1w was resampled onto it in one linear interpolation through the "
+        "T1w -> template transform"
+    )
+
+    def sink(node_name: str, **inputs: Any) -> pe.Node:
+        node = pe.Node(
+            DerivativesDataSink(base_directory=str(output_dir), **inputs,
+                                **{k: v for k, v in entities.items() if v}),
+            name=node_name, run_without_submitting=True,
+        )
+        connections.append((gate, node, [("out", "wait_for")]))
+        return node
+
+    ds_template_maps = sink(
+        "ds_template_maps", space=template, res=res, desc=descs, suffix="attribution",
+        meta_dict={"Space": template, "Resolution": template_text, "Sources": sources_text},
+    )
+    ds_native_maps = sink(
+        "ds_native_maps", desc=descs, suffix="attribution",
+        meta_dict={
+            "Space": "T1w",
+            "Resolution": (
+                "the subject's T1w grid: the template-space map resampled through the "
+                f"template -> T1w transform ({'given' if reuse else inverse_name}) with linear "
+                "interpolation"
+            ),
+            "Sources": sources_text,
+        },
+    )
+    ds_t1w_model = sink(
+        "ds_t1w_model", space=template, res=res, desc="preproc", suffix="T1w",
+        meta_dict={"Description": "The T1w as the model received it, before intensity "
+                                  "normalisation", "Resolution": template_text,
+                   "Sources": sources_text},
+    )
+    ds_brain_mask = sink(
+        "ds_brain_mask", desc="brain", suffix="mask",
+        meta_dict={"Type": "Brain", "Description": f"{template} brain mask pulled back onto the "
+                   "T1w grid through the template -> T1w transform (nearest neighbour)"},
+    )
+    ds_predictions = sink(
+        "ds_predictions", desc=model_label(spec), suffix="predictions",
+        meta_dict={"ModelSpec": spec.name, "Outputs": list(spec.outputs), "Task": spec.task,
+                   "Description": "The model's prediction for the T1w on the model grid"},
+    )
+    connections += [
+        (merge_maps, ds_template_maps, [("out", "in_file")]),
+        (merge_sidecars, ds_template_maps, [("out", "in_sidecar")]),
+        (maps_to_native, ds_native_maps, [("out_file", "in_file")]),
+        (merge_sidecars, ds_native_maps, [("out", "in_sidecar")]),
+        (t1w_model, ds_t1w_model, [("out_file", "in_file")]),
+        (registration_wf, ds_brain_mask, [("outputnode.brain_mask", "in_file")]),
+        (inference, ds_predictions, [("out_tsv", "in_file")]),
+    ]
+    if not reuse:
+        # Transforms computed here are derivatives; reused ones stay where they came from.
+        ds_forward = sink("ds_forward_transform", from_space="T1w", to_space=template,
+                          mode="image", suffix="xfm")
+        ds_inverse = sink("ds_inverse_transform", from_space=template, to_space="T1w",
+                          mode="image", suffix="xfm")
+        connections += [
+            (registration_wf, ds_forward, [("outputnode.forward_transform", "in_file")]),
+            (registration_wf, ds_inverse, [("outputnode.inverse_transform", "in_file")]),
+        ]
+    if has_gt:
+        ds_metrics = sink(
+            "ds_metrics", desc="overlap", suffix="metrics",
+            meta_dict={"Description": "Overlap of each native-space map with the ground-truth "
+                                      "mask, inside the brain mask (nipype_xai.metrics)"},
+        )
+        connections.append((overlap, ds_metrics, [("out_tsv", "in_file")]))
+    if reports:
+        ds_report = pe.Node(
+            ReportsSink(base_directory=str(output_dir), report_name=f"{label}.html",
+                        figures_dir=f"sub-{subject}/figures"),
+            name="ds_report", run_without_submitting=True,
+        )
+        connections += [
+            (gate, ds_report, [("out", "wait_for")]),
+            (report, ds_report, [("out_report", "in_report"), ("out_figures", "in_figures")]),
+        ]
+
+    workflow.connect(connections)
+    return workflow
+
+
+def _first(values):
+    # A one-element list from a MapNode to a single-file input.
+    return values[0] if isinstance(values, (list, tuple)) else values

@@ -1,0 +1,285 @@
+"""The validation benchmark (nipype_xai.benchmark): a tiny end-to-end run, its statistics, and its
+sanity check against the metrics core's reference implementation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from nipype_xai.benchmark import (
+    BASELINES,
+    METRICS,
+    cohort_seeds,
+    model_randomization_check,
+    read_table,
+    run_validation_benchmark,
+    subject_maps,
+    summarize_benchmark,
+)
+from nipype_xai.benchmark.command import add_arguments, main
+from nipype_xai.benchmark.validation import _cascade_steps
+from nipype_xai.metrics.group import bootstrap_ci
+from nipype_xai.metrics.sanity import cascading_randomization
+
+METHODS = ["gradient", "smoothgrad", "gradcam"]
+PARAMS = {"smoothgrad": {"n_samples": 4}}
+SUMMARY_COLUMNS = ["task", "architecture", "label", "correct", "method", "metric", "mean", "sd",
+                   "ci_low", "ci_high", "n", "rank"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """Both tasks at 8 mm, 12 training / 8 test subjects, TinyCNN3D for 2 epochs (~40 s)."""
+    out = tmp_path_factory.mktemp("benchmark")
+    table = run_validation_benchmark(
+        out, tasks=("lesion", "atrophy"), n_train=12, n_test=8, architectures=("tinycnn",),
+        methods=METHODS, method_params=PARAMS, seed=3, resolution_mm=8.0, epochs=2,
+        n_sanity=1, sanity_max_steps=3, n_boot=200, progress=False, command="pytest")
+    return out, table
+
+
+def test_tiny_benchmark_writes_every_output(tiny_run):
+    out, table = tiny_run
+    assert table == out / "benchmark.tsv"
+    for name in ("subjects.tsv", "sanity.tsv", "models.tsv", "provenance.json",
+                 "benchmark.html"):
+        assert (out / name).is_file(), name
+    figures = {p.name for p in (out / "figures").glob("*.png")}
+    assert "task-lesion_model-tinycnn_desc-sanity_plot.png" in figures
+    assert "task-atrophy_model-tinycnn_desc-sanity_plot.png" in figures
+    assert any("task-lesion_model-tinycnn_label-lesion_desc-ranking_metric-precisionAtK" in f
+               for f in figures)
+
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert provenance["command"] == "pytest"
+    assert provenance["seed"] == 3
+    assert provenance["cohort_seeds"] == dict(zip(("train", "test"), cohort_seeds(3)))
+    assert provenance["versions"]["torch"] == torch.__version__
+    assert {"platform", "cpu_count", "torch_threads"} <= set(provenance["machine"])
+    html = (out / "benchmark.html").read_text()
+    assert "data:image/png;base64," in html and "random_model_gradient" in html
+
+
+def test_benchmark_table_has_every_column_method_and_baseline(tiny_run):
+    out, _ = tiny_run
+    summary = read_table(out / "benchmark.tsv")
+    assert list(summary.columns) == SUMMARY_COLUMNS
+    assert set(summary["metric"]) == set(METRICS)
+    expected = set(METHODS) | set(BASELINES) | {"random_model_gradient",
+                                                "random_model_smoothgrad"}
+    for (task, _arch, _label, _correct), group in summary.groupby(
+            ["task", "architecture", "label", "correct"]):
+        assert set(group["method"]) == expected, task
+    with_values = summary[summary["n"] > 0]
+    assert len(with_values) and np.isfinite(with_values["mean"]).all()
+    spread = with_values[with_values["n"] > 1]
+    assert np.isfinite(spread[["sd", "ci_low", "ci_high"]].to_numpy()).all()
+    assert (spread["ci_low"] <= spread["mean"] + 1e-12).all()
+    assert (spread["mean"] <= spread["ci_high"] + 1e-12).all()
+
+
+def test_correct_and_incorrect_subjects_are_kept_apart(tiny_run):
+    out, _ = tiny_run
+    subjects = read_table(out / "subjects.tsv")
+    summary = read_table(out / "benchmark.tsv")
+    # The flag is the model's decision against the truth, per subject.
+    assert (subjects["correct"] == (subjects["predicted"] == subjects["label"])).all()
+    for (task, label, correct), group in subjects.groupby(["task", "label", "correct"]):
+        rows = summary[(summary["task"] == task) & (summary["label"] == label)
+                       & (summary["correct"] == correct) & (summary["metric"] == "auroc")]
+        assert set(rows["n"]) == {group["subject"].nunique()}
+    # No summary row mixes both: each (task, label) has one group per correct value present.
+    counts = summary.groupby(["task", "label", "method", "metric"])["correct"].nunique()
+    observed = subjects.groupby(["task", "label"])["correct"].nunique()
+    for (task, label, _m, _metric), n in counts.items():
+        assert n == observed[(task, label)]
+
+
+def test_lesion_controls_skipped_atrophy_controls_scored(tiny_run):
+    out, _ = tiny_run
+    subjects = read_table(out / "subjects.tsv")
+    models = pd.read_csv(out / "models.tsv", sep="\t")
+    participants = {
+        task: pd.read_csv(next((out / "cohorts").glob(f"{task}_test_*")) / "participants.tsv",
+                          sep="\t")
+        for task in ("lesion", "atrophy")
+    }
+    lesion = subjects[subjects["task"] == "lesion"]
+    assert set(lesion["label"]) == {"lesion"}
+    n_controls = int((participants["lesion"]["label"] == "control").sum())
+    row = models[models["task"] == "lesion"].iloc[0]
+    assert row["n_skipped"] == n_controls
+    assert row["n_scored"] == 8 - n_controls
+    atrophy = subjects[subjects["task"] == "atrophy"]
+    assert set(atrophy["label"]) == {"control", "atrophy"}
+    assert atrophy["subject"].nunique() == 8
+
+
+def test_sanity_table(tiny_run):
+    out, _ = tiny_run
+    sanity = read_table(out / "sanity.tsv")
+    for (_task, method), rows in sanity.groupby(["task", "method"]):
+        assert method in METHODS
+        n_layers = int(rows["n_layers"].iloc[0])
+        # sanity_max_steps=3: the output layer, the middle, the whole model.
+        assert list(rows["n_randomized"]) == _cascade_steps(n_layers, 3)
+        assert rows["n_randomized"].iloc[-1] == n_layers
+    finite = sanity["spearman"].dropna()
+    assert len(finite) and ((finite >= -1) & (finite <= 1)).all()
+
+
+def test_rerun_resumes_with_identical_tables(tiny_run, monkeypatch):
+    out, _ = tiny_run
+    before = (out / "benchmark.tsv").read_text()
+    from nipype_xai.benchmark import validation
+
+    def fail(*args, **kwargs):
+        raise AssertionError("finished work was recomputed")
+
+    monkeypatch.setattr(validation, "_run_one", fail)
+    run_validation_benchmark(
+        out, tasks=("lesion", "atrophy"), n_train=12, n_test=8, architectures=("tinycnn",),
+        methods=METHODS, method_params=PARAMS, seed=3, resolution_mm=8.0, epochs=2,
+        n_sanity=1, sanity_max_steps=3, n_boot=200, progress=False, command="pytest")
+    assert (out / "benchmark.tsv").read_text() == before
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics through the benchmark's code path
+# --------------------------------------------------------------------------------------------
+
+
+def _percentile_bootstrap(values: np.ndarray, n_boot: int, seed: int) -> tuple[float, float]:
+    """Textbook percentile bootstrap of the mean, written out independently."""
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(values), size=(n_boot, len(values)))
+    means = values[draws].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def test_summarize_benchmark_matches_direct_bootstrap():
+    rng = np.random.default_rng(7)
+    rows = []
+    # Two groups of different subjects (one task, correct / incorrect), three methods each.
+    for correct, subjects in ((True, [f"sub-{i:02d}" for i in range(1, 9)]),
+                              (False, ["sub-09", "sub-10", "sub-11"])):
+        for method in ("gradient", "smoothgrad", "sobel"):
+            for subject in subjects:
+                rows.append({"task": "lesion", "architecture": "tinycnn", "label": "lesion",
+                             "correct": correct, "subject": subject, "method": method,
+                             "precision_at_k": rng.uniform(), "emd": rng.uniform(5, 50)})
+    table = pd.DataFrame(rows).sample(frac=1.0, random_state=1)  # order must not matter
+    summary = summarize_benchmark(table, n_boot=500, seed=11)
+    assert list(summary.columns) == SUMMARY_COLUMNS
+    for correct, n in ((True, 8), (False, 3)):
+        for method in ("gradient", "smoothgrad", "sobel"):
+            for metric in ("precision_at_k", "emd"):
+                part = table[(table["correct"] == correct) & (table["method"] == method)]
+                values = part.sort_values("subject")[metric].to_numpy()
+                row = summary[(summary["correct"] == correct) & (summary["method"] == method)
+                              & (summary["metric"] == metric)].iloc[0]
+                low, high = _percentile_bootstrap(values, 500, 11)
+                assert row["n"] == n
+                assert row["mean"] == pytest.approx(values.mean(), abs=1e-12)
+                assert row["sd"] == pytest.approx(values.std(ddof=1), abs=1e-12)
+                assert (row["ci_low"], row["ci_high"]) == pytest.approx((low, high), abs=1e-12)
+                assert (row["mean"], row["ci_low"], row["ci_high"]) == pytest.approx(
+                    bootstrap_ci(values, n_boot=500, seed=11), abs=1e-12)
+    # Ranks are within a group and metric; emd is lower-is-better.
+    emd = summary[(summary["correct"]) & (summary["metric"] == "emd")]
+    assert emd.sort_values("mean")["rank"].tolist() == [1, 2, 3]
+
+
+def test_summarize_benchmark_requires_the_group_columns():
+    with pytest.raises(ValueError, match="correct"):
+        summarize_benchmark(pd.DataFrame({"task": ["lesion"], "architecture": ["x"],
+                                          "label": ["lesion"], "subject": ["sub-01"],
+                                          "method": ["gradient"], "auroc": [0.5]}))
+
+
+# --------------------------------------------------------------------------------------------
+# Cores: maps of a subject, the randomisation check
+# --------------------------------------------------------------------------------------------
+
+
+def test_model_randomization_check_equals_cascading_randomization(tiny_net, volume):
+    rows = model_randomization_check(tiny_net, volume, ["gradient", "smoothgrad"],
+                                     method_params={"smoothgrad": {"n_samples": 3}}, seed=0,
+                                     randomization_seed=5)
+    for method, params in (("gradient", {}), ("smoothgrad", {"n_samples": 3, "seed": 0})):
+        reference = cascading_randomization(tiny_net, volume, method, similarity="spearman",
+                                            randomization_seed=5, **params)
+        ours = [r for r in rows if r["method"] == method]
+        assert [r["layer"] for r in ours] == [r["layer"] for r in reference]
+        assert [r["n_randomized"] for r in ours] == [r["n_randomized"] for r in reference]
+        np.testing.assert_allclose([r["spearman"] for r in ours],
+                                   [r["spearman"] for r in reference], rtol=0, atol=1e-12)
+
+
+def test_cascade_steps_keep_first_and_last():
+    assert _cascade_steps(5, None) == [1, 2, 3, 4, 5]
+    assert _cascade_steps(5, 9) == [1, 2, 3, 4, 5]
+    assert _cascade_steps(32, 4) == [1, 11, 22, 32]
+    with pytest.raises(ValueError, match="at least 2"):
+        _cascade_steps(10, 1)
+
+
+def test_subject_maps_yields_methods_and_baselines(tiny_net):
+    from nipype_xai.metrics import randomize_model, sobel
+
+    x = torch.randn(1, 1, 12, 12, 12, generator=torch.Generator().manual_seed(0))
+    randomized = randomize_model(tiny_net, 0)
+    maps = {name: volume for name, volume, _ in subject_maps(
+        tiny_net, x, 1, ["gradient", "saliency", "smoothgrad"],
+        method_params={"smoothgrad": {"n_samples": 3}}, random_model=randomized,
+        random_model_methods=["gradient"], random_seed=4)}
+    assert list(maps) == ["gradient", "saliency", "smoothgrad", "random_model_gradient",
+                          "sobel", "laplace", "random"]
+    assert all(m.shape == (12, 12, 12) and m.dtype == np.float64 for m in maps.values())
+    np.testing.assert_allclose(maps["saliency"], np.abs(maps["gradient"]), atol=1e-7)
+    np.testing.assert_allclose(maps["sobel"], sobel(x)[0, 0].double().numpy(), atol=1e-6)
+    assert not np.allclose(maps["random_model_gradient"], maps["gradient"])
+    again = {n: v for n, v, _ in subject_maps(tiny_net, x, 1, ["gradient"], random_seed=4)}
+    np.testing.assert_array_equal(again["random"], maps["random"])
+
+
+# --------------------------------------------------------------------------------------------
+# Bad input: a clear error before any work
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"tasks": ["tumour"]}, "unknown task"),
+    ({"architectures": ["vit"]}, "unknown architecture"),
+    ({"methods": ["gradient", "magic"]}, "unknown method"),
+    ({"method_params": {"magic": {}}}, "unknown method"),
+    ({"architectures": ["sfcn"], "resolution_mm": 8.0}, "finer --resolution"),
+    ({"train_options": {"epochs": 3}}, "not accepted"),
+])
+def test_bad_arguments_fail_before_any_work(tmp_path, kwargs, message):
+    arguments = {"n_train": 4, "n_test": 2, "progress": False, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        run_validation_benchmark(tmp_path / "out", **arguments)
+    assert not (tmp_path / "out" / "cohorts").exists()
+
+
+def test_command_line_parses_and_reports_errors(tmp_path, capsys):
+    import argparse
+
+    parser = add_arguments(argparse.ArgumentParser())
+    args = parser.parse_args([str(tmp_path), "--task", "lesion", "atrophy", "--n-train", "50",
+                              "--architectures", "tinycnn", "densenet", "--methods", "gradient",
+                              "--method-params", '{"smoothgrad": {"n_samples": 8}}',
+                              "--resolution", "4", "--epochs", "3", "--seed", "2",
+                              "--train-options", '{"augment": false}'])
+    assert args.task == ["lesion", "atrophy"] and args.architectures == ["tinycnn", "densenet"]
+    assert args.method_params == {"smoothgrad": {"n_samples": 8}} and args.resolution == 4.0
+    assert args.train_options == {"augment": False}
+    assert main([str(tmp_path / "out"), "--architectures", "sfcn", "--resolution", "8",
+                 "--no-progress"]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("nipype-xai benchmark: error:") and error.count("\n") == 1

@@ -1,0 +1,242 @@
+"""The ``nipype-xai`` command: help and version, one-line errors for bad input, failing subjects,
+resuming from the work directory, ``synth``, ``train`` and a smallest ``demo`` (CPU, ~2 min)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from nipype_xai import __version__
+from nipype_xai.cli import main
+from nipype_xai.models import TinyCNN3D
+from nipype_xai.synth import generate_cohort
+
+TPL = "MNI152NLin2009aSym"
+
+
+def _tiny_model(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    torch.save(TinyCNN3D(n_outputs=2, width=4).state_dict(), folder / "tiny.pt")
+    spec = {"name": "tiny", "architecture": "nipype_xai.models.architectures:TinyCNN3D",
+            "kwargs": {"n_outputs": 2, "width": 4}, "weights": "tiny.pt",
+            "input": {"space": TPL, "resolution_mm": 8, "shape": [24, 28, 24],
+                      "normalization": "zscore", "mask": "nonzero"},
+            "outputs": ["control", "lesion"], "task": "classification"}
+    (folder / "tiny.json").write_text(json.dumps(spec))
+    return folder / "tiny.json"
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    bids_dir = generate_cohort(root / "bids", "lesion", 4, seed=0, resolution_mm=4.0,
+                               progress=False)
+    return {"root": root, "bids": bids_dir, "model": _tiny_model(root / "model"),
+            "gt": bids_dir / "derivatives" / "groundtruth"}
+
+
+def _error_lines(capsys) -> list[str]:
+    return [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+
+
+# ---- help, version, bad input -------------------------------------------------------------------
+
+
+def test_help_and_version(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "BIDS_DIR OUTPUT_DIR {participant,group}" in out and "--participant-label" in out
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"nipype-xai {__version__}"
+    for command in ("demo", "synth", "train"):
+        assert main([command, "--help"]) == 0
+        assert f"nipype-xai {command}" in capsys.readouterr().out
+
+
+def test_console_script_bad_bids_dir_is_one_line(tmp_path):
+    script = Path(sys.executable).parent / "nipype-xai"
+    if not script.is_file():
+        pytest.skip("the nipype-xai entry point is not installed next to this interpreter")
+    missing = tmp_path / "no-such-dataset"
+    result = subprocess.run([str(script), str(missing), str(tmp_path / "out"), "participant"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"nipype-xai: error: {missing}: BIDS_DIR is not a folder"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_input_is_one_line_and_exit_1(tmp_path, capsys, cohort):
+    bids_dir, model = str(cohort["bids"]), str(cohort["model"])
+    out = str(tmp_path / "out")
+    not_bids = tmp_path / "plain"
+    not_bids.mkdir()
+    broken_spec = tmp_path / "broken.json"
+    spec = json.loads(Path(model).read_text())
+    spec["weights"] = str(tmp_path / "missing.pt")
+    broken_spec.write_text(json.dumps(spec))
+    cases = [
+        ([str(not_bids), out, "participant", "--model", model],
+         f"{not_bids}: not a BIDS dataset (no dataset_description.json at its root)"),
+        ([bids_dir, out, "participant", "--model", str(broken_spec)],
+         "broken.json: weights file not found"),
+        ([bids_dir, out, "participant", "--model", model, "--methods", "gradient", "sharpgrad"],
+         "--methods: unknown method(s) ['sharpgrad']"),
+        ([bids_dir, out, "participant", "--model", model, "--participant-label", "09"],
+         "no subject sub-09 in the dataset"),
+        ([bids_dir, out, "participant", "--model", model, "--plugin-args", "{oops"],
+         "--plugin-args: not valid JSON"),
+        ([bids_dir, out, "participant", "--model", model, "--ground-truth", str(not_bids)],
+         f"{not_bids}: not a BIDS dataset"),
+        ([bids_dir, out], "the following arguments are required: analysis_level"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 1, argv
+        lines = _error_lines(capsys)
+        assert len(lines) == 1, lines
+        assert lines[0].startswith("nipype-xai: error: ") and message in lines[0], lines
+    assert not Path(out, "sub-01").exists()
+    # -v adds the traceback.
+    assert main([str(not_bids), out, "participant", "-v"]) == 1
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_dataset_without_any_t1w(tmp_path, capsys, cohort):
+    empty = tmp_path / "empty"
+    shutil.copytree(cohort["bids"], empty, ignore=shutil.ignore_patterns("*_T1w.nii.gz"))
+    assert main([str(empty), str(tmp_path / "out"), "participant",
+                 "--model", str(cohort["model"])]) == 1
+    lines = _error_lines(capsys)
+    assert len(lines) == 1 and lines[0].startswith(f"nipype-xai: error: {empty}: no T1w images")
+
+
+# ---- failing subjects ---------------------------------------------------------------------------
+
+
+def test_failing_subjects_do_not_stop_the_others(tmp_path, capsys, cohort):
+    """A truncated T1w (sub-03) and a subject without T1w (sub-04) among good ones."""
+    bids_dir = tmp_path / "bids"
+    shutil.copytree(cohort["bids"], bids_dir)
+    corrupt = bids_dir / "sub-03" / "anat" / "sub-03_T1w.nii.gz"
+    data = corrupt.read_bytes()
+    corrupt.write_bytes(data[: len(data) // 2])
+    (bids_dir / "sub-04" / "anat" / "sub-04_T1w.nii.gz").unlink()
+    out, work = tmp_path / "out", tmp_path / "work"
+
+    code = main([str(bids_dir), str(out), "participant", "--model", str(cohort["model"]),
+                 "--methods", "gradient", "sobel", "--ground-truth",
+                 str(bids_dir / "derivatives" / "groundtruth"), "-w", str(work),
+                 "--nprocs", "2"])
+    assert code == 2
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    assert "sub-03 failed" in captured.err and "sub-03_T1w.nii.gz" in captured.err
+    assert "2 of 4 subject(s) done" in captured.out
+
+    # The good subjects are complete; the bad ones have nothing at all.
+    for sub in ("sub-01", "sub-02"):
+        maps = list((out / sub / "anat").glob(f"{sub}_space-{TPL}_res-8_desc-*_attribution.nii.gz"))
+        assert len(maps) == 2
+        assert (out / f"{sub}.html").is_file()
+    assert (out / "sub-02" / "anat" / "sub-02_desc-overlap_metrics.tsv").is_file()
+    assert not (out / "sub-03").exists() and not (out / "sub-03.html").exists()
+    assert not (out / "sub-04").exists()
+
+    failures = pd.read_csv(out / "failures.tsv", sep="\t").set_index("subject")
+    assert list(failures.index) == ["sub-03", "sub-04"]
+    assert "sub-03_T1w.nii.gz" in failures.loc["sub-03", "reason"]
+    assert "truncated" in failures.loc["sub-03", "reason"]
+    assert Path(failures.loc["sub-03", "crashfile"]).is_file()
+    assert failures.loc["sub-04", "reason"] == "no T1w image found under sub-04/anat"
+    assert "failures.tsv" in (out / ".bidsignore").read_text()
+
+    # The group level summarises the good subjects and its report names the failed ones.
+    assert main([str(bids_dir), str(out), "group", "-w", str(work), "--n-boot", "100",
+                 "--nprocs", "2"]) == 0
+    report = (out / "group.html").read_text()
+    assert "sub-03" in report and "truncated" in report and "sub-04" in report
+    table = pd.read_csv(out / "desc-overlap_metrics.tsv", sep="\t", dtype={"subject": str})
+    assert set(table["subject"]) == {"02"}
+
+
+# ---- resuming -----------------------------------------------------------------------------------
+
+
+def test_rerun_resumes_from_the_work_dir(tmp_path, capsys, cohort):
+    out, work = tmp_path / "out", tmp_path / "work"
+    argv = [str(cohort["bids"]), str(out), "participant", "--model", str(cohort["model"]),
+            "--participant-label", "01", "sub-02", "--methods", "gradient", "--no-reports",
+            "--transforms-from", str(cohort["gt"]), "--ground-truth", str(cohort["gt"]),
+            "-w", str(work), "--nprocs", "2"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    node_dir = work / "participant_wf" / "sub_02_wf" / "attribution"
+    result_file = node_dir / "result_attribution.pklz"
+    computed = {p: p.stat().st_mtime_ns for p in [result_file, *node_dir.glob("*.nii.gz")]}
+    metrics_result = work / "participant_wf" / "sub_02_wf" / "overlap" / "result_overlap.pklz"
+    metrics_mtime = metrics_result.stat().st_mtime_ns
+    derivative = (out / "sub-02" / "anat"
+                  / f"sub-02_space-{TPL}_res-8_desc-gradient_attribution.nii.gz")
+    kept = out / "sub-02" / "anat" / "sub-02_desc-overlap_metrics.tsv"
+    kept_mtime = kept.stat().st_mtime_ns
+    derivative.unlink()  # a derivative lost after the first run comes back from the cache
+
+    assert main(argv) == 0
+    # Nipype found the attribution and metrics nodes in its cache: not run again.
+    assert {p: p.stat().st_mtime_ns for p in computed} == computed
+    assert metrics_result.stat().st_mtime_ns == metrics_mtime
+    assert derivative.is_file()
+    # An unchanged derivative is not rewritten: the group level's cache (timestamps) stays valid.
+    assert kept.stat().st_mtime_ns == kept_mtime
+    # Reused transforms are not copied into the outputs.
+    assert not list((out / "sub-02" / "anat").glob("*_xfm.*"))
+    assert not (out / "failures.tsv").exists()
+
+
+# ---- synth, train, demo -------------------------------------------------------------------------
+
+
+def test_synth_and_train(tmp_path, capsys, cohort):
+    cohort_dir = tmp_path / "cohort"
+    assert main(["synth", str(cohort_dir), "--task", "lesion", "--n-subjects", "2",
+                 "--seed", "3", "--resolution", "8"]) == 0
+    assert (cohort_dir / "participants.tsv").is_file()
+    assert len(list(cohort_dir.glob("sub-*/anat/*_T1w.nii.gz"))) == 2
+    capsys.readouterr()
+    assert main(["synth", str(cohort_dir), "--task", "lesion", "--n-subjects", "2"]) == 1
+    lines = _error_lines(capsys)
+    assert lines == [f"nipype-xai: error: {cohort_dir}: folder is not empty; choose a new "
+                     "OUTPUT_DIR"]
+
+    pytest.importorskip("nipype_xai.synth.train")
+    assert main(["train", str(cohort_dir), str(tmp_path / "model"), "--spec",
+                 str(cohort["model"]), "--name", "retrained", "--epochs", "1"]) == 0
+    spec = json.loads((tmp_path / "model" / "retrained.json").read_text())
+    assert spec["name"] == "retrained" and (tmp_path / "model" / spec["weights"]).is_file()
+
+
+def test_demo_at_its_smallest(tmp_path, capsys):
+    try:
+        from nipype_xai.models.bundled import bundled_model_spec
+
+        bundled_model_spec("lesion")
+    except (ImportError, FileNotFoundError):
+        pytest.skip("no bundled lesion model in this checkout yet")
+    out = tmp_path / "demo"
+    code = main(["demo", str(out), "--n-subjects", "2", "--methods", "gradient", "sobel",
+                 "--nprocs", "2"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    report = out / "derivatives" / "nipype-xai" / "group.html"
+    assert f"open the report: {report}" in captured.out
+    assert report.is_file()
+    assert (out / "bids" / "participants.tsv").is_file()
+    assert list((out / "derivatives" / "nipype-xai").glob("sub-*/anat/*_attribution.nii.gz"))

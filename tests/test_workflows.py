@@ -1,0 +1,295 @@
+"""The participant and group workflows end to end on a tiny synthetic cohort (CPU, ~1 minute).
+
+Three 4 mm synthetic lesion subjects, a randomly initialised TinyCNN3D on an 8 mm model grid, two
+attribution methods and one baseline, affine registration, MultiProc with two processes.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from nipype_xai.models import TinyCNN3D
+from nipype_xai.synth import generate_cohort
+from nipype_xai.workflows import (
+    collect_data,
+    collect_group_inputs,
+    init_group_wf,
+    init_participant_wf,
+    init_registration_wf,
+    init_xai_wf,
+)
+
+TPL = "MNI152NLin2009aSym"
+METHODS = ["gradient", "gradcam", "sobel"]
+DESCS = ["gradient", "gradcam", "sobel"]
+MODEL_SHAPE = (24, 28, 24)
+
+
+def write_tiny_model(folder: Path, shape=MODEL_SHAPE, resolution=8) -> Path:
+    """A randomly initialised TinyCNN3D spec: the pipeline, not the model, is under test."""
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    torch.save(TinyCNN3D(n_outputs=2, width=4).state_dict(), folder / "tiny.pt")
+    spec = {"name": "tiny_cnn", "architecture": "nipype_xai.models.architectures:TinyCNN3D",
+            "kwargs": {"n_outputs": 2, "width": 4}, "weights": "tiny.pt",
+            "input": {"space": TPL, "resolution_mm": resolution, "shape": list(shape),
+                      "normalization": "zscore", "mask": "nonzero"},
+            "outputs": ["control", "lesion"], "task": "classification"}
+    (folder / "tiny.json").write_text(json.dumps(spec))
+    return folder / "tiny.json"
+
+
+@pytest.fixture(scope="module")
+def participant_run(tmp_path_factory):
+    """Run the participant workflow once on three subjects; every test reads its outputs."""
+    root = tmp_path_factory.mktemp("workflows")
+    bids_dir = generate_cohort(root / "bids", "lesion", 3, seed=0, resolution_mm=4.0,
+                               progress=False)
+    model = write_tiny_model(root / "model")
+    subjects, problems = collect_data(
+        bids_dir, ground_truth_dir=bids_dir / "derivatives" / "groundtruth", gt_label="lesion")
+    assert problems == []
+    output_dir = root / "out"
+    workflow = init_participant_wf(subjects=subjects, output_dir=output_dir, model_spec=model,
+                                   methods=METHODS, seed=0)
+    workflow.base_dir = str(root / "work")
+    workflow.config["execution"].update({"crashdump_dir": str(root / "crash"),
+                                         "poll_sleep_duration": 0.2})
+    # Spawned workers: this test process may already have run torch on several threads, and a
+    # forked child of such a process hangs in OpenMP.
+    # Nipype's MultiProc collects garbage at every step: keep this process's objects out of it
+    # (as the command line does).
+    gc.freeze()
+    try:
+        workflow.run(plugin="MultiProc", plugin_args={"n_procs": 2, "mp_context": "spawn"})
+    finally:
+        gc.unfreeze()
+    return {"root": root, "bids": bids_dir, "out": output_dir, "subjects": subjects,
+            "model": model}
+
+
+def test_collect_data_finds_t1w_and_ground_truth(participant_run):
+    subjects = participant_run["subjects"]
+    assert [s.subject for s in subjects] == ["01", "02", "03"]
+    assert all(s.t1w.name == f"sub-{s.subject}_T1w.nii.gz" for s in subjects)
+    # Only positives of the lesion task carry a (native, not template-space) lesion mask.
+    participants = pd.read_csv(participant_run["bids"] / "participants.tsv", sep="\t")
+    positives = {pid[4:] for pid, label in zip(participants.participant_id, participants.label)
+                 if label == "lesion"}
+    assert positives
+    for entry in subjects:
+        if entry.subject in positives:
+            assert entry.ground_truth.name == f"sub-{entry.subject}_label-lesion_mask.nii.gz"
+        else:
+            assert entry.ground_truth is None
+
+
+def test_every_spec_output_exists(participant_run):
+    out = participant_run["out"]
+    description = json.loads((out / "dataset_description.json").read_text())
+    assert description["DatasetType"] == "derivative"
+    assert description["GeneratedBy"][0]["Name"] == "nipype-xai"
+    assert "*_attribution.nii.gz" in (out / ".bidsignore").read_text()
+    for entry in participant_run["subjects"]:
+        anat = out / f"sub-{entry.subject}" / "anat"
+        sub = f"sub-{entry.subject}"
+        expected = [
+            f"{sub}_from-T1w_to-{TPL}_mode-image_xfm.h5",
+            f"{sub}_from-{TPL}_to-T1w_mode-image_xfm.h5",
+            f"{sub}_desc-tinycnn_predictions.tsv",
+            f"{sub}_desc-brain_mask.nii.gz",
+            f"{sub}_space-{TPL}_res-8_desc-preproc_T1w.nii.gz",
+        ]
+        for desc in DESCS:
+            expected += [f"{sub}_space-{TPL}_res-8_desc-{desc}_attribution.nii.gz",
+                         f"{sub}_space-{TPL}_res-8_desc-{desc}_attribution.json",
+                         f"{sub}_desc-{desc}_attribution.nii.gz",
+                         f"{sub}_desc-{desc}_attribution.json"]
+        if entry.ground_truth is not None:
+            expected.append(f"{sub}_desc-overlap_metrics.tsv")
+        else:
+            assert not (anat / f"{sub}_desc-overlap_metrics.tsv").exists()
+        missing = [name for name in expected if not (anat / name).is_file()]
+        assert missing == []
+        assert (out / f"{sub}.html").is_file()
+        assert list((out / sub / "figures").glob("*.png"))
+    # Atomic writes leave no temporary file anywhere.
+    assert [p for p in out.rglob(".*") if p.name != ".bidsignore"] == []
+
+
+def test_pybids_indexes_every_output(participant_run):
+    import bids
+
+    layout = bids.BIDSLayout(str(participant_run["out"]), validate=False)
+    for entry in participant_run["subjects"]:
+        for desc in DESCS:
+            in_template = layout.get(subject=entry.subject, space=TPL, desc=desc,
+                                     suffix="attribution", extension=".nii.gz")
+            assert [f.entities["res"] for f in in_template] == ["8"]
+            native = layout.get(subject=entry.subject, space=bids.layout.Query.NONE, desc=desc,
+                                suffix="attribution", extension=".nii.gz")
+            assert len(native) == 1
+        assert len(layout.get(subject=entry.subject, suffix="xfm", extension=".h5")) == 2
+        assert len(layout.get(subject=entry.subject, suffix="predictions",
+                              extension=".tsv")) == 1
+
+
+def test_maps_sidecars_and_metrics(participant_run):
+    out = participant_run["out"]
+    for entry in participant_run["subjects"]:
+        anat = out / f"sub-{entry.subject}" / "anat"
+        sub = f"sub-{entry.subject}"
+        t1w = nib.load(entry.t1w)
+        for method, desc in zip(METHODS, DESCS):
+            template_map = nib.load(
+                anat / f"{sub}_space-{TPL}_res-8_desc-{desc}_attribution.nii.gz")
+            assert template_map.shape == MODEL_SHAPE
+            np.testing.assert_allclose(np.diag(template_map.affine)[:3], [8, 8, 8])
+            native = nib.load(anat / f"{sub}_desc-{desc}_attribution.nii.gz")
+            assert native.shape == t1w.shape
+            np.testing.assert_allclose(native.affine, t1w.affine, atol=1e-4)
+            assert np.abs(native.get_fdata()).max() > 0
+            sidecar = json.loads((anat / f"{sub}_space-{TPL}_res-8_desc-{desc}_attribution.json")
+                                 .read_text())
+            assert sidecar["Method"] == method
+            assert sidecar["Space"] == TPL
+            native_sidecar = json.loads((anat / f"{sub}_desc-{desc}_attribution.json").read_text())
+            assert native_sidecar["Space"] == "T1w" and native_sidecar["Method"] == method
+            if method != "sobel":
+                assert len(sidecar["ModelWeightsSHA256"]) == 64
+                assert sidecar["PredictedLabel"] in ("control", "lesion")
+        predictions = pd.read_csv(anat / f"{sub}_desc-tinycnn_predictions.tsv", sep="\t")
+        assert predictions[["control", "lesion"]].sum(axis=1).iloc[0] == pytest.approx(1.0)
+        if entry.ground_truth is not None:
+            metrics = pd.read_csv(anat / f"{sub}_desc-overlap_metrics.tsv", sep="\t",
+                                  dtype={"subject": str})
+            assert list(metrics["method"]) == METHODS
+            assert set(metrics["subject"]) == {entry.subject}
+            assert metrics["precision_at_k"].between(0, 1).all()
+            assert metrics["auroc"].between(0, 1).all()
+            assert (metrics["resampled"] == "no").all()  # native maps are on the GT's grid
+
+
+def test_registration_is_good_enough(participant_run):
+    """The derived brain mask overlaps the true one; the model input looks like the template."""
+    out, bids_dir = participant_run["out"], participant_run["bids"]
+    for entry in participant_run["subjects"]:
+        sub = f"sub-{entry.subject}"
+        derived = nib.load(out / sub / "anat" / f"{sub}_desc-brain_mask.nii.gz").get_fdata() > 0
+        truth = nib.load(bids_dir / "derivatives" / "groundtruth" / sub / "anat"
+                         / f"{sub}_desc-brain_mask.nii.gz").get_fdata() > 0
+        dice = 2 * (derived & truth).sum() / (derived.sum() + truth.sum())
+        assert dice > 0.85, f"{sub}: brain-mask Dice {dice:.3f}"
+
+
+def test_group_workflow(participant_run):
+    out = participant_run["out"]
+    inputs = collect_group_inputs(out)
+    assert inputs.template == TPL and inputs.res == "8"
+    assert len(inputs.maps) == 3 * len(METHODS)
+    n_gt = sum(entry.ground_truth is not None for entry in participant_run["subjects"])
+    assert len(inputs.metrics_tsvs) == n_gt
+    workflow = init_group_wf(inputs=inputs, output_dir=out, n_boot=200)
+    workflow.base_dir = str(participant_run["root"] / "work")
+    workflow.run()
+    table = pd.read_csv(out / "desc-overlap_metrics.tsv", sep="\t", dtype={"subject": str})
+    assert len(table) == n_gt * len(METHODS)
+    ranking = pd.read_csv(out / "desc-overlap_ranking.tsv", sep="\t")
+    assert set(ranking["method"]) == set(METHODS)
+    assert {"mean", "ci_low", "ci_high", "rank"} <= set(ranking.columns)
+    for desc in DESCS:
+        mean = out / f"space-{TPL}_res-8_desc-{desc}Mean_attribution.nii.gz"
+        sd = out / f"space-{TPL}_res-8_desc-{desc}Sd_attribution.nii.gz"
+        assert nib.load(mean).shape == MODEL_SHAPE and sd.is_file()
+        # The mean map is the mean of the subjects' maps.
+        subject_maps = [nib.load(p).get_fdata() for p, m in zip(inputs.maps, inputs.methods)
+                        if m == METHODS[DESCS.index(desc)]]
+        np.testing.assert_allclose(nib.load(mean).get_fdata(), np.mean(subject_maps, axis=0),
+                                   rtol=1e-4, atol=1e-6)
+    assert (out / "group.html").is_file()
+    assert list((out / "figures").glob("desc-ranking_*.png"))
+
+
+def test_xai_wf_reusing_transforms_has_no_registration(tmp_path):
+    model = write_tiny_model(tmp_path)
+    for name in ("fwd.h5", "inv.h5"):
+        (tmp_path / name).write_bytes(b"")
+    workflow = init_xai_wf(subject="01", methods=["gradient", "random"], model_spec=model,
+                           output_dir=tmp_path / "out", t1w=tmp_path / "tiny.json",
+                           transforms=(tmp_path / "fwd.h5", tmp_path / "inv.h5"), reports=False)
+    names = {node.name for node in workflow._get_all_nodes()}
+    assert "t1w_template" in names
+    assert "register" not in names
+    assert "ds_forward_transform" not in names and "overlap" not in names
+    assert {"attribution", "baseline_maps", "ds_template_maps", "ds_native_maps"} <= names
+    with pytest.raises(ValueError, match="unknown method"):
+        init_xai_wf(subject="01", methods=["gradient", "sharpgrad"], model_spec=model,
+                    output_dir=tmp_path / "out")
+
+
+def test_registration_wf_graph():
+    workflow = init_registration_wf(apply_to_maps=True, apply_to_masks=True)
+    names = {node.name for node in workflow._get_all_nodes()}
+    assert {"register", "brain_mask", "maps_to_template", "masks_to_template"} <= names
+    assert workflow.get_node("maps_to_template").interface.inputs.interpolation == "linear"
+    assert workflow.get_node("masks_to_template").interface.inputs.interpolation == "nearest"
+    assert workflow.get_node("brain_mask").inputs.interpolation == "nearest"
+
+
+def test_collect_data_with_sessions_and_fmriprep_transforms(tmp_path):
+    """Sessions, subject-level ground truth, fMRIPrep transforms taken as consistent pairs."""
+    def touch_nifti(path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.float32), np.eye(4)), path)
+
+    def description(root: Path, kind: str) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "dataset_description.json").write_text(json.dumps(
+            {"Name": "t", "BIDSVersion": "1.10.0", "DatasetType": kind,
+             **({"GeneratedBy": [{"Name": "test"}]} if kind == "derivative" else {})}))
+
+    bids_dir, gt_dir, fmriprep = tmp_path / "bids", tmp_path / "gt", tmp_path / "fmriprep"
+    for root, kind in ((bids_dir, "raw"), (gt_dir, "derivative"), (fmriprep, "derivative")):
+        description(root, kind)
+    for session in ("A", "B"):
+        touch_nifti(bids_dir / f"sub-01/ses-{session}/anat/sub-01_ses-{session}_T1w.nii.gz")
+    (bids_dir / "sub-02" / "anat").mkdir(parents=True)  # a subject without any T1w
+    touch_nifti(gt_dir / "sub-01/anat/sub-01_label-lesion_mask.nii.gz")
+    touch_nifti(gt_dir / f"sub-01/anat/sub-01_space-{TPL}_label-lesion_mask.nii.gz")
+    other = "MNI152NLin2009cAsym"
+    xfms = {
+        "subject": (f"sub-01/anat/sub-01_from-T1w_to-{other}_mode-image_xfm.h5",
+                    f"sub-01/anat/sub-01_from-{other}_to-T1w_mode-image_xfm.h5"),
+        # Session B has its own forward transform only: B must still get a consistent pair.
+        "B": (f"sub-01/ses-B/anat/sub-01_ses-B_from-T1w_to-{other}_mode-image_xfm.h5", None),
+    }
+    for forward, inverse in xfms.values():
+        for name in (forward, inverse):
+            if name:
+                (fmriprep / name).parent.mkdir(parents=True, exist_ok=True)
+                (fmriprep / name).write_bytes(b"")
+
+    subjects, problems = collect_data(bids_dir, ground_truth_dir=gt_dir, transforms_dir=fmriprep,
+                                      template=other)
+    assert [(s.subject, s.session) for s in subjects] == [("01", "A"), ("01", "B")]
+    for entry in subjects:
+        assert entry.t1w.name == f"sub-01_ses-{entry.session}_T1w.nii.gz"
+        assert entry.ground_truth.name == "sub-01_label-lesion_mask.nii.gz"
+        assert [p.relative_to(fmriprep).as_posix() for p in entry.transforms] == \
+            list(xfms["subject"])
+    assert [(p.subject, p.problem) for p in problems] == [
+        ("02", "no T1w image found under sub-02/anat")]
+    # The subject's workflow names carry the session; its derivatives too.
+    workflow = init_participant_wf(subjects=subjects, output_dir=tmp_path / "out",
+                                   model_spec=write_tiny_model(tmp_path / "model"),
+                                   methods=["gradient"], template=other, reports=False)
+    names = {node.name for node in workflow._graph.nodes()}
+    assert {"sub_01_ses_A_wf", "sub_01_ses_B_wf", "template_select"} <= names
