@@ -239,3 +239,27 @@ def test_independent_randomization(tiny_net, volume):
     with pytest.raises(ValueError, match="similarity"):
         cascading_randomization(tiny_net, volume, "gradient", attribute_fn=gradient_map,
                                 similarity="hog")
+
+
+def test_cascading_randomization_inside_mask(tiny_net, volume):
+    """With a mask, Spearman ranks only the voxels inside it (scipy on the masked voxels)."""
+    mask = np.zeros(volume.shape[2:], dtype=bool)
+    mask[1:-1, 1:-1, 1:-1] = True
+    rows = cascading_randomization(tiny_net, volume, "gradient", attribute_fn=gradient_map,
+                                   mask=mask)
+    whole = cascading_randomization(tiny_net, volume, "gradient", attribute_fn=gradient_map)
+    with torch.no_grad():
+        target = tiny_net.eval()(volume).argmax(dim=1).tolist()
+    original = gradient_map(tiny_net, volume, "gradient", target=target).abs().numpy()
+    maps = gradient_map(randomize_model(tiny_net, seed=0), volume, "gradient",
+                        target=target).abs().numpy()
+    expected = np.mean([stats.spearmanr(o[:, mask].ravel(), r[:, mask].ravel()).statistic
+                        for o, r in zip(original, maps)])
+    assert rows[-1]["spearman"] == pytest.approx(expected, abs=1e-12)
+    assert rows[-1]["spearman"] != whole[-1]["spearman"]
+    with pytest.raises(ValueError, match="does not match"):
+        cascading_randomization(tiny_net, volume, "gradient", attribute_fn=gradient_map,
+                                mask=mask[:-1])
+    with pytest.raises(ValueError, match="empty"):
+        cascading_randomization(tiny_net, volume, "gradient", attribute_fn=gradient_map,
+                                mask=np.zeros_like(mask))

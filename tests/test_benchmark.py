@@ -206,13 +206,18 @@ def test_summarize_benchmark_requires_the_group_columns():
 # --------------------------------------------------------------------------------------------
 
 
-def test_model_randomization_check_equals_cascading_randomization(tiny_net, volume):
+@pytest.mark.parametrize("masked", [False, True])
+def test_model_randomization_check_equals_cascading_randomization(tiny_net, volume, masked):
+    mask = None
+    if masked:
+        mask = np.zeros(volume.shape[2:], dtype=bool)
+        mask[2:-2, 1:-1, 2:-3] = True
     rows = model_randomization_check(tiny_net, volume, ["gradient", "smoothgrad"],
                                      method_params={"smoothgrad": {"n_samples": 3}}, seed=0,
-                                     randomization_seed=5)
+                                     randomization_seed=5, mask=mask)
     for method, params in (("gradient", {}), ("smoothgrad", {"n_samples": 3, "seed": 0})):
         reference = cascading_randomization(tiny_net, volume, method, similarity="spearman",
-                                            randomization_seed=5, **params)
+                                            randomization_seed=5, mask=mask, **params)
         ours = [r for r in rows if r["method"] == method]
         assert [r["layer"] for r in ours] == [r["layer"] for r in reference]
         assert [r["n_randomized"] for r in ours] == [r["n_randomized"] for r in reference]
@@ -283,3 +288,11 @@ def test_command_line_parses_and_reports_errors(tmp_path, capsys):
                  "--no-progress"]) == 1
     error = capsys.readouterr().err
     assert error.startswith("nipype-xai benchmark: error:") and error.count("\n") == 1
+    # The same sub-command through the nipype-xai entry point.
+    from nipype_xai.cli.run import main as cli_main
+
+    assert cli_main(["benchmark", str(tmp_path / "out2"), "--architectures", "sfcn",
+                     "--resolution", "8", "--no-progress"]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("nipype-xai benchmark: error:") and error.count("\n") == 1
+    assert not (tmp_path / "out2" / "cohorts").exists()

@@ -136,14 +136,10 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m nipype_xai.benchmark.command OUTPUT_DIR ...``."""
-    parser = argparse.ArgumentParser(
-        prog="nipype-xai benchmark",
-        description="Score every attribution method against the known ground truth of synthetic "
-                    "cohorts, with baselines and a model-randomisation check.")
+    from ..cli.run import main as cli_main
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = add_arguments(parser).parse_args(argv)
-    args.command = "python -m nipype_xai.benchmark.command " + shlex.join(argv)
-    return run(args)
+    return cli_main(["benchmark", *argv])
 
 
 if __name__ == "__main__":

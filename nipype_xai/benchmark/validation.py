@@ -370,6 +370,7 @@ def model_randomization_check(
     seed: int = 0,
     randomization_seed: int = 0,
     max_steps: Optional[int] = None,
+    mask: Optional[np.ndarray] = None,
     progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Cascading model randomisation (Adebayo et al. 2018) for several methods at once.
@@ -393,6 +394,9 @@ def model_randomization_check(
         Seed of the weight re-initialisation (:func:`~nipype_xai.metrics.randomize_model`).
     max_steps
         None: every depth of the cascade; else that many evenly spaced depths (at least 2).
+    mask
+        Brain mask on the model grid (``(X, Y, Z)`` or ``(B, X, Y, Z)``): Spearman is computed
+        over its voxels only. None: the whole grid.
     progress
         A tqdm bar over the depths.
 
@@ -407,7 +411,7 @@ def model_randomization_check(
 
     from ..attribution import attribute_many
     from ..metrics import randomize_model
-    from ..metrics.sanity import forward_order, spearman
+    from ..metrics.sanity import forward_order, sample_masks, spearman
 
     method_params = dict(method_params or {})
     groups = _method_groups(methods)
@@ -423,6 +427,7 @@ def model_randomization_check(
         return out
 
     original = all_maps(model)
+    inside = sample_masks(mask, x.shape)
     order = forward_order(model, x)
     rows = []
     for step in tqdm(_cascade_steps(len(order), max_steps), desc="sanity", unit="depth",
@@ -431,8 +436,8 @@ def model_randomization_check(
         maps = all_maps(randomized)
         for name in dict.fromkeys(methods):
             with np.errstate(invalid="ignore", divide="ignore"):
-                value = float(np.mean([spearman(o, r) for o, r in zip(original[name],
-                                                                        maps[name])]))
+                value = float(np.mean([spearman(o[:, m], r[:, m]) for o, r, m in
+                                       zip(original[name], maps[name], inside)]))
             rows.append({"method": name, "n_randomized": step, "layer": order[len(order) - step],
                          "n_layers": len(order), "spearman": value})
     return rows
@@ -681,7 +686,7 @@ def _run_one(bundle: _Model, task: str, test_root: Path, resolution_mm: float, *
         for row in model_randomization_check(
                 model, X[chosen].to(device), sanity_methods, method_params=method_params,
                 seed=seed, randomization_seed=seed, max_steps=sanity_max_steps,
-                progress=progress):
+                mask=brain, progress=progress):
             sanity_rows.append({"task": task, "architecture": bundle.name, **row,
                                 "n_subjects": len(chosen)})
 

@@ -52,7 +52,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = wants_verbose(argv)
     commands: dict[str, Callable[[list[str]], int]] = {
-        "demo": _demo, "synth": _synth, "train": _train,
+        "demo": _demo, "synth": _synth, "train": _train, "benchmark": _benchmark,
     }
     try:
         if argv and argv[0] in commands:
@@ -288,6 +288,21 @@ def _train(argv: list[str]) -> int:
     print(f"nipype-xai train: model spec {spec_path} (weights beside it), trained in "
           f"{time.perf_counter() - started:.0f} s")
     return EXIT_OK
+
+
+def _benchmark(argv: list[str]) -> int:
+    import argparse
+    import shlex
+
+    from ..benchmark.command import add_arguments, run
+
+    parser = argparse.ArgumentParser(
+        prog="nipype-xai benchmark",
+        description="Score every attribution method against the known ground truth of synthetic "
+                    "cohorts, with baselines and a model-randomisation check.")
+    args = add_arguments(parser).parse_args(argv)
+    args.command = "nipype-xai benchmark " + shlex.join(argv)
+    return run(args)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -166,6 +166,28 @@ _SIMILARITY_FUNCTIONS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
 }
 
 
+def sample_masks(mask: Optional[Union[np.ndarray, torch.Tensor]],
+                 shape: Sequence[int]) -> np.ndarray:
+    """Per-sample boolean masks ``(B, X, Y, Z)`` for maps shaped ``(B, C, X, Y, Z)``.
+
+    ``mask`` is one ``(X, Y, Z)`` mask for every sample, ``(B, X, Y, Z)`` masks, or None (every
+    voxel). A mask of another grid or an empty mask is an error, not a silent whole-grid fallback.
+    """
+    batch, spatial = int(shape[0]), tuple(int(n) for n in shape[2:])
+    if mask is None:
+        return np.ones((batch, *spatial), dtype=bool)
+    values = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+    values = values.astype(bool)
+    if values.shape == spatial:
+        values = np.broadcast_to(values, (batch, *spatial))
+    if values.shape != (batch, *spatial):
+        raise ValueError(f"mask of shape {values.shape} does not match maps of shape "
+                         f"{tuple(shape)}: expected {spatial} or {(batch, *spatial)}")
+    if not values.reshape(batch, -1).any(axis=1).all():
+        raise ValueError("mask: a sample's mask is empty; nothing to compare")
+    return values
+
+
 def _scored(maps: torch.Tensor, score: str) -> np.ndarray:
     values = maps.detach().to("cpu", torch.float64).numpy()
     if score == "abs":
@@ -186,6 +208,7 @@ def cascading_randomization(
     *,
     mode: str = "cascade",
     randomization_seed: int = 0,
+    mask: Optional[Union[np.ndarray, torch.Tensor]] = None,
     **params: Any,
 ) -> list[dict[str, Any]]:
     """Similarity between the trained model's maps and maps of weight-randomised copies.
@@ -218,6 +241,11 @@ def cascading_randomization(
     randomization_seed
         Seed of the weight re-initialisation (``seed`` is left to the method, through
         ``params``).
+    mask
+        Boolean brain mask on the input grid, ``(X, Y, Z)`` (or one per sample, ``(B, X, Y, Z)``):
+        Spearman and Pearson compare only the voxels inside it, so the many background voxels
+        (zero, or constant, in every map) do not inflate the correlation. SSIM, a windowed
+        measure, always uses the whole grid. None: the whole grid.
     **params
         The method's parameters.
 
@@ -226,8 +254,8 @@ def cascading_randomization(
     list of dict
         One row per parameter layer, from the output layer down: ``layer`` (its name),
         ``n_randomized`` (layers randomised in this step) and one float per similarity, each
-        computed per sample on the flattened (C, X, Y, Z) maps and averaged over the batch. NaN
-        when a map is constant (then nothing is ranked).
+        computed per sample on the flattened (C, X, Y, Z) maps (inside ``mask``) and averaged
+        over the batch. NaN when a map is constant (then nothing is ranked).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -244,6 +272,7 @@ def cascading_randomization(
     if target is None:
         target = _predicted_target(model, x)
     original = _scored(attribute_fn(model, x, method, target=target, **params), score)
+    inside = sample_masks(mask, original.shape)
     order = forward_order(model, x)
 
     rows = []
@@ -256,8 +285,10 @@ def cascading_randomization(
             warnings.simplefilter("ignore", RuntimeWarning)
             for measure in measures:
                 function = _SIMILARITY_FUNCTIONS[measure]
-                row[measure] = float(
-                    np.mean([function(o, r) for o, r in zip(original, maps)])
-                )
+                if measure == "ssim":
+                    pairs = zip(original, maps)
+                else:
+                    pairs = ((o[:, m], r[:, m]) for o, r, m in zip(original, maps, inside))
+                row[measure] = float(np.mean([function(o, r) for o, r in pairs]))
         rows.append(row)
     return rows

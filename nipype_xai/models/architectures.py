@@ -34,6 +34,10 @@ class TinyCNN3D(nn.Module):
         Channels of the first block; each later block doubles it.
     n_blocks
         Number of conv blocks.
+    pooling
+        Global pooling before the classifier: ``"avg"`` (the usual whole-image summary) or
+        ``"max"`` (a detector: the strongest local response anywhere decides, the right prior for
+        "is there a lesion", where a few lesion voxels would be averaged away among ~10^5 others).
 
     Examples
     --------
@@ -42,10 +46,13 @@ class TinyCNN3D(nn.Module):
     torch.Size([3, 2])
     """
 
-    def __init__(self, in_channels: int = 1, n_outputs: int = 2, width: int = 8, n_blocks: int = 3):
+    def __init__(self, in_channels: int = 1, n_outputs: int = 2, width: int = 8, n_blocks: int = 3,
+                 pooling: str = "avg"):
         super().__init__()
         if n_blocks < 1:
             raise ValueError(f"n_blocks must be at least 1, got {n_blocks}")
+        if pooling not in ("avg", "max"):
+            raise ValueError(f"pooling must be 'avg' or 'max', got {pooling!r}")
         layers: list[nn.Module] = []
         channels = in_channels
         for block in range(n_blocks):
@@ -58,7 +65,7 @@ class TinyCNN3D(nn.Module):
             ]
             channels = out_channels
         self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool3d(1)
+        self.pool = nn.AdaptiveAvgPool3d(1) if pooling == "avg" else nn.AdaptiveMaxPool3d(1)
         self.classifier = nn.Linear(channels, n_outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

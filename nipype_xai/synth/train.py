@@ -42,7 +42,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Union
 
 import nibabel as nib
 import numpy as np
