@@ -361,3 +361,30 @@ def test_registration_wf_against_the_known_warp(tmp_path, reuse):
     assert _dice(pushed, template_mask) > floor
     assert _dice(pulled, truth) > floor
     assert correlation > (0.999 if reuse else 0.9)
+
+
+def test_xai_wf_with_the_labs_brain_mask_and_relative_paths(tmp_path, monkeypatch):
+    """A given T1w mask restricts registration and is the metrics' and derivative's brain mask;
+    relative model and output paths are made absolute (nodes run in their own folders)."""
+    model = write_tiny_model(tmp_path / "model")
+    monkeypatch.chdir(tmp_path)
+    workflow = init_xai_wf(subject="01", methods=["gradient"], model_spec="model/tiny.json",
+                           output_dir="derivs", t1w=tmp_path / "t1w.nii.gz",
+                           t1w_mask=tmp_path / "mask.nii.gz", ground_truth=tmp_path / "gt.nii.gz",
+                           reports=False)
+    flat = workflow._create_flat_graph()
+    edges = {}
+    for u, v, data in flat.edges(data=True):
+        edges.setdefault(v.name, []).extend((u.name, a, b) for a, b in data["connect"])
+    # Through the identity nodes (which Nipype removes at run time): inputnode.t1w_mask -> ...
+    assert ("inputnode", "t1w_mask", "moving_mask") in edges["register"]
+    assert ("inputnode", "t1w_mask", "brain_mask") in edges["overlap"]
+    assert ("inputnode", "t1w_mask", "in_file") in edges["ds_brain_mask"]
+    assert not any(u == "brain_mask" for u, _, _ in edges["overlap"])
+    mask_input = next(n for n in flat.nodes() if n.name == "inputnode"
+                      and n.fullname.endswith("sub_01_wf.inputnode"))
+    assert mask_input.inputs.t1w_mask == str(tmp_path / "mask.nii.gz")
+    sink = next(n for n in flat.nodes() if n.name == "ds_native_maps")
+    assert sink.inputs.base_directory == str(tmp_path / "derivs")
+    attribution = next(n for n in flat.nodes() if n.name == "attribution")
+    assert attribution.inputs.model_spec == str(tmp_path / "model" / "tiny.json")

@@ -92,6 +92,7 @@ def init_xai_wf(
     session: Optional[str] = None,
     template: Optional[str] = None,
     t1w: Optional[PathLike] = None,
+    t1w_mask: Union[PathLike, bool, None] = None,
     ground_truth: Union[PathLike, bool, None] = None,
     transforms: Union[tuple[PathLike, PathLike], bool, None] = None,
     registration: str = "affine",
@@ -143,6 +144,11 @@ def init_xai_wf(
         TemplateFlow identifier of the space to work in; default: the model spec's space.
     t1w
         The T1w file; or ``None`` to connect ``inputnode.t1w``.
+    t1w_mask
+        The subject's own brain mask on the T1w grid (e.g. fMRIPrep's ``desc-brain_mask``), or
+        ``True`` to connect ``inputnode.t1w_mask``: it restricts the registration metric and is
+        the brain mask of the overlap metrics and the ``desc-brain`` derivative. ``None``: the
+        template's brain mask pulled back through the inverse transform.
     ground_truth
         The native-space ground-truth mask, or ``True`` to connect ``inputnode.ground_truth``, or
         ``None``/``False`` for no overlap metrics.
@@ -172,6 +178,8 @@ def init_xai_wf(
     ------
     t1w
         The subject's T1w.
+    t1w_mask
+        The subject's brain mask (when ``t1w_mask`` is set).
     ground_truth
         Native-space ground-truth mask (when ``ground_truth`` is set).
     forward_transform, inverse_transform
@@ -201,6 +209,10 @@ def init_xai_wf(
     """
     model_methods, baselines = check_methods(methods)
     all_methods = model_methods + baselines
+    # Nodes run in their own work folders: relative paths would point elsewhere there (a relative
+    # output_dir would scatter derivatives into the work directory).
+    model_spec = Path(model_spec).absolute()
+    output_dir = Path(output_dir).absolute()
     spec = load_model_spec(model_spec)
     template = template or spec.input.space
     res = model_resolution_label(spec)
@@ -216,12 +228,15 @@ def init_xai_wf(
 
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(
-        niu.IdentityInterface(fields=["t1w", "ground_truth", "forward_transform",
+        niu.IdentityInterface(fields=["t1w", "t1w_mask", "ground_truth", "forward_transform",
                                       "inverse_transform", "template", "template_mask"]),
         name="inputnode",
     )
     if t1w is not None:
         inputnode.inputs.t1w = str(Path(t1w).absolute())
+    has_mask = bool(t1w_mask)
+    if has_mask and t1w_mask is not True:
+        inputnode.inputs.t1w_mask = str(Path(t1w_mask).absolute())
     if has_gt and ground_truth is not True:
         inputnode.inputs.ground_truth = str(Path(ground_truth).absolute())
     if reuse and transforms is not True:
@@ -241,6 +256,9 @@ def init_xai_wf(
         reuse_transforms=reuse, apply_to_masks=has_gt and reports,
         select_template=select_template, seed=seed,
     )
+    # The subject's brain mask: the lab's own, or the template's pulled back.
+    brain_source = ((inputnode, "t1w_mask") if has_mask
+                    else (registration_wf, "outputnode.brain_mask"))
     model_grid = pe.Node(ModelGridReference(model_spec=str(model_spec)), name="model_grid")
     t1w_model = pe.Node(ApplyTransforms(interpolation="linear"), name="t1w_model")
     inference = pe.Node(
@@ -273,7 +291,7 @@ def init_xai_wf(
     gate_fields = [
         (merge_maps, "out"), (merge_sidecars, "out"), (maps_to_native, "out_file"),
         (inference, "out_tsv"), (t1w_model, "out_file"),
-        (registration_wf, "outputnode.brain_mask"),
+        brain_source,
         (registration_wf, "outputnode.forward_transform"),
         (registration_wf, "outputnode.inverse_transform"),
     ]
@@ -289,7 +307,10 @@ def init_xai_wf(
         (model_grid, t1w_model, [("out_file", "reference_image")]),
         (registration_wf, t1w_model, [("outputnode.forward_transform", "transforms")]),
         (t1w_model, inference, [("out_file", "in_file")]),
+        (brain_source[0], outputnode, [(brain_source[1], "brain_mask")]),
     ]
+    if has_mask:
+        connections.append((inputnode, registration_wf, [("t1w_mask", "inputnode.t1w_mask")]))
     for index, node in enumerate(sources, start=1):
         connections += [
             (t1w_model, node, [("out_file", "in_file")]),
@@ -304,8 +325,7 @@ def init_xai_wf(
         (maps_to_native, outputnode, [("out_file", "native_maps")]),
         (inference, outputnode, [("out_tsv", "predictions")]),
         (t1w_model, outputnode, [("out_file", "t1w_model")]),
-        (registration_wf, outputnode, [("outputnode.brain_mask", "brain_mask"),
-                                       ("outputnode.forward_transform", "forward_transform"),
+        (registration_wf, outputnode, [("outputnode.forward_transform", "forward_transform"),
                                        ("outputnode.inverse_transform", "inverse_transform")]),
     ]
 
@@ -318,7 +338,7 @@ def init_xai_wf(
         connections += [
             (maps_to_native, overlap, [("out_file", "in_maps")]),
             (inputnode, overlap, [("ground_truth", "ground_truth")]),
-            (registration_wf, overlap, [("outputnode.brain_mask", "brain_mask")]),
+            (brain_source[0], overlap, [(brain_source[1], "brain_mask")]),
             (overlap, outputnode, [("out_tsv", "metrics")]),
         ]
         gate_fields.append((overlap, "out_tsv"))
@@ -391,8 +411,10 @@ def init_xai_wf(
     )
     ds_brain_mask = sink(
         "ds_brain_mask", desc="brain", suffix="mask",
-        meta_dict={"Type": "Brain", "Description": f"{template} brain mask pulled back onto the "
-                   "T1w grid through the template -> T1w transform (nearest neighbour)"},
+        meta_dict={"Type": "Brain", "Description": (
+            "The subject's brain mask as given to the workflow" if has_mask else
+            f"{template} brain mask pulled back onto the T1w grid through the template -> T1w "
+            "transform (nearest neighbour)")},
     )
     ds_predictions = sink(
         "ds_predictions", desc=model_label(spec), suffix="predictions",
@@ -405,7 +427,7 @@ def init_xai_wf(
         (maps_to_native, ds_native_maps, [("out_file", "in_file")]),
         (merge_sidecars, ds_native_maps, [("out", "in_sidecar")]),
         (t1w_model, ds_t1w_model, [("out_file", "in_file")]),
-        (registration_wf, ds_brain_mask, [("outputnode.brain_mask", "in_file")]),
+        (brain_source[0], ds_brain_mask, [(brain_source[1], "in_file")]),
         (inference, ds_predictions, [("out_tsv", "in_file")]),
     ]
     if not reuse:
