@@ -80,6 +80,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                            "lesion, affine for atrophy)")
     parser.add_argument("--width", type=int, default=8, help="TinyCNN3D width")
     parser.add_argument("--n-blocks", type=int, default=4, help="TinyCNN3D blocks")
+    parser.add_argument("--pooling", choices=("avg", "max", "none"), default="max",
+                        help="TinyCNN3D global pooling (max: a lesion detector; none: a "
+                             "position-aware flattened head)")
+    parser.add_argument("--dropout", type=float, default=0.0,
+                        help="TinyCNN3D dropout before the classifier")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=3e-3)
@@ -127,7 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     name = args.name or f"{args.task}_tinycnn3d"
     spec = ModelSpec(
         architecture="nipype_xai.models.architectures:TinyCNN3D",
-        kwargs={"n_outputs": 2, "width": args.width, "n_blocks": args.n_blocks},
+        kwargs={"n_outputs": 2, "width": args.width, "n_blocks": args.n_blocks,
+                "pooling": args.pooling,
+                **({"dropout": args.dropout} if args.dropout else {}),
+                **({"input_shape": MODEL_SHAPE} if args.pooling == "none" else {})},
         weights=Path(f"{name}.pt"),
         input=InputSpec(space=TEMPLATE_SPACE, resolution_mm=(MODEL_RESOLUTION_MM,) * 3,
                         shape=tuple(MODEL_SHAPE), normalization="zscore", mask="nonzero"),

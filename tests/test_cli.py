@@ -224,15 +224,10 @@ def test_synth_and_train(tmp_path, capsys, cohort):
 
 
 def test_demo_at_its_smallest(tmp_path, capsys):
-    try:
-        from nipype_xai.models.bundled import bundled_model_spec
-
-        bundled_model_spec("lesion")
-    except (ImportError, FileNotFoundError):
-        pytest.skip("no bundled lesion model in this checkout yet")
+    """The demo with the bundled model, at its smallest size (2 subjects, 4 mm images)."""
     out = tmp_path / "demo"
     code = main(["demo", str(out), "--n-subjects", "2", "--methods", "gradient", "sobel",
-                 "--nprocs", "2"])
+                 "--nprocs", "2", "--resolution", "4"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     report = out / "derivatives" / "nipype-xai" / "group.html"

@@ -474,3 +474,27 @@ def test_explain_image_needs_a_target_for_several_regression_outputs(tmp_path):
     explanation = explain_image(model, spec, img, ["gradient"], target=1)
     assert (explanation.target, explanation.target_label) == (1, "volume")
     assert explanation.prediction.as_row().keys() == {"age", "volume"}
+
+
+def test_tinycnn3d_pooling_heads():
+    """avg/max pool the last feature map; none flattens it into the classifier (by hand)."""
+    from nipype_xai.models.architectures import TinyCNN3D
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 20, 24, 16)
+    for pooling in ("avg", "max"):
+        model = TinyCNN3D(n_outputs=3, width=4, n_blocks=2, pooling=pooling).eval()
+        features = model.features(x)
+        pooled = features.mean(dim=(2, 3, 4)) if pooling == "avg" else features.amax(dim=(2, 3, 4))
+        torch.testing.assert_close(model(x), model.classifier(pooled))
+    model = TinyCNN3D(n_outputs=3, width=4, n_blocks=2, pooling="none", input_shape=(20, 24, 16),
+                      dropout=0.5).eval()
+    features = model.features(x)
+    assert features.shape[2:] == (5, 6, 4)
+    torch.testing.assert_close(model(x), model.classifier(features.flatten(1)))  # no dropout in eval
+    with pytest.raises(ValueError, match="input_shape"):
+        TinyCNN3D(pooling="none")
+    with pytest.raises(ValueError, match="too small"):
+        TinyCNN3D(n_blocks=4, pooling="none", input_shape=(8, 32, 32))
+    with pytest.raises(ValueError, match="pooling"):
+        TinyCNN3D(pooling="median")

@@ -125,8 +125,9 @@ TO_TEMPLATE: dict[str, str] = {"lesion": "groundtruth", "atrophy": "affine"}
 #:   ``block_config=[2, 2, 2]``, ``bn_size=2`` (~26k parameters); ReLUs not in place, so that
 #:   hook-based methods (guided backprop, DeepLift, LRP) see each module's input and output.
 ARCHITECTURES: dict[str, tuple[str, dict[str, Any]]] = {
+    # The bundled model's architecture (see scripts/train_bundled_model.py).
     "tinycnn": ("nipype_xai.models.architectures:TinyCNN3D",
-                {"n_outputs": 2, "width": 8, "n_blocks": 3}),
+                {"n_outputs": 2, "width": 8, "n_blocks": 4, "pooling": "max"}),
     "sfcn": ("nipype_xai.models.architectures:SFCN",
              {"channel_number": [8, 16, 32, 64, 64, 16], "n_outputs": 2, "dropout": 0.5}),
     "densenet": ("monai.networks.nets:DenseNet",

@@ -139,6 +139,10 @@ def demo_parser() -> argparse.ArgumentParser:
                              "model never saw)")
     parser.add_argument("--model", type=Path, metavar="SPEC.json",
                         help="model spec JSON (default: the bundled lesion model)")
+    parser.add_argument("--resolution", type=float, default=2.0, metavar="MM",
+                        help="voxel size of the synthetic T1w images (default: 2, finer than "
+                             "the bundled model's 4 mm grid, as real acquisitions are; the "
+                             "bundled model was trained on 2 mm cohorts)")
     _common_run_options(parser)
     return parser
 

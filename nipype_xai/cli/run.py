@@ -207,8 +207,7 @@ def _demo(argv: list[str]) -> int:
     spec = load_model_spec(model_spec)
     plugin, plugin_args = plugin_settings(args.plugin, args.plugin_args, args.nprocs, args.device)
 
-    # The cohort on the model's own voxel size: the bundled model was trained on such images.
-    resolution = float(max(spec.input.resolution_mm))
+    resolution = float(args.resolution)
     if (bids_dir / "participants.tsv").is_file():
         n_existing = sum(1 for _ in open(bids_dir / "participants.tsv")) - 1
         if n_existing != args.n_subjects:

@@ -8,7 +8,7 @@ output as distinct tensors.
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -37,7 +37,14 @@ class TinyCNN3D(nn.Module):
     pooling
         Global pooling before the classifier: ``"avg"`` (the usual whole-image summary) or
         ``"max"`` (a detector: the strongest local response anywhere decides, the right prior for
-        "is there a lesion", where a few lesion voxels would be averaged away among ~10^5 others).
+        "is there a lesion", where a few lesion voxels would be averaged away among ~10^5 others)
+        or ``"none"`` (the feature grid is flattened into the classifier: each place has its own
+        weights, so the model can know *where* a response is, e.g. that a dark blob is expected
+        at the ventricles but not in deep white matter; needs ``input_shape``).
+    input_shape
+        ``(X, Y, Z)`` of the inputs, for ``pooling="none"``.
+    dropout
+        Dropout probability before the classifier (inactive in eval mode, where attribution runs).
 
     Examples
     --------
@@ -47,12 +54,15 @@ class TinyCNN3D(nn.Module):
     """
 
     def __init__(self, in_channels: int = 1, n_outputs: int = 2, width: int = 8, n_blocks: int = 3,
-                 pooling: str = "avg"):
+                 pooling: str = "avg", input_shape: Optional[Sequence[int]] = None,
+                 dropout: float = 0.0):
         super().__init__()
         if n_blocks < 1:
             raise ValueError(f"n_blocks must be at least 1, got {n_blocks}")
-        if pooling not in ("avg", "max"):
-            raise ValueError(f"pooling must be 'avg' or 'max', got {pooling!r}")
+        if pooling not in ("avg", "max", "none"):
+            raise ValueError(f"pooling must be 'avg', 'max' or 'none', got {pooling!r}")
+        if pooling == "none" and (input_shape is None or len(input_shape) != 3):
+            raise ValueError("pooling='none' needs the input_shape (X, Y, Z) the model is built for")
         layers: list[nn.Module] = []
         channels = in_channels
         for block in range(n_blocks):
@@ -65,12 +75,23 @@ class TinyCNN3D(nn.Module):
             ]
             channels = out_channels
         self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool3d(1) if pooling == "avg" else nn.AdaptiveMaxPool3d(1)
-        self.classifier = nn.Linear(channels, n_outputs)
+        if pooling == "none":
+            # Each max-pool halves an axis (rounding down): the feature grid the classifier reads.
+            grid = [int(n) // 2**n_blocks for n in input_shape]
+            if min(grid) < 1:
+                raise ValueError(f"input_shape {tuple(input_shape)} is too small for {n_blocks} "
+                                 f"blocks (at least {2**n_blocks} voxels per axis)")
+            self.pool = nn.Flatten(1)
+            features = channels * grid[0] * grid[1] * grid[2]
+        else:
+            self.pool = nn.AdaptiveAvgPool3d(1) if pooling == "avg" else nn.AdaptiveMaxPool3d(1)
+            features = channels
+        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
+        self.classifier = nn.Linear(features, n_outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map (B, C, X, Y, Z) to (B, n_outputs) raw outputs (logits for a classifier)."""
-        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+        return self.classifier(self.dropout(torch.flatten(self.pool(self.features(x)), 1)))
 
 
 class SFCN(nn.Module):
