@@ -66,15 +66,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="where <task>_tinycnn3d.{pt,json} are written")
     parser.add_argument("--work-dir", type=Path, default=Path("train_bundled_work"),
                         help="cache of the generated cohorts")
-    parser.add_argument("--n-train", type=int, default=200, help="training cohort size")
+    parser.add_argument("--n-train", type=int, default=300, help="training cohort size")
     parser.add_argument("--train-seed", type=int, default=1, help="training cohort seed")
     parser.add_argument("--n-test", type=int, default=60, help="fresh test cohort size")
     parser.add_argument("--test-seed", type=int, default=12345, help="fresh test cohort seed")
-    parser.add_argument("--n-easy", type=int, default=200,
+    parser.add_argument("--n-easy", type=int, default=150,
                         help="size of the auxiliary easy cohort (0: none); see EASY_OPTIONS")
     parser.add_argument("--easy-seed", type=int, default=2, help="easy cohort seed")
-    parser.add_argument("--cohort-resolution", type=float, default=4.0,
-                        help="voxel size (mm) of the generated cohorts")
+    parser.add_argument("--cohort-resolution", type=float, default=2.0,
+                        help="voxel size (mm) of the generated cohorts (images finer than the "
+                             "4 mm model grid, as real acquisitions are)")
     parser.add_argument("--to-template", choices=("groundtruth", "affine", "identity"),
                         default=None, help="known transform used (default: groundtruth for "
                                            "lesion, affine for atrophy)")
