@@ -412,6 +412,9 @@ def plot_method_ranking(
         axes.legend(handles=[Patch(color=_METHOD_COLOR, label="method"),
                              Patch(color=_BASELINE_COLOR, label="baseline")],
                     loc="best", fontsize=8, frameon=False)
-    axes.set_title(title or metric)
+    # Long titles (task / model / subset: metric) are wrapped, not cut at the figure's edge.
+    import textwrap
+
+    axes.set_title("\n".join(textwrap.wrap(title or metric, width=60)), fontsize=10)
     figure.tight_layout()
     return _save(figure, out_base)
