@@ -366,7 +366,7 @@ def test_registration_wf_against_the_known_warp(tmp_path, reuse):
 def test_xai_wf_with_the_labs_brain_mask_and_relative_paths(tmp_path, monkeypatch):
     """A given T1w mask restricts registration and is the metrics' and derivative's brain mask;
     relative model and output paths are made absolute (nodes run in their own folders)."""
-    model = write_tiny_model(tmp_path / "model")
+    write_tiny_model(tmp_path / "model")
     monkeypatch.chdir(tmp_path)
     workflow = init_xai_wf(subject="01", methods=["gradient"], model_spec="model/tiny.json",
                            output_dir="derivs", t1w=tmp_path / "t1w.nii.gz",

@@ -100,7 +100,9 @@ def plot_sanity_check(sanity: pd.DataFrame, out_base: PathLike, *,
                          ha="right", fontsize=7)
     axes.set_xlabel("randomised from the output down to layer (cascade)")
     axes.set_ylabel("Spearman rank correlation of |map| with the trained model's")
-    axes.set_ylim(-0.3, 1.05)
+    # Room for anti-correlated maps too (a Spearman can reach -1): no line leaves the plot.
+    lowest = np.nanmin(sanity["spearman"].to_numpy(dtype=float)) if len(sanity) else 0.0
+    axes.set_ylim(min(-0.3, float(lowest) - 0.05) if np.isfinite(lowest) else -0.3, 1.05)
     axes.grid(alpha=0.3)
     axes.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7, frameon=False)
     if title:
