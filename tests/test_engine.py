@@ -117,6 +117,33 @@ def test_attribute_many_equals_attribute(tiny_net, volume):
         torch.testing.assert_close(together[name], alone, rtol=1e-5, atol=1e-7, msg=name)
 
 
+@pytest.mark.parametrize("batch_size", [2, 3, 8])
+def test_gradient_pass_rides_in_the_first_smoothgrad_batch(tiny_net, volume, batch_size):
+    """Gradient + SmoothGrad families together: the clean pass joins the first noisy batch when
+    there is room (one forward pass fewer), with exactly the maps of separate calls."""
+    six = ["gradient", "saliency", "input_x_gradient", "smoothgrad", "smoothgrad_sq", "vargrad"]
+    n, b = 5, volume.shape[0]
+    sizes: list[int] = []
+    handle = tiny_net.register_forward_pre_hook(lambda _m, args: sizes.append(len(args[0])))
+    try:
+        together = attribute_many(tiny_net, volume, six, target=0, n_samples=n,
+                                  batch_size=batch_size)
+    finally:
+        handle.remove()
+    # The engine's target check is one pass over the inputs; then, fused, ceil((b·n + b) / size)
+    # passes, else the gradient's ceil(b / size) plus SmoothGrad's ceil(b·n / size).
+    def ceil(a: int) -> int:
+        return -(-a // batch_size)
+
+    fused = ceil(b * n + b) if b < batch_size else ceil(b) + ceil(b * n)
+    assert len(sizes) == ceil(b) + fused
+    assert max(sizes) <= batch_size and sum(sizes) == b * n + 2 * b
+    for name in six:
+        params = {"n_samples": n} if name in six[3:] else {}
+        alone = attribute(tiny_net, volume, name, target=0, batch_size=batch_size, **params)
+        torch.testing.assert_close(together[name], alone, rtol=1e-5, atol=1e-9, msg=name)
+
+
 def sfcn_small():
     from nipype_xai.models.architectures import SFCN
 

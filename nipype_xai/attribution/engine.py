@@ -94,6 +94,21 @@ def attribute(
     return attribute_many(model, x, [method], target, **params)[method]
 
 
+def _fuse_gradient_into_smoothgrad(groups: dict, resolved, n_inputs: int):
+    """The key of the SmoothGrad group that also computes the gradient family's clean pass, as
+    ``(smoothgrad_key, gradient_key)`` — or None when there is nothing to fuse (one of the two
+    families not requested, different batch sizes, or no room for the inputs in a batch)."""
+    smooth = [k for k in groups if len(k) == 2 and k[0] == "smoothgrad"]
+    plain = [k for k in groups if len(k) == 2 and k[0] == "gradient"]
+    if len(smooth) != 1 or len(plain) != 1:
+        return None
+    smooth_size = int(resolved(groups[smooth[0]][0])["batch_size"])
+    plain_size = int(resolved(groups[plain[0]][0])["batch_size"])
+    if smooth_size != plain_size or n_inputs >= smooth_size:
+        return None
+    return (smooth[0], plain[0])
+
+
 def attribute_many(
     model: nn.Module,
     x: torch.Tensor,
@@ -170,9 +185,23 @@ def attribute_many(
         # The target pass is bounded like the smallest batch any requested method runs with.
         batch_size = min(int(resolved(name).get("batch_size", 16)) for name in names)
         target_index = resolve_target(model, x_model, target, batch_size=batch_size)
-        for members in groups.values():
+        fused = _fuse_gradient_into_smoothgrad(groups, resolved, x_model.shape[0])
+        for key, members in groups.items():
             first = entries[members[0]]
-            if first.family is None:
+            if fused is not None and key == fused[0]:
+                # The clean gradient rides in SmoothGrad's first noisy batch (see
+                # smoothgrad_family): the gradient family's maps come from it.
+                from .gradient import gradient_maps
+
+                gradient_names = groups[fused[1]]
+                maps = get_family(first.family)(
+                    model, x_model, target_index, members, with_clean_gradient=True,
+                    **resolved(first.name))
+                maps.update(gradient_maps(x_model, maps.pop("clean_gradient"), gradient_names))
+                members = members + gradient_names
+            elif fused is not None and key == fused[1]:
+                continue
+            elif first.family is None:
                 maps = {
                     first.name: first.function(model, x_model, target_index, **resolved(first.name))
                 }

@@ -8,7 +8,7 @@ drawn by its own call, so the stream, and hence the maps, are bit-identical what
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch
 
@@ -20,12 +20,15 @@ def noise_sigma(x: torch.Tensor, noise_level: float) -> torch.Tensor:
 
 
 def noisy_batches(
-    x: torch.Tensor, n_samples: int, noise_level: float, seed: int, batch_size: int
+    x: torch.Tensor, n_samples: int, noise_level: float, seed: int, batch_size: int,
+    first_batch_size: Optional[int] = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(sample_index, noisy_chunk)`` covering ``n_samples`` noisy copies of every sample.
 
     ``sample_index`` (LongTensor, one entry per copy) says which sample of ``x`` each copy of
-    ``noisy_chunk`` comes from; chunks hold at most ``batch_size`` copies.
+    ``noisy_chunk`` comes from; chunks hold at most ``batch_size`` copies, the first at most
+    ``first_batch_size`` (default ``batch_size``), e.g. to leave room for other inputs in the first
+    forward pass. The noise of each copy does not depend on either size.
     """
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
@@ -36,14 +39,18 @@ def noisy_batches(
     sigma = noise_sigma(x, noise_level)
     generator = torch.Generator(device=x.device)
     generator.manual_seed(int(seed))
+    if first_batch_size is not None and first_batch_size < 1:
+        raise ValueError(f"first_batch_size must be >= 1, got {first_batch_size}")
     total = x.shape[0] * n_samples
-    for start in range(0, total, batch_size):
-        index = torch.arange(start, min(start + batch_size, total), device=x.device) // n_samples
-        noise = torch.stack(
-            [
-                torch.randn(x.shape[1:], generator=generator, device=x.device, dtype=x.dtype)
-                for _ in range(index.numel())
-            ]
-        )
-        view = (-1,) + (1,) * (x.ndim - 1)
+    bounds = [0, min(first_batch_size or batch_size, total)]
+    while bounds[-1] < total:
+        bounds.append(min(bounds[-1] + batch_size, total))
+    view = (-1,) + (1,) * (x.ndim - 1)
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        index = torch.arange(start, stop, device=x.device) // n_samples
+        # Each copy's noise is drawn by its own call, straight into its slot of the chunk (the
+        # same stream as one tensor per call, without a copy to stack them).
+        noise = torch.empty((stop - start, *x.shape[1:]), device=x.device, dtype=x.dtype)
+        for slot in noise:
+            torch.randn(x.shape[1:], generator=generator, out=slot)
         yield index, x[index] + noise * sigma[index].reshape(view)
