@@ -88,8 +88,8 @@ class RegistrationResult:
     preset : str
         ``"rigid"``, ``"affine"`` or ``"syn"``.
     command : str
-        The ``antsRegistration`` command line that was run, with image placeholders
-        (for provenance sidecars).
+        The ``antsRegistration`` command line that was run, with ``<fixed>``, ``<moving>``, ...
+        standing for the in-memory images (for provenance sidecars).
     elapsed_s : float
         Wall-clock seconds spent in ``antsRegistration``.
     """
@@ -286,7 +286,7 @@ def register(
     warped = fixed.clone()
     inverse_warped = moving.clone()
 
-    # ANTsPy passes in-memory images to the ANTs library as pointer strings; the placeholders
+    # ANTsPy passes in-memory images to the ANTs library as pointer strings; these tokens
     # are what the provenance command shows instead.
     names = {get_pointer_string(fixed): "<fixed>", get_pointer_string(moving): "<moving>",
              get_pointer_string(warped): "<warped>",

@@ -6,32 +6,7 @@
 ``nipype-xai benchmark OUTPUT_DIR`` is the command-line entry (:mod:`.command`).
 """
 
-from .validation import (
-    ARCHITECTURES,
-    BASELINES,
-    DEFAULT_RANDOM_MODEL_METHODS,
-    METRICS,
-    TO_TEMPLATE,
-    architecture_spec,
-    cohort_seeds,
-    model_randomization_check,
-    read_table,
-    run_validation_benchmark,
-    subject_maps,
-    summarize_benchmark,
-)
+from . import validation
+from .validation import *  # noqa: F401,F403 - the public names, listed once in validation.__all__
 
-__all__ = [
-    "ARCHITECTURES",
-    "BASELINES",
-    "DEFAULT_RANDOM_MODEL_METHODS",
-    "METRICS",
-    "TO_TEMPLATE",
-    "architecture_spec",
-    "cohort_seeds",
-    "model_randomization_check",
-    "read_table",
-    "run_validation_benchmark",
-    "subject_maps",
-    "summarize_benchmark",
-]
+__all__ = list(validation.__all__)
