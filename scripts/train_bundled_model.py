@@ -36,22 +36,10 @@ DEFAULT_OUT = REPO / "nipype_xai" / "data" / "models"
 MODEL_SHAPE = [48, 65, 48]
 MODEL_RESOLUTION_MM = 4.0
 
-#: The auxiliary "easy" cohort of the curriculum: the same task with a stronger signal (larger,
-#: higher-contrast lesions; more volume loss). Trained on the default cohort alone, the model
-#: does not get off the ground in the CPU budget: the default lesions are a few voxels of a
-#: 4 mm grid, averaged with ~150k others by TinyCNN3D's global pooling, and the loss stays at
-#: chance for tens of epochs. Mixed with easier examples it learns lesion detectors within an
-#: epoch or two, which then carry over to the default lesions. Scores are always measured on a
-#: fresh cohort with the synth module's *default* settings.
-EASY_OPTIONS = {
-    "lesion": {"lesion_options": {"radius_mm": [8.0, 14.0], "contrast": [0.6, 0.9]}},
-    "atrophy": {"atrophy_fraction": [0.35, 0.45]},
-}
-
-#: How each task's images reach the template: the lesion model sees perfectly registered images;
-#: the atrophy model affinely registered ones, since a perfect nonlinear registration would undo
-#: the caudate contraction (see nipype_xai.synth.train).
-TO_TEMPLATE = {"lesion": "groundtruth", "atrophy": "affine"}
+#: The auxiliary "easy" cohort of the curriculum (larger, higher-contrast lesions; more volume
+#: loss) and how each task's images reach the template: shared with the benchmark's training.
+from nipype_xai.synth.train import EASY_COHORT_OPTIONS as EASY_OPTIONS  # noqa: E402
+from nipype_xai.synth.train import TASK_TO_TEMPLATE as TO_TEMPLATE  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -36,7 +36,8 @@ def tiny_run(tmp_path_factory):
     """Both tasks at 8 mm, 12 training / 8 test subjects, TinyCNN3D for 2 epochs (~40 s)."""
     out = tmp_path_factory.mktemp("benchmark")
     table = run_validation_benchmark(
-        out, tasks=("lesion", "atrophy"), n_train=12, n_test=8, architectures=("tinycnn",),
+        out, tasks=("lesion", "atrophy"), n_train=12, n_test=8, n_easy=4,
+        architectures=("tinycnn",),
         methods=METHODS, method_params=PARAMS, seed=3, resolution_mm=8.0, epochs=2,
         n_sanity=1, sanity_max_steps=3, n_boot=200, progress=False, command="pytest")
     return out, table
@@ -57,11 +58,31 @@ def test_tiny_benchmark_writes_every_output(tiny_run):
     provenance = json.loads((out / "provenance.json").read_text())
     assert provenance["command"] == "pytest"
     assert provenance["seed"] == 3
-    assert provenance["cohort_seeds"] == dict(zip(("train", "test"), cohort_seeds(3)))
+    assert provenance["cohort_seeds"] == dict(zip(("train", "test", "easy"), cohort_seeds(3)))
+    assert provenance["settings"]["model_resolution_mm"] == 8.0
     assert provenance["versions"]["torch"] == torch.__version__
     assert {"platform", "cpu_count", "torch_threads"} <= set(provenance["machine"])
     html = (out / "benchmark.html").read_text()
     assert "data:image/png;base64," in html and "random_model_gradient" in html
+
+
+def test_models_train_on_the_training_and_the_easy_cohort(tiny_run):
+    out, _ = tiny_run
+    train_seed, _, easy_seed = cohort_seeds(3)
+    for task, column, default_high in (("lesion", "lesion_volume_mm3", None),
+                                       ("atrophy", "atrophy_fraction", 0.3)):
+        record = json.loads((out / "models" / f"{task}_tinycnn.json").read_text())["training"]
+        assert record["train_cohorts"] == [f"{task}_train_seed-{train_seed}_n-12_res-8",
+                                           f"{task}-easy_train_seed-{easy_seed}_n-4_res-8"]
+        assert record["n_train"] == 16
+        easy = pd.read_csv(out / "cohorts" / record["train_cohorts"][1] / "participants.tsv",
+                           sep="\t")
+        positives = easy[easy["label"] == task]
+        assert len(positives) == 2
+        if default_high is not None:  # the easy cohort's volume loss is beyond the default range
+            assert (positives[column] >= 0.35).all() and (positives[column] <= 0.45).all()
+        else:  # lesions of radius >= 8 mm: at least a 8 mm ball each
+            assert (positives[column] >= 4 / 3 * np.pi * 8 ** 3 * 0.5).all()
 
 
 def test_benchmark_table_has_every_column_method_and_baseline(tiny_run):
@@ -142,7 +163,8 @@ def test_rerun_resumes_with_identical_tables(tiny_run, monkeypatch):
 
     monkeypatch.setattr(validation, "_run_one", fail)
     run_validation_benchmark(
-        out, tasks=("lesion", "atrophy"), n_train=12, n_test=8, architectures=("tinycnn",),
+        out, tasks=("lesion", "atrophy"), n_train=12, n_test=8, n_easy=4,
+        architectures=("tinycnn",),
         methods=METHODS, method_params=PARAMS, seed=3, resolution_mm=8.0, epochs=2,
         n_sanity=1, sanity_max_steps=3, n_boot=200, progress=False, command="pytest")
     assert (out / "benchmark.tsv").read_text() == before
@@ -262,7 +284,10 @@ def test_subject_maps_yields_methods_and_baselines(tiny_net):
     ({"architectures": ["vit"]}, "unknown architecture"),
     ({"methods": ["gradient", "magic"]}, "unknown method"),
     ({"method_params": {"magic": {}}}, "unknown method"),
-    ({"architectures": ["sfcn"], "resolution_mm": 8.0}, "finer --resolution"),
+    ({"architectures": ["sfcn"], "resolution_mm": 8.0}, "finer --model-resolution"),
+    ({"architectures": ["sfcn"], "resolution_mm": 2.0, "model_resolution_mm": 8.0},
+     "finer --model-resolution"),
+    ({"n_easy": 1}, "n_easy"),
     ({"train_options": {"epochs": 3}}, "not accepted"),
 ])
 def test_bad_arguments_fail_before_any_work(tmp_path, kwargs, message):

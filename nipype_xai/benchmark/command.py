@@ -63,10 +63,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "(an interrupted run resumes from what is there)")
     parser.add_argument("--task", nargs="+", choices=_TASKS, default=["lesion"],
                         help="synthetic task(s) (default: lesion)")
-    parser.add_argument("--n-train", type=int, default=100,
-                        help="training cohort size per task (default: 100)")
+    parser.add_argument("--n-train", type=int, default=200,
+                        help="training cohort size per task (default: 200)")
     parser.add_argument("--n-test", type=int, default=40,
                         help="test cohort size per task; half are positive (default: 40)")
+    parser.add_argument("--n-easy", type=int, default=None,
+                        help="auxiliary training cohort with a stronger signal (larger, "
+                             "brighter lesions; more volume loss), pooled with the training "
+                             "cohort: the curriculum that makes small models learn on a CPU "
+                             "(default: half of --n-train; 0: none)")
     parser.add_argument("--architectures", nargs="+", choices=list(ARCHITECTURES),
                         default=["tinycnn"], help="models to train (default: tinycnn)")
     parser.add_argument("--model", type=Path, default=None, metavar="SPEC.json",
@@ -80,10 +85,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="methods also run on the fully randomised model as baselines "
                              "(default: gradient smoothgrad)")
     parser.add_argument("--seed", type=int, default=0, help="master seed (default: 0)")
-    parser.add_argument("--resolution", type=float, default=4.0, metavar="MM",
-                        help="voxel size of the cohorts and the model grid (default: 4)")
+    parser.add_argument("--resolution", type=float, default=2.0, metavar="MM",
+                        help="voxel size of the generated cohorts (default: 2)")
+    parser.add_argument("--model-resolution", type=float, default=None, metavar="MM",
+                        help="voxel size of the trained models' grid (default: the larger of "
+                             "--resolution and 4)")
     parser.add_argument("--epochs", type=int, default=30, help="training epochs (default: 30)")
-    parser.add_argument("--batch-size", type=int, default=8, help="training batch size")
+    parser.add_argument("--batch-size", type=int, default=4,
+                        help="training batch size (default: 4)")
     parser.add_argument("--lr", type=float, default=3e-3, help="training learning rate")
     parser.add_argument("--train-options", type=_json_object, default=None, metavar="JSON",
                         help="other training settings, e.g. '{\"weight_decay\": 0.001, "
@@ -117,8 +126,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         table = run_validation_benchmark(
             args.output_dir, tasks=args.task, n_train=args.n_train, n_test=args.n_test,
-            architectures=args.architectures, methods=args.methods, seed=args.seed,
-            resolution_mm=args.resolution, epochs=args.epochs, batch_size=args.batch_size,
+            n_easy=args.n_easy, architectures=args.architectures, methods=args.methods,
+            seed=args.seed, resolution_mm=args.resolution,
+            model_resolution_mm=args.model_resolution, epochs=args.epochs,
+            batch_size=args.batch_size,
             lr=args.lr, train_options=args.train_options, model_spec=args.model,
             method_params=args.method_params,
             random_model_methods=args.random_model_methods, n_sanity=args.n_sanity,

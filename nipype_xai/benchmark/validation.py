@@ -77,6 +77,7 @@ from torch import nn
 from .. import __version__
 from ..atomic import atomic_write
 from ..bids import derivative_path, resolution_label
+from ..synth.train import EASY_COHORT_OPTIONS, TASK_TO_TEMPLATE
 
 __all__ = [
     "ARCHITECTURES",
@@ -110,13 +111,13 @@ DEFAULT_RANDOM_MODEL_METHODS: tuple[str, ...] = ("gradient", "smoothgrad")
 #: How each task's T1w images reach template space (see :mod:`nipype_xai.synth.train`): lesions
 #: survive any warp, so the full known transform; the atrophy task's signal *is* a deformation,
 #: which a perfect nonlinear registration would undo, so only the affine part.
-TO_TEMPLATE: dict[str, str] = {"lesion": "groundtruth", "atrophy": "affine"}
+TO_TEMPLATE: dict[str, str] = TASK_TO_TEMPLATE
 
 #: The architectures by their command-line name: ``(class path, kwargs)``. Sizes are chosen so that
 #: each trains on a CPU in minutes on the 4 mm grid (50 x 59 x 48 voxels):
 #:
-#: * ``tinycnn``: :class:`~nipype_xai.models.TinyCNN3D`, width 8, 3 blocks (the bundled
-#:   reference model's architecture; ~18k parameters).
+#: * ``tinycnn``: :class:`~nipype_xai.models.TinyCNN3D`, width 8, 4 blocks, global max pooling
+#:   (the bundled reference model's architecture; ~73k parameters).
 #: * ``sfcn``: :class:`~nipype_xai.models.SFCN` at a quarter of the published widths,
 #:   ``channel_number = [8, 16, 32, 64, 64, 16]`` instead of ``[32, 64, 128, 256, 256, 64]``
 #:   (~185k parameters); it pools five times, so it needs at least 32 voxels per axis (4 mm or
@@ -146,14 +147,14 @@ _GROUNDTRUTH = Path("derivatives", "groundtruth")
 # --------------------------------------------------------------------------------------------
 
 
-def cohort_seeds(seed: int) -> tuple[int, int]:
-    """Seeds of the training and the test cohort for a benchmark ``seed``.
+def cohort_seeds(seed: int) -> tuple[int, int, int]:
+    """Seeds of the training, the test and the easy training cohort for a benchmark ``seed``.
 
-    Two different streams of ``numpy.random.SeedSequence(seed)``: the test subjects are never the
-    training subjects, and the same benchmark seed always draws the same two cohorts.
+    Three different words of ``numpy.random.SeedSequence(seed)``: the test subjects are never
+    training subjects, and the same benchmark seed always draws the same cohorts.
     """
-    train, test = np.random.SeedSequence(int(seed)).generate_state(2)
-    return int(train), int(test)
+    train, test, easy = np.random.SeedSequence(int(seed)).generate_state(3)
+    return int(train), int(test), int(easy)
 
 
 def architecture_spec(architecture: str, task: str, resolution_mm: float):
@@ -207,19 +208,24 @@ def _check_runs(spec, name: str) -> None:
     except RuntimeError as error:
         raise ValueError(
             f"architecture {name!r} cannot run on the {spec.input.resolution_mm[0]:g} mm grid "
-            f"{tuple(spec.input.shape)} ({str(error).splitlines()[0]}); use a finer --resolution"
+            f"{tuple(spec.input.shape)} ({str(error).splitlines()[0]}); use a finer "
+            "--model-resolution"
         ) from error
 
 
 def _cohort(root: Path, task: str, n_subjects: int, seed: int, resolution_mm: float,
-            progress: bool) -> Path:
-    """Generate a cohort, or reuse a complete one (same seed and size: the same bytes)."""
+            progress: bool, easy: bool = False) -> Path:
+    """Generate a cohort, or reuse a complete one (same seed and size: the same bytes).
+
+    ``easy``: with :data:`~nipype_xai.synth.train.EASY_COHORT_OPTIONS` (a stronger signal).
+    """
     from ..synth import generate_cohort
 
     if (root / "participants.tsv").is_file():
         return root
+    options = EASY_COHORT_OPTIONS[task] if easy else {}
     return generate_cohort(root, task, n_subjects, seed=seed, resolution_mm=resolution_mm,
-                           overwrite=True, progress=progress)
+                           overwrite=True, progress=progress, **options)
 
 
 def _groundtruth_path(cohort: Path, participant_id: str, task: str,
@@ -586,15 +592,16 @@ class _Model:
     record: dict[str, Any]
 
 
-def _train_or_load(name: str, spec, train_root: Optional[Path], task: str, out_dir: Path,
+def _train_or_load(name: str, spec, train_roots: Sequence[Path], task: str, out_dir: Path,
                    settings: Mapping[str, Any], arrays: dict, device: str,
                    progress: bool) -> _Model:
-    """Train ``spec`` on the training cohort, or reuse weights trained with the same settings."""
+    """Train ``spec`` on the training cohorts (pooled), or reuse weights trained the same way."""
     from ..models import load_model, load_model_spec
     from ..synth.train import load_cohort_arrays, save_trained_model, train_model
 
     spec_path = out_dir / f"{spec.name}.json"
-    wanted = {"train_cohort": str(train_root.name), "to_template": TO_TEMPLATE[task],
+    wanted = {"train_cohorts": [root.name for root in train_roots],
+              "to_template": TO_TEMPLATE[task],
               "settings": dict(settings), "architecture": spec.architecture,
               "kwargs": dict(spec.kwargs)}
     if spec_path.is_file():
@@ -603,12 +610,13 @@ def _train_or_load(name: str, spec, train_root: Optional[Path], task: str, out_d
             loaded = load_model_spec(spec_path)
             return _Model(name, loaded, load_model(loaded, device=device),
                           {**stored, "reused": True})
-    key = (spec.input, TO_TEMPLATE[task], str(train_root))
+    key = (spec.input, TO_TEMPLATE[task], tuple(str(root) for root in train_roots))
     if key not in arrays:
         arrays.clear()  # one training set in memory at a time
-        arrays[key] = load_cohort_arrays(train_root, spec, to_template=TO_TEMPLATE[task],
-                                         progress=progress)
-    X, y, _ = arrays[key]
+        parts = [load_cohort_arrays(root, spec, to_template=TO_TEMPLATE[task],
+                                    progress=progress)[:2] for root in train_roots]
+        arrays[key] = (torch.cat([X for X, _ in parts]), torch.cat([y for _, y in parts]))
+    X, y = arrays[key]
     model, history = train_model(spec, X, y, device=device, progress=progress, **settings)
     record = {**wanted, "final_loss": history["loss"][-1] if history["loss"] else None,
               "train_seconds": round(history["seconds"], 1),
@@ -714,14 +722,16 @@ def run_validation_benchmark(
     output_dir: PathLike,
     *,
     tasks: Sequence[str] = ("lesion",),
-    n_train: int = 100,
+    n_train: int = 200,
     n_test: int = 40,
+    n_easy: Optional[int] = None,
     architectures: Sequence[str] = ("tinycnn",),
     methods: Optional[Sequence[str]] = None,
     seed: int = 0,
-    resolution_mm: float = 4.0,
+    resolution_mm: float = 2.0,
+    model_resolution_mm: Optional[float] = None,
     epochs: int = 30,
-    batch_size: int = 8,
+    batch_size: int = 4,
     lr: float = 3e-3,
     train_options: Optional[Mapping[str, Any]] = None,
     model_spec: Optional[PathLike] = None,
@@ -747,6 +757,12 @@ def run_validation_benchmark(
         Synthetic tasks: ``"lesion"`` and/or ``"atrophy"``.
     n_train, n_test
         Sizes of the training and the test cohort of each task (half of each positive).
+    n_easy
+        Size of the auxiliary "easy" training cohort of each task (a stronger signal, see
+        :data:`~nipype_xai.synth.train.EASY_COHORT_OPTIONS`), pooled with the training cohort:
+        the curriculum that makes the small models learn the default tasks on a CPU (the bundled
+        model's recipe). None: ``n_train // 2``; 0: none. Test cohorts always have the default
+        signal.
     architectures
         Keys of :data:`ARCHITECTURES` (ignored with ``model_spec``).
     methods
@@ -755,7 +771,11 @@ def run_validation_benchmark(
         Master seed: the cohorts (:func:`cohort_seeds`), the training, every stochastic method,
         the baselines, the randomised models and the bootstrap.
     resolution_mm
-        Voxel size of the cohorts and of the model grid.
+        Voxel size of the generated cohorts (the images; 2 mm as the bundled model's recipe:
+        small lesions generated directly at 4 mm look like grey matter).
+    model_resolution_mm
+        Voxel size of the trained models' grid (the template's own grid at that resolution).
+        None: ``max(resolution_mm, 4)``, the bundled model's 4 mm, which trains on a CPU.
     epochs, batch_size, lr
         Training settings (:func:`~nipype_xai.synth.train.train_model`; AdamW, cosine decay,
         class-balanced batches, shifts, intensity jitter and left-right flips).
@@ -829,6 +849,12 @@ def run_validation_benchmark(
         raise ValueError(f"method_params: unknown method(s) {bad}")
     if int(n_test) < 1 or (model_spec is None and int(n_train) < 2):
         raise ValueError(f"n_test must be >= 1 and n_train >= 2, got {n_test} and {n_train}")
+    n_easy = int(n_train) // 2 if n_easy is None else int(n_easy)
+    if n_easy < 0 or n_easy == 1:
+        raise ValueError(f"n_easy must be 0 or >= 2, got {n_easy}")
+    if model_resolution_mm is None:
+        model_resolution_mm = max(float(resolution_mm), 4.0)
+    model_resolution_mm = float(model_resolution_mm)
     if int(n_sanity) < 0:
         raise ValueError(f"n_sanity must be >= 0, got {n_sanity}")
 
@@ -846,9 +872,9 @@ def run_validation_benchmark(
                              f"{', '.join(ARCHITECTURES)}")
         names = architectures
         for name in architectures:
-            _check_runs(architecture_spec(name, tasks[0], resolution_mm), name)
+            _check_runs(architecture_spec(name, tasks[0], model_resolution_mm), name)
 
-    train_seed, test_seed = cohort_seeds(seed)
+    train_seed, test_seed, easy_seed = cohort_seeds(seed)
     settings = {"epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr),
                 "weight_decay": 1e-4, "seed": int(seed), "augment": True, "max_shift": 2,
                 "intensity_jitter": 0.1, "flip_x": True}
@@ -864,11 +890,15 @@ def run_validation_benchmark(
     for task in tasks:
         test_root = _cohort(out / "cohorts" / f"{task}_test_seed-{test_seed}_n-{n_test}_res-{res}",
                             task, int(n_test), test_seed, resolution_mm, progress)
-        train_root = None
+        train_roots = []
         if model_spec is None:
-            train_root = _cohort(
+            train_roots.append(_cohort(
                 out / "cohorts" / f"{task}_train_seed-{train_seed}_n-{n_train}_res-{res}",
-                task, int(n_train), train_seed, resolution_mm, progress)
+                task, int(n_train), train_seed, resolution_mm, progress))
+            if n_easy:
+                train_roots.append(_cohort(
+                    out / "cohorts" / f"{task}-easy_train_seed-{easy_seed}_n-{n_easy}_res-{res}",
+                    task, n_easy, easy_seed, resolution_mm, progress, easy=True))
         arrays: dict = {}
         for name in names:
             if model_spec is not None:
@@ -876,8 +906,8 @@ def run_validation_benchmark(
                                 {"loaded_from": str(Path(model_spec).absolute()),
                                  "weights_sha256": given.weights_sha256})
             else:
-                bundle = _train_or_load(name, architecture_spec(name, task, resolution_mm),
-                                        train_root, task, out / "models", settings, arrays,
+                bundle = _train_or_load(name, architecture_spec(name, task, model_resolution_mm),
+                                        train_roots, task, out / "models", settings, arrays,
                                         device, progress)
             records[f"{task}/{name}"] = bundle.record
 
@@ -937,7 +967,8 @@ def run_validation_benchmark(
     provenance = {
         "command": command if command is not None else shlex.join(sys.argv),
         "seed": int(seed),
-        "cohort_seeds": {"train": train_seed, "test": test_seed},
+        "cohort_seeds": {"train": train_seed, "test": test_seed,
+                         **({"easy": easy_seed} if n_easy and model_spec is None else {})},
         "versions": _versions(),
         "machine": _machine(device),
         "started": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
@@ -945,7 +976,9 @@ def run_validation_benchmark(
         "seconds": round(finished - started, 1),
         "settings": {
             "tasks": tasks, "n_train": int(n_train), "n_test": int(n_test),
-            "resolution_mm": float(resolution_mm), "to_template": {t: TO_TEMPLATE[t] for t in tasks},
+            "n_easy": n_easy, "easy_cohort_options": {t: EASY_COHORT_OPTIONS[t] for t in tasks},
+            "resolution_mm": float(resolution_mm), "model_resolution_mm": model_resolution_mm,
+            "to_template": {t: TO_TEMPLATE[t] for t in tasks},
             "methods": methods, "method_params": method_params,
             "random_model_methods": random_model_methods, "baselines": list(BASELINES),
             "n_sanity": int(n_sanity), "sanity_methods": sanity_methods,

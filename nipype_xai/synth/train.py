@@ -64,6 +64,8 @@ from .anatomy import TEMPLATE_SPACE
 from .warps import apply_displacement_field
 
 __all__ = [
+    "EASY_COHORT_OPTIONS",
+    "TASK_TO_TEMPLATE",
     "TO_TEMPLATE",
     "augment_batch",
     "balanced_batches",
@@ -81,6 +83,23 @@ PathLike = Union[str, os.PathLike]
 
 #: How a cohort's T1w images are brought into template space (see the module notes).
 TO_TEMPLATE = ("groundtruth", "affine", "identity")
+
+#: How each task's images reach the template for training and scoring: lesions survive any warp,
+#: so the full known transform; the atrophy task's signal *is* a deformation, which a perfect
+#: nonlinear registration would undo, so only the affine part.
+TASK_TO_TEMPLATE: dict[str, str] = {"lesion": "groundtruth", "atrophy": "affine"}
+
+#: :func:`~nipype_xai.synth.generate_cohort` options of the auxiliary "easy" training cohort of
+#: the curriculum: the same task with a stronger signal (larger, higher-contrast lesions; more
+#: volume loss). Trained on the default cohort alone, the small models of the benchmark do not get
+#: off the ground in a CPU budget: the default lesions are a few voxels of a 4 mm grid among
+#: ~150k others, and the loss stays at chance for tens of epochs. Mixed with easier examples they
+#: learn lesion detectors within an epoch or two, which then carry over to the default lesions.
+#: Scores are always measured on cohorts with the synth module's *default* settings.
+EASY_COHORT_OPTIONS: dict[str, dict[str, Any]] = {
+    "lesion": {"lesion_options": {"radius_mm": [8.0, 14.0], "contrast": [0.6, 0.9]}},
+    "atrophy": {"atrophy_fraction": [0.35, 0.45]},
+}
 
 _GROUNDTRUTH = Path("derivatives", "groundtruth")
 
