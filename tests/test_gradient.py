@@ -108,3 +108,26 @@ def test_smoothgrad_family_agrees_with_captum_noise_tunnel(tiny_net, volume):
         assert cosine > 0.97, (name, float(cosine))
         ratio = float(ours[name].abs().sum() / theirs.abs().sum())
         assert 0.85 < ratio < 1.15, (name, ratio)
+
+
+def test_chunk_sizes_are_balanced_and_bounded():
+    from nipype_xai.attribution.noise import chunk_sizes
+
+    assert chunk_sizes(16, 16, reserved=1) == [8, 8]  # not 15 + 1
+    assert chunk_sizes(17, 16) == [9, 8]
+    assert chunk_sizes(16, 16) == [16]
+    assert chunk_sizes(0, 16) == []
+    for total in range(1, 40):
+        for batch_size in range(1, 12):
+            for reserved in range(batch_size):
+                sizes = chunk_sizes(total, batch_size, reserved)
+                assert sum(sizes) == total
+                assert sizes[0] + reserved <= batch_size
+                assert all(1 <= size <= batch_size for size in sizes)
+                # The fewest passes that hold everything (one more only when the reserved
+                # inputs fill the first pass).
+                fewest = -(-(total + reserved) // batch_size)
+                assert len(sizes) in (fewest, fewest + 1)
+                assert max(sizes[1:], default=0) - min(sizes[1:], default=0) <= 1
+    with pytest.raises(ValueError, match="reserved"):
+        chunk_sizes(4, 4, reserved=4)

@@ -498,3 +498,30 @@ def test_tinycnn3d_pooling_heads():
         TinyCNN3D(n_blocks=4, pooling="none", input_shape=(8, 32, 32))
     with pytest.raises(ValueError, match="pooling"):
         TinyCNN3D(pooling="median")
+
+
+def test_monai_resnet_wrapper_matches_monai_and_pools_by_max():
+    nets = pytest.importorskip("monai.networks.nets")
+    from nipype_xai.models import MonaiResNet
+
+    kwargs = {"block": "basic", "layers": [1, 1, 1, 1], "block_inplanes": [2, 4, 4, 8],
+              "spatial_dims": 3,
+              "n_input_channels": 1, "conv1_t_size": 3, "num_classes": 2,
+              "act": ("relu", {"inplace": False})}
+    torch.manual_seed(0)
+    reference = nets.ResNet(**kwargs).eval()
+    x = torch.randn(2, 1, 16, 18, 16)
+    averaged = MonaiResNet(pooling="avg", **kwargs).eval()
+    averaged.net.load_state_dict(reference.state_dict())
+    torch.testing.assert_close(averaged(x), reference(x))
+
+    maxed = MonaiResNet(pooling="max", **kwargs).eval()
+    maxed.load_state_dict(averaged.state_dict())  # same weights: pooling has none
+    net = reference
+    with torch.no_grad():
+        h = net.maxpool(net.act(net.bn1(net.conv1(x))))
+        h = net.layer4(net.layer3(net.layer2(net.layer1(h))))
+        expected = net.fc(h.amax(dim=(2, 3, 4)))
+    torch.testing.assert_close(maxed(x), expected)
+    with pytest.raises(ValueError, match="pooling"):
+        MonaiResNet(pooling="median", **kwargs)

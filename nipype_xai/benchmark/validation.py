@@ -122,15 +122,28 @@ TO_TEMPLATE: dict[str, str] = TASK_TO_TEMPLATE
 #:   ``channel_number = [8, 16, 32, 64, 64, 16]`` instead of ``[32, 64, 128, 256, 256, 64]``
 #:   (~185k parameters); it pools five times, so it needs at least 32 voxels per axis (4 mm or
 #:   finer for the whole brain).
+#: * ``resnet``: MONAI ``ResNet`` (3D; :class:`~nipype_xai.models.MonaiResNet`), basic blocks,
+#:   one per stage, widths 8-16-32-64, a 3^3 stride-1 stem followed by MONAI's max pool, global
+#:   *max* pooling instead of MONAI's average (~225k parameters). Its residual blocks are what
+#:   the LRP canonizer for MONAI ResNet blocks handles. With a stride-2 stem and no stem pooling,
+#:   or with MONAI's average pooling, it stayed at chance for 12 epochs on the lesion task.
 #: * ``densenet``: MONAI ``DenseNet`` (3D), ``init_features=8``, ``growth_rate=8``,
 #:   ``block_config=[2, 2, 2]``, ``bn_size=2`` (~26k parameters); ReLUs not in place, so that
-#:   hook-based methods (guided backprop, DeepLift, LRP) see each module's input and output.
+#:   hook-based methods (guided backprop, DeepLift, LRP) see each module's input and output. Its
+#:   stem (7^3 convolution with stride 2, then a stride-2 max pool) leaves 16 mm features on the
+#:   4 mm grid, too coarse for the lesions: it stayed at chance (balanced accuracy 0.50-0.55) with
+#:   the curriculum; use it on 1-2 mm model grids (``--model-resolution``), e.g. on a GPU.
 ARCHITECTURES: dict[str, tuple[str, dict[str, Any]]] = {
     # The bundled model's architecture (see scripts/train_bundled_model.py).
     "tinycnn": ("nipype_xai.models.architectures:TinyCNN3D",
                 {"n_outputs": 2, "width": 8, "n_blocks": 4, "pooling": "max"}),
     "sfcn": ("nipype_xai.models.architectures:SFCN",
              {"channel_number": [8, 16, 32, 64, 64, 16], "n_outputs": 2, "dropout": 0.5}),
+    "resnet": ("nipype_xai.models.architectures:MonaiResNet",
+               {"pooling": "max", "block": "basic", "layers": [1, 1, 1, 1],
+                "block_inplanes": [8, 16, 32, 64], "spatial_dims": 3, "n_input_channels": 1,
+                "conv1_t_size": 3, "conv1_t_stride": 1, "no_max_pool": False, "num_classes": 2,
+                "act": ["relu", {"inplace": False}]}),
     "densenet": ("monai.networks.nets:DenseNet",
                  {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "init_features": 8,
                   "growth_rate": 8, "block_config": [2, 2, 2], "bn_size": 2,

@@ -6,7 +6,7 @@
 >>> x, grid = to_model_grid(img, spec)            # doctest: +SKIP
 """
 
-from .architectures import SFCN, TinyCNN3D
+from .architectures import SFCN, MonaiResNet, TinyCNN3D
 from .preprocessing import ModelGrid, from_model_grid, normalize_intensity, to_model_grid
 from .spec import (
     InputSpec,
@@ -24,6 +24,7 @@ __all__ = [
     "ModelGrid",
     "ModelSpec",
     "ModelSpecError",
+    "MonaiResNet",
     "SFCN",
     "TinyCNN3D",
     "check_output_count",

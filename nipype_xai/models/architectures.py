@@ -13,7 +13,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import nn
 
-__all__ = ["SFCN", "TinyCNN3D"]
+__all__ = ["SFCN", "MonaiResNet", "TinyCNN3D"]
 
 
 class TinyCNN3D(nn.Module):
@@ -134,7 +134,7 @@ class SFCN(nn.Module):
 
     Examples
     --------
-    >>> SFCN(n_outputs=2)(torch.zeros(1, 1, 32, 32, 32)).shape
+    >>> SFCN(n_outputs=2).eval()(torch.zeros(1, 1, 32, 32, 32)).shape
     torch.Size([1, 2])
     """
 
@@ -189,3 +189,51 @@ class SFCN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map (B, C, X, Y, Z) to (B, n_outputs) logits (no log-softmax, see the class notes)."""
         return torch.flatten(self.classifier(self.feature_extractor(x)), 1)
+
+
+class MonaiResNet(nn.Module):
+    """MONAI's 3D ``ResNet`` with a choice of global pooling (average, as MONAI, or max).
+
+    MONAI's ``ResNet`` always ends in global *average* pooling. For lesion detection that is the
+    wrong prior on a CPU budget: a few lesion voxels are averaged with ~10^5 others and small
+    networks stay at chance for tens of epochs (the same finding as :class:`TinyCNN3D`'s
+    ``pooling="avg"``). This wrapper builds MONAI's network unchanged and, with ``pooling="max"``,
+    swaps its ``avgpool`` for :class:`torch.nn.AdaptiveMaxPool3d`, which has no weights, so the state
+    dict is MONAI's (under the ``net.`` prefix). Written here because MONAI has no option for it.
+
+    Parameters
+    ----------
+    pooling
+        ``"avg"`` (MONAI's own) or ``"max"``.
+    **kwargs
+        Arguments of ``monai.networks.nets.ResNet`` (``block``, ``layers``, ``block_inplanes``,
+        ``spatial_dims``, ``n_input_channels``, ``conv1_t_size``, ``conv1_t_stride``,
+        ``no_max_pool``, ``num_classes``, ``act``, ...). Pass ``act=("relu", {"inplace": False})``:
+        hook-based methods (guided backprop, DeepLift, LRP) need each module's input and output as
+        distinct tensors.
+
+    Examples
+    --------
+    >>> net = MonaiResNet(pooling="max", block="basic", layers=[1, 1, 1, 1],
+    ...                   block_inplanes=[2, 4, 4, 8],
+    ...                   spatial_dims=3, n_input_channels=1, num_classes=2,
+    ...                   act=("relu", {"inplace": False}))
+    >>> net.eval()(torch.zeros(1, 1, 16, 16, 16)).shape
+    torch.Size([1, 2])
+    """
+
+    def __init__(self, pooling: str = "max", **kwargs):
+        super().__init__()
+        if pooling not in ("avg", "max"):
+            raise ValueError(f"pooling must be 'avg' or 'max', got {pooling!r}")
+        try:
+            from monai.networks.nets import ResNet
+        except ImportError as error:  # pragma: no cover - depends on the environment
+            raise ImportError("MonaiResNet needs MONAI: pip install monai") from error
+        self.net = ResNet(**kwargs)
+        if pooling == "max":
+            self.net.avgpool = nn.AdaptiveMaxPool3d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map (B, C, X, Y, Z) to (B, num_classes) raw outputs (logits for a classifier)."""
+        return self.net(x)
