@@ -39,6 +39,7 @@ MODEL_RESOLUTION_MM = 4.0
 #: The auxiliary "easy" cohort of the curriculum (larger, higher-contrast lesions; more volume
 #: loss) and how each task's images reach the template: shared with the benchmark's training.
 from nipype_xai.synth.train import EASY_COHORT_OPTIONS as EASY_OPTIONS  # noqa: E402
+from nipype_xai.synth.train import TASK_MAX_SHIFT  # noqa: E402
 from nipype_xai.synth.train import TASK_TO_TEMPLATE as TO_TEMPLATE  # noqa: E402
 
 
@@ -78,7 +79,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--weight-decay", type=float, default=1e-4)
-    parser.add_argument("--max-shift", type=int, default=2, help="augmentation shift, voxels")
+    parser.add_argument("--max-shift", type=int, default=None,
+                        help="augmentation shift, voxels (default: 2 for lesion, 0 for atrophy; "
+                             "see nipype_xai.synth.train.TASK_MAX_SHIFT)")
     parser.add_argument("--no-flip-x", dest="flip_x", action="store_false",
                         help="no left-right flips (both tasks are bilateral on a symmetric "
                              "template, so flips are on by default)")
@@ -152,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                 "weight_decay": args.weight_decay, "seed": args.seed, "augment": True,
-                "max_shift": args.max_shift, "intensity_jitter": 0.1, "flip_x": args.flip_x}
+                "max_shift": (TASK_MAX_SHIFT[args.task] if args.max_shift is None
+                              else args.max_shift), "intensity_jitter": 0.1, "flip_x": args.flip_x}
     model, history = train_model(spec, X, y, **settings)
     scores = evaluate(model, X_test, y_test)
     identity = None

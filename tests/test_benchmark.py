@@ -75,6 +75,8 @@ def test_models_train_on_the_training_and_the_easy_cohort(tiny_run):
         assert record["train_cohorts"] == [f"{task}_train_seed-{train_seed}_n-12_res-8",
                                            f"{task}-easy_train_seed-{easy_seed}_n-4_res-8"]
         assert record["n_train"] == 16
+        # Shifts teach a position-aware atrophy model to ignore the place: none for atrophy.
+        assert record["settings"]["max_shift"] == {"lesion": 2, "atrophy": 0}[task]
         easy = pd.read_csv(out / "cohorts" / record["train_cohorts"][1] / "participants.tsv",
                            sep="\t")
         positives = easy[easy["label"] == task]
@@ -321,3 +323,14 @@ def test_command_line_parses_and_reports_errors(tmp_path, capsys):
     error = capsys.readouterr().err
     assert error.startswith("nipype-xai benchmark: error:") and error.count("\n") == 1
     assert not (tmp_path / "out2" / "cohorts").exists()
+
+
+def test_position_aware_architecture_is_built_for_the_model_grid():
+    from nipype_xai.benchmark import architecture_spec
+    from nipype_xai.synth.train import build_model
+
+    spec = architecture_spec("tinycnn-flat", "atrophy", 8.0)
+    assert spec.kwargs["input_shape"] == list(spec.input.shape)
+    model = build_model(spec).eval()
+    assert model(torch.zeros(2, 1, *spec.input.shape)).shape == (2, 2)
+    assert "input_shape" not in architecture_spec("tinycnn", "atrophy", 8.0).kwargs

@@ -77,7 +77,7 @@ from torch import nn
 from .. import __version__
 from ..atomic import atomic_write
 from ..bids import derivative_path, resolution_label
-from ..synth.train import EASY_COHORT_OPTIONS, TASK_TO_TEMPLATE
+from ..synth.train import EASY_COHORT_OPTIONS, TASK_MAX_SHIFT, TASK_TO_TEMPLATE
 
 __all__ = [
     "ARCHITECTURES",
@@ -118,6 +118,11 @@ TO_TEMPLATE: dict[str, str] = TASK_TO_TEMPLATE
 #:
 #: * ``tinycnn``: :class:`~nipype_xai.models.TinyCNN3D`, width 8, 4 blocks, global max pooling
 #:   (the bundled reference model's architecture; ~73k parameters).
+#: * ``tinycnn-flat``: :class:`~nipype_xai.models.TinyCNN3D`, width 8, 2 blocks, no global pooling:
+#:   the 8 mm x 16-channel feature grid is flattened into the classifier (``pooling="none"``;
+#:   ``input_shape`` is the model grid), dropout 0.5 (~68k parameters). A position-aware model for
+#:   the atrophy task, whose signal is a small change of shape at one fixed place: the global
+#:   pooling models stayed at chance on it.
 #: * ``sfcn``: :class:`~nipype_xai.models.SFCN` at a quarter of the published widths,
 #:   ``channel_number = [8, 16, 32, 64, 64, 16]`` instead of ``[32, 64, 128, 256, 256, 64]``
 #:   (~185k parameters); it pools five times, so it needs at least 32 voxels per axis (4 mm or
@@ -139,6 +144,9 @@ ARCHITECTURES: dict[str, tuple[str, dict[str, Any]]] = {
                 {"n_outputs": 2, "width": 8, "n_blocks": 4, "pooling": "max"}),
     "sfcn": ("nipype_xai.models.architectures:SFCN",
              {"channel_number": [8, 16, 32, 64, 64, 16], "n_outputs": 2, "dropout": 0.5}),
+    "tinycnn-flat": ("nipype_xai.models.architectures:TinyCNN3D",
+                     {"n_outputs": 2, "width": 8, "n_blocks": 2, "pooling": "none",
+                      "dropout": 0.5}),
     "resnet": ("nipype_xai.models.architectures:MonaiResNet",
                {"pooling": "max", "block": "basic", "layers": [1, 1, 1, 1],
                 "block_inplanes": [8, 16, 32, 64], "spatial_dims": 3, "n_input_channels": 1,
@@ -198,9 +206,12 @@ def architecture_spec(architecture: str, task: str, resolution_mm: float):
     class_path, kwargs = ARCHITECTURES[architecture]
     shape = load_template_anatomy(float(resolution_mm)).shape
     name = f"{task}_{architecture}"
+    kwargs = json.loads(json.dumps(kwargs))  # a private copy, JSON-shaped like a loaded spec
+    if kwargs.get("pooling") == "none":  # a position-aware head is built for the grid
+        kwargs["input_shape"] = list(shape)
     return ModelSpec(
         architecture=class_path,
-        kwargs=json.loads(json.dumps(kwargs)),  # a private copy, JSON-shaped like a loaded spec
+        kwargs=kwargs,
         weights=Path(f"{name}.pt"),
         input=InputSpec(space=TEMPLATE_SPACE, resolution_mm=(float(resolution_mm),) * 3,
                         shape=tuple(shape), normalization="zscore", mask="nonzero"),
@@ -605,6 +616,14 @@ class _Model:
     record: dict[str, Any]
 
 
+def _task_settings(settings: Mapping[str, Any], task: str) -> dict[str, Any]:
+    """The training settings of one task: ``max_shift=None`` becomes the task's default."""
+    resolved = dict(settings)
+    if resolved.get("max_shift") is None:
+        resolved["max_shift"] = TASK_MAX_SHIFT[task]
+    return resolved
+
+
 def _train_or_load(name: str, spec, train_roots: Sequence[Path], task: str, out_dir: Path,
                    settings: Mapping[str, Any], arrays: dict, device: str,
                    progress: bool) -> _Model:
@@ -795,7 +814,9 @@ def run_validation_benchmark(
     train_options
         Other keyword arguments of :func:`~nipype_xai.synth.train.train_model` (``weight_decay``,
         ``augment``, ``max_shift``, ``intensity_jitter``, ``flip_x``), overriding the benchmark's
-        (``weight_decay=1e-4``, augmentation on, ``max_shift=2``, ``intensity_jitter=0.1``,
+        (``weight_decay=1e-4``, augmentation on, ``max_shift`` per task
+        (:data:`~nipype_xai.synth.train.TASK_MAX_SHIFT`: 2 voxels for lesions, 0 for atrophy),
+        ``intensity_jitter=0.1``,
         ``flip_x=True``: both tasks are bilateral on a symmetric template, so a flip keeps the
         label).
     model_spec
@@ -889,7 +910,7 @@ def run_validation_benchmark(
 
     train_seed, test_seed, easy_seed = cohort_seeds(seed)
     settings = {"epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr),
-                "weight_decay": 1e-4, "seed": int(seed), "augment": True, "max_shift": 2,
+                "weight_decay": 1e-4, "seed": int(seed), "augment": True, "max_shift": None,
                 "intensity_jitter": 0.1, "flip_x": True}
     allowed = {"weight_decay", "augment", "max_shift", "intensity_jitter", "flip_x"}
     extra = sorted(set(train_options or {}) - allowed)
@@ -920,7 +941,8 @@ def run_validation_benchmark(
                                  "weights_sha256": given.weights_sha256})
             else:
                 bundle = _train_or_load(name, architecture_spec(name, task, model_resolution_mm),
-                                        train_roots, task, out / "models", settings, arrays,
+                                        train_roots, task, out / "models",
+                                        _task_settings(settings, task), arrays,
                                         device, progress)
             records[f"{task}/{name}"] = bundle.record
 

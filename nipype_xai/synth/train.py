@@ -65,6 +65,7 @@ from .warps import apply_displacement_field
 
 __all__ = [
     "EASY_COHORT_OPTIONS",
+    "TASK_MAX_SHIFT",
     "TASK_TO_TEMPLATE",
     "TO_TEMPLATE",
     "augment_batch",
@@ -88,6 +89,12 @@ TO_TEMPLATE = ("groundtruth", "affine", "identity")
 #: so the full known transform; the atrophy task's signal *is* a deformation, which a perfect
 #: nonlinear registration would undo, so only the affine part.
 TASK_TO_TEMPLATE: dict[str, str] = {"lesion": "groundtruth", "atrophy": "affine"}
+
+#: Default augmentation shift (voxels of the model grid) per task. Lesions may be anywhere, so
+#: shifting the image is a free augmentation; the atrophy signal is a millimetre-scale change of
+#: shape at one fixed place of an affinely registered image, and a model that knows *where* to
+#: look (a position-aware head) would only be taught to ignore the place by shifts of 8 mm.
+TASK_MAX_SHIFT: dict[str, int] = {"lesion": 2, "atrophy": 0}
 
 #: :func:`~nipype_xai.synth.generate_cohort` options of the auxiliary "easy" training cohort of
 #: the curriculum: the same task with a stronger signal (larger, higher-contrast lesions; more
