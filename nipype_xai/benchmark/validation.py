@@ -120,9 +120,11 @@ TO_TEMPLATE: dict[str, str] = TASK_TO_TEMPLATE
 #:   (the bundled reference model's architecture; ~73k parameters).
 #: * ``tinycnn-flat``: :class:`~nipype_xai.models.TinyCNN3D`, width 8, 2 blocks, no global pooling:
 #:   the 8 mm x 16-channel feature grid is flattened into the classifier (``pooling="none"``;
-#:   ``input_shape`` is the model grid), dropout 0.5 (~68k parameters). A position-aware model for
-#:   the atrophy task, whose signal is a small change of shape at one fixed place: the global
-#:   pooling models stayed at chance on it.
+#:   ``input_shape`` is the model grid; ~68k parameters). A position-aware model for the atrophy
+#:   task, whose signal is a small change of shape at one fixed place: the global pooling models
+#:   stayed at chance on it. On 300 atrophy subjects (200 + 100 easy) with ``lr=1e-3``,
+#:   ``weight_decay=1e-2`` and no shifts it reached balanced accuracy 0.75 on a fresh cohort
+#:   (dropout 0.5 before the classifier: 0.52; three blocks: 0.60).
 #: * ``sfcn``: :class:`~nipype_xai.models.SFCN` at a quarter of the published widths,
 #:   ``channel_number = [8, 16, 32, 64, 64, 16]`` instead of ``[32, 64, 128, 256, 256, 64]``
 #:   (~185k parameters); it pools five times, so it needs at least 32 voxels per axis (4 mm or
@@ -145,8 +147,7 @@ ARCHITECTURES: dict[str, tuple[str, dict[str, Any]]] = {
     "sfcn": ("nipype_xai.models.architectures:SFCN",
              {"channel_number": [8, 16, 32, 64, 64, 16], "n_outputs": 2, "dropout": 0.5}),
     "tinycnn-flat": ("nipype_xai.models.architectures:TinyCNN3D",
-                     {"n_outputs": 2, "width": 8, "n_blocks": 2, "pooling": "none",
-                      "dropout": 0.5}),
+                     {"n_outputs": 2, "width": 8, "n_blocks": 2, "pooling": "none"}),
     "resnet": ("nipype_xai.models.architectures:MonaiResNet",
                {"pooling": "max", "block": "basic", "layers": [1, 1, 1, 1],
                 "block_inplanes": [8, 16, 32, 64], "spatial_dims": 3, "n_input_channels": 1,
