@@ -226,7 +226,7 @@ def test_xai_wf_reusing_transforms_has_no_registration(tmp_path):
                            output_dir=tmp_path / "out", t1w=tmp_path / "tiny.json",
                            transforms=(tmp_path / "fwd.h5", tmp_path / "inv.h5"), reports=False)
     names = {node.name for node in workflow._get_all_nodes()}
-    assert "t1w_template" in names
+    assert "t1w_template" not in names  # nothing in init_xai_wf reads the T1w in template space
     assert "register" not in names
     assert "ds_forward_transform" not in names and "overlap" not in names
     assert {"attribution", "baseline_maps", "ds_template_maps", "ds_native_maps"} <= names
@@ -242,6 +242,10 @@ def test_registration_wf_graph():
     assert workflow.get_node("maps_to_template").interface.inputs.interpolation == "linear"
     assert workflow.get_node("masks_to_template").interface.inputs.interpolation == "nearest"
     assert workflow.get_node("brain_mask").inputs.interpolation == "nearest"
+    reusing = {node.name for node in init_registration_wf(reuse_transforms=True)._get_all_nodes()}
+    assert "t1w_template" in reusing and "register" not in reusing
+    lean = init_registration_wf(reuse_transforms=True, resample_t1w=False)
+    assert "t1w_template" not in {node.name for node in lean._get_all_nodes()}
 
 
 def test_collect_data_with_sessions_and_fmriprep_transforms(tmp_path):

@@ -17,6 +17,7 @@ def init_registration_wf(
     preset: str = "affine",
     resolution: int = 1,
     reuse_transforms: bool = False,
+    resample_t1w: bool = True,
     apply_to_maps: bool = False,
     apply_to_masks: bool = False,
     select_template: bool = True,
@@ -52,6 +53,10 @@ def init_registration_wf(
     reuse_transforms
         Take ``forward_transform`` / ``inverse_transform`` from the inputnode instead of
         registering.
+    resample_t1w
+        With ``reuse_transforms``: resample the T1w onto the template grid (``t1w_template``).
+        ``False`` leaves that output empty and saves the node when nothing reads it (a
+        registration gives the warped T1w anyway).
     apply_to_maps, apply_to_masks
         Add the nodes that send ``maps`` / ``masks`` to the template grid.
     select_template
@@ -121,15 +126,19 @@ def init_registration_wf(
         (brain_mask, outputnode, [("out_file", "brain_mask")]),
     ]
     if reuse_transforms:
-        t1w_template = pe.Node(ApplyTransforms(interpolation="linear"), name="t1w_template")
         connections += [
-            (inputnode, t1w_template, [("t1w", "in_file"), ("forward_transform", "transforms")]),
-            (template_source, t1w_template, [(t1w_file, "reference_image")]),
             (inputnode, brain_mask, [("inverse_transform", "transforms")]),
             (inputnode, outputnode, [("forward_transform", "forward_transform"),
                                      ("inverse_transform", "inverse_transform")]),
-            (t1w_template, outputnode, [("out_file", "t1w_template")]),
         ]
+        if resample_t1w:
+            t1w_template = pe.Node(ApplyTransforms(interpolation="linear"), name="t1w_template")
+            connections += [
+                (inputnode, t1w_template, [("t1w", "in_file"),
+                                           ("forward_transform", "transforms")]),
+                (template_source, t1w_template, [(t1w_file, "reference_image")]),
+                (t1w_template, outputnode, [("out_file", "t1w_template")]),
+            ]
         forward_source, forward_field = inputnode, "forward_transform"
     else:
         register = pe.Node(RegisterToTemplate(preset=preset, seed=seed), name="register")

@@ -253,7 +253,7 @@ def init_xai_wf(
 
     registration_wf = init_registration_wf(
         template=template, preset=registration, resolution=template_resolution,
-        reuse_transforms=reuse, apply_to_masks=has_gt and reports,
+        reuse_transforms=reuse, resample_t1w=False, apply_to_masks=has_gt and reports,
         select_template=select_template, seed=seed,
     )
     # The subject's brain mask: the lab's own, or the template's pulled back.
