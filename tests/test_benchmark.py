@@ -334,3 +334,53 @@ def test_position_aware_architecture_is_built_for_the_model_grid():
     model = build_model(spec).eval()
     assert model(torch.zeros(2, 1, *spec.input.shape)).shape == (2, 2)
     assert "input_shape" not in architecture_spec("tinycnn", "atrophy", 8.0).kwargs
+
+
+def _two_architecture_summary() -> pd.DataFrame:
+    rows = []
+    values = {("tinycnn", "smoothgrad"): 0.4, ("tinycnn", "gradcam"): 0.02,
+              ("tinycnn", "random"): 0.0, ("resnet", "smoothgrad"): 0.5,
+              ("resnet", "gradcam"): 0.1, ("resnet", "random"): 0.0}
+    for (architecture, method), value in values.items():
+        for metric, offset in (("precision_at_k", 0.0), ("auroc", 0.5)):
+            for correct, n in ((True, 7), (False, 2)):
+                mean = value + offset
+                rows.append({"task": "lesion", "architecture": architecture, "label": "lesion",
+                             "correct": correct, "method": method, "metric": metric,
+                             "mean": mean, "sd": 0.1, "ci_low": mean - 0.05,
+                             "ci_high": mean + 0.05, "n": n + (architecture == "resnet"),
+                             "rank": 1})
+    return pd.DataFrame(rows)
+
+
+def test_architecture_comparison_table_figure_and_report(tmp_path):
+    from nipype_xai.benchmark.report import (
+        architecture_table,
+        markdown_tables,
+        write_figures,
+        write_report,
+    )
+
+    summary = _two_architecture_summary()
+    table = architecture_table(summary, "precision_at_k")
+    assert list(table.columns) == ["method", "tinycnn", "resnet"]
+    # Best mean over the architectures first; correctly classified subjects only.
+    assert list(table["method"]) == ["smoothgrad", "gradcam", "random", "n"]
+    assert table.iloc[0]["resnet"] == "0.5 [0.45, 0.55]"
+    assert table.iloc[-1]["tinycnn"] == "7" and table.iloc[-1]["resnet"] == "8"
+
+    figures = write_figures(summary, pd.DataFrame(), tmp_path / "figures")
+    for metric in ("precision_at_k", "auroc"):
+        paths = figures[f"compare/lesion/lesion/{metric}"]
+        assert paths["png"].is_file() and paths["svg"].is_file()
+    text = markdown_tables(summary)
+    assert text.index("precision_at_k by architecture") < text.index("### lesion / tinycnn")
+    assert "| smoothgrad | 0.4 [0.35, 0.45] | 0.5 [0.45, 0.55] |" in text
+    page = write_report(tmp_path / "b.html", summary=summary, models=pd.DataFrame(),
+                        sanity=pd.DataFrame(), figures=figures, provenance={})
+    assert "how much the verdict depends on the model" in page.read_text()
+    # One architecture: no comparison.
+    single = summary[summary["architecture"] == "tinycnn"]
+    assert not any(k.startswith("compare/") for k in write_figures(single, pd.DataFrame(),
+                                                                 tmp_path / "f1"))
+    assert "by architecture" not in markdown_tables(single)

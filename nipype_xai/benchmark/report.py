@@ -25,8 +25,11 @@ from ..metrics.group import LOWER_IS_BETTER, SUMMARY_COLUMNS
 from ..reports import figure_name, format_value, is_baseline, plot_method_ranking
 
 __all__ = [
+    "COMPARISON_METRICS",
     "HEADLINE_METRICS",
+    "architecture_table",
     "markdown_tables",
+    "plot_architecture_comparison",
     "plot_sanity_check",
     "wide_table",
     "write_figures",
@@ -39,6 +42,93 @@ PathLike = Union[str, os.PathLike]
 #: top voxels in the target" (precision_at_k), one over the whole ranking (auroc), and the two mass
 #: metrics (share inside the target; distance of the mass to it).
 HEADLINE_METRICS = ("precision_at_k", "auroc", "relevance_mass_accuracy", "emd")
+
+#: The metrics compared across architectures (when a run has more than one).
+COMPARISON_METRICS = ("precision_at_k", "auroc")
+
+
+def _correct_rows(summary: pd.DataFrame) -> pd.DataFrame:
+    return summary[summary["correct"].astype(str).str.lower().isin(("true", "1"))]
+
+
+def architecture_table(summary: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One metric per method (rows) and architecture (columns), correctly classified subjects.
+
+    ``summary`` is one task and class (``label``) of ``benchmark.tsv``. Cells are
+    ``mean [ci_low, ci_high]``; the ``n`` row gives the subjects per architecture. Methods are
+    ordered by their mean over the architectures (best first), so a method whose place depends on
+    the model stands out.
+    """
+    rows = _correct_rows(summary)
+    rows = rows[rows["metric"] == metric]
+    architectures = list(dict.fromkeys(rows["architecture"]))
+    order = (rows.groupby("method", sort=False)["mean"].mean()
+             .sort_values(ascending=metric in LOWER_IS_BETTER, kind="stable"))
+    table = []
+    for method in order.index:
+        row: dict[str, Any] = {"method": method}
+        for name in architectures:
+            cell = rows[(rows["method"] == method) & (rows["architecture"] == name)]
+            row[name] = ("" if cell.empty else
+                         f"{format_value(cell['mean'].iloc[0])} "
+                         f"[{format_value(cell['ci_low'].iloc[0])}, "
+                         f"{format_value(cell['ci_high'].iloc[0])}]")
+        table.append(row)
+    n = {"method": "n"}
+    n.update({name: str(int(rows.loc[rows["architecture"] == name, "n"].max()))
+              for name in architectures})
+    table.append(n)
+    return pd.DataFrame(table, columns=["method", *architectures])
+
+
+def plot_architecture_comparison(summary: pd.DataFrame, metric: str, out_base: PathLike, *,
+                                 title: Optional[str] = None) -> dict[str, Path]:
+    """Mean and CI of one metric per method, one colour per architecture (correct subjects).
+
+    ``summary`` is one task and class of ``benchmark.tsv``; methods are ordered as in
+    :func:`architecture_table`. Shows at a glance whether the verdict depends on the model.
+
+    Returns
+    -------
+    dict
+        ``{"png": Path, "svg": Path}``.
+    """
+    rows = _correct_rows(summary)
+    rows = rows[rows["metric"] == metric]
+    if rows.empty:
+        raise ValueError(f"no correctly classified rows for {metric!r}")
+    architectures = list(dict.fromkeys(rows["architecture"]))
+    order = list(rows.groupby("method", sort=False)["mean"].mean()
+                 .sort_values(ascending=metric in LOWER_IS_BETTER, kind="stable").index)
+    figure = Figure(figsize=(7.5, 0.28 * len(order) + 1.4))
+    axes = figure.add_subplot(1, 1, 1)
+    step = 0.8 / max(len(architectures), 1)
+    for j, name in enumerate(architectures):
+        part = rows[rows["architecture"] == name].set_index("method")
+        y, mean, low, high = [], [], [], []
+        for i, method in enumerate(order):
+            if method in part.index:
+                y.append(i - 0.4 + step * (j + 0.5))
+                mean.append(float(part.loc[method, "mean"]))
+                low.append(float(part.loc[method, "ci_low"]))
+                high.append(float(part.loc[method, "ci_high"]))
+        mean_a = np.asarray(mean)
+        axes.errorbar(mean_a, y, xerr=[mean_a - np.asarray(low), np.asarray(high) - mean_a],
+                      fmt="o", markersize=3, capsize=0, linewidth=1, color=figure_color(j),
+                      label=f"{name} (n = {int(part['n'].max())})")
+    axes.set_yticks(range(len(order)))
+    axes.set_yticklabels(order, fontsize=7)
+    for tick, method in zip(axes.get_yticklabels(), order):
+        if is_baseline(method):
+            tick.set_color("#888888")
+            tick.set_fontstyle("italic")
+    axes.set_ylim(len(order) - 0.5, -0.5)
+    axes.set_xlabel(f"{metric} (mean, {summary.attrs.get('ci', 0.95):.0%} bootstrap CI)")
+    axes.grid(axis="x", alpha=0.3)
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
+    if title:
+        axes.set_title(title, fontsize=9)
+    return _save(figure, Path(out_base))
 
 
 def _label(text: Any) -> str:
@@ -131,11 +221,14 @@ def write_figures(summary: pd.DataFrame, sanity: pd.DataFrame,
     The rankings are of the correctly classified subjects (the decisions a lab would act on; the
     incorrectly classified are in the tables), for :data:`HEADLINE_METRICS`.
 
+    With more than one architecture, also one comparison figure per task x class x
+    :data:`COMPARISON_METRICS` (:func:`plot_architecture_comparison`).
+
     Returns
     -------
     dict
-        ``"ranking/<task>/<architecture>/<label>/<metric>"`` and ``"sanity/<task>/<architecture>"``
-        -> ``{"png": Path, "svg": Path}``.
+        ``"ranking/<task>/<architecture>/<label>/<metric>"``, ``"sanity/<task>/<architecture>"``
+        and ``"compare/<task>/<label>/<metric>"`` -> ``{"png": Path, "svg": Path}``.
     """
     fig_dir = Path(fig_dir)
     figures: dict[str, dict[str, Path]] = {}
@@ -155,6 +248,18 @@ def write_figures(summary: pd.DataFrame, sanity: pd.DataFrame,
                     "desc-ranking", f"metric-{method_to_desc(metric)}", "plot")
                 figures[f"ranking/{task}/{name}/{label}/{metric}"] = plot_method_ranking(
                     ranking, metric, base, title=f"{task} / {name} / {label} ({which}): {metric}")
+    for (task, label), part in summary.groupby(["task", "label"], sort=False):
+        if part["architecture"].nunique() < 2 or _correct_rows(part).empty:
+            continue
+        for metric in COMPARISON_METRICS:
+            if metric not in set(_correct_rows(part)["metric"]):
+                continue
+            base = fig_dir / figure_name(f"task-{task}", f"label-{_label(label)}",
+                                         "desc-architectures",
+                                         f"metric-{method_to_desc(metric)}", "plot")
+            figures[f"compare/{task}/{label}/{metric}"] = plot_architecture_comparison(
+                part, metric, base,
+                title=f"{task} / {label}, correctly classified: {metric} by architecture")
     if len(sanity):
         for (task, name), part in sanity.groupby(["task", "architecture"], sort=False):
             base = fig_dir / figure_name(f"task-{task}", f"model-{_label(name)}", "desc-sanity",
@@ -195,12 +300,29 @@ def wide_table(summary: pd.DataFrame, metrics=HEADLINE_METRICS) -> pd.DataFrame:
 
 
 def markdown_tables(summary: pd.DataFrame, metrics=HEADLINE_METRICS) -> str:
-    """The headline tables as Markdown: one per task x architecture x class x correct.
+    """The headline tables as Markdown: one per task x architecture x class x correct, preceded
+    (with several architectures) by :func:`architecture_table` per task x class.
 
     Each row is a method, each cell ``mean [ci_low, ci_high]`` (:func:`wide_table`); baselines
     are in italics. Written next to ``benchmark.tsv`` as ``benchmark.md`` for documentation.
     """
     lines = []
+    for (task, label), part in summary.groupby(["task", "label"], sort=False):
+        if part["architecture"].nunique() < 2 or _correct_rows(part).empty:
+            continue
+        for metric in COMPARISON_METRICS:
+            table = architecture_table(part, metric)
+            if len(table) <= 1:
+                continue
+            lines += [f"### {task} / {label}, correctly classified: {metric} by architecture", ""]
+            lines.append("| " + " | ".join(table.columns) + " |")
+            lines.append("|" + "|".join("---" for _ in table.columns) + "|")
+            for _, row in table.iterrows():
+                method = str(row["method"])
+                shown = f"*{method}*" if is_baseline(method) else method
+                lines.append("| " + " | ".join([shown, *[str(row[c]) for c in table.columns[1:]]])
+                             + " |")
+            lines.append("")
     for (task, name, label, correct), group in summary.groupby(
             ["task", "architecture", "label", "correct"], sort=False):
         wide = wide_table(group, metrics)
@@ -284,6 +406,16 @@ def write_report(out_html: PathLike, *, summary: pd.DataFrame, models: pd.DataFr
          "italics. Lower is better for emd, higher for the other metrics.</p>"),
         "<h2>Models</h2>", _table(models, method_column=None),
     ]
+    for (task, label), part in summary.groupby(["task", "label"], sort=False):
+        keys = [f"compare/{task}/{label}/{metric}" for metric in COMPARISON_METRICS]
+        if not any(key in figures for key in keys):
+            continue
+        body.append(f"<h2>{html.escape(str(task))} / {html.escape(str(label))}: how much the "
+                    "verdict depends on the model</h2>")
+        for metric, key in zip(COMPARISON_METRICS, keys):
+            if key in figures:
+                body.append(_table(architecture_table(part, metric)))
+                body.append(_img(figures[key], f"{task} {label}: {metric} by architecture"))
     for (task, name), part in summary.groupby(["task", "architecture"], sort=False):
         body.append(f"<h2>{html.escape(str(task))} / {html.escape(str(name))}</h2>")
         for label, by_label in part.groupby("label", sort=False):
