@@ -132,8 +132,8 @@ TO_TEMPLATE: dict[str, str] = TASK_TO_TEMPLATE
 #: * ``resnet``: MONAI ``ResNet`` (3D; :class:`~nipype_xai.models.MonaiResNet`), basic blocks,
 #:   one per stage, widths 8-16-32-64, a 3^3 stride-1 stem followed by MONAI's max pool, global
 #:   *max* pooling instead of MONAI's average (~225k parameters). Its residual blocks are what
-#:   the LRP canonizer for MONAI ResNet blocks handles. With a stride-2 stem and no stem pooling,
-#:   or with MONAI's average pooling, it stayed at chance for 12 epochs on the lesion task.
+#:   the LRP canonizer for MONAI ResNet blocks handles. With a stride-2 stem and no stem pooling
+#:   (global average or max pooling) it stayed at chance for 12 epochs on the lesion task.
 #: * ``densenet``: MONAI ``DenseNet`` (3D), ``init_features=8``, ``growth_rate=8``,
 #:   ``block_config=[2, 2, 2]``, ``bn_size=2`` (~26k parameters); ReLUs not in place, so that
 #:   hook-based methods (guided backprop, DeepLift, LRP) see each module's input and output. Its
