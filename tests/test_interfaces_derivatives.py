@@ -138,6 +138,21 @@ def test_derivatives_data_sink_names_sidecars_and_description(tmp_path, volumes)
                   "xfm.h5").is_file()
 
 
+def test_derivatives_data_sink_names_a_connected_source(tmp_path, volumes):
+    out = tmp_path / "derivatives"
+    common = {"base_directory": str(out), "in_file": str(volumes["perfect"]), "subject": "01",
+              "suffix": "attribution", "source_file": "/lab/work/t1w_preproc.nii.gz",
+              "source_kind": "T1w"}
+    DerivativesDataSink(desc="a", meta_dict={"Sources": []}, **common).run(cwd=str(tmp_path))
+    written = json.loads((out / "sub-01/anat/sub-01_desc-a_attribution.json").read_text())
+    assert written["Sources"] == ["T1w: t1w_preproc.nii.gz"]
+    # Sources known when the workflow was built win.
+    DerivativesDataSink(desc="b", meta_dict={"Sources": ["T1w: sub-01_T1w.nii.gz"]},
+                        **common).run(cwd=str(tmp_path))
+    written = json.loads((out / "sub-01/anat/sub-01_desc-b_attribution.json").read_text())
+    assert written["Sources"] == ["T1w: sub-01_T1w.nii.gz"]
+
+
 def test_derivatives_data_sink_checks_every_name_before_writing(tmp_path, volumes):
     out = tmp_path / "derivatives"
     with pytest.raises(ValueError, match="alphanumeric"):

@@ -104,6 +104,12 @@ class _DerivativesDataSinkInputSpec(BaseInterfaceInputSpec):
     meta_dict = traits.Dict(
         traits.Str, traits.Any, desc="entries added to (or overriding) every sidecar"
     )
+    source_file = traits.Str(
+        desc="the input the files derive from (e.g. the T1w, when it is connected rather than "
+        "known when the workflow is built): named in the sidecars' Sources as '<source_kind>: "
+        "<file name>' unless meta_dict gives Sources already"
+    )
+    source_kind = traits.Str("source", usedefault=True, desc="what source_file is, e.g. 'T1w'")
     wait_for = traits.List(
         traits.Any,
         desc="results this sink waits for and ignores: connect a subject's last outputs so that "
@@ -148,6 +154,8 @@ class DerivativesDataSink(SimpleInterface):
         descs = self._per_file(inputs.desc, len(files), "desc")
         sidecars = self._per_file(inputs.in_sidecar, len(files), "in_sidecar")
         meta = dict(inputs.meta_dict) if isdefined(inputs.meta_dict) else {}
+        if isdefined(inputs.source_file) and inputs.source_file and not meta.get("Sources"):
+            meta["Sources"] = [f"{inputs.source_kind}: {Path(inputs.source_file).name}"]
 
         common: dict[str, Any] = {"suffix": inputs.suffix}
         for trait, entity in (

@@ -385,6 +385,10 @@ def init_xai_wf(
             name=node_name, run_without_submitting=True,
         )
         connections.append((gate, node, [("out", "wait_for")]))
+        if t1w is None and "Sources" in inputs.get("meta_dict", {}):
+            # A connected T1w is only known at run time: the sink names it in Sources.
+            node.inputs.source_kind = "T1w"
+            connections.append((inputnode, node, [("t1w", "source_file")]))
         return node
 
     ds_template_maps = sink(
