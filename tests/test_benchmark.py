@@ -77,6 +77,9 @@ def test_models_train_on_the_training_and_the_easy_cohort(tiny_run):
         assert record["n_train"] == 16
         # Shifts teach a position-aware atrophy model to ignore the place: none for atrophy.
         assert record["settings"]["max_shift"] == {"lesion": 2, "atrophy": 0}[task]
+        # Optimiser defaults per task (the atrophy model's recipe differs).
+        assert (record["settings"]["lr"], record["settings"]["weight_decay"]) == {
+            "lesion": (3e-3, 1e-4), "atrophy": (1e-3, 1e-2)}[task]
         easy = pd.read_csv(out / "cohorts" / record["train_cohorts"][1] / "participants.tsv",
                            sep="\t")
         positives = easy[easy["label"] == task]
@@ -384,3 +387,14 @@ def test_architecture_comparison_table_figure_and_report(tmp_path):
     assert not any(k.startswith("compare/") for k in write_figures(single, pd.DataFrame(),
                                                                  tmp_path / "f1"))
     assert "by architecture" not in markdown_tables(single)
+
+
+def test_task_settings_fill_only_what_was_not_given():
+    from nipype_xai.benchmark.validation import _task_settings
+
+    given = {"lr": None, "weight_decay": None, "max_shift": None, "epochs": 3}
+    assert _task_settings(given, "atrophy") == {"lr": 1e-3, "weight_decay": 1e-2,
+                                                "max_shift": 0, "epochs": 3}
+    explicit = {"lr": 0.01, "weight_decay": 0.0, "max_shift": 1, "epochs": 3}
+    assert _task_settings(explicit, "atrophy") == explicit  # 0.0 is a value, not "unset"
+    assert _task_settings(given, "lesion")["lr"] == 3e-3

@@ -93,7 +93,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, default=30, help="training epochs (default: 30)")
     parser.add_argument("--batch-size", type=int, default=4,
                         help="training batch size (default: 4)")
-    parser.add_argument("--lr", type=float, default=3e-3, help="training learning rate")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="training learning rate (default: per task, 0.003 for lesion, "
+                             "0.001 for atrophy)")
     parser.add_argument("--train-options", type=_json_object, default=None, metavar="JSON",
                         help="other training settings, e.g. '{\"weight_decay\": 0.001, "
                              "\"augment\": false}'")

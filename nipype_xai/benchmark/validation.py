@@ -77,7 +77,7 @@ from torch import nn
 from .. import __version__
 from ..atomic import atomic_write
 from ..bids import derivative_path, resolution_label
-from ..synth.train import EASY_COHORT_OPTIONS, TASK_MAX_SHIFT, TASK_TO_TEMPLATE
+from ..synth.train import EASY_COHORT_OPTIONS, TASK_MAX_SHIFT, TASK_OPTIMIZER, TASK_TO_TEMPLATE
 
 __all__ = [
     "ARCHITECTURES",
@@ -618,10 +618,15 @@ class _Model:
 
 
 def _task_settings(settings: Mapping[str, Any], task: str) -> dict[str, Any]:
-    """The training settings of one task: ``max_shift=None`` becomes the task's default."""
+    """The training settings of one task: ``None`` for ``max_shift``, ``lr`` or ``weight_decay``
+    becomes the task's default (:data:`~nipype_xai.synth.train.TASK_MAX_SHIFT`,
+    :data:`~nipype_xai.synth.train.TASK_OPTIMIZER`)."""
     resolved = dict(settings)
     if resolved.get("max_shift") is None:
         resolved["max_shift"] = TASK_MAX_SHIFT[task]
+    for key, value in TASK_OPTIMIZER[task].items():
+        if resolved.get(key) is None:
+            resolved[key] = value
     return resolved
 
 
@@ -765,7 +770,7 @@ def run_validation_benchmark(
     model_resolution_mm: Optional[float] = None,
     epochs: int = 30,
     batch_size: int = 4,
-    lr: float = 3e-3,
+    lr: Optional[float] = None,
     train_options: Optional[Mapping[str, Any]] = None,
     model_spec: Optional[PathLike] = None,
     method_params: Optional[Mapping[str, Mapping[str, Any]]] = None,
@@ -811,11 +816,14 @@ def run_validation_benchmark(
         None: ``max(resolution_mm, 4)``, the bundled model's 4 mm, which trains on a CPU.
     epochs, batch_size, lr
         Training settings (:func:`~nipype_xai.synth.train.train_model`; AdamW, cosine decay,
-        class-balanced batches, shifts, intensity jitter and left-right flips).
+        class-balanced batches, shifts, intensity jitter and left-right flips). ``lr=None``: the
+        task's default (:data:`~nipype_xai.synth.train.TASK_OPTIMIZER`: 3e-3 for lesions, 1e-3
+        for atrophy).
     train_options
         Other keyword arguments of :func:`~nipype_xai.synth.train.train_model` (``weight_decay``,
         ``augment``, ``max_shift``, ``intensity_jitter``, ``flip_x``), overriding the benchmark's
-        (``weight_decay=1e-4``, augmentation on, ``max_shift`` per task
+        (``weight_decay`` per task, 1e-4 for lesions and 1e-2 for atrophy; augmentation on;
+        ``max_shift`` per task
         (:data:`~nipype_xai.synth.train.TASK_MAX_SHIFT`: 2 voxels for lesions, 0 for atrophy),
         ``intensity_jitter=0.1``,
         ``flip_x=True``: both tasks are bilateral on a symmetric template, so a flip keeps the
@@ -910,8 +918,9 @@ def run_validation_benchmark(
             _check_runs(architecture_spec(name, tasks[0], model_resolution_mm), name)
 
     train_seed, test_seed, easy_seed = cohort_seeds(seed)
-    settings = {"epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr),
-                "weight_decay": 1e-4, "seed": int(seed), "augment": True, "max_shift": None,
+    # None: the task's default (_task_settings).
+    settings = {"epochs": int(epochs), "batch_size": int(batch_size),
+                "lr": None if lr is None else float(lr), "weight_decay": None, "seed": int(seed), "augment": True, "max_shift": None,
                 "intensity_jitter": 0.1, "flip_x": True}
     allowed = {"weight_decay", "augment", "max_shift", "intensity_jitter", "flip_x"}
     extra = sorted(set(train_options or {}) - allowed)
