@@ -20,7 +20,19 @@ from .atomic import atomic_write
 
 PathLike = Union[str, os.PathLike]
 
-__all__ = ["ImageError", "load_volume", "save_image"]
+__all__ = [
+    "ImageError",
+    "check_affine",
+    "check_header_size",
+    "format_bytes",
+    "load_volume",
+    "save_image",
+    "usable_memory_bytes",
+]
+
+#: deflate (gzip) cannot expand data by more than 1032:1 (zlib's technical details): a ``.nii.gz``
+#: file whose header declares more bytes than that is corrupt or cut short, whatever it holds.
+_MAX_DEFLATE_RATIO = 1032
 
 
 class ImageError(ValueError):
@@ -44,11 +56,15 @@ def load_volume(path: PathLike) -> nib.Nifti1Image:
     nibabel.Nifti1Image
         The volume with float32 data in memory and the file's affine and header.
 
+    The returned image remembers ``path`` (``get_filename()``), so that cores given the image
+    can name the file in their messages.
+
     Raises
     ------
     ImageError
-        The file is missing or not a readable NIfTI; it is truncated or corrupt; it is not 3D; or it
-        contains NaN or Inf voxels. The message names the file.
+        The file is missing or not a readable NIfTI; its header declares more data than the file or
+        this machine's memory can hold; its affine is not finite or singular; it is truncated or
+        corrupt; it is not 3D; or it contains NaN or Inf voxels. The message names the file.
     """
     path = Path(path)
     name = path.name
@@ -69,6 +85,8 @@ def load_volume(path: PathLike) -> nib.Nifti1Image:
         shape = shape[:3]
     elif len(shape) != 3:
         raise ImageError(f"{name}: expected a 3D image, got shape {tuple(img.shape)}")
+    check_header_size(img, name)
+    check_affine(img.affine, name)
 
     try:
         # The header can be intact while the data block is cut short (an interrupted copy of a
@@ -93,12 +111,135 @@ def load_volume(path: PathLike) -> nib.Nifti1Image:
         header.set_data_dtype(np.float32)
         # The array already holds the scaled values: keep the header from scaling them again.
         header.set_slope_inter(1.0, 0.0)
-        return nib.Nifti1Image(data, img.affine, header=header)
-    # NIfTI-2: its header does not convert field by field; keep the affines and their codes.
-    out = nib.Nifti1Image(data, img.affine)
-    out.set_sform(img.get_sform(), code=int(img.header["sform_code"]))
-    out.set_qform(img.get_qform(), code=int(img.header["qform_code"]))
+        out = nib.Nifti1Image(data, img.affine, header=header)
+    else:
+        # NIfTI-2: its header does not convert field by field; keep the affines and their codes.
+        out = nib.Nifti1Image(data, img.affine)
+        out.set_sform(img.get_sform(), code=int(img.header["sform_code"]))
+        out.set_qform(img.get_qform(), code=int(img.header["qform_code"]))
+    out.set_filename(str(path))
     return out
+
+
+def check_header_size(img: nib.spatialimages.SpatialImage, name: str | None = None) -> None:
+    """Refuse a header that declares more voxel data than the file or this machine can hold.
+
+    Checked before any voxel is read: a corrupt header declaring 10000³ voxels would otherwise end
+    in a MemoryError (or an attempt to allocate terabytes) instead of a message.
+
+    Parameters
+    ----------
+    img
+        The image as ``nibabel.load`` returned it (data not read yet). The size of its image file,
+        if it has one, bounds the data: an uncompressed ``.nii`` must hold every declared byte
+        after the header, and a ``.nii.gz`` cannot unpack to more than 1032 times its size
+        (deflate's limit).
+    name
+        The file name for the message (default: the image file's name).
+
+    Raises
+    ------
+    ImageError
+        The file cannot hold the declared data, or the data as float32 (as the loaders read them)
+        exceed :func:`usable_memory_bytes`. The message names the file, the shape and the size.
+    """
+    filename = img.get_filename()
+    name = name or (Path(filename).name if filename else "<in-memory image>")
+    shape = tuple(int(n) for n in img.shape)
+    dtype = np.dtype(img.get_data_dtype())
+    n_voxels = 1
+    for n in shape:  # Python ints: no overflow, however absurd the header
+        n_voxels *= n
+    stored = n_voxels * dtype.itemsize
+    declared = f"the header declares a {'x'.join(map(str, shape))} {dtype.name} image"
+
+    image_file = img.file_map["image"].filename if "image" in img.file_map else None
+    capacity = None
+    if image_file and Path(image_file).is_file():
+        size = Path(image_file).stat().st_size
+        offset = int(getattr(img.dataobj, "offset", 0) or 0)
+        if str(image_file).lower().endswith(".gz"):
+            capacity = size * _MAX_DEFLATE_RATIO
+            held = f"{format_bytes(size)} of gzip data, at most {format_bytes(capacity)} unpacked"
+        elif str(image_file).lower().endswith((".nii", ".img")):
+            capacity, held = size, format_bytes(size)
+        # Other compressions (.bz2, .zst): the file size gives no useful bound.
+        if capacity is not None and offset + stored > capacity:
+            raise ImageError(f"{name}: {declared} ({format_bytes(stored)}), more than the file "
+                             f"can hold ({held}): a corrupt header or a truncated file")
+    memory = usable_memory_bytes()
+    in_memory = n_voxels * np.dtype(np.float32).itemsize
+    if memory is not None and in_memory > memory:
+        raise ImageError(f"{name}: {declared} ({format_bytes(in_memory)} as float32), more than "
+                         f"this machine's memory ({format_bytes(memory)})")
+
+
+def check_affine(affine: np.ndarray, name: str) -> None:
+    """Refuse an affine that maps no volume: non-finite entries, or a singular linear part.
+
+    Parameters
+    ----------
+    affine
+        4×4 voxel-to-world affine.
+    name
+        The file (or a description of the image) for the message.
+
+    Raises
+    ------
+    ImageError
+        The affine has NaN or Inf entries, or its 3×3 part is singular (a voxel size of 0, or
+        axes that are parallel). Checked without dividing, so no numpy warning is emitted.
+    """
+    affine = np.asarray(affine, dtype=float)
+    if affine.shape != (4, 4) or not np.isfinite(affine).all():
+        raise ImageError(f"{name}: the affine (voxel to world) is not finite (NaN or Inf); the "
+                         "header's sform/qform is corrupt")
+    linear = affine[:3, :3]
+    with np.errstate(all="ignore"):  # absurdly large entries overflow to inf: still not singular
+        zooms = np.sqrt((linear**2).sum(axis=0))
+        det = float(np.linalg.det(linear))
+    # Singular relative to the voxel sizes: |det| is the volume of the voxel, at most the product of
+    # its edge lengths, equal to it without shear.
+    if not (zooms > 0).all() or abs(det) <= 1e-6 * float(np.prod(zooms)):
+        sizes = "x".join(f"{z:.4g}" for z in zooms)
+        raise ImageError(f"{name}: the affine (voxel to world) is singular (voxel sizes {sizes} "
+                         f"mm, determinant {det:.3g}); the header's sform/qform is corrupt")
+
+
+def usable_memory_bytes() -> int | None:
+    """This machine's memory for one process: physical memory, or the cgroup limit if lower.
+
+    The total, not what is free now: a check against it fails only where a run cannot succeed.
+    ``None`` where neither can be read (then nothing is checked against memory).
+    """
+    memory = None
+    try:
+        memory = int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):  # not POSIX
+        pass
+    # A container's or a batch job's limit (cgroup v2, then v1; "max" or a huge v1 value: none).
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit_file).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            limit = int(text)
+            memory = limit if memory is None else min(memory, limit)
+        break
+    return memory if memory and memory > 0 else None
+
+
+def format_bytes(n_bytes: int | float) -> str:
+    """``1863 GiB``, ``2 MiB``, ``1.5 KiB``, ``352 B``: binary units up to GiB (the unit memory is
+    sold in, so sizes compare at a glance)."""
+    value, unit = float(n_bytes), "B"
+    for next_unit in ("KiB", "MiB", "GiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, next_unit
+    text = f"{value:.0f}" if value >= 10 or unit == "B" else f"{value:.1f}".rstrip("0").rstrip(".")
+    return f"{text} {unit}"
 
 
 def _one_line(error: BaseException) -> str:

@@ -34,6 +34,8 @@ from typing import Union
 import nibabel as nib
 import numpy as np
 
+from .images import ImageError, check_affine, check_header_size
+
 __all__ = [
     "PRESETS",
     "RegistrationError",
@@ -127,7 +129,9 @@ def load_image(img: ImageLike, role: str = "image") -> tuple[nib.Nifti1Image, np
     Raises
     ------
     RegistrationError
-        Missing, unreadable, truncated or non-NIfTI file; not 3D; NaN or infinite voxels.
+        Missing, unreadable, truncated or non-NIfTI file; not 3D; a header declaring more data
+        than the file or this machine's memory can hold (checked before reading); an affine that
+        is not finite, singular or sheared (ITK cannot represent shear); NaN or infinite voxels.
     """
     if isinstance(img, (str, os.PathLike)):
         path = Path(img)
@@ -147,10 +151,17 @@ def load_image(img: ImageLike, role: str = "image") -> tuple[nib.Nifti1Image, np
     if not isinstance(loaded, (nib.Nifti1Image, nib.Nifti2Image)):
         raise RegistrationError(f"{name}: expected a NIfTI image, got {type(loaded).__name__} "
                                 "(convert it to .nii.gz first)")
-    if len(loaded.shape) == 4 and loaded.shape[3] == 1:
-        loaded = nib.funcs.squeeze_image(loaded)  # a single volume stored as 4D, as nilearn accepts
-    if len(loaded.shape) != 3:
+    single_volume_4d = len(loaded.shape) == 4 and loaded.shape[3] == 1
+    if len(loaded.shape) != 3 and not single_volume_4d:
         raise RegistrationError(f"{name}: expected a 3D image, got shape {tuple(loaded.shape)}")
+    # From the header, before any voxel is read or allocated.
+    try:
+        check_header_size(loaded, name)
+    except ImageError as exc:
+        raise RegistrationError(str(exc)) from None
+    _check_itk_affine(loaded.affine, name)
+    if single_volume_4d:
+        loaded = nib.funcs.squeeze_image(loaded)  # a single volume stored as 4D, as nilearn accepts
     try:
         data = loaded.get_fdata(dtype=np.float32)
     except Exception as exc:  # noqa: BLE001 - truncated gzip gives EOFError, zlib.error, OSError...
@@ -187,15 +198,38 @@ def to_ants(img: nib.Nifti1Image, data: np.ndarray | None = None, name: str = "<
     """
     import ants
 
+    _check_itk_affine(img.affine, name)
     lps = _RAS_TO_LPS @ img.affine
     spacing = np.linalg.norm(lps[:3, :3], axis=0)
     direction = lps[:3, :3] / spacing
-    if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-5):
-        raise RegistrationError(f"{name}: the image affine has shear, which ITK/ANTs images cannot "
-                                "represent; reslice it to an unsheared grid first")
     values = np.asarray(img.get_fdata(dtype=np.float32) if data is None else data, dtype=np.float32)
     return ants.from_numpy(values, origin=[float(v) for v in lps[:3, 3]],
                            spacing=[float(v) for v in spacing], direction=direction)
+
+
+def _check_itk_affine(affine: np.ndarray, name: str) -> None:
+    """Finite, non-singular (:func:`~nipype_xai.images.check_affine`), then unsheared: what an
+    ITK image's origin, spacing and orthonormal direction can represent."""
+    try:
+        check_affine(affine, name)
+    except ImageError as exc:
+        raise RegistrationError(str(exc)) from None
+    linear = np.asarray(affine, dtype=float)[:3, :3]
+    # Safe to divide: check_affine guarantees every voxel size is > 0.
+    direction = linear / np.linalg.norm(linear, axis=0)
+    if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-5):
+        raise RegistrationError(f"{name}: the image affine has shear, which ITK/ANTs images cannot "
+                                "represent; reslice it to an unsheared grid first")
+
+
+def _check_contrast(data: np.ndarray, name: str) -> None:
+    """An image to register must vary: ANTs fails on a constant one with a page of ITK errors."""
+    low, high = float(data.min()), float(data.max())
+    if low == high:
+        if low == 0:
+            raise RegistrationError(f"{name}: the image is empty (all voxels 0)")
+        raise RegistrationError(f"{name}: the image is constant (all voxels {low:g}); registration "
+                                "needs contrast")
 
 
 def _like(reference: nib.Nifti1Image, data: np.ndarray) -> nib.Nifti1Image:
@@ -262,8 +296,8 @@ def register(
     Raises
     ------
     RegistrationError
-        Unknown preset, or an input that is not a valid 3D NIfTI image (the message names it), or
-        antsRegistration failing.
+        Unknown preset; an input that is not a valid 3D NIfTI image, or is empty (all voxels 0) or
+        constant (the message names it, and ANTs is not run); or antsRegistration failing.
     """
     from ants.internal import get_lib_fn, get_pointer_string, process_arguments
 
@@ -274,6 +308,8 @@ def register(
             f"unknown registration preset {preset!r}; choose one of {sorted(PRESETS)}")
     moving_nib, moving_data, moving_name = load_image(moving_img, "moving image")
     fixed_nib, fixed_data, fixed_name = load_image(fixed_img, "fixed image")
+    _check_contrast(moving_data, moving_name)
+    _check_contrast(fixed_data, fixed_name)
     moving = to_ants(moving_nib, moving_data, moving_name)
     fixed = to_ants(fixed_nib, fixed_data, fixed_name)
     masks = (_load_mask(fixed_mask, "fixed mask"), _load_mask(moving_mask, "moving mask"))
@@ -460,3 +496,4 @@ def derive_brain_mask(
     """
     warped = apply_transforms(template_mask, t1w, inverse_transform, interpolation="nearest")
     return _like(warped, (np.asanyarray(warped.dataobj) > 0).astype(np.uint8))
+

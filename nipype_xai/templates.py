@@ -56,6 +56,7 @@ __all__ = [
     "DEFAULT_TEMPLATE",
     "FALLBACK_TEMPLATE",
     "TemplateNotAvailable",
+    "check_template",
     "fallback_templateflow_home",
     "get_template",
     "nipype_xai_home",
@@ -240,17 +241,71 @@ def _user_templateflow_home() -> str:
     return user_cache_dir("templateflow")
 
 
-def _prefetch_message(template: str, query: dict[str, Any], reason: str) -> str:
+def _prefetch_how(template: str, resolution: int) -> str:
     return (
-        f"Template {_describe(template, query)} is not available: {reason}. "
         f"nipype-xai can supply only {FALLBACK_TEMPLATE} (T1w brain, brain mask, GM/WM probseg) "
-        "without network. On a machine with network access, prefetch the template into a "
-        "TemplateFlow home:\n"
-        f"    TEMPLATEFLOW_HOME=/path/to/templateflow python -c \"import templateflow.api as tf; "
-        f"tf.get('{template}', resolution={query['resolution']})\"\n"
-        "then copy that folder to this machine (or mount it; read-only works) and set "
-        f"TEMPLATEFLOW_HOME to it (now: {_user_templateflow_home()})."
+        "without network; on a machine with network access, prefetch the template into a "
+        "TemplateFlow home with: TEMPLATEFLOW_HOME=/path/to/templateflow python -c \"import "
+        f"templateflow.api as tf; tf.get('{template}', resolution={resolution})\", then copy that "
+        "folder to this machine (or mount it; read-only works) and set TEMPLATEFLOW_HOME to it "
+        f"(now: {_user_templateflow_home()})."
     )
+
+
+def _prefetch_message(template: str, query: dict[str, Any], reason: str) -> str:
+    # One line: the command line shows only an error's first line.
+    return (f"Template {_describe(template, query)} is not available: {reason}. "
+            + _prefetch_how(template, query["resolution"]))
+
+
+def check_template(template: str, resolution: int = 1) -> None:
+    """Fail now, before any subject runs, if a run could not get ``template``'s files.
+
+    A run registers to the template's skull-stripped T1w and its brain mask
+    (``desc-brain_T1w``, ``desc-brain_mask``) at ``resolution``, from the user's TemplateFlow or,
+    for :data:`FALLBACK_TEMPLATE`, from nipype-xai's offline copy, which can always be made.
+
+    Cheap where it can be: the fallback template is accepted without a look, and a template
+    that the user's TemplateFlow home has no ``tpl-<template>`` folder for is refused without
+    indexing the home. Otherwise the files are asked for exactly as the run will ask (the first
+    query of a process indexes the home, seconds), so a template TemplateFlow cannot deliver
+    here (not prefetched, no network) is found now.
+
+    Parameters
+    ----------
+    template
+        TemplateFlow identifier, e.g. ``"MNI152NLin2009cAsym"``.
+    resolution
+        TemplateFlow ``res-`` index the run registers at.
+
+    Raises
+    ------
+    TemplateNotAvailable
+        One line: the template, why it is not available, and how to prefetch it.
+    """
+    resolution = _as_resolution(resolution)
+    if template == FALLBACK_TEMPLATE:
+        return
+
+    def refuse(reason: str) -> TemplateNotAvailable:
+        return TemplateNotAvailable(f"template {template!r} is not available: {reason}. "
+                                    + _prefetch_how(template, resolution))
+
+    try:
+        # TemplateFlow unpacks its skeleton of every template it knows into an empty home when
+        # first imported (as the run would); after that, the home lists them as folders.
+        import templateflow.api  # noqa: F401
+        from templateflow import conf as templateflow_conf
+    except Exception as exc:  # noqa: BLE001 - an import or a home that cannot be set up
+        raise refuse(f"TemplateFlow could not be set up ({_summarise(exc)})") from None
+    home = Path(templateflow_conf.TF_HOME)
+    if not (home / f"tpl-{template}").is_dir():
+        raise refuse(f"TemplateFlow has no template {template!r} (no tpl-{template} in {home})")
+    for suffix in ("T1w", "mask"):
+        query = {"resolution": resolution, "suffix": suffix, "desc": "brain", "label": None}
+        path, reason = _from_user_templateflow(template, query)
+        if path is None:
+            raise refuse(f"{reason} (the {suffix} of res-{resolution}, desc-brain)")
 
 
 # --- the offline fallback --------------------------------------------------------------------
@@ -288,7 +343,7 @@ def _from_fallback(query: dict[str, Any], reason: str) -> Path:
         available = ", ".join(sorted(p.name for p in (root / f"tpl-{FALLBACK_TEMPLATE}").glob("*.nii*")))
         raise TemplateNotAvailable(
             _prefetch_message(FALLBACK_TEMPLATE, query, reason)
-            + f"\nThe offline copy in {root} has: {available}."
+            + f" The offline copy in {root} has: {available}."
         )
     return matches[0]
 

@@ -193,6 +193,8 @@ def test_other_template_fails_with_prefetch_instructions(offline):
     result, _, _ = offline
     message = result["other"]
     assert message is not None and "MNI152NLin2009cAsym" in message
+    # One line: the command line shows only the first line of an error.
+    assert "\n" not in message and "\n" not in result["csf"]
     assert "import templateflow.api as tf; tf.get('MNI152NLin2009cAsym', resolution=2)" in message
     assert "TEMPLATEFLOW_HOME" in message
     # A file nilearn does not ship (CSF) is refused the same way, listing what the copy has.

@@ -83,6 +83,11 @@ def _model_spec(path: Optional[Path]) -> Path:
         path = bundled_model_spec("lesion")
     path = Path(path).absolute()
     spec = load_model_spec(path)
+    # An input grid no machine here can hold (4000³): one clear error now, before the model is
+    # built, rather than the same failed allocation in every subject.
+    from ..models.inference import check_input_memory
+
+    check_input_memory(spec)
     # Weights missing, refused by weights_only=True, or of the wrong shape: one clear error now
     # rather than the same crash in every subject.
     load_model(spec, device="cpu")
@@ -99,10 +104,19 @@ def _check_methods(methods: Sequence[str]) -> list[str]:
     return model_methods + baselines
 
 
-def _warn_space(model_spec: Path, template: Optional[str]) -> None:
+def _check_space(model_spec: Path, template: Optional[str]) -> None:
+    """The template a run will register to must be deliverable: checked now, not per subject."""
     from ..models.spec import load_model_spec
+    from ..templates import TemplateNotAvailable, check_template
+    from ..workflows.xai import registration_resolution
 
-    space = load_model_spec(model_spec).input.space
+    spec = load_model_spec(model_spec)
+    space = spec.input.space
+    try:
+        check_template(template or space, resolution=registration_resolution(spec))
+    except TemplateNotAvailable as error:
+        where = f"--template {template}" if template else f"{spec.source}: input.space {space!r}"
+        raise TemplateNotAvailable(f"{where}: {error}") from None
     if template and template != space:
         # Allowed (fMRIPrep users bring MNI152NLin2009cAsym transforms for a 2009aSym model; the
         # two differ by far less than a model voxel), but the user should know.
@@ -171,7 +185,7 @@ def _bids_app(argv: list[str]) -> int:
     _check_dirs(args.bids_dir, output_dir)
     methods = _check_methods(args.methods)
     model_spec = _model_spec(args.model)
-    _warn_space(model_spec, args.template)
+    _check_space(model_spec, args.template)
     summary = run_participant_level(
         bids_dir=args.bids_dir.absolute(), output_dir=output_dir, work_dir=work_dir,
         model_spec=model_spec, methods=methods, template=args.template,

@@ -1,12 +1,15 @@
 """Running a model spec's model on an image: predictions and attribution maps (no files, no Nipype).
 
 These are the cores the ``ModelInference`` and ``Attribution`` interfaces call: the interfaces only
-load the inputs and write what comes back.
+load the inputs and write what comes back. What the model returns is checked here, where the spec
+and the image are both known: a NaN output is reported as the model's, not found later by whatever
+reads the maps.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 import nibabel as nib
@@ -16,17 +19,101 @@ from torch import nn
 
 from ..attribution import TargetError, attribute_many, method_defaults
 from ..attribution.model_state import forward, model_device
+from ..images import ImageError, format_bytes, usable_memory_bytes
 from .preprocessing import ModelGrid, from_model_grid, to_model_grid
-from .spec import ModelSpec, check_output_count
+from .spec import ModelSpec, ModelSpecError, check_output_count
 
 __all__ = [
     "Explanation",
+    "ModelOutputError",
     "Prediction",
+    "check_input_memory",
     "explain_image",
+    "input_memory_bytes",
     "predict",
     "predict_image",
     "resolve_method_params",
 ]
+
+
+class ModelOutputError(ValueError):
+    """The model's output, or an attribution map, for an image is not finite (NaN or Inf).
+
+    The message names the model spec and the image.
+    """
+
+
+# ---- before anything runs: does one model input fit in memory? ---------------------------------
+
+
+def input_memory_bytes(spec: ModelSpec) -> int:
+    """The least memory (bytes) explaining one image needs on the spec's grid.
+
+    ``2 * channels + 2`` float32 volumes of ``input.shape``: the image resampled onto the grid,
+    the model input and its gradient (``channels`` volumes each), and the map. Activations and
+    batches of perturbed copies come on top, so this is a lower bound: a spec that exceeds the
+    memory cannot run; one within it may still need more. A pure function of the spec.
+    """
+    n_voxels = 1
+    for n in spec.input.shape:  # Python ints: no overflow for absurd shapes
+        n_voxels *= int(n)
+    return (2 * int(spec.input.channels) + 2) * n_voxels * np.dtype(np.float32).itemsize
+
+
+def check_input_memory(spec: ModelSpec, memory_bytes: Optional[int] = None) -> None:
+    """Refuse a spec whose one input cannot fit in memory, before a model is built or run.
+
+    Parameters
+    ----------
+    spec
+        The parsed model spec.
+    memory_bytes
+        The memory to compare with; default :func:`nipype_xai.images.usable_memory_bytes` (this
+        machine's physical memory or cgroup limit; nothing is checked where it is unknown).
+
+    Raises
+    ------
+    ModelSpecError
+        :func:`input_memory_bytes` exceeds the memory; the message names the spec, the shape and
+        the GiB needed.
+    """
+    memory = usable_memory_bytes() if memory_bytes is None else memory_bytes
+    needed = input_memory_bytes(spec)
+    if memory is None or needed <= memory:
+        return
+    channels = int(spec.input.channels)
+    raise ModelSpecError(
+        f"{spec.source}: input.shape {'x'.join(str(n) for n in spec.input.shape)} needs at least "
+        f"{format_bytes(needed)} of memory per image (float32 volumes on the model grid: the "
+        f"image, the {channels}-channel input, its gradient and the map), more than this "
+        f"machine's memory ({format_bytes(memory)})"
+    )
+
+
+# ---- running the model -------------------------------------------------------------------------
+
+
+def _image_name(img: nib.spatialimages.SpatialImage, name: Optional[str]) -> str:
+    if name:
+        return name
+    filename = img.get_filename()  # load_volume keeps it
+    return Path(filename).name if filename else "the image"
+
+
+def _check_not_constant(img: nib.spatialimages.SpatialImage, name: str) -> None:
+    """A constant image carries nothing to predict from (an empty T1w, a failed conversion)."""
+    data = np.asanyarray(img.dataobj)
+    low, high = float(data.min()), float(data.max())
+    if low == high:
+        fact = "empty (all voxels 0)" if low == 0 else f"constant (all voxels {low:g})"
+        raise ImageError(f"{name}: the image is {fact}")
+
+
+def _not_finite(values: torch.Tensor) -> str:
+    """``"NaN"``, ``"Inf"`` or ``"NaN and Inf"``: what ``values`` holds besides finite numbers."""
+    kinds = [kind for kind, test in (("NaN", torch.isnan), ("Inf", torch.isinf))
+             if bool(test(values).any())]
+    return " and ".join(kinds)
 
 
 @dataclass(frozen=True)
@@ -79,7 +166,12 @@ class Prediction:
 
 
 def predict(
-    model: nn.Module, x: torch.Tensor, spec: ModelSpec, batch_size: int = 8
+    model: nn.Module,
+    x: torch.Tensor,
+    spec: ModelSpec,
+    batch_size: int = 8,
+    *,
+    names: Optional[Sequence[str]] = None,
 ) -> list[Prediction]:
     """Predictions for a batch ``x`` (B, C, X, Y, Z) already on the model grid.
 
@@ -93,6 +185,8 @@ def predict(
         Gives the task and the output names.
     batch_size
         Samples per forward pass.
+    names
+        What each sample is (its file name), for messages; default ``sample <i>``.
 
     Returns
     -------
@@ -103,6 +197,9 @@ def predict(
     ------
     ModelSpecError
         The model's number of outputs does not fit ``spec.outputs``.
+    ModelOutputError
+        An output is NaN or infinite (broken weights, an overflow); the message names the spec and
+        the sample.
     """
     device = model_device(model)
     with torch.no_grad():
@@ -110,6 +207,12 @@ def predict(
             [forward(model, chunk.to(device)).float().cpu() for chunk in x.split(batch_size)]
         )
     check_output_count(spec, outputs.shape[1])
+    for index, row in enumerate(outputs):
+        if not bool(torch.isfinite(row).all()):
+            name = names[index] if names is not None else f"sample {index}"
+            raise ModelOutputError(
+                f"{spec.source}: the model's output for {name} is not finite ({_not_finite(row)})"
+            )
     predictions = []
     for row in outputs:
         values = tuple(float(v) for v in row)
@@ -130,11 +233,22 @@ def predict(
 
 
 def predict_image(
-    model: nn.Module, spec: ModelSpec, img: nib.spatialimages.SpatialImage
+    model: nn.Module,
+    spec: ModelSpec,
+    img: nib.spatialimages.SpatialImage,
+    *,
+    name: Optional[str] = None,
 ) -> Prediction:
-    """Prediction for one 3D image in the spec's space (resampled and normalised as it says)."""
+    """Prediction for one 3D image in the spec's space (resampled and normalised as it says).
+
+    ``name`` names the image in messages (default: its file name, which
+    :func:`~nipype_xai.images.load_volume` keeps). Raises :class:`~nipype_xai.images.ImageError`
+    for an empty or constant image and :class:`ModelOutputError` for a NaN or infinite output.
+    """
+    name = _image_name(img, name)
+    _check_not_constant(img, name)
     x, _ = to_model_grid(img, spec)
-    return predict(model, x, spec)[0]
+    return predict(model, x, spec, names=[name])[0]
 
 
 def resolve_method_params(
@@ -204,6 +318,7 @@ def explain_image(
     method_params: Optional[Mapping[str, Mapping[str, Any]]] = None,
     seed: Optional[int] = None,
     batch_size: Optional[int] = None,
+    name: Optional[str] = None,
 ) -> Explanation:
     """Predict and explain one 3D image with every method in one ``attribute_many`` call.
 
@@ -225,6 +340,9 @@ def explain_image(
         Per-method overrides, ``{"occlusion": {"window": 4}}``.
     seed, batch_size
         Passed to the methods that accept them.
+    name
+        Names the image in messages (default: its file name, which
+        :func:`~nipype_xai.images.load_volume` keeps).
 
     Returns
     -------
@@ -235,10 +353,16 @@ def explain_image(
     ------
     nipype_xai.attribution.TargetError
         ``target`` is out of range, or not the one output of a single-output model.
+    nipype_xai.images.ImageError
+        The image is empty or constant.
+    ModelOutputError
+        The model's output, or a map, is NaN or infinite.
     """
+    name = _image_name(img, name)
+    _check_not_constant(img, name)
     x, grid = to_model_grid(img, spec)
     x = x.to(model_device(model))
-    prediction = predict(model, x, spec)[0]
+    prediction = predict(model, x, spec, names=[name])[0]
 
     n_outputs = len(prediction.outputs)
     if n_outputs == 1:
@@ -273,6 +397,13 @@ def explain_image(
         methods, method_params, seed=seed, batch_size=batch_size
     )
     tensors = attribute_many(model, x, list(parameters), engine_target, method_params=parameters)
+    for method, tensor in tensors.items():
+        if not bool(torch.isfinite(tensor).all()):
+            n_bad = int((~torch.isfinite(tensor)).sum())
+            raise ModelOutputError(
+                f"{spec.source}: the {method} map for {name} is not finite "
+                f"({n_bad} {_not_finite(tensor)} voxels of {tensor[0].numel()})"
+            )
     # One volume fed as C identical channels: by the chain rule its attribution is the sum over
     # channels (a no-op for the usual single channel).
     maps = {
