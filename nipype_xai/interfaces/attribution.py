@@ -82,9 +82,10 @@ class Attribution(SimpleInterface):
     def _run_interface(self, runtime):
         inputs = self.inputs
         img = load_volume(inputs.in_file)
-        spec = load_model_spec(inputs.model_spec)
+        spec = load_model_spec(inputs.model_spec, external_weights=inputs.external_weights)
         # The output count is checked on the real prediction (no separate shape-only pass).
-        model = load_model(spec, device=resolve_device(inputs), check_outputs=False)
+        model = load_model(spec, device=resolve_device(inputs), check_outputs=False,
+                           trust_code=inputs.trust_model_code)
 
         explanation = explain_image(
             model,

@@ -23,6 +23,7 @@ from ..bids import method_to_desc, write_json
 from ..images import load_volume, save_image
 from ..models.preprocessing import from_model_grid, to_model_grid
 from ..models.spec import load_model_spec
+from .model import external_weights_input, trust_model_code_input
 
 __all__ = ["BASELINE_DESCRIPTIONS", "BaselineMaps"]
 
@@ -45,6 +46,10 @@ class _BaselineMapsInputSpec(BaseInterfaceInputSpec):
         desc="baselines to compute: sobel, laplace, random",
     )
     seed = traits.Int(0, usedefault=True, desc="seed of the random baseline")
+    # The model is never imported here, so trust_model_code has no effect; it is an input so that
+    # a workflow sets the same two flags on every spec-reading node.
+    trust_model_code = trust_model_code_input()
+    external_weights = external_weights_input()
 
 
 class _BaselineMapsOutputSpec(TraitedSpec):
@@ -68,7 +73,8 @@ class BaselineMaps(SimpleInterface):
         from ..metrics.baselines import BASELINES
 
         img = load_volume(self.inputs.in_file)
-        spec = load_model_spec(self.inputs.model_spec)
+        spec = load_model_spec(self.inputs.model_spec,
+                               external_weights=self.inputs.external_weights)
         x, grid = to_model_grid(img, spec)
         out_files, out_sidecars = [], []
         for name in dict.fromkeys(self.inputs.baselines):

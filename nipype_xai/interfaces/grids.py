@@ -21,6 +21,7 @@ from nipype.interfaces.base import (
 from ..images import load_volume, save_image
 from ..models.preprocessing import model_grid_for
 from ..models.spec import load_model_spec
+from .model import external_weights_input, trust_model_code_input
 
 __all__ = ["ModelGridReference"]
 
@@ -29,6 +30,10 @@ class _ModelGridReferenceInputSpec(BaseInterfaceInputSpec):
     template = File(exists=True, mandatory=True,
                     desc="template image (e.g. TemplateFlowSelect.t1w_file) in the spec's space")
     model_spec = File(exists=True, mandatory=True, desc="model spec JSON")
+    # The model is never imported here (only the spec's grid is read), so trust_model_code has no
+    # effect; it is an input so that a workflow sets the same two flags on every spec-reading node.
+    trust_model_code = trust_model_code_input()
+    external_weights = external_weights_input()
 
 
 class _ModelGridReferenceOutputSpec(TraitedSpec):
@@ -49,7 +54,8 @@ class ModelGridReference(SimpleInterface):
         from nilearn.image import resample_img
 
         template = load_volume(self.inputs.template)
-        spec = load_model_spec(self.inputs.model_spec)
+        spec = load_model_spec(self.inputs.model_spec,
+                               external_weights=self.inputs.external_weights)
         grid = model_grid_for(template, spec)
         resampled = resample_img(
             template, target_affine=grid.affine, target_shape=grid.shape,

@@ -1,7 +1,8 @@
 """``ModelInference``: a model spec's predictions for one image, as a TSV row.
 
-Also holds the inputs every model-running interface shares (image, model spec, device), so that
-``Attribution`` hashes and schedules the same way.
+Also holds the inputs every model-running interface shares (image, model spec, device, and the two
+trust-boundary flags ``trust_model_code`` and ``external_weights``), so that ``Attribution`` hashes
+and schedules the same way.
 """
 
 from __future__ import annotations
@@ -23,9 +24,44 @@ from nipype.utils.filemanip import fname_presuffix
 from ..bids import atomic_write
 from ..images import load_volume
 from ..models.inference import predict_image
-from ..models.spec import ModelSpecError, load_model, load_model_spec
+from ..models.spec import (
+    TRUSTED_ARCHITECTURE_MODULES,
+    ModelSpecError,
+    load_model,
+    load_model_spec,
+)
 
 __all__ = ["ModelInference"]
+
+
+def trust_model_code_input():
+    """The ``trust_model_code`` input of every interface that reads a model spec (SPEC §10).
+
+    Not hashed: it decides whether the node may run, not what it computes.
+    """
+    return traits.Bool(
+        False,
+        usedefault=True,
+        nohash=True,
+        desc="import the spec's architecture even from outside the packages nipype-xai imports by "
+        f"default ({', '.join(TRUSTED_ARCHITECTURE_MODULES)}) or from the current directory; only "
+        "for a model spec whose code you trust (--trust-model-code)",
+    )
+
+
+def external_weights_input():
+    """The ``external_weights`` input of every interface that reads a model spec (SPEC §10).
+
+    Not hashed: it decides whether the node may run, not what it computes.
+    """
+    return traits.Bool(
+        False,
+        usedefault=True,
+        nohash=True,
+        desc="accept a spec whose weights lie outside its folder (an absolute path, '~', or '..' "
+        "or a symbolic link leading out); only if you trust where the spec points "
+        "(--allow-external-weights)",
+    )
 
 
 class _ModelInputSpec(BaseInterfaceInputSpec):
@@ -51,12 +87,16 @@ class _ModelInputSpec(BaseInterfaceInputSpec):
         nohash=True,
         desc="run on the GPU; Nipype's MultiProc schedules such nodes against n_gpu_procs",
     )
+    trust_model_code = trust_model_code_input()
+    external_weights = external_weights_input()
 
     def _model_spec_changed(self, new):
         # Traits calls this whenever model_spec is set (also when a workflow connection sets it).
         # A spec that cannot be read is left for _run_interface to report with its full message.
+        # Only the weights' path is needed here, for the cache's timestamp hash (nothing is read),
+        # so they are located wherever they are; _run_interface applies external_weights.
         try:
-            weights = load_model_spec(new).weights
+            weights = load_model_spec(new, external_weights=True).weights
         except (ModelSpecError, TypeError):
             return
         if weights.is_file():
@@ -105,9 +145,11 @@ class ModelInference(SimpleInterface):
 
     def _run_interface(self, runtime):
         img = load_volume(self.inputs.in_file)
-        spec = load_model_spec(self.inputs.model_spec)
+        spec = load_model_spec(self.inputs.model_spec,
+                               external_weights=self.inputs.external_weights)
         # The output count is checked on the real prediction (no separate shape-only pass).
-        model = load_model(spec, device=resolve_device(self.inputs), check_outputs=False)
+        model = load_model(spec, device=resolve_device(self.inputs), check_outputs=False,
+                           trust_code=self.inputs.trust_model_code)
         prediction = predict_image(model, spec, img)
 
         out_tsv = Path(

@@ -32,7 +32,8 @@ def bundled_model_spec(task: str = "lesion") -> Path:
     -------
     pathlib.Path
         The spec file, for :func:`~nipype_xai.models.load_model` or the CLI's ``--model``; its
-        weights sit next to it.
+        weights sit next to it and its architecture is nipype_xai's, so it loads inside the
+        default trust boundary (no ``trust_code`` or ``external_weights``).
 
     Raises
     ------

@@ -10,21 +10,56 @@
      "outputs": ["control", "lesion"],
      "task": "classification"}
 
-Weights are read with ``torch.load(..., weights_only=True)`` only: a weights file that holds pickled
-code or objects is refused, never unpickled (a model file from the internet must not be able to run
-code on a cluster node).
+The trust boundary (SPEC §10)
+-----------------------------
+A model spec comes from someone else and is untrusted: reading and loading it must not run code
+that the user did not install on purpose, nor read files the spec's author chose outside the spec's
+folder.
+
+* **Architectures.** ``"package.module:Class"`` is imported only when the module's dotted name is in
+  :data:`TRUSTED_ARCHITECTURE_MODULES` (``nipype_xai``, ``monai.networks.nets``,
+  ``torchvision.models``) or below one of them (``entry + "."``). The name is checked *before*
+  anything is imported, so ``"this:Foo"`` or ``"lab_models.nets:Net"`` runs no module's top-level
+  code. The package must also come from where it is installed, never from the working directory:
+  its top-level package is looked up by the import system with the relative ``sys.path`` entries
+  (``''``, ``'.'``) and the working directory left out (``python -c``, ``python -m`` and the
+  interactive interpreter put the latter first), and the package an import would give (already
+  imported, or the first found on the full ``sys.path``) must be that one, so a ``monai/`` folder
+  in the working directory is refused, not imported. Any other absolute ``sys.path`` entry counts
+  as an install location (the ``nipype-xai`` command puts no folder of the user's on
+  ``sys.path``). ``nipype_xai`` itself is the package running this code, so it is accepted wherever
+  it is installed (an editable install in the working directory included). After the import, the
+  class must be a ``torch.nn.Module`` subclass *defined* in an allowed module (``cls.__module__``),
+  so a re-export such as ``nipype_xai.models.architectures:nn.Conv3d`` is refused too. Anything
+  else needs the explicit opt-in ``trust_code=True`` (the command line's ``--trust-model-code``) on
+  :func:`load_model`, :func:`model_output_count` and every function that builds the architecture;
+  with it the module is imported as Python would import it.
+* **Weights.** A relative ``weights`` path must resolve (``os.path.realpath``: ``..`` and symbolic
+  links count) inside the spec's folder (resolved too); ``~`` and absolute paths are refused. The
+  opt-in is ``external_weights=True`` (``--allow-external-weights``) on :func:`load_model_spec` and
+  :func:`load_model`.
+* **Reading weights.** Only ``torch.load(..., weights_only=True)``: a weights file that holds
+  pickled code or objects is refused, never unpickled. A ``weights_sha256`` that differs from the file's is
+  reported without the file's actual digest (no hash oracle for files the spec may point at), and a
+  file that is not a PyTorch weights file (a text file, an empty file, random bytes, a folder) gives
+  a one-line :class:`ModelSpecError` naming the spec and the file.
+
+Every error is one line that names the spec file and says what to do.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 import json
 import os
 import pickle
 import re
+import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
+from importlib.machinery import ModuleSpec
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
@@ -41,6 +76,7 @@ __all__ = [
     "ModelSpecError",
     "NORMALIZATIONS",
     "TASKS",
+    "TRUSTED_ARCHITECTURE_MODULES",
     "check_output_count",
     "load_model",
     "load_model_spec",
@@ -55,6 +91,31 @@ NORMALIZATIONS = ("zscore", "minmax", "none")
 TASKS = ("classification", "regression")
 #: Voxels the normalisation statistics are computed over (``None``: the whole grid).
 MASKS = (None, "nonzero")
+
+#: Modules a spec's architecture may come from without ``trust_code`` (see the module docstring):
+#: a module is allowed when its dotted name is an entry or starts with ``entry + "."``. Each is
+#: code the user installed on purpose whose network classes build from their arguments alone.
+TRUSTED_ARCHITECTURE_MODULES = (
+    # Our reference architectures (TinyCNN3D, SFCN, MonaiResNet): the bundled model and the
+    # benchmark's specs name them.
+    "nipype_xai",
+    # MONAI's network zoo (DenseNet, ResNet, ...), the MONAI classes SPEC §4 names. Not MONAI as a
+    # whole: monai.losses.perceptual builds its networks with torch.hub.load(..., trust_repo=True)
+    # (a GitHub repository's code) and monai.bundle instantiates any dotted path. A few nets fetch
+    # *weights* when given pretrained=True; those are read with weights_only=True.
+    "monai.networks.nets",
+    # torchvision's networks (e.g. the 3D video ResNets). Its downloads of pretrained weights live
+    # in builder functions, which are not classes and so cannot be a spec's architecture.
+    "torchvision.models",
+)
+
+_TRUST_HINT = (
+    "if you trust this model spec's code, pass --trust-model-code (Python: trust_code=True)"
+)
+_EXTERNAL_HINT = (
+    "move the weights into that folder, or, if you trust where the spec points, pass "
+    "--allow-external-weights (Python: external_weights=True)"
+)
 
 _REQUIRED = ("architecture", "weights", "input", "outputs", "task")
 _REQUIRED_INPUT = ("space", "resolution_mm", "shape", "normalization")
@@ -179,7 +240,7 @@ class ModelSpec:
 # Reading and writing specs
 
 
-def load_model_spec(path: PathLike) -> ModelSpec:
+def load_model_spec(path: PathLike, *, external_weights: bool = False) -> ModelSpec:
     """Read and validate a model spec JSON file.
 
     Parameters
@@ -187,6 +248,10 @@ def load_model_spec(path: PathLike) -> ModelSpec:
     path
         The JSON file. A relative ``weights`` path is resolved against the file's folder, so a spec
         and its weights can be moved together.
+    external_weights
+        Accept a ``weights`` path that leads outside the spec's folder: an absolute path, ``~``, or
+        a relative path that ``..`` or a symbolic link takes out of it. Refused by default (the
+        spec's author would otherwise choose which file on this machine is read).
 
     Returns
     -------
@@ -195,8 +260,9 @@ def load_model_spec(path: PathLike) -> ModelSpec:
     Raises
     ------
     ModelSpecError
-        The file is missing or not valid JSON, a required key is missing, or a value has the wrong
-        type or an unknown value. The message names the file.
+        The file is missing or not valid JSON, a required key is missing, a value has the wrong
+        type or an unknown value, or ``weights`` leads outside the spec's folder without
+        ``external_weights``. The message names the file.
     """
     path = Path(path).absolute()
     source = path.name
@@ -212,7 +278,8 @@ def load_model_spec(path: PathLike) -> ModelSpec:
         raise ModelSpecError(
             f"{source}: not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})"
         ) from error
-    return _parse(data, source=source, base_dir=path.parent, default_name=path.stem, path=path)
+    return _parse(data, source=source, base_dir=path.parent, default_name=path.stem, path=path,
+                  external_weights=external_weights)
 
 
 def save_model_spec(spec: ModelSpec, path: PathLike) -> Path:
@@ -228,7 +295,13 @@ def save_model_spec(spec: ModelSpec, path: PathLike) -> Path:
 
 
 def _parse(
-    data: Any, *, source: str, base_dir: Path, default_name: str, path: Optional[Path]
+    data: Any,
+    *,
+    source: str,
+    base_dir: Path,
+    default_name: str,
+    path: Optional[Path],
+    external_weights: bool = False,
 ) -> ModelSpec:
     def fail(problem: str) -> ModelSpecError:
         return ModelSpecError(f"{source}: {problem}")
@@ -252,10 +325,7 @@ def _parse(
     weights = data["weights"]
     if not isinstance(weights, str) or not weights:
         raise fail(f"'weights' must be a file path, got {weights!r}")
-    weights_path = Path(weights).expanduser()
-    if not weights_path.is_absolute():
-        weights_path = base_dir / weights_path
-    weights_path = Path(os.path.normpath(weights_path))
+    weights_path = _weights_path(weights, base_dir, external_weights, fail)
 
     task = data["task"]
     if task not in TASKS:
@@ -292,6 +362,27 @@ def _parse(
         weights_sha256=sha,
         path=path,
     )
+
+
+def _weights_path(weights: str, base_dir: Path, external: bool, fail) -> Path:
+    """The absolute weights path; unless ``external``, confined to the spec's folder."""
+    if external:
+        path = Path(weights).expanduser()
+        return Path(os.path.normpath(path if path.is_absolute() else base_dir / path))
+    folder = os.path.realpath(base_dir)
+    if weights.startswith("~"):
+        raise fail(f"'weights' {weights!r} is in a home folder, not in the spec's folder "
+                   f"{folder}; {_EXTERNAL_HINT}")
+    if os.path.isabs(weights):
+        raise fail(f"'weights' {weights!r} is an absolute path, not a file in the spec's folder "
+                   f"{folder}; {_EXTERNAL_HINT}")
+    path = Path(os.path.normpath(base_dir / weights))
+    # realpath: '..' and symbolic links (of the file or of any folder on the way) both count.
+    resolved = os.path.realpath(path)
+    if os.path.commonpath([folder, resolved]) != folder:
+        raise fail(f"'weights' {weights!r} resolves to {resolved}, outside the spec's folder "
+                   f"{folder}; {_EXTERNAL_HINT}")
+    return path
 
 
 def _parse_input(data: Any, fail) -> InputSpec:
@@ -397,8 +488,7 @@ def _read_state_dict(spec: ModelSpec, device: Union[str, torch.device]) -> dict[
     try:
         loaded = torch.load(weights, map_location=device, weights_only=True)
     except pickle.UnpicklingError as error:
-        message = str(error)
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", message)
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
         if refused:
             raise ModelSpecError(
                 f"{source}: weights file {weights.name} contains pickled code/objects "
@@ -406,16 +496,11 @@ def _read_state_dict(spec: ModelSpec, device: Union[str, torch.device]) -> dict[
                 f"nipype-xai never loads weights unsafely. Save the weights with "
                 f"torch.save(model.state_dict(), path) instead"
             ) from None
-        raise ModelSpecError(
-            f"{source}: weights file {weights.name} is not a PyTorch weights file that "
-            f"torch.load(weights_only=True) can read (it may be corrupt, or contain objects that "
-            f"weights_only=True refuses): {_last_line(message)}"
-        ) from None
-    except (RuntimeError, OSError, EOFError) as error:
-        raise ModelSpecError(
-            f"{source}: cannot read weights file {weights.name} (corrupt or truncated?): "
-            f"{_last_line(str(error))}"
-        ) from error
+        raise _unreadable_weights(spec, error) from None
+    except Exception as error:
+        # Garbage makes the unpickler raise nearly anything (IndexError for a text file, EOFError
+        # for an empty one, RuntimeError for a zip that is not torch's, OSError, ...).
+        raise _unreadable_weights(spec, error) from None
 
     state_dict = loaded
     if isinstance(loaded, dict) and not all(isinstance(v, torch.Tensor) for v in loaded.values()):
@@ -437,25 +522,132 @@ def _read_state_dict(spec: ModelSpec, device: Union[str, torch.device]) -> dict[
     return state_dict
 
 
+def _unreadable_weights(spec: ModelSpec, error: Exception) -> ModelSpecError:
+    """The one-line error for a weights file ``torch.load(weights_only=True)`` cannot read.
+
+    torch's reason is quoted only for a file that looks like a PyTorch file (a zip archive, as
+    ``torch.save`` writes, or a pickle): for any other file it would quote the file's own bytes
+    (``Unsupported operand 114`` is the first byte of ``root:x:0:0...``).
+    """
+    source, weights = spec.source, spec.weights
+    if isinstance(error, OSError):
+        return ModelSpecError(f"{source}: cannot read weights file {weights.name} "
+                              f"({error.strerror or type(error).__name__})")
+    try:
+        with open(weights, "rb") as stream:
+            magic = stream.read(4)
+    except OSError:
+        magic = b""
+    if magic.startswith((b"PK\x03\x04", b"\x80")):
+        return ModelSpecError(
+            f"{source}: cannot read weights file {weights.name} with "
+            f"torch.load(weights_only=True) (corrupt or truncated?): "
+            f"{_last_line(str(error)) or type(error).__name__}"
+        )
+    return ModelSpecError(
+        f"{source}: weights file {weights.name} is not a PyTorch weights file (neither the zip "
+        f"archive torch.save writes nor a pickle); point 'weights' at a state dict saved with "
+        f"torch.save(model.state_dict(), path)"
+    )
+
+
 def _last_line(message: str) -> str:
     lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
     # torch's messages end with a generic pointer to the docs; the specific reason comes before.
     lines = [line for line in lines if not line.startswith("Check the documentation")]
-    return lines[-1] if lines else message
+    return lines[-1] if lines else _one_line(message)
+
+
+def _one_line(message: str) -> str:
+    """``message`` with its line breaks and runs of spaces collapsed: errors stay one line."""
+    return " ".join(message.split())
 
 
 # --------------------------------------------------------------------------------------------
 # Models
 
 
-def _import_class(spec: ModelSpec) -> type:
+def _is_trusted_module(module_name: str) -> bool:
+    return any(module_name == entry or module_name.startswith(entry + ".")
+               for entry in TRUSTED_ARCHITECTURE_MODULES)
+
+
+def _location(module_spec: Optional[ModuleSpec]) -> Optional[str]:
+    """Where a top-level module's code lies: a package's folder(s), or a module's file."""
+    if module_spec is None:
+        return None
+    if module_spec.submodule_search_locations:
+        return os.pathsep.join(os.path.realpath(p) for p in module_spec.submodule_search_locations)
+    if module_spec.origin and module_spec.has_location:
+        return os.path.realpath(module_spec.origin)
+    return module_spec.origin  # "built-in", "frozen"
+
+
+def _installed_spec(top: str) -> Optional[ModuleSpec]:
+    """The import system's spec of the top-level module ``top`` with the current directory and
+    relative ``sys.path`` entries left out. Runs no module code."""
+    if top == __name__.partition(".")[0]:
+        # nipype_xai itself: the code running this check is the installed package by definition
+        # (also an editable install whose folder is the working directory).
+        return sys.modules[top].__spec__
+    cwd = os.path.realpath(os.getcwd())
+    path = [entry for entry in sys.path
+            if isinstance(entry, str) and os.path.isabs(entry) and os.path.realpath(entry) != cwd]
+    # As importlib.util.find_spec, but every meta-path finder gets the filtered list as its path
+    # (PathFinder searches it instead of sys.path; finders for fixed locations, such as editable
+    # installs' mappings, ignore it).
+    for finder in sys.meta_path:
+        find_spec = getattr(finder, "find_spec", None)
+        if find_spec is None:
+            continue
+        found = find_spec(top, path)
+        if found is not None:
+            return found
+    return None
+
+
+def _check_trusted_module(spec: ModelSpec, module_name: str) -> None:
+    """Raise unless ``module_name``'s top-level package would be imported from where it is
+    installed (not the current directory or a relative sys.path entry). Runs no module code."""
+    top = module_name.partition(".")[0]
+    installed = _location(_installed_spec(top))
+    if installed is None:
+        raise ModelSpecError(
+            f"{spec.source}: architecture {spec.architecture!r}: package {top!r} is not installed "
+            f"(nipype-xai does not import it from the current directory or a relative sys.path "
+            f"entry); install it, or, {_TRUST_HINT}"
+        )
+    try:  # what an import would give: the module already imported, or the first on sys.path
+        found = _location(importlib.util.find_spec(top))
+    except (ValueError, ImportError):
+        found = None
+    if found != installed:
+        raise ModelSpecError(
+            f"{spec.source}: architecture {spec.architecture!r}: package {top!r} would be imported "
+            f"from {found}, not from where it is installed ({installed}); nipype-xai never imports "
+            f"an architecture from the current directory or a relative sys.path entry: run from "
+            f"another folder, or, {_TRUST_HINT}"
+        )
+
+
+def _import_class(spec: ModelSpec, *, trust_code: bool = False) -> type:
+    """The spec's architecture class, imported only inside the trust boundary (module docstring)."""
     module_name, _, qualname = spec.architecture.partition(":")
+    if not trust_code:
+        # By name first: nothing is imported for a module outside the allow-list.
+        if not _is_trusted_module(module_name):
+            raise ModelSpecError(
+                f"{spec.source}: architecture {spec.architecture!r} is outside the packages "
+                f"nipype-xai imports by default ({', '.join(TRUSTED_ARCHITECTURE_MODULES)}); "
+                f"{_TRUST_HINT}"
+            )
+        _check_trusted_module(spec, module_name)
     try:
         obj: Any = importlib.import_module(module_name)
     except Exception as error:  # an import can fail with anything the module raises
         raise ModelSpecError(
             f"{spec.source}: architecture {spec.architecture!r}: cannot import module "
-            f"{module_name!r} ({type(error).__name__}: {error})"
+            f"{module_name!r} ({type(error).__name__}: {_one_line(str(error))})"
         ) from error
     for attribute in qualname.split("."):
         try:
@@ -469,6 +661,17 @@ def _import_class(spec: ModelSpec) -> type:
         raise ModelSpecError(
             f"{spec.source}: architecture {spec.architecture!r} is not a torch.nn.Module class"
         )
+    if not trust_code:
+        # A class re-exported by an allowed module (`from torch import nn`, a user's class
+        # imported into a package) is judged by where it is defined.
+        defined_in = getattr(obj, "__module__", None) or "?"
+        if not _is_trusted_module(defined_in):
+            raise ModelSpecError(
+                f"{spec.source}: architecture {spec.architecture!r} is a class defined in "
+                f"{defined_in!r}, outside the packages nipype-xai imports by default "
+                f"({', '.join(TRUSTED_ARCHITECTURE_MODULES)}); {_TRUST_HINT}"
+            )
+        _check_trusted_module(spec, defined_in)
     return obj
 
 
@@ -478,7 +681,7 @@ def _instantiate(spec: ModelSpec, cls: type) -> nn.Module:
     except Exception as error:
         raise ModelSpecError(
             f"{spec.source}: cannot build {spec.architecture} with kwargs {dict(spec.kwargs)} "
-            f"({type(error).__name__}: {error})"
+            f"({type(error).__name__}: {_one_line(str(error))})"
         ) from error
 
 
@@ -515,19 +718,31 @@ def _few(names: Sequence[str], n: int = 5) -> str:
     return f"[{shown}{', ...' if len(names) > n else ''}] ({len(names)} in all)"
 
 
-def model_output_count(spec: ModelSpec, model: Optional[nn.Module] = None) -> int:
+def model_output_count(
+    spec: ModelSpec, model: Optional[nn.Module] = None, *, trust_code: bool = False
+) -> int:
     """Number of outputs the spec's architecture produces on the spec's input shape.
 
     The forward pass runs on PyTorch's ``meta`` device (shapes only, no memory, no compute) with a
     fresh instance of the class; when the class cannot be built there, ``model`` (or a new CPU
     instance) runs on a zero volume instead.
 
+    Parameters
+    ----------
+    spec
+        The model spec.
+    model
+        An instance of the architecture to fall back on.
+    trust_code
+        Import the architecture even from outside :data:`TRUSTED_ARCHITECTURE_MODULES` (see the
+        module docstring): only for a spec whose code you trust.
+
     Raises
     ------
     ModelSpecError
-        The architecture cannot run on the spec's input shape.
+        The architecture is outside the trust boundary, or cannot run on the spec's input shape.
     """
-    cls = _import_class(spec)
+    cls = _import_class(spec, trust_code=trust_code)
     shape = (1, spec.input.channels, *spec.input.shape)
     try:
         with torch.device("meta"):
@@ -548,7 +763,7 @@ def model_output_count(spec: ModelSpec, model: Optional[nn.Module] = None) -> in
         except Exception as error:
             raise ModelSpecError(
                 f"{spec.source}: {spec.architecture} cannot run on the spec's input shape "
-                f"{shape} ({type(error).__name__}: {error})"
+                f"{shape} ({type(error).__name__}: {_one_line(str(error))})"
             ) from error
         finally:
             probe.train(was_training)
@@ -580,6 +795,8 @@ def load_model(
     device: Union[str, torch.device] = "cpu",
     *,
     check_outputs: bool = True,
+    trust_code: bool = False,
+    external_weights: bool = False,
 ) -> nn.Module:
     """Build the model a spec describes, load its weights safely, and put it in eval mode.
 
@@ -595,6 +812,12 @@ def load_model(
         imports (PyTorch's meta-tensor decompositions); callers that run the model right away can
         skip it and check the real output with :func:`check_output_count` instead, as
         :func:`nipype_xai.models.inference.predict` does.
+    trust_code
+        Import the architecture even from outside :data:`TRUSTED_ARCHITECTURE_MODULES` or from the
+        current directory (see the module docstring): only for a spec whose code you trust.
+    external_weights
+        When ``spec_or_path`` is a path: accept weights outside the spec's folder (see
+        :func:`load_model_spec`). A :class:`ModelSpec` is used as it was parsed.
 
     Returns
     -------
@@ -604,25 +827,34 @@ def load_model(
     Raises
     ------
     ModelSpecError
-        The class cannot be imported or built; the weights file is missing, corrupt, differs from
-        ``weights_sha256``, holds pickled objects that ``weights_only=True`` refuses, or does not fit
-        the architecture (the message names the tensor); or the number of outputs differs from
+        The architecture is outside the trust boundary (without ``trust_code``), or its weights
+        outside the spec's folder (without ``external_weights``); the class cannot be imported
+        or built; the weights file is missing, not a file, corrupt, differs from
+        ``weights_sha256``, holds pickled objects that ``weights_only=True`` refuses, or does not
+        fit the architecture (the message names the tensor); or the number of outputs differs from
         ``outputs``. Every message names the spec file.
     """
-    spec = spec_or_path if isinstance(spec_or_path, ModelSpec) else load_model_spec(spec_or_path)
-    if not spec.weights.is_file():
+    spec = (spec_or_path if isinstance(spec_or_path, ModelSpec)
+            else load_model_spec(spec_or_path, external_weights=external_weights))
+    # The trust boundary first: no weights file is read for a spec whose code is refused.
+    cls = _import_class(spec, trust_code=trust_code)
+    weights = spec.weights
+    if weights.is_dir():
+        raise ModelSpecError(f"{spec.source}: weights {weights} is a folder, not a file")
+    if not weights.exists():
         raise ModelSpecError(
-            f"{spec.source}: weights file not found: {spec.weights} "
+            f"{spec.source}: weights file not found: {weights} "
             f"(relative paths are resolved against the spec's folder)"
         )
-    if spec.weights_sha256 is not None:
-        actual = weights_sha256(spec.weights)
-        if actual != spec.weights_sha256:
-            raise ModelSpecError(
-                f"{spec.source}: weights file {spec.weights.name} has SHA-256 {actual}, "
-                f"but the spec expects {spec.weights_sha256}"
-            )
-    cls = _import_class(spec)
+    if not weights.is_file():  # a device or a FIFO: reading could block or never end
+        raise ModelSpecError(f"{spec.source}: weights {weights} is not a regular file")
+    # The file's own digest is never shown: with it, a spec could read out the hash of any file.
+    if spec.weights_sha256 is not None and weights_sha256(weights) != spec.weights_sha256:
+        raise ModelSpecError(
+            f"{spec.source}: weights file {weights.name} does not match weights_sha256 in the spec "
+            f"(expected {spec.weights_sha256}); the weights were changed, or the spec names the "
+            f"wrong file"
+        )
     model = _instantiate(spec, cls)
     state_dict = _read_state_dict(spec, "cpu")
     _check_state_dict(spec, model, state_dict)
@@ -631,9 +863,9 @@ def load_model(
     except RuntimeError as error:  # e.g. a dtype that cannot be copied
         raise ModelSpecError(
             f"{spec.source}: weights file {spec.weights.name} does not fit {spec.architecture}: "
-            f"{error}"
+            f"{_one_line(str(error))}"
         ) from error
     model = model.to(device).eval()
     if check_outputs:
-        check_output_count(spec, model_output_count(spec, model))
+        check_output_count(spec, model_output_count(spec, model, trust_code=trust_code))
     return model

@@ -266,9 +266,13 @@ def load_cohort_arrays(
 # Training (pure: tensors in, model out)
 
 
-def build_model(spec: ModelSpec) -> nn.Module:
-    """A freshly initialised instance of the spec's architecture (no weights read)."""
-    return _instantiate(spec, _import_class(spec))
+def build_model(spec: ModelSpec, *, trust_code: bool = False) -> nn.Module:
+    """A freshly initialised instance of the spec's architecture (no weights read).
+
+    ``trust_code`` imports an architecture from outside the packages nipype-xai imports by default
+    (:data:`~nipype_xai.models.spec.TRUSTED_ARCHITECTURE_MODULES`); only for code you trust.
+    """
+    return _instantiate(spec, _import_class(spec, trust_code=trust_code))
 
 
 def balanced_batches(y: torch.Tensor, batch_size: int, generator: torch.Generator
@@ -377,6 +381,7 @@ def train_model(
     val_fraction: float = 0.0,
     device: Union[str, torch.device] = "cpu",
     progress: bool = True,
+    trust_code: bool = False,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Train the spec's architecture from scratch on ``(X, y)`` with a fixed seed.
 
@@ -405,6 +410,9 @@ def train_model(
         Where to train.
     progress
         Show a tqdm progress bar over the epochs.
+    trust_code
+        Build an architecture from outside the packages nipype-xai imports by default (see
+        :func:`build_model`).
 
     Returns
     -------
@@ -445,7 +453,7 @@ def train_model(
         torch.manual_seed(int(seed))
         torch.use_deterministic_algorithms(True, warn_only=device.type != "cpu")
         try:
-            model = build_model(spec).to(device)
+            model = build_model(spec, trust_code=trust_code).to(device)
             train_idx, val_idx = (_stratified_split(y, val_fraction, generator) if val_fraction
                                   else (torch.arange(len(y)), torch.arange(0)))
             history = _fit(model, spec, X, y, train_idx, val_idx, epochs=epochs,
@@ -557,7 +565,8 @@ def evaluate(
 
 
 def _as_spec(spec: Union[ModelSpec, PathLike]) -> ModelSpec:
-    return spec if isinstance(spec, ModelSpec) else load_model_spec(spec)
+    # A template's weights are never read (they are replaced), so where they point is no concern.
+    return spec if isinstance(spec, ModelSpec) else load_model_spec(spec, external_weights=True)
 
 
 def save_trained_model(
@@ -622,6 +631,7 @@ def train_on_cohort(
     to_template: str = "groundtruth",
     metadata: Optional[Mapping[str, Any]] = None,
     progress: bool = True,
+    trust_code: bool = False,
     **train_options: Any,
 ) -> Path:
     """Load a cohort, train the spec's architecture on it and write the trained model.
@@ -639,6 +649,9 @@ def train_on_cohort(
         See :func:`load_cohort_arrays`.
     progress
         Progress bars while loading and training.
+    trust_code
+        Build an architecture from outside the packages nipype-xai imports by default (see
+        :func:`build_model`).
     **train_options
         Passed to :func:`train_model` (``epochs``, ``batch_size``, ``lr``, ``seed``, ...).
 
@@ -651,7 +664,8 @@ def train_on_cohort(
     spec = _as_spec(spec_template)
     X, y, subjects = load_cohort_arrays(bids_dir, spec, to_template=to_template,
                                         progress=progress)
-    model, history = train_model(spec, X, y, progress=progress, **train_options)
+    model, history = train_model(spec, X, y, progress=progress, trust_code=trust_code,
+                                 **train_options)
     record = {
         "cohort": {"path": str(Path(bids_dir)), "n_subjects": len(subjects)},
         "to_template": to_template,
