@@ -497,3 +497,40 @@ def derive_brain_mask(
     warped = apply_transforms(template_mask, t1w, inverse_transform, interpolation="nearest")
     return _like(warped, (np.asanyarray(warped.dataobj) > 0).astype(np.uint8))
 
+
+def strip_hdf5_timestamps(path: Union[str, os.PathLike]) -> Path:
+    """Rewrite an ITK ``.h5`` transform without HDF5's object timestamps, in place (atomically).
+
+    HDF5 stamps every group and dataset with its creation and modification time, and ITK's
+    transform writer keeps that default, so two registrations with identical parameters give
+    files that differ in those bytes only. The copy holds the same groups, datasets (values and
+    types) and attributes, written with ``track_times`` off, which ITK/ANTs read as before
+    (tested: the same parameters, the same resampled image); ``--seed`` then gives byte-identical
+    transforms. h5py, not a byte patch: the timestamps' offsets are HDF5-internal.
+    """
+    import h5py
+
+    from .atomic import atomic_write
+
+    path = Path(path)
+
+    def copy(source, target, group_plist) -> None:
+        for key, value in source.attrs.items():
+            target.attrs[key] = value
+        for name, item in source.items():
+            if isinstance(item, h5py.Group):
+                child = h5py.Group(h5py.h5g.create(target.id, name.encode(), gcpl=group_plist))
+                copy(item, child, group_plist)
+            else:
+                dataset = target.create_dataset(name, data=item[()], dtype=item.dtype,
+                                                track_times=False)
+                for key, value in item.attrs.items():
+                    dataset.attrs[key] = value
+
+    def write(tmp: Path) -> None:
+        group_plist = h5py.h5p.create(h5py.h5p.GROUP_CREATE)
+        group_plist.set_obj_track_times(False)
+        with h5py.File(path, "r") as source, h5py.File(tmp, "w", track_order=False) as target:
+            copy(source, target, group_plist)
+
+    return atomic_write(path, write)

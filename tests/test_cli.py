@@ -81,7 +81,7 @@ def test_bad_input_is_one_line_and_exit_1(tmp_path, capsys, cohort):
     not_bids.mkdir()
     broken_spec = tmp_path / "broken.json"
     spec = json.loads(Path(model).read_text())
-    spec["weights"] = str(tmp_path / "missing.pt")
+    spec["weights"] = "missing.pt"  # inside the spec's folder, but not there
     broken_spec.write_text(json.dumps(spec))
     cases = [
         ([str(not_bids), out, "participant", "--model", model],

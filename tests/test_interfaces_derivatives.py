@@ -126,7 +126,9 @@ def test_derivatives_data_sink_names_sidecars_and_description(tmp_path, volumes)
     assert description["DatasetType"] == "derivative"
     assert "*_attribution.nii.gz" in (out / ".bidsignore").read_text()
     # No temporary file left behind.
-    assert not [p for p in out.rglob(".*") if p.name != ".bidsignore"]
+    # (.nipype-xai/lock: the dataset lock its description is written under.)
+    assert not [p for p in out.rglob(".*") if p.name not in (".bidsignore", ".nipype-xai")]
+    assert [p.name for p in (out / ".nipype-xai").iterdir()] == ["lock"]
 
     # A transform keeps its own extension; a table needs no sidecar.
     xfm = tmp_path / "Composite.h5"

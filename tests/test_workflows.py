@@ -121,8 +121,14 @@ def test_every_spec_output_exists(participant_run):
         assert missing == []
         assert (out / f"{sub}.html").is_file()
         assert list((out / sub / "figures").glob("*.png"))
-    # Atomic writes leave no temporary file anywhere.
-    assert [p for p in out.rglob(".*") if p.name != ".bidsignore"] == []
+    # Atomic writes leave no temporary file anywhere; nipype-xai's own folder holds only the
+    # subjects' completion records and the dataset lock (no staging left).
+    assert [p for p in out.rglob(".*") if p.name not in (".bidsignore", ".nipype-xai")] == []
+    state = sorted(p.relative_to(out / ".nipype-xai").as_posix()
+                   for p in (out / ".nipype-xai").rglob("*") if p.is_file())
+    assert state == ["complete/" + f"sub-{e.subject}.json"
+                     for e in sorted(participant_run["subjects"], key=lambda e: e.subject)
+                     ] + ["lock"]
 
 
 def test_pybids_indexes_every_output(participant_run):
@@ -389,6 +395,10 @@ def test_xai_wf_with_the_labs_brain_mask_and_relative_paths(tmp_path, monkeypatc
                       and n.fullname.endswith("sub_01_wf.inputnode"))
     assert mask_input.inputs.t1w_mask == str(tmp_path / "mask.nii.gz")
     sink = next(n for n in flat.nodes() if n.name == "ds_native_maps")
-    assert sink.inputs.base_directory == str(tmp_path / "derivs")
+    # Sinks stage into the subject's folder inside the (absolute) output; the commit moves them.
+    assert sink.inputs.base_directory == str(tmp_path / "derivs" / ".nipype-xai" / "staging"
+                                             / "sub-01")
+    commit = next(n for n in flat.nodes() if n.name == "commit_derivatives")
+    assert commit.inputs.base_directory == str(tmp_path / "derivs")
     attribution = next(n for n in flat.nodes() if n.name == "attribution")
     assert attribution.inputs.model_spec == str(tmp_path / "model" / "tiny.json")

@@ -76,6 +76,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         default=["tinycnn"], help="models to train (default: tinycnn)")
     parser.add_argument("--model", type=Path, default=None, metavar="SPEC.json",
                         help="benchmark this trained model instead of training architectures")
+    parser.add_argument("--trust-model-code", action="store_true",
+                        help="--model: import its architecture even from outside nipype_xai, "
+                             "monai.networks.nets and torchvision.models (runs the spec's code)")
+    parser.add_argument("--allow-external-weights", dest="external_weights",
+                        action="store_true",
+                        help="--model: accept weights outside the spec's folder")
     parser.add_argument("--methods", nargs="+", default=None,
                         help="attribution methods (default: all available)")
     parser.add_argument("--method-params", type=_method_params, default=None,
@@ -133,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
             model_resolution_mm=args.model_resolution, epochs=args.epochs,
             batch_size=args.batch_size,
             lr=args.lr, train_options=args.train_options, model_spec=args.model,
+            trust_model_code=args.trust_model_code, external_weights=args.external_weights,
             method_params=args.method_params,
             random_model_methods=args.random_model_methods, n_sanity=args.n_sanity,
             sanity_methods=args.sanity_methods, sanity_max_steps=args.sanity_max_steps,

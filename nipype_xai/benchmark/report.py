@@ -23,6 +23,7 @@ from ..atomic import atomic_write
 from ..bids import method_to_desc
 from ..metrics.group import LOWER_IS_BETTER, SUMMARY_COLUMNS
 from ..reports import figure_name, format_value, is_baseline, plot_method_ranking
+from ..reports.figures import save_reproducibly
 
 __all__ = [
     "COMPARISON_METRICS",
@@ -140,9 +141,8 @@ def _save(figure: Figure, out_base: Path) -> dict[str, Path]:
     written = {}
     for fmt in ("png", "svg"):
         path = out_base.with_name(f"{out_base.name}.{fmt}")
-        written[fmt] = atomic_write(
-            path, lambda tmp, fmt=fmt: figure.savefig(tmp, format=fmt, dpi=100,
-                                                      bbox_inches="tight"))
+        written[fmt] = atomic_write(path, lambda tmp, fmt=fmt: save_reproducibly(
+            figure, tmp, format=fmt, dpi=100, bbox_inches="tight"))
     return written
 
 

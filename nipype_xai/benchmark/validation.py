@@ -773,6 +773,8 @@ def run_validation_benchmark(
     lr: Optional[float] = None,
     train_options: Optional[Mapping[str, Any]] = None,
     model_spec: Optional[PathLike] = None,
+    trust_model_code: bool = False,
+    external_weights: bool = False,
     method_params: Optional[Mapping[str, Mapping[str, Any]]] = None,
     random_model_methods: Sequence[str] = DEFAULT_RANDOM_MODEL_METHODS,
     n_sanity: int = 2,
@@ -847,6 +849,8 @@ def run_validation_benchmark(
         Bootstrap replicates of the confidence intervals (95 %, percentile, over subjects).
     device
         ``"cpu"`` or a CUDA device.
+    trust_model_code, external_weights
+        The trust-boundary opt-ins for ``model_spec`` (:mod:`nipype_xai.models.spec`).
     progress
         tqdm progress bars.
     command
@@ -903,7 +907,7 @@ def run_validation_benchmark(
 
     # The models to benchmark: (name, spec or None to train, loaded spec path or None).
     if model_spec is not None:
-        given = load_model_spec(model_spec)
+        given = load_model_spec(model_spec, external_weights=external_weights)
         names = [given.name]
         if len(tasks) > 1:
             raise ValueError("--model gives one trained model: benchmark one task with it")
@@ -946,7 +950,8 @@ def run_validation_benchmark(
         arrays: dict = {}
         for name in names:
             if model_spec is not None:
-                bundle = _Model(name, given, load_model(given, device=device),
+                bundle = _Model(name, given, load_model(given, device=device,
+                                                        trust_code=trust_model_code),
                                 {"loaded_from": str(Path(model_spec).absolute()),
                                  "weights_sha256": given.weights_sha256})
             else:

@@ -24,8 +24,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 import pandas as pd
 
-from ..atomic import atomic_write
-from ..bids import write_dataset_description
+from ..atomic import atomic_write, dataset_lock
+from ..bids import check_output_folder, write_dataset_description
 from .parser import UsageError
 
 __all__ = [
@@ -137,20 +137,31 @@ def plugin_settings(plugin: Optional[str], plugin_args: Optional[str], nprocs: O
 
 
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+#: ITK (ANTs) reads its thread count from this variable, once per process.
+ITK_THREADS = "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"
 
 
-def _worker_threads(plugin: str, args: Mapping[str, Any]) -> dict[str, Optional[str]]:
-    """Give each MultiProc worker its share of the cores; return the variables replaced.
+def _worker_threads(plugin: str, args: Mapping[str, Any],
+                    deterministic: bool = True) -> dict[str, Optional[str]]:
+    """Give each worker its share of the cores; return the variables replaced.
 
     Workers read the thread count from the environment when they import torch (they are spawned,
     see :func:`plugin_settings`): with n_procs model nodes side by side, each should use its
-    share of the cores, not all of them (oversubscription slows every node).
+    share of the cores, not all of them (oversubscription slows every node). ANTs's registration
+    is bit-reproducible for a seed only on one ITK thread, and ITK reads the count once per
+    process, so it is set here, before any node runs, in this process and (inherited) in every
+    worker: 1 when ``deterministic``; otherwise the user's setting or the worker's share.
     """
-    if plugin != "MultiProc":
-        return {}
-    n_procs = int(args.get("n_procs", os.cpu_count() or 1))
+    previous = {ITK_THREADS: os.environ.get(ITK_THREADS)}
+    n_procs = int(args.get("n_procs", os.cpu_count() or 1)) if plugin == "MultiProc" else 1
     threads = str(max(1, (os.cpu_count() or 1) // max(1, n_procs)))
-    previous = {name: os.environ.get(name) for name in _THREAD_VARIABLES}
+    if deterministic:
+        os.environ[ITK_THREADS] = "1"
+    else:
+        os.environ.setdefault(ITK_THREADS, threads)
+    if plugin != "MultiProc":
+        return previous
+    previous.update({name: os.environ.get(name) for name in _THREAD_VARIABLES})
     for name in _THREAD_VARIABLES:
         os.environ.setdefault(name, threads)
     return previous
@@ -236,14 +247,15 @@ class _SubjectProgress:
 
 
 def _run(workflow, work_dir: Path, plugin: str, plugin_args: dict[str, Any],
-         progress_nodes: Optional[Mapping[str, str]] = None) -> tuple[Path, bool]:
+         progress_nodes: Optional[Mapping[str, str]] = None,
+         deterministic: bool = True) -> tuple[Path, bool]:
     """Run a workflow; return its crash folder and whether Nipype reported a failure."""
     settings, crash_dir = _workflow_config(work_dir)
     for section, values in settings.items():
         workflow.config.setdefault(section, {}).update(values)
     workflow.base_dir = str(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    environment = _worker_threads(plugin, plugin_args)
+    environment = _worker_threads(plugin, plugin_args, deterministic)
     if plugin == "MultiProc":
         environment.update(_worker_log_config(work_dir))
 
@@ -313,7 +325,17 @@ def _crash_failures(crash_dir: Path, workflows: Mapping[str, str]) -> dict[str, 
 
 def _write_failures(output_dir: Path, failures: Sequence[Failure],
                     processed: Sequence[str]) -> Path:
-    """Update ``failures.tsv``: rows of the subjects processed now are replaced, others kept."""
+    """Update ``failures.tsv``: rows of the subjects processed now are replaced, others kept.
+
+    Under the dataset's lock (:func:`~nipype_xai.atomic.dataset_lock`): concurrent runs into one
+    output folder (one job per subject on a cluster) each read, update and rewrite the table.
+    """
+    with dataset_lock(output_dir):
+        return _update_failures(output_dir, failures, processed)
+
+
+def _update_failures(output_dir: Path, failures: Sequence[Failure],
+                     processed: Sequence[str]) -> Path:
     from ..workflows.group import FAILURES_FILE
 
     path = output_dir / FAILURES_FILE
@@ -332,10 +354,12 @@ def _write_failures(output_dir: Path, failures: Sequence[Failure],
 
 
 def _add_to_bidsignore(output_dir: Path, *entries: str) -> None:
+    """Add entries to ``.bidsignore`` under the dataset's lock (concurrent runs lose none)."""
     ignore = output_dir / ".bidsignore"
-    lines = ignore.read_text().splitlines() if ignore.is_file() else []
-    lines += [entry for entry in entries if entry not in lines]
-    atomic_write(ignore, lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
+    with dataset_lock(output_dir):
+        lines = ignore.read_text().splitlines() if ignore.is_file() else []
+        lines += [entry for entry in entries if entry not in lines]
+        atomic_write(ignore, lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
 
 
 # ---- the two levels -----------------------------------------------------------------------------
@@ -356,12 +380,20 @@ def run_participant_level(
     registration: str = "affine",
     method_params: Optional[Mapping[str, Mapping[str, Any]]] = None,
     seed: int = 0,
+    deterministic: bool = True,
     device: str = "cpu",
+    trust_model_code: bool = False,
+    external_weights: bool = False,
     reports: bool = True,
     plugin: str = "MultiProc",
     plugin_args: Optional[Mapping[str, Any]] = None,
 ) -> RunSummary:
     """Query the dataset, build one workflow per subject, run them, record the failures.
+
+    With ``deterministic`` (the default), a ``seed`` gives byte-identical derivatives (the HTML
+    reports' "generated" time aside, which ``SOURCE_DATE_EPOCH`` fixes): the registration runs
+    on one ITK thread. ``trust_model_code`` / ``external_weights``: the model spec's opt-ins
+    (:mod:`nipype_xai.models.spec`).
 
     Raises
     ------
@@ -371,12 +403,15 @@ def run_participant_level(
     from ..workflows import collect_data, init_participant_wf, subject_workflow_name
 
     started = time.perf_counter()
+    # Resolved and checked here too (the CLI checks first): an embedding script must not be able
+    # to write into the raw dataset either.
+    output_dir = check_output_folder(output_dir, bids_dir)
     subjects, problems = collect_data(
         bids_dir, participant_labels, ground_truth_dir=ground_truth_dir, gt_label=gt_label,
         transforms_dir=transforms_dir, template=template or "MNI152NLin2009aSym",
     )
-    output_dir.mkdir(parents=True, exist_ok=True)
-    write_dataset_description(output_dir, source_datasets=[bids_dir.absolute().as_uri()])
+    with dataset_lock(output_dir):  # it rewrites .bidsignore too
+        write_dataset_description(output_dir, source_datasets=[bids_dir.absolute().as_uri()])
     _add_to_bidsignore(output_dir, "failures.tsv")
 
     failures = [Failure(f"sub-{p.subject}" + (f"_ses-{p.session}" if p.session else ""),
@@ -386,9 +421,12 @@ def run_participant_level(
         workflow = init_participant_wf(
             subjects=subjects, output_dir=output_dir, model_spec=model_spec, methods=methods,
             template=template, registration=registration, method_params=method_params,
-            seed=seed, device=device, reports=reports,
+            seed=seed, deterministic=deterministic, device=device,
+            trust_model_code=trust_model_code, external_weights=external_weights,
+            reports=reports,
         )
-        crash_dir, _ = _run(workflow, work_dir, plugin, dict(plugin_args or {}), labels)
+        crash_dir, _ = _run(workflow, work_dir, plugin, dict(plugin_args or {}), labels,
+                            deterministic=deterministic)
         crashed = _crash_failures(crash_dir, labels)
         failures += list(crashed.values())
     else:
@@ -417,6 +455,8 @@ def run_group_level(
     from ..workflows import collect_group_inputs, init_group_wf
 
     inputs = collect_group_inputs(output_dir, template)
+    for label, why in inputs.incomplete:
+        LOGGER.warning("group level: %s left out: %s", label, why)
     provenance = {
         "Subjects": len(inputs.subjects),
         "Methods": ", ".join(dict.fromkeys(inputs.methods)),

@@ -71,6 +71,19 @@ def _common_run_options(parser: argparse.ArgumentParser, *, methods_default=DEFA
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the stochastic methods, the random baseline and the "
                              "registration (default: 0)")
+    parser.add_argument("--nondeterministic", dest="deterministic", action="store_false",
+                        help="register on all of a worker's cores: faster, but re-runs differ "
+                             "slightly (default: one ITK thread, so that --seed gives "
+                             "byte-identical outputs)")
+    parser.add_argument("--trust-model-code", action="store_true",
+                        help="import the model spec's architecture even from outside the "
+                             "packages nipype-xai imports by default (nipype_xai, "
+                             "monai.networks.nets, torchvision.models): that code runs with your "
+                             "permissions, so only for a model spec you trust")
+    parser.add_argument("--allow-external-weights", dest="external_weights",
+                        action="store_true",
+                        help="accept a model spec whose weights file lies outside the spec's "
+                             "own folder (an absolute path, ~, or ../)")
     parser.add_argument("--registration", choices=("affine", "syn"), default="affine",
                         help="T1w -> template registration (default: affine)")
     parser.add_argument("--no-reports", dest="reports", action="store_false",
@@ -180,6 +193,9 @@ def train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--spec", type=Path, metavar="SPEC.json",
                         help="spec to train: architecture, kwargs, input grid, outputs; its "
                              "weights are ignored (default: the bundled lesion model's spec)")
+    parser.add_argument("--trust-model-code", action="store_true",
+                        help="import the spec's architecture even from outside nipype_xai, "
+                             "monai.networks.nets and torchvision.models (runs the spec's code)")
     parser.add_argument("--name", help="base name of the files and the spec's name")
     parser.add_argument("--to-template", choices=("groundtruth", "affine", "identity"),
                         default="groundtruth",

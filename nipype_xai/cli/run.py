@@ -73,8 +73,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 # ---- shared checks ------------------------------------------------------------------------------
 
 
-def _model_spec(path: Optional[Path]) -> Path:
-    """The model spec to use, checked by loading the model once (a bad spec stops everything)."""
+def _model_spec(path: Optional[Path], args) -> Path:
+    """The model spec to use, checked by loading the model once (a bad spec stops everything).
+
+    ``args``: the parsed options; ``--trust-model-code`` and ``--allow-external-weights`` are the
+    spec's trust-boundary opt-ins (:mod:`nipype_xai.models.spec`).
+    """
     from ..models.spec import load_model, load_model_spec
 
     if path is None:
@@ -82,7 +86,7 @@ def _model_spec(path: Optional[Path]) -> Path:
 
         path = bundled_model_spec("lesion")
     path = Path(path).absolute()
-    spec = load_model_spec(path)
+    spec = load_model_spec(path, external_weights=args.external_weights)
     # An input grid no machine here can hold (4000³): one clear error now, before the model is
     # built, rather than the same failed allocation in every subject.
     from ..models.inference import check_input_memory
@@ -90,7 +94,7 @@ def _model_spec(path: Optional[Path]) -> Path:
     check_input_memory(spec)
     # Weights missing, refused by weights_only=True, or of the wrong shape: one clear error now
     # rather than the same crash in every subject.
-    load_model(spec, device="cpu")
+    load_model(spec, device="cpu", trust_code=args.trust_model_code)
     return path
 
 
@@ -104,13 +108,13 @@ def _check_methods(methods: Sequence[str]) -> list[str]:
     return model_methods + baselines
 
 
-def _check_space(model_spec: Path, template: Optional[str]) -> None:
+def _check_space(model_spec: Path, template: Optional[str], external_weights: bool) -> None:
     """The template a run will register to must be deliverable: checked now, not per subject."""
     from ..models.spec import load_model_spec
     from ..templates import TemplateNotAvailable, check_template
     from ..workflows.xai import registration_resolution
 
-    spec = load_model_spec(model_spec)
+    spec = load_model_spec(model_spec, external_weights=external_weights)
     space = spec.input.space
     try:
         check_template(template or space, resolution=registration_resolution(spec))
@@ -137,8 +141,13 @@ def _report_run(summary, output_dir: Path) -> int:
     return EXIT_OK
 
 
-def _check_dirs(bids_dir: Path, output_dir: Path) -> None:
-    """The cheap checks of the two folders, before the model is loaded."""
+def _check_dirs(bids_dir: Path, output_dir: Path, work_dir: Path) -> tuple[Path, Path]:
+    """The cheap checks of the folders, before the model is loaded; return output and work dirs.
+
+    Paths are resolved (symlinks, ``..``) before they are compared: ``BIDS/sub-01/..`` is the
+    input dataset, and a raw dataset is never written to.
+    """
+    from ..bids import OutputFolderError, check_output_folder
     from ..workflows.base import BIDSInputError
 
     if not bids_dir.is_dir():
@@ -146,9 +155,12 @@ def _check_dirs(bids_dir: Path, output_dir: Path) -> None:
     if not (bids_dir / "dataset_description.json").is_file():
         raise BIDSInputError(f"{bids_dir}: not a BIDS dataset (no dataset_description.json at "
                              "its root)")
-    if output_dir.absolute() == bids_dir.absolute():
-        raise UsageError(f"{output_dir}: OUTPUT_DIR must not be the input dataset itself "
-                         "(use e.g. BIDS_DIR/derivatives/nipype-xai)")
+    try:
+        output_dir = check_output_folder(output_dir, bids_dir)
+        work_dir = check_output_folder(work_dir, bids_dir)
+    except OutputFolderError as error:
+        raise UsageError(str(error)) from None
+    return output_dir, work_dir
 
 
 # ---- BIDS-App -----------------------------------------------------------------------------------
@@ -169,6 +181,12 @@ def _bids_app(argv: list[str]) -> int:
     plugin, plugin_args = plugin_settings(args.plugin, args.plugin_args, args.nprocs, args.device)
 
     if args.analysis_level == "group":
+        from ..bids import OutputFolderError, check_output_folder
+
+        try:
+            output_dir, work_dir = check_output_folder(output_dir), check_output_folder(work_dir)
+        except OutputFolderError as error:
+            raise UsageError(str(error)) from None
         report, failures = run_group_level(
             output_dir=output_dir, work_dir=work_dir, template=args.template,
             n_boot=args.n_boot, seed=args.seed, reports=args.reports, plugin=plugin,
@@ -182,17 +200,19 @@ def _bids_app(argv: list[str]) -> int:
               + (f"; report: {report}" if report else ""))
         return EXIT_OK
 
-    _check_dirs(args.bids_dir, output_dir)
+    output_dir, work_dir = _check_dirs(args.bids_dir, output_dir, work_dir)
     methods = _check_methods(args.methods)
-    model_spec = _model_spec(args.model)
-    _check_space(model_spec, args.template)
+    model_spec = _model_spec(args.model, args)
+    _check_space(model_spec, args.template, args.external_weights)
     summary = run_participant_level(
         bids_dir=args.bids_dir.absolute(), output_dir=output_dir, work_dir=work_dir,
         model_spec=model_spec, methods=methods, template=args.template,
         participant_labels=args.participant_label, ground_truth_dir=args.ground_truth,
         gt_label=args.gt_label, transforms_dir=args.transforms_from,
-        registration=args.registration, seed=args.seed, device=args.device,
-        reports=args.reports, plugin=plugin, plugin_args=plugin_args,
+        registration=args.registration, seed=args.seed, deterministic=args.deterministic,
+        device=args.device, trust_model_code=args.trust_model_code,
+        external_weights=args.external_weights, reports=args.reports, plugin=plugin,
+        plugin_args=plugin_args,
     )
     return _report_run(summary, output_dir)
 
@@ -217,8 +237,8 @@ def _demo(argv: list[str]) -> int:
     bids_dir, output_dir = root / "bids", root / "derivatives" / "nipype-xai"
     work_dir = (args.work_dir or root / "work").absolute()
     methods = _check_methods(args.methods)
-    model_spec = _model_spec(args.model)
-    spec = load_model_spec(model_spec)
+    model_spec = _model_spec(args.model, args)
+    spec = load_model_spec(model_spec, external_weights=args.external_weights)
     plugin, plugin_args = plugin_settings(args.plugin, args.plugin_args, args.nprocs, args.device)
 
     resolution = float(args.resolution)
@@ -238,7 +258,9 @@ def _demo(argv: list[str]) -> int:
     summary = run_participant_level(
         bids_dir=bids_dir, output_dir=output_dir, work_dir=work_dir, model_spec=model_spec,
         methods=methods, template=None, ground_truth_dir=bids_dir / "derivatives" / "groundtruth",
-        gt_label="lesion", registration=args.registration, seed=args.seed, device=args.device,
+        gt_label="lesion", registration=args.registration, seed=args.seed,
+        deterministic=args.deterministic, device=args.device,
+        trust_model_code=args.trust_model_code, external_weights=args.external_weights,
         reports=args.reports, plugin=plugin, plugin_args=plugin_args,
     )
     code = _report_run(summary, output_dir)
@@ -297,6 +319,7 @@ def _train(argv: list[str]) -> int:
         args.cohort_dir, args.spec, args.output_dir, name=args.name,
         to_template=args.to_template, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, seed=args.seed, device=args.device, progress=True,
+        trust_code=args.trust_model_code,
     )
     print(f"nipype-xai train: model spec {spec_path} (weights beside it), trained in "
           f"{time.perf_counter() - started:.0f} s")

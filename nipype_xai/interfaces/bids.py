@@ -28,10 +28,12 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from ..atomic import atomic_write
-from ..bids import derivative_path, write_dataset_description, write_json
+from ..atomic import atomic_write, dataset_lock
+from ..bids import commit_subject, completion_record_path, derivative_path, \
+    write_dataset_description, write_json
 
-__all__ = ["DerivativesDataSink", "ReportsSink", "copy_atomically", "derivative_extension"]
+__all__ = ["CommitDerivatives", "DerivativesDataSink", "ReportsSink", "copy_atomically",
+           "derivative_extension"]
 
 #: Extensions recognised on input files, longest first (``.nii.gz`` before ``.gz``).
 _EXTENSIONS = (".nii.gz", ".nii", ".tsv", ".json", ".h5", ".txt", ".mat", ".html", ".svg", ".png")
@@ -71,10 +73,12 @@ def _write_json_if_changed(path: Path, content: dict[str, Any]) -> Path:
 
 
 def _dataset_description_if_missing(base_directory: Path) -> None:
-    # The first sink of the first subject writes it; a concurrent sink writing the same content
-    # is harmless (write_json is atomic).
+    # The first sink of the first subject writes it, under the dataset's lock (the .bidsignore
+    # beside it is read, updated and rewritten).
     if not (base_directory / "dataset_description.json").is_file():
-        write_dataset_description(base_directory)
+        with dataset_lock(base_directory):
+            if not (base_directory / "dataset_description.json").is_file():
+                write_dataset_description(base_directory)
 
 
 class _DerivativesDataSinkInputSpec(BaseInterfaceInputSpec):
@@ -114,6 +118,11 @@ class _DerivativesDataSinkInputSpec(BaseInterfaceInputSpec):
         traits.Any,
         desc="results this sink waits for and ignores: connect a subject's last outputs so that "
         "its derivatives are written only after all of its computation has succeeded",
+    )
+    dataset_description = traits.Bool(
+        True, usedefault=True,
+        desc="write dataset_description.json in base_directory when it has none (off when "
+        "base_directory is a staging folder that CommitDerivatives moves into the dataset)",
     )
 
 
@@ -178,7 +187,8 @@ class DerivativesDataSink(SimpleInterface):
             targets.append((in_file, derivative_path(entities, base), entities))
 
         base.mkdir(parents=True, exist_ok=True)
-        _dataset_description_if_missing(base)
+        if inputs.dataset_description:
+            _dataset_description_if_missing(base)
         out_files, out_meta = [], []
         for (in_file, target, _entities), sidecar in zip(targets, sidecars):
             out_files.append(str(copy_atomically(in_file, target)))
@@ -220,6 +230,10 @@ class _ReportsSinkInputSpec(BaseInterfaceInputSpec):
         desc="folder for the figures, relative to base_directory (e.g. 'sub-01/figures')",
     )
     wait_for = traits.List(traits.Any, desc="results this sink waits for and ignores")
+    dataset_description = traits.Bool(
+        True, usedefault=True,
+        desc="write dataset_description.json in base_directory when it has none",
+    )
 
 
 class _ReportsSinkOutputSpec(TraitedSpec):
@@ -241,7 +255,8 @@ class ReportsSink(SimpleInterface):
     def _run_interface(self, runtime):
         base = Path(self.inputs.base_directory).absolute()
         base.mkdir(parents=True, exist_ok=True)
-        _dataset_description_if_missing(base)
+        if self.inputs.dataset_description:
+            _dataset_description_if_missing(base)
         figures = []
         if isdefined(self.inputs.in_figures):
             folder = base / self.inputs.figures_dir
@@ -251,4 +266,43 @@ class ReportsSink(SimpleInterface):
         report = copy_atomically(self.inputs.in_report, base / self.inputs.report_name)
         self._results["out_report"] = str(report)
         self._results["out_figures"] = figures
+        return runtime
+
+
+class _CommitDerivativesInputSpec(BaseInterfaceInputSpec):
+    base_directory = Directory(mandatory=True, desc="root of the derivatives dataset")
+    label = traits.Str(mandatory=True, desc="the subject: sub-<label>[_ses-<label>]")
+    in_files = InputMultiObject(
+        File(exists=True), mandatory=True,
+        desc="every file the subject's sinks wrote into its staging folder "
+        "(nipype_xai.bids.staging_folder)",
+    )
+
+
+class _CommitDerivativesOutputSpec(TraitedSpec):
+    out_files = OutputMultiObject(File(exists=True), desc="the committed derivatives")
+    out_record = File(exists=True, desc="the subject's completion record")
+
+
+class CommitDerivatives(SimpleInterface):
+    """Move a subject's staged derivatives into the dataset and record it complete, last.
+
+    The subject's sinks write into its staging folder; this node, which waits for all of them,
+    calls :func:`nipype_xai.bids.commit_subject`. A run killed at any point leaves the subject
+    either as it was before (complete or absent) or without a completion record, which the group
+    level skips and the next run completes; never an incomplete subject that looks complete.
+    It always runs: the sinks before it always re-stage their files.
+    """
+
+    input_spec = _CommitDerivativesInputSpec
+    output_spec = _CommitDerivativesOutputSpec
+    _always_run = True
+
+    def _run_interface(self, runtime):
+        base = Path(self.inputs.base_directory).absolute()
+        base.mkdir(parents=True, exist_ok=True)
+        _dataset_description_if_missing(base)
+        files = commit_subject(base, self.inputs.label, self.inputs.in_files)
+        self._results["out_files"] = [str(f) for f in files]
+        self._results["out_record"] = str(completion_record_path(base, self.inputs.label))
         return runtime

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from nipype.interfaces.base import (
@@ -24,7 +25,7 @@ from nipype.interfaces.base import (
 from nipype.utils.filemanip import fname_presuffix
 
 from ..images import save_image
-from ..registration import PRESETS, apply_transforms, register
+from ..registration import PRESETS, apply_transforms, register, strip_hdf5_timestamps
 from ..templates import DEFAULT_TEMPLATE, get_template
 
 __all__ = ["ApplyTransforms", "RegisterToTemplate", "TemplateFlowSelect"]
@@ -73,6 +74,12 @@ class _RegisterToTemplateInputSpec(BaseInterfaceInputSpec):
     moving_mask = File(exists=True, desc="restrict the metric to these moving-image voxels")
     fixed_mask = File(exists=True, desc="restrict the metric to these template voxels")
     seed = traits.Range(low=0, value=0, usedefault=True, desc="random seed of the metric sampling")
+    num_threads = traits.Range(
+        low=0, value=1, usedefault=True, nohash=True,
+        desc="ITK threads of the registration: 1 (default) makes it bit-reproducible for a given "
+        "seed; 0 keeps ITK's own setting (ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS, else all cores). "
+        "ITK reads it once per process, at its first use",
+    )
 
 
 class _RegisterToTemplateOutputSpec(TraitedSpec):
@@ -89,6 +96,10 @@ class RegisterToTemplate(SimpleInterface):
 
     def _run_interface(self, runtime):
         inputs = self.inputs
+        if inputs.num_threads:
+            # ANTs's registration is bit-reproducible for a seed only on one ITK thread; ITK reads
+            # this once per process (the CLI also sets it before starting any worker).
+            os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(inputs.num_threads)
         result = register(
             inputs.moving_image, inputs.fixed_image, preset=inputs.preset,
             moving_mask=inputs.moving_mask if isdefined(inputs.moving_mask) else None,
@@ -98,8 +109,9 @@ class RegisterToTemplate(SimpleInterface):
         warped = fname_presuffix(inputs.moving_image, suffix="_warped", newpath=runtime.cwd)
         if not warped.endswith((".nii", ".nii.gz")):
             warped += ".nii.gz"
-        self._results["forward_transform"] = str(result.forward_transform)
-        self._results["inverse_transform"] = str(result.inverse_transform)
+        # HDF5 stamps objects with their write time: strip it, so equal transforms are equal files.
+        self._results["forward_transform"] = str(strip_hdf5_timestamps(result.forward_transform))
+        self._results["inverse_transform"] = str(strip_hdf5_timestamps(result.inverse_transform))
         self._results["warped_image"] = str(save_image(result.warped, warped))
         return runtime
 

@@ -160,11 +160,21 @@ def _save(figure: Figure, out_base: PathLike) -> dict[str, Path]:
     written = {}
     for fmt in ("png", "svg"):
         path = out_base.with_name(f"{out_base.name}.{fmt}")
-        written[fmt] = atomic_write(
-            path, lambda tmp, fmt=fmt: figure.savefig(tmp, format=fmt, dpi=_DPI,
-                                                      facecolor=figure.get_facecolor())
-        )
+        written[fmt] = atomic_write(path, lambda tmp, fmt=fmt: save_reproducibly(
+            figure, tmp, format=fmt, dpi=_DPI, facecolor=figure.get_facecolor()))
     return written
+
+
+def save_reproducibly(figure: Figure, path: PathLike, *, format: str, **savefig_kwargs) -> None:
+    """``figure.savefig`` with the same bytes on every run (``--seed`` promises byte-identical
+    outputs): matplotlib stamps SVGs with the date and draws their element ids from a random
+    salt; a fixed salt and no date make them a function of the figure alone. PNGs carry no date.
+    """
+    import matplotlib
+
+    metadata = {"Date": None} if format in ("svg", "pdf") else None
+    with matplotlib.rc_context({"svg.hashsalt": "nipype-xai"}):
+        figure.savefig(path, format=format, metadata=metadata, **savefig_kwargs)
 
 
 def _rows_figure(n_rows: int, title: Optional[str], width: float, black: bool) -> tuple[Figure, float]:

@@ -196,8 +196,20 @@ def _errors(items: Sequence[str]) -> str:
     return f'<div class="errors"><ul>{lis}</ul></div>'
 
 
+def report_time() -> str:
+    """When a report was made (UTC, ISO 8601), the one timestamp in nipype-xai's outputs.
+
+    ``SOURCE_DATE_EPOCH`` (the reproducible-builds convention) fixes it, so that two runs with the
+    same ``--seed`` give byte-identical reports too.
+    """
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    moment = (datetime.fromtimestamp(int(epoch), timezone.utc) if epoch.isdigit()
+              else datetime.now(timezone.utc))
+    return moment.isoformat(timespec="seconds")
+
+
 def _page(title: str, body: Iterable[str]) -> str:
-    generated = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    generated = report_time()
     return (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
@@ -382,7 +394,7 @@ def _provenance(provenance: Optional[Mapping[str, Any]]) -> pd.DataFrame:
     entries: dict[str, Any] = {
         "nipype-xai version": __version__,
         "command": " ".join(shlex.quote(arg) for arg in sys.argv),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": report_time(),
     }
     entries.update(provenance or {})
     rows = [

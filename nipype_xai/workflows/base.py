@@ -263,7 +263,10 @@ def init_participant_wf(
     registration: str = "affine",
     method_params: Optional[Mapping[str, Mapping[str, Any]]] = None,
     seed: int = 0,
+    deterministic: bool = True,
     device: str = "cpu",
+    trust_model_code: bool = False,
+    external_weights: bool = False,
     reports: bool = True,
     name: str = "participant_wf",
 ) -> pe.Workflow:
@@ -283,7 +286,8 @@ def init_participant_wf(
     ----------
     subjects
         From :func:`collect_data`.
-    output_dir, model_spec, methods, template, registration, method_params, seed, device, reports
+    output_dir, model_spec, methods, template, registration, method_params, seed, deterministic, \
+    device, trust_model_code, external_weights, reports
         Passed to every ``init_xai_wf``.
     name
         Workflow name (the folder in the work directory).
@@ -296,7 +300,7 @@ def init_participant_wf(
     -------
     None: results are the derivatives in ``output_dir``.
     """
-    spec = load_model_spec(model_spec)
+    spec = load_model_spec(model_spec, external_weights=external_weights)
     template = template or spec.input.space
     workflow = pe.Workflow(name=name)
     workflow.config["execution"] = {"hash_method": "timestamp"}
@@ -322,7 +326,10 @@ def init_participant_wf(
             registration=registration,
             method_params=method_params,
             seed=seed,
+            deterministic=deterministic,
             device=device,
+            trust_model_code=trust_model_code,
+            external_weights=external_weights,
             reports=reports,
             select_template=False,
             name=subject_workflow_name(entry.subject, entry.session),

@@ -19,7 +19,7 @@ from typing import Any, Mapping, Optional, Union
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from ..bids import desc_to_method
+from ..bids import desc_to_method, recorded_files, subject_status
 from ..interfaces.baselines import BASELINE_DESCRIPTIONS
 from ..interfaces.bids import DerivativesDataSink, ReportsSink
 from ..interfaces.metrics import GroupMeanMaps, GroupOverlapTable, MethodRanking
@@ -51,6 +51,9 @@ class GroupInputs:
         Subjects with maps.
     failures_tsv
         The participant level's ``failures.tsv``, if any.
+    incomplete
+        ``(sub-X[_ses-Y], why)`` of the subjects left out because their derivatives are not
+        complete (a run killed while it wrote them, or files changed since).
     """
 
     metrics_tsvs: list[Path]
@@ -60,6 +63,7 @@ class GroupInputs:
     res: Optional[str]
     subjects: list[str] = field(default_factory=list)
     failures_tsv: Optional[Path] = None
+    incomplete: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _method_of(path: Path, desc: str) -> str:
@@ -103,7 +107,7 @@ def collect_group_inputs(output_dir: PathLike, template: Optional[str] = None) -
     layout = BIDSLayout(str(root), validate=False)
     query: dict[str, Any] = {"subject": Query.ANY, "suffix": "attribution",
                              "extension": ".nii.gz", "space": template or Query.ANY}
-    files = layout.get(**query)
+    files, incomplete = _complete_only(root, layout.get(**query))
     if not files:
         raise BIDSInputError(
             f"{root}: no template-space attribution maps of any subject "
@@ -122,14 +126,38 @@ def collect_group_inputs(output_dir: PathLike, template: Optional[str] = None) -
         maps.append(path)
         methods.append(_method_of(path, f.entities.get("desc", "")))
         subjects.append(f.entities["subject"])
-    metrics = layout.get(subject=Query.ANY, desc="overlap", suffix="metrics", extension=".tsv",
-                         return_type="file")
+    metrics, _ = _complete_only(root, layout.get(
+        subject=Query.ANY, desc="overlap", suffix="metrics", extension=".tsv"))
     failures = root / FAILURES_FILE
     return GroupInputs(
-        metrics_tsvs=[Path(p) for p in sorted(metrics)], maps=maps, methods=methods,
+        metrics_tsvs=sorted(Path(f.path) for f in metrics), maps=maps, methods=methods,
         template=space, res=res, subjects=sorted(set(subjects)),
-        failures_tsv=failures if failures.is_file() else None,
+        failures_tsv=failures if failures.is_file() else None, incomplete=incomplete,
     )
+
+
+def _complete_only(root: Path, files: list) -> tuple[list, list[tuple[str, str]]]:
+    """The files of subjects whose derivatives are complete and listed in their record.
+
+    A subject is complete when its completion record lists every file it wrote, unchanged
+    (:func:`nipype_xai.bids.subject_status`); a run killed while it wrote a subject leaves no
+    record, and that subject is left out (and named) rather than summarised from part of it.
+    """
+    status: dict[str, Optional[str]] = {}
+    listed: dict[str, set[Path]] = {}
+    kept, incomplete = [], []
+    for f in files:
+        entities = f.entities
+        label = f"sub-{entities['subject']}" + (
+            f"_ses-{entities['session']}" if entities.get("session") else "")
+        if label not in status:
+            status[label] = subject_status(root, label)
+            listed[label] = {p.absolute() for p in recorded_files(root, label)}
+            if status[label] is not None:
+                incomplete.append((label, status[label]))
+        if status[label] is None and Path(f.path).absolute() in listed[label]:
+            kept.append(f)
+    return kept, incomplete
 
 
 def init_group_wf(

@@ -22,6 +22,7 @@ def init_registration_wf(
     apply_to_masks: bool = False,
     select_template: bool = True,
     seed: int = 0,
+    num_threads: int = 1,
     name: str = "registration_wf",
 ) -> pe.Workflow:
     """Register a T1w to a template, or take existing transforms, and apply them.
@@ -64,6 +65,9 @@ def init_registration_wf(
         inputnode, e.g. from one selection shared by every subject of a participant workflow.
     seed
         Seed of the registration metric's sampling.
+    num_threads
+        ITK threads of the registration: 1 (default) makes it bit-reproducible for a seed; 0
+        keeps ITK's own setting.
     name
         Workflow name.
 
@@ -141,7 +145,8 @@ def init_registration_wf(
             ]
         forward_source, forward_field = inputnode, "forward_transform"
     else:
-        register = pe.Node(RegisterToTemplate(preset=preset, seed=seed), name="register")
+        register = pe.Node(RegisterToTemplate(preset=preset, seed=seed, num_threads=num_threads),
+                           name="register")
         connections += [
             (inputnode, register, [("t1w", "moving_image"), ("t1w_mask", "moving_mask")]),
             (template_source, register, [(t1w_file, "fixed_image"), (mask_file, "fixed_mask")]),

@@ -11,10 +11,10 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from ..attribution import available_methods
-from ..bids import derivative_path, method_to_desc, resolution_label
+from ..bids import derivative_path, method_to_desc, resolution_label, staging_folder
 from ..interfaces.attribution import Attribution
 from ..interfaces.baselines import BASELINE_DESCRIPTIONS, BaselineMaps
-from ..interfaces.bids import DerivativesDataSink, ReportsSink
+from ..interfaces.bids import CommitDerivatives, DerivativesDataSink, ReportsSink
 from ..interfaces.grids import ModelGridReference
 from ..interfaces.metrics import GroundTruthOverlap
 from ..interfaces.model import ModelInference
@@ -99,7 +99,10 @@ def init_xai_wf(
     template_resolution: Optional[int] = None,
     method_params: Optional[Mapping[str, Mapping[str, Any]]] = None,
     seed: int = 0,
+    deterministic: bool = True,
     device: str = "cpu",
+    trust_model_code: bool = False,
+    external_weights: bool = False,
     reports: bool = True,
     select_template: bool = True,
     name: Optional[str] = None,
@@ -119,8 +122,11 @@ def init_xai_wf(
     5. With ground truth: ``GroundTruthOverlap`` of the native maps against the native
        ground-truth mask, inside the native brain mask.
     6. A subject HTML report, and derivatives (SPEC §6) written by ``DerivativesDataSink`` nodes
-       that all wait for every result above: a subject whose computation fails anywhere gets no
-       derivative at all, never a partial set.
+       that all wait for every result above, into the subject's staging folder inside the
+       dataset; ``CommitDerivatives`` then moves them into place and writes the subject's
+       completion record last. A subject whose computation fails anywhere gets no derivative at
+       all, and a run killed at any point never leaves an incomplete subject that looks complete
+       (:func:`nipype_xai.bids.commit_subject`).
 
     Derivatives (``<s>`` = ``sub-<subject>[_ses-<session>]``, under ``sub-<subject>/[ses-*/]anat``):
     ``<s>_space-<tpl>_res-<r>_desc-<method>_attribution.nii.gz`` (+ ``.json``; ``r`` = the model
@@ -164,8 +170,14 @@ def init_xai_wf(
         the sidecars.
     seed
         Seed of the stochastic methods, the random baseline and the registration.
+    deterministic
+        Register on one ITK thread, so that a seed gives byte-identical outputs (the default);
+        ``False``: ITK's own thread count (faster; transforms differ slightly between runs).
     device
         Torch device of the model nodes (``"cpu"``, ``"cuda"``); not part of the cache hash.
+    trust_model_code, external_weights
+        Opt-ins of the model spec's trust boundary (:mod:`nipype_xai.models.spec`): import an
+        architecture from outside the allow-list; read weights from outside the spec's folder.
     reports
         Make the subject HTML report.
     select_template
@@ -213,7 +225,8 @@ def init_xai_wf(
     # output_dir would scatter derivatives into the work directory).
     model_spec = Path(model_spec).absolute()
     output_dir = Path(output_dir).absolute()
-    spec = load_model_spec(model_spec)
+    spec = load_model_spec(model_spec, external_weights=external_weights)
+    trust = {"trust_model_code": trust_model_code, "external_weights": external_weights}
     template = template or spec.input.space
     res = model_resolution_label(spec)
     if template_resolution is None:
@@ -254,21 +267,23 @@ def init_xai_wf(
     registration_wf = init_registration_wf(
         template=template, preset=registration, resolution=template_resolution,
         reuse_transforms=reuse, resample_t1w=False, apply_to_masks=has_gt and reports,
-        select_template=select_template, seed=seed,
+        select_template=select_template, seed=seed, num_threads=1 if deterministic else 0,
     )
     # The subject's brain mask: the lab's own, or the template's pulled back.
     brain_source = ((inputnode, "t1w_mask") if has_mask
                     else (registration_wf, "outputnode.brain_mask"))
-    model_grid = pe.Node(ModelGridReference(model_spec=str(model_spec)), name="model_grid")
+    model_grid = pe.Node(ModelGridReference(model_spec=str(model_spec), **trust),
+                         name="model_grid")
     t1w_model = pe.Node(ApplyTransforms(interpolation="linear"), name="t1w_model")
     inference = pe.Node(
-        ModelInference(model_spec=str(model_spec), device=device, use_gpu=gpu), name="inference"
+        ModelInference(model_spec=str(model_spec), device=device, use_gpu=gpu, **trust),
+        name="inference",
     )
     sources = []  # (node, maps field, sidecars field) of every map-producing node
     if model_methods:
         attribution = pe.Node(
             Attribution(model_spec=str(model_spec), methods=model_methods, seed=seed,
-                        device=device, use_gpu=gpu),
+                        device=device, use_gpu=gpu, **trust),
             name="attribution",
         )
         if params:
@@ -276,7 +291,7 @@ def init_xai_wf(
         sources.append(attribution)
     if baselines:
         baseline_maps = pe.Node(
-            BaselineMaps(model_spec=str(model_spec), baselines=baselines, seed=seed),
+            BaselineMaps(model_spec=str(model_spec), baselines=baselines, seed=seed, **trust),
             name="baseline_maps",
         )
         sources.append(baseline_maps)
@@ -366,7 +381,9 @@ def init_xai_wf(
     for index, (node, field) in enumerate(gate_fields, start=1):
         connections.append((node, gate, [(field, f"in{index}")]))
 
-    # ---- derivatives, written only once every result above exists --------------------------
+    # ---- derivatives, staged once every result above exists, then committed as a whole ------
+    staging = staging_folder(output_dir, label)
+    staged = []  # (sink, output field) of every staged file, for the commit
     descs = [method_to_desc(m) for m in all_methods]
     sources_text = [f"T1w: {Path(t1w).name}"] if t1w is not None else []
     inverse_name = derivative_path(
@@ -380,11 +397,12 @@ def init_xai_wf(
 
     def sink(node_name: str, **inputs: Any) -> pe.Node:
         node = pe.Node(
-            DerivativesDataSink(base_directory=str(output_dir), **inputs,
-                                **{k: v for k, v in entities.items() if v}),
+            DerivativesDataSink(base_directory=str(staging), dataset_description=False,
+                                **inputs, **{k: v for k, v in entities.items() if v}),
             name=node_name, run_without_submitting=True,
         )
         connections.append((gate, node, [("out", "wait_for")]))
+        staged.extend([(node, "out_file"), (node, "out_meta")])
         if t1w is None and "Sources" in inputs.get("meta_dict", {}):
             # A connected T1w is only known at run time: the sink names it in Sources.
             node.inputs.source_kind = "T1w"
@@ -453,14 +471,24 @@ def init_xai_wf(
         connections.append((overlap, ds_metrics, [("out_tsv", "in_file")]))
     if reports:
         ds_report = pe.Node(
-            ReportsSink(base_directory=str(output_dir), report_name=f"{label}.html",
-                        figures_dir=f"sub-{subject}/figures"),
+            ReportsSink(base_directory=str(staging), report_name=f"{label}.html",
+                        figures_dir=f"sub-{subject}/figures", dataset_description=False),
             name="ds_report", run_without_submitting=True,
         )
         connections += [
             (gate, ds_report, [("out", "wait_for")]),
             (report, ds_report, [("out_report", "in_report"), ("out_figures", "in_figures")]),
         ]
+        staged.extend([(ds_report, "out_figures"), (ds_report, "out_report")])
+
+    # Every staged file, flattened (sinks without sidecars leave out_meta undefined: skipped).
+    all_staged = pe.Node(niu.Merge(len(staged), ravel_inputs=True), name="all_staged",
+                         run_without_submitting=True)
+    commit = pe.Node(CommitDerivatives(base_directory=str(output_dir), label=label),
+                     name="commit_derivatives", run_without_submitting=True)
+    for index, (node, field) in enumerate(staged, start=1):
+        connections.append((node, all_staged, [(field, f"in{index}")]))
+    connections.append((all_staged, commit, [("out", "in_files")]))
 
     workflow.connect(connections)
     return workflow
