@@ -244,6 +244,8 @@ def test_two_fresh_runs_are_byte_identical(cohort, reference_run):
     files = _snapshot(out)
     # Every file: maps, transforms (.h5), predictions, sidecars, reports, figures, records.
     assert len(files) > 40
+    equal = sum(files.get(k) == v for k, v in reference_run["files"].items())
+    print(f"fresh runs: {len(reference_run['files'])} files compared, {equal} equal")
     assert files == reference_run["files"]
 
 
@@ -303,12 +305,36 @@ def test_killed_runs_resume_to_the_uninterrupted_result(cohort, reference_run):
         lambda since: new_file_in(out / "sub-02", since),
     ]
     kills = 0
-    for condition in kill_points:
+    for point, condition in enumerate(kill_points, start=1):
         since = time.time()
-        kills += _run_until(command, lambda: condition(since),
+        killed = _run_until(command, lambda: condition(since),
                             timeout=3 * reference_run["seconds"] + 60)
-        _complete_subjects_are_right(out, reference)
+        kills += killed
+        complete = _complete_subjects_are_right(out, reference)
+        present = sorted(p.name for p in out.glob("sub-*") if p.is_dir())
+        print(f"kill point {point}: {'killed' if killed else 'finished first'}; subject folders "
+              f"{present}; complete (recorded, checked against the reference) {complete}")
     assert kills >= 2  # the run was really interrupted (the last point may come too late)
     subprocess.run(command, env=_environment(), check=True, capture_output=True, timeout=900)
     assert _complete_subjects_are_right(out, reference) == ["sub-01", "sub-02"]
-    assert _snapshot(out) == reference
+    final = _snapshot(out)
+    equal = sum(final.get(k) == v for k, v in reference.items())
+    print(f"after {kills} kills and a resume: {len(reference)} files compared, {equal} equal, "
+          f"{len(set(final) - set(reference))} extra")
+    assert final == reference
+
+
+def test_group_level_leaves_out_a_subject_without_its_record(tmp_path, reference_run):
+    import shutil
+
+    from nipype_xai.workflows import collect_group_inputs
+
+    out = tmp_path / "out"
+    shutil.copytree(reference_run["out"], out)
+    assert collect_group_inputs(out).subjects == ["01", "02"]
+    completion_record_path(out, "sub-02").unlink()  # as after a kill during sub-02's commit
+    inputs = collect_group_inputs(out)
+    assert inputs.subjects == ["01"]
+    assert all("sub-02" not in str(p) for p in [*inputs.maps, *inputs.metrics_tsvs])
+    assert [label for label, _ in inputs.incomplete] == ["sub-02"]
+    assert "no completion record" in inputs.incomplete[0][1]
