@@ -1,5 +1,12 @@
 """Nipype interfaces: file I/O and traits around the pure cores (one core call each)."""
 
+from .anatomy import (
+    BrainExtraction,
+    CheckRegistrationQC,
+    MaskImage,
+    N4BiasFieldCorrection,
+    RegistrationQC,
+)
 from .attribution import Attribution
 from .baselines import BaselineMaps
 from .bids import DerivativesDataSink, ReportsSink
@@ -13,15 +20,20 @@ __all__ = [
     "ApplyTransforms",
     "Attribution",
     "BaselineMaps",
+    "BrainExtraction",
+    "CheckRegistrationQC",
     "DerivativesDataSink",
     "GroundTruthOverlap",
     "GroupMeanMaps",
     "GroupOverlapTable",
     "GroupReport",
+    "MaskImage",
     "MethodRanking",
     "ModelGridReference",
     "ModelInference",
+    "N4BiasFieldCorrection",
     "RegisterToTemplate",
+    "RegistrationQC",
     "ReportsSink",
     "SubjectReport",
     "TemplateFlowSelect",
