@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -235,3 +236,31 @@ def test_demo_at_its_smallest(tmp_path, capsys):
     assert report.is_file()
     assert (out / "bids" / "participants.tsv").is_file()
     assert list((out / "derivatives" / "nipype-xai").glob("sub-*/anat/*_attribution.nii.gz"))
+
+
+def test_failed_registration_qc_fails_the_subject(tmp_path, capsys, cohort):
+    """A T1w stored with its front-back axis flipped (a wrong affine): the registration cannot
+    recover it, QC flags it, the subject fails with the reason; --keep-failed-qc publishes it,
+    flagged."""
+    import nibabel as nib
+
+    bids_dir = tmp_path / "bids"
+    shutil.copytree(cohort["bids"], bids_dir)
+    t1w = bids_dir / "sub-01" / "anat" / "sub-01_T1w.nii.gz"
+    img = nib.load(t1w)
+    nib.save(nib.Nifti1Image(np.flip(np.asarray(img.dataobj), axis=1), img.affine, img.header),
+             t1w)
+    argv = [str(bids_dir), str(tmp_path / "out"), "participant", "--model", str(cohort["model"]),
+            "--participant-label", "01", "--methods", "gradient", "--skull-stripped",
+            "--no-reports", "-w", str(tmp_path / "work"), "--nprocs", "1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "sub-01 failed" in err and "failed QC" in err and "ncc" in err
+    failures = pd.read_csv(tmp_path / "out" / "failures.tsv", sep="\t")
+    assert "--keep-failed-qc" in failures.loc[0, "reason"]
+    assert not (tmp_path / "out" / "sub-01").exists()
+
+    assert main(argv + ["--keep-failed-qc"]) == 0
+    qc = pd.read_csv(tmp_path / "out" / "sub-01" / "anat" / "sub-01_desc-registration_metrics.tsv",
+                     sep="\t")
+    assert not bool(qc.loc[0, "passed"]) and "ncc" in qc.loc[0, "reasons"]

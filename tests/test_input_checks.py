@@ -318,13 +318,14 @@ def test_subject_failures_say_what_is_wrong(tmp_path, capsys):
     code = main([str(bids), str(out), "participant", "--model",
                  str(_spec(tmp_path / "model", "nanny", nan_output=True)),
                  "--methods", "gradient", "--no-reports", "-w", str(tmp_path / "work"),
-                 "--nprocs", "1"])
+                 "--nprocs", "1", "--skull-stripped"])
     assert code == 2
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err
     failures = pd.read_csv(out / "failures.tsv", sep="\t").set_index("subject")
+    # N4, the first step on the raw T1w, is the first to see it.
     assert failures.loc["sub-01", "reason"] == (
-        f"RegistrationError: {bids}/sub-01/anat/sub-01_T1w.nii.gz: the image is empty "
+        f"AnatomyError: {bids}/sub-01/anat/sub-01_T1w.nii.gz: the image to bias-correct is empty "
         "(all voxels 0)")
     reason = failures.loc["sub-02", "reason"]
     assert reason.startswith("ModelOutputError: nanny.json: the model's output for sub-02_T1w"), reason

@@ -374,8 +374,9 @@ def test_registration_wf_against_the_known_warp(tmp_path, reuse):
 
 
 def test_xai_wf_with_the_labs_brain_mask_and_relative_paths(tmp_path, monkeypatch):
-    """A given T1w mask restricts registration and is the metrics' and derivative's brain mask;
-    relative model and output paths are made absolute (nodes run in their own folders)."""
+    """A given T1w mask makes the brain that is registered and fed to the model, and is the
+    metrics' and derivative's brain mask; relative model and output paths are made absolute
+    (nodes run in their own folders)."""
     write_tiny_model(tmp_path / "model")
     monkeypatch.chdir(tmp_path)
     workflow = init_xai_wf(subject="01", methods=["gradient"], model_spec="model/tiny.json",
@@ -387,9 +388,11 @@ def test_xai_wf_with_the_labs_brain_mask_and_relative_paths(tmp_path, monkeypatc
     for u, v, data in flat.edges(data=True):
         edges.setdefault(v.name, []).extend((u.name, a, b) for a, b in data["connect"])
     # Through the identity nodes (which Nipype removes at run time): inputnode.t1w_mask -> ...
-    assert ("inputnode", "t1w_mask", "moving_mask") in edges["register"]
-    assert ("inputnode", "t1w_mask", "brain_mask") in edges["overlap"]
-    assert ("inputnode", "t1w_mask", "in_file") in edges["ds_brain_mask"]
+    assert ("inputnode", "t1w_mask", "mask") in edges["brain"]  # MaskImage
+    assert "brain_extraction" not in edges  # the lab's mask: nothing extracted
+    resolved = _resolved_edges(workflow)
+    assert ("inputnode", "t1w_mask", "brain_mask") in resolved["overlap"]
+    assert ("inputnode", "t1w_mask", "in_file") in resolved["ds_brain_mask"]
     assert not any(u == "brain_mask" for u, _, _ in edges["overlap"])
     mask_input = next(n for n in flat.nodes() if n.name == "inputnode"
                       and n.fullname.endswith("sub_01_wf.inputnode"))
@@ -402,3 +405,97 @@ def test_xai_wf_with_the_labs_brain_mask_and_relative_paths(tmp_path, monkeypatc
     assert commit.inputs.base_directory == str(tmp_path / "derivs")
     attribution = next(n for n in flat.nodes() if n.name == "attribution")
     assert attribution.inputs.model_spec == str(tmp_path / "model" / "tiny.json")
+
+
+def _resolved_edges(workflow) -> dict[str, list[tuple[str, str, str]]]:
+    """Edges into each node by name, with identity nodes (inputnode/outputnode) followed back to
+    the node that computes the value: (source name, source field, destination field)."""
+    from nipype.interfaces.utility import IdentityInterface
+
+    flat = workflow._create_flat_graph()
+    into = {}
+    for u, v, data in flat.edges(data=True):
+        for a, b in data["connect"]:
+            into[(v, b)] = (u, a)
+
+    def origin(node, field):
+        while isinstance(node.interface, IdentityInterface) and (node, field) in into:
+            node, field = into[(node, field)]
+        return node, field
+
+    edges = {}
+    for (v, b), (u, a) in into.items():
+        if isinstance(v.interface, IdentityInterface):
+            continue
+        source, field = origin(u, a)
+        edges.setdefault(v.name, []).append((source.name, field, b))
+    return edges
+
+
+def test_xai_wf_raw_t1w_graph(tmp_path):
+    """The default on a raw T1w: N4 -> deepbet -> the brain is registered, checked and fed to
+    the model; the extracted mask is the brain mask. Skull-stripped inputs skip extraction; a
+    lab's mask makes the brain without extraction."""
+    write_tiny_model(tmp_path / "model")
+
+    def edges_of(**options):
+        return _resolved_edges(init_xai_wf(
+            subject="01", methods=["gradient"], model_spec=tmp_path / "model" / "tiny.json",
+            output_dir=tmp_path / "out", t1w=tmp_path / "t1w.nii.gz", reports=False, **options))
+
+    edges = edges_of()
+    assert ("n4", "out_file", "in_file") in edges["brain_extraction"]
+    assert ("brain_extraction", "out_brain", "moving_image") in edges["register"]
+    # registration_wf declares a moving mask, and nothing feeds it (the brain is 0 outside)
+    assert all(u == "inputnode" for u, _, b in edges["register"] if b == "moving_mask")
+    assert ("brain_extraction", "out_brain", "in_file") in edges["t1w_model"]
+    assert ("brain_extraction", "out_mask", "in_file") in edges["ds_brain_mask"]
+    assert ("brain_extraction", "out_mask", "brain_mask") in edges["registration_qc"]
+    assert ("registration_qc", "passed", "passed") in edges["check_qc"]
+    assert any(u == "check_qc" for u, _, _ in edges["all_results"])  # derivatives wait for QC
+    assert ("registration_qc", "out_tsv", "in_file") in edges["ds_registration_qc"]
+
+    stripped = edges_of(brain_extraction="none", bias_correction=False)
+    assert "brain_extraction" not in stripped and "n4" not in stripped
+    assert ("brain_mask", "out_file", "in_file") in stripped["ds_brain_mask"]  # template's
+
+    lab = edges_of(t1w_mask=tmp_path / "mask.nii.gz", bias_correction=False)
+    assert "brain_extraction" not in lab
+    assert ("brain", "out_file", "moving_image") in lab["register"]
+    assert ("brain", "out_file", "in_file") in lab["t1w_model"]
+
+
+def test_collect_data_with_anat_derivatives(tmp_path):
+    """An sMRIPrep-shaped folder: preproc T1w and brain mask found with pybids (session level
+    first, then subject level), transforms taken when there; a T1w without its mask is a
+    problem, not a silent half."""
+    def touch_nifti(path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.float32), np.eye(4)), path)
+
+    bids_dir, smriprep = tmp_path / "bids", tmp_path / "smriprep"
+    for root, kind in ((bids_dir, "raw"), (smriprep, "derivative")):
+        root.mkdir(parents=True)
+        (root / "dataset_description.json").write_text(json.dumps(
+            {"Name": "t", "BIDSVersion": "1.10.0", "DatasetType": kind,
+             **({"GeneratedBy": [{"Name": "smriprep"}]} if kind == "derivative" else {})}))
+    for sub in ("01", "02", "03"):
+        touch_nifti(bids_dir / f"sub-{sub}/anat/sub-{sub}_T1w.nii.gz")
+    anat = smriprep / "sub-01" / "anat"
+    touch_nifti(anat / "sub-01_desc-preproc_T1w.nii.gz")
+    touch_nifti(anat / "sub-01_desc-brain_mask.nii.gz")
+    touch_nifti(anat / f"sub-01_space-{TPL}_desc-preproc_T1w.nii.gz")  # not native: ignored
+    for name in (f"sub-01_from-T1w_to-{TPL}_mode-image_xfm.h5",
+                 f"sub-01_from-{TPL}_to-T1w_mode-image_xfm.h5"):
+        (anat / name).write_bytes(b"h5")
+    touch_nifti(smriprep / "sub-02" / "anat" / "sub-02_desc-preproc_T1w.nii.gz")  # no mask
+
+    subjects, problems = collect_data(bids_dir, anat_dir=smriprep, template=TPL)
+    found = {s.subject: s for s in subjects}
+    assert found["01"].preproc_t1w == anat / "sub-01_desc-preproc_T1w.nii.gz"
+    assert found["01"].brain_mask == anat / "sub-01_desc-brain_mask.nii.gz"
+    assert found["01"].transforms[0].name.startswith("sub-01_from-T1w_to-")
+    # sub-03 has nothing there: processed from its raw T1w, registered here.
+    assert found["03"].preproc_t1w is None and found["03"].transforms is None
+    assert [p.subject for p in problems] == ["02"]
+    assert "desc-preproc_T1w but no desc-brain_mask" in problems[0].problem

@@ -377,7 +377,11 @@ def run_participant_level(
     ground_truth_dir: Optional[Path] = None,
     gt_label: str = "lesion",
     transforms_dir: Optional[Path] = None,
+    anat_dir: Optional[Path] = None,
     registration: str = "affine",
+    brain_extraction: str = "deepbet",
+    bias_correction: bool = True,
+    keep_failed_qc: bool = False,
     method_params: Optional[Mapping[str, Mapping[str, Any]]] = None,
     seed: int = 0,
     deterministic: bool = True,
@@ -408,7 +412,8 @@ def run_participant_level(
     output_dir = check_output_folder(output_dir, bids_dir)
     subjects, problems = collect_data(
         bids_dir, participant_labels, ground_truth_dir=ground_truth_dir, gt_label=gt_label,
-        transforms_dir=transforms_dir, template=template or "MNI152NLin2009aSym",
+        transforms_dir=transforms_dir, anat_dir=anat_dir,
+        template=template or "MNI152NLin2009aSym",
     )
     with dataset_lock(output_dir):  # it rewrites .bidsignore too
         write_dataset_description(output_dir, source_datasets=[bids_dir.absolute().as_uri()])
@@ -420,8 +425,9 @@ def run_participant_level(
     if subjects:
         workflow = init_participant_wf(
             subjects=subjects, output_dir=output_dir, model_spec=model_spec, methods=methods,
-            template=template, registration=registration, method_params=method_params,
-            seed=seed, deterministic=deterministic, device=device,
+            template=template, registration=registration, brain_extraction=brain_extraction,
+            bias_correction=bias_correction, keep_failed_qc=keep_failed_qc,
+            method_params=method_params, seed=seed, deterministic=deterministic, device=device,
             trust_model_code=trust_model_code, external_weights=external_weights,
             reports=reports,
         )

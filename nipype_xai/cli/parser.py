@@ -50,8 +50,24 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _common_run_options(parser: argparse.ArgumentParser, *, methods_default=DEFAULT_METHODS):
+def _common_run_options(parser: argparse.ArgumentParser, *, methods_default=DEFAULT_METHODS,
+                        brain_extraction_default: str = "deepbet"):
     """Options shared by the BIDS-App call and ``demo``."""
+    from ..workflows.anatomy import BRAIN_EXTRACTION
+
+    parser.add_argument(
+        "--brain-extraction", choices=BRAIN_EXTRACTION, default=brain_extraction_default,
+        help="how the brain is taken out of the raw T1w before registration: deepbet (a neural "
+             "network whose weights ship with its package) or none for images that are already "
+             f"skull-stripped (default: {brain_extraction_default})")
+    parser.add_argument("--skull-stripped", dest="brain_extraction", action="store_const",
+                        const="none", help="the T1w images are already skull-stripped: same as "
+                                           "--brain-extraction none")
+    parser.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
+                        help="skip the N4 intensity non-uniformity correction of the raw T1w")
+    parser.add_argument("--keep-failed-qc", action="store_true",
+                        help="publish the maps of a subject whose registration fails quality "
+                             "control, flagged as such (default: the subject fails, no maps)")
     parser.add_argument(
         "--methods", nargs="+", default=list(methods_default), metavar="METHOD",
         help="attribution methods and baselines (sobel, laplace, random) to compute "
@@ -122,10 +138,14 @@ def bids_app_parser() -> argparse.ArgumentParser:
                              "(sub-X_label-<gt-label>_mask.nii.gz): adds overlap metrics")
     parser.add_argument("--gt-label", default="lesion", metavar="LABEL",
                         help="label- of the ground-truth masks (default: lesion)")
+    parser.add_argument("--anat-derivatives", type=Path, metavar="DERIV_DIR",
+                        help="a lab's sMRIPrep/fMRIPrep output: its desc-preproc_T1w and "
+                             "desc-brain_mask replace bias correction and brain extraction, and "
+                             "its T1w <-> template transforms (when there) replace registration")
     parser.add_argument("--transforms-from", type=Path, metavar="DERIV_DIR",
                         help="reuse T1w <-> template transforms from this derivatives folder "
-                             "(fMRIPrep/sMRIPrep: *_from-T1w_to-<tpl>_mode-image_xfm.h5 and the "
-                             "inverse) instead of registering")
+                             "(*_from-T1w_to-<tpl>_mode-image_xfm.h5 and the inverse; every "
+                             "subject must have them) instead of registering")
     parser.add_argument("--n-boot", type=_positive_int, default=2000, metavar="N",
                         help="group level: bootstrap replicates of the ranking CIs "
                              "(default: 2000)")
@@ -156,7 +176,8 @@ def demo_parser() -> argparse.ArgumentParser:
                         help="voxel size of the synthetic T1w images (default: 2, finer than "
                              "the bundled model's 4 mm grid, as real acquisitions are; the "
                              "bundled model was trained on 2 mm cohorts)")
-    _common_run_options(parser)
+    # The synthetic heads are made from the skull-stripped template: nothing to extract.
+    _common_run_options(parser, brain_extraction_default="none")
     return parser
 
 

@@ -44,6 +44,8 @@ class _SubjectReportInputSpec(BaseInterfaceInputSpec):
     predictions_tsv = File(exists=True, desc="ModelInference's prediction")
     metrics_tsv = File(exists=True, desc="GroundTruthOverlap's table")
     ground_truth = File(exists=True, desc="ground-truth mask on the maps' grid, outlined")
+    qc_tsv = File(exists=True, desc="RegistrationQC's table")
+    qc_figure = File(exists=True, desc="RegistrationQC's overlay figure (PNG)")
 
 
 class _SubjectReportOutputSpec(TraitedSpec):
@@ -76,6 +78,8 @@ class SubjectReport(SimpleInterface):
             predictions_tsv=_optional(inputs.predictions_tsv),
             metrics_tsv=_optional(inputs.metrics_tsv),
             ground_truth=_optional(inputs.ground_truth),
+            qc_tsv=_optional(inputs.qc_tsv),
+            qc_figure=_optional(inputs.qc_figure),
             figures_dir=figures_dir,
         )
         self._results["out_report"] = str(out_html)

@@ -274,6 +274,8 @@ def subject_report(
     predictions_tsv: Optional[PathLike] = None,
     metrics_tsv: Optional[PathLike] = None,
     ground_truth: Optional[PathLike] = None,
+    qc_tsv: Optional[PathLike] = None,
+    qc_figure: Optional[PathLike] = None,
     figures_dir: Optional[PathLike] = None,
     errors: Sequence[str] = (),
 ) -> Path:
@@ -299,6 +301,9 @@ def subject_report(
         metric is bold, baselines are grey.
     ground_truth
         Ground-truth mask in the maps' space, outlined on every map.
+    qc_tsv, qc_figure
+        Registration quality control: its one-row table (``passed`` and the metrics) and its
+        overlay (the registered brain, the template brain's outline), shown after the input.
     figures_dir
         Where the PNG/SVG figures go (names in the module docstring). None: not kept.
     errors
@@ -319,6 +324,21 @@ def subject_report(
             body.append(f"<p><code>{html.escape(Path(t1w).name)}</code></p>")
         anat = plot_anatomy(t1w, fig_dir / figure_name(sub, "desc-input", "T1w"), title=f"{sub}: input")
         body.append(_img(anat["png"], f"{sub} input T1w"))
+
+        if qc_tsv is not None:
+            body.append("<h2>Registration quality control</h2>")
+            qc = _read_tsv(qc_tsv)
+            if "passed" in qc.columns and not bool(qc["passed"].astype(str).str.lower()
+                                                   .isin(["true", "1"]).all()):
+                body.append(_errors([f"registration QC failed: {qc['reasons'].iloc[0]}"
+                                     if "reasons" in qc.columns else "registration QC failed"]))
+            body.append(_table(qc))
+        if qc_figure is not None:
+            body.append(_img(qc_figure, f"{sub} registered brain with the template's outline"))
+            import shutil
+
+            name = figure_name(sub, "desc-registration", "overlay")
+            shutil.copyfile(qc_figure, fig_dir / f"{name}.png")
 
         body.append("<h2>Prediction</h2>")
         if predictions_tsv is not None:

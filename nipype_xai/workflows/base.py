@@ -53,6 +53,10 @@ class SubjectInputs:
         Native-space ground-truth mask, if the ground-truth dataset has one for this subject.
     transforms
         ``(T1w -> template, template -> T1w)`` transform files to reuse, if given.
+    preproc_t1w, brain_mask
+        A lab's own anatomical derivatives (sMRIPrep/fMRIPrep ``desc-preproc_T1w`` and
+        ``desc-brain_mask``), if given: used instead of bias-correcting and brain-extracting the
+        raw T1w.
     """
 
     subject: str
@@ -60,6 +64,8 @@ class SubjectInputs:
     t1w: Path
     ground_truth: Optional[Path] = None
     transforms: Optional[tuple[Path, Path]] = None
+    preproc_t1w: Optional[Path] = None
+    brain_mask: Optional[Path] = None
 
     @property
     def label(self) -> str:
@@ -130,6 +136,35 @@ def _find_transforms(root: Path, subject: str, session: Optional[str], template:
     return (forward, None) if forward else (None, inverse)
 
 
+def _find_anatomy(layout, root: Path, subject: str, session: Optional[str]
+                  ) -> tuple[Optional[Path], Optional[Path], Optional[str]]:
+    """A subject's ``desc-preproc_T1w`` and ``desc-brain_mask`` in a lab's anatomical derivatives.
+
+    Session-level files are preferred, then subject-level ones (sMRIPrep writes the anatomy once
+    per subject when it averages sessions). Both or neither: a preprocessed T1w without its mask
+    (or the reverse) is a problem, since the two must come from the same processing.
+    """
+    def query(**entities) -> list[str]:
+        for level in ([session] if session else []) + [None]:
+            found = layout.get(subject=subject, session=_entity_query(level),
+                               space=_entity_query(None), datatype="anat", extension=_NIFTI,
+                               return_type="file", **entities)
+            if found:
+                return sorted(found)
+        return []
+
+    preproc = query(desc="preproc", suffix="T1w")
+    mask = query(desc="brain", suffix="mask")
+    if bool(preproc) != bool(mask):
+        have, lack = (("desc-preproc_T1w", "desc-brain_mask") if preproc
+                      else ("desc-brain_mask", "desc-preproc_T1w"))
+        return None, None, (f"{root}: sub-{subject} has a {have} but no {lack} in the "
+                            "anatomical derivatives")
+    if not preproc:
+        return None, None, None
+    return Path(preproc[0]), Path(mask[0]), None
+
+
 def collect_data(
     bids_dir: PathLike,
     participant_labels: Optional[Sequence[str]] = None,
@@ -137,6 +172,7 @@ def collect_data(
     ground_truth_dir: Optional[PathLike] = None,
     gt_label: str = "lesion",
     transforms_dir: Optional[PathLike] = None,
+    anat_dir: Optional[PathLike] = None,
     template: str = "MNI152NLin2009aSym",
 ) -> tuple[list[SubjectInputs], list[InputProblem]]:
     """Query a BIDS dataset (pybids) for each subject's T1w, ground truth and transforms.
@@ -158,6 +194,12 @@ def collect_data(
         ``*_from-T1w_to-<template>_mode-image_xfm.*`` and ``*_from-<template>_to-T1w_...``; a
         subject
         without both is reported as a problem.
+    anat_dir
+        A lab's anatomical derivatives (sMRIPrep/fMRIPrep output), queried with pybids for each
+        subject's ``desc-preproc_T1w`` and ``desc-brain_mask`` (native space, both or neither)
+        and, when present, its ``from-T1w_to-<template>`` / ``from-<template>_to-T1w``
+        transforms; whatever it has is not computed again. Unlike ``transforms_dir``, a subject
+        without transforms there is registered here.
     template
         Template of the transforms looked for.
 
@@ -199,6 +241,10 @@ def collect_data(
     gt_layout = None
     if ground_truth_dir is not None:
         gt_layout = _layout(Path(ground_truth_dir).absolute(), "the ground-truth folder")
+    anat_layout, anat_root = None, None
+    if anat_dir is not None:
+        anat_root = Path(anat_dir).absolute()
+        anat_layout = _layout(anat_root, "the anatomical derivatives folder")
     transforms_root = None
     if transforms_dir is not None:
         transforms_root = Path(transforms_dir).absolute()
@@ -243,7 +289,18 @@ def collect_data(
                         f"sub-{subject}" + (f" ses-{session}" if session else "")))
                     continue
                 transforms = (forward, inverse)
-            found.append(SubjectInputs(subject, session, Path(t1ws[0]), ground_truth, transforms))
+            preproc, brain_mask = None, None
+            if anat_layout is not None:
+                preproc, brain_mask, problem = _find_anatomy(anat_layout, anat_root, subject,
+                                                             session)
+                if problem:
+                    problems.append(InputProblem(subject, session, problem))
+                    continue
+                if transforms is None:
+                    forward, inverse = _find_transforms(anat_root, subject, session, template)
+                    transforms = (forward, inverse) if forward and inverse else None
+            found.append(SubjectInputs(subject, session, Path(t1ws[0]), ground_truth, transforms,
+                                       preproc, brain_mask))
 
     if not found and all("no T1w" in p.problem for p in problems):
         raise BIDSInputError(
@@ -261,6 +318,9 @@ def init_participant_wf(
     methods: Sequence[str],
     template: Optional[str] = None,
     registration: str = "affine",
+    brain_extraction: str = "deepbet",
+    bias_correction: bool = True,
+    keep_failed_qc: bool = False,
     method_params: Optional[Mapping[str, Mapping[str, Any]]] = None,
     seed: int = 0,
     deterministic: bool = True,
@@ -286,9 +346,10 @@ def init_participant_wf(
     ----------
     subjects
         From :func:`collect_data`.
-    output_dir, model_spec, methods, template, registration, method_params, seed, deterministic, \
-    device, trust_model_code, external_weights, reports
-        Passed to every ``init_xai_wf``.
+    output_dir, model_spec, methods, template, registration, brain_extraction, bias_correction, \
+    keep_failed_qc, method_params, seed, deterministic, device, trust_model_code, external_weights, reports
+        Passed to every ``init_xai_wf``. A subject with a lab's anatomy (``preproc_t1w`` and
+        ``brain_mask``) starts from it: no bias correction, no brain extraction.
     name
         Workflow name (the folder in the work directory).
 
@@ -316,7 +377,8 @@ def init_participant_wf(
         subject_wf = init_xai_wf(
             subject=entry.subject,
             session=entry.session,
-            t1w=entry.t1w,
+            t1w=entry.preproc_t1w or entry.t1w,
+            t1w_mask=entry.brain_mask,
             ground_truth=entry.ground_truth,
             transforms=entry.transforms,
             methods=methods,
@@ -324,6 +386,9 @@ def init_participant_wf(
             output_dir=output_dir,
             template=template,
             registration=registration,
+            brain_extraction=brain_extraction,
+            bias_correction=bias_correction and entry.preproc_t1w is None,
+            keep_failed_qc=keep_failed_qc,
             method_params=method_params,
             seed=seed,
             deterministic=deterministic,
