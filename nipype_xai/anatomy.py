@@ -27,7 +27,8 @@ from typing import Optional, Union
 import nibabel as nib
 import numpy as np
 
-from .registration import RegistrationError, _like, load_image, to_ants
+from .images import image_like, reorient_like, reorient_to_ras
+from .registration import RegistrationError, load_image, to_ants
 
 __all__ = [
     "AnatomyError",
@@ -131,15 +132,22 @@ def n4_bias_correct(
     levels = [int(n) for n in iterations]
     if not levels or min(levels) < 1:
         raise AnatomyError(f"iterations must be positive integers, got {iterations!r}")
-    image = to_ants(img, data, name)
-    if mask is None:
-        fit_mask = ants.get_mask(image)
-        mask_name = "the automatic head mask"
-    else:
+    if mask is not None:
         mask_img, mask_data, mask_name = _plain(mask, "N4 mask")  # all ones is a fine mask
         _check_same_grid(mask_img, img, mask_name, name)
-        fit_mask = to_ants(mask_img, (mask_data > 0).astype(np.float32), mask_name)
-    fit_mask = (fit_mask.numpy() > 0) & (data > 0)
+        mask_ras = reorient_to_ras(image_like(mask_img, (mask_data > 0).astype(np.float32)))
+    # N4 subsamples by shrink_factor in index space: in RAS voxel order, the same head stored in
+    # another order gives the same field (exactly; tested), and the result is put back in
+    # img's order.
+    ras = reorient_to_ras(image_like(img, data))
+    ras_data = np.asanyarray(ras.dataobj)
+    image = to_ants(ras, ras_data, name)
+    if mask is None:
+        fit_mask = ants.get_mask(image).numpy() > 0
+        mask_name = "the automatic head mask"
+    else:
+        fit_mask = np.asanyarray(mask_ras.dataobj) > 0
+    fit_mask = fit_mask & (ras_data > 0)
     if not fit_mask.any():
         raise AnatomyError(f"{name}: no positive voxel inside {mask_name}; N4 has nothing to fit")
     corrected = ants.n4_bias_field_correction(
@@ -148,7 +156,7 @@ def n4_bias_correct(
         convergence={"iters": levels, "tol": float(convergence_tol)},
         spline_param=float(spline_distance_mm),
     )
-    return _like(img, corrected.numpy().astype(np.float32))
+    return reorient_like(image_like(ras, corrected.numpy().astype(np.float32)), img)
 
 
 def _check_same_grid(img: nib.Nifti1Image, reference: nib.Nifti1Image, name: str,
@@ -266,9 +274,12 @@ def extract_brain(
     extractor = _deepbet(str(device))
     # The checked float32 array, not the caller's image: deepbet would read (and for a proxy,
     # decompress) the voxels again.
+    # In RAS voxel order (deepbet reorients to canonical itself, but its resampling then
+    # differs by a few voxels between voxel orders of the same head; this way it cannot).
+    ras = reorient_to_ras(image_like(img, data))
     started = time.perf_counter()
     try:
-        _, mask_img, _ = extractor.run(nib.Nifti1Image(data, img.affine),
+        _, mask_img, _ = extractor.run(nib.Nifti1Image(np.asanyarray(ras.dataobj), ras.affine),
                                        threshold=float(threshold), n_dilate=int(n_dilate))
     except (AssertionError, ValueError):
         # get_bbox asserts "Not enough foreground", and keeping the largest component of an
@@ -276,15 +287,17 @@ def extract_brain(
         raise AnatomyError(f"{name}: deepbet found no brain in the image; is it a T1w of a "
                            "head?") from None
     elapsed = time.perf_counter() - started
-    mask = np.asarray(mask_img.dataobj).astype(bool)
-    if mask.shape != data.shape:  # deepbet reorients back itself: hold it to it
-        raise AnatomyError(f"{name}: deepbet returned a {mask.shape} mask for a {data.shape} image")
+    if mask_img.shape != ras.shape:  # deepbet reorients back itself: hold it to it
+        raise AnatomyError(f"{name}: deepbet returned a {mask_img.shape} mask for a {ras.shape} "
+                           "image")
+    mask = np.asarray(reorient_like(image_like(ras, (np.asarray(mask_img.dataobj) > 0).astype(np.uint8)),
+                                    img).dataobj).astype(bool)
     if not mask.any():
         raise AnatomyError(f"{name}: deepbet found no brain in the image (empty mask)")
     voxel_cm3 = abs(float(np.linalg.det(img.affine[:3, :3]))) / 1000.0
     return BrainExtractionResult(
-        brain=_like(img, np.where(mask, data, 0).astype(np.float32)),
-        mask=_like(img, mask.astype(np.uint8)),
+        brain=image_like(img, np.where(mask, data, 0).astype(np.float32)),
+        mask=image_like(img, mask.astype(np.uint8)),
         volume_cm3=float(mask.sum()) * voxel_cm3,
         elapsed_s=elapsed,
     )
@@ -317,7 +330,7 @@ def apply_brain_mask(img: nib.Nifti1Image, mask: nib.Nifti1Image) -> nib.Nifti1I
     inside = mask_data > 0.5
     if not inside.any():
         raise AnatomyError(f"{mask_name}: the brain mask is empty")
-    return _like(img, np.where(inside, data, 0).astype(np.float32))
+    return image_like(img, np.where(inside, data, 0).astype(np.float32))
 
 
 # --- registration quality control ----------------------------------------------------------------

@@ -25,7 +25,10 @@ __all__ = [
     "check_affine",
     "check_header_size",
     "format_bytes",
+    "image_like",
     "load_volume",
+    "reorient_like",
+    "reorient_to_ras",
     "save_image",
     "usable_memory_bytes",
 ]
@@ -268,3 +271,65 @@ def save_image(img: nib.spatialimages.SpatialImage, path: PathLike) -> Path:
     # nibabel picks the format (and gzip) from the extension; atomic_write keeps it.
     return atomic_write(path, lambda tmp: nib.save(img, str(tmp)))
     return path
+
+
+def image_like(reference: nib.Nifti1Image, data: np.ndarray,
+               affine: np.ndarray | None = None) -> nib.Nifti1Image:
+    """A new image of ``data`` with ``reference``'s xform codes, no scaling.
+
+    On ``reference``'s grid with its exact affine, or with ``affine`` when given.
+    """
+    affine = reference.affine if affine is None else affine
+    out = nib.Nifti1Image(data, affine)
+    header = reference.header
+    sform_code = int(header["sform_code"]) if "sform_code" in header else 1
+    qform_code = int(header["qform_code"]) if "qform_code" in header else 0
+    # update_affine=False: the header stores float32, and the in-memory affine must stay the
+    # reference's own float64 one, bit for bit.
+    out.set_sform(affine, code=sform_code or 1, update_affine=False)
+    out.set_qform(affine, code=qform_code or sform_code or 1, update_affine=False)
+    out.header.set_xyzt_units("mm")
+    return out
+
+
+def _reoriented(img: nib.Nifti1Image, ornt: np.ndarray) -> nib.Nifti1Image:
+    data = np.asanyarray(img.dataobj)  # scaled values, for a file's proxy and an array alike
+    shape = data.shape[:3]
+    affine = img.affine @ nib.orientations.inv_ornt_aff(ornt, shape)
+    return image_like(img, np.ascontiguousarray(nib.orientations.apply_orientation(data, ornt)),
+                      affine=affine)
+
+
+def reorient_to_ras(img: nib.Nifti1Image) -> nib.Nifti1Image:
+    """The same voxels with the array axes permuted and flipped to the closest RAS+ order.
+
+    No resampling: the voxel centres and values are the input's, only stored in another order (as
+    ``nibabel.as_closest_canonical``, and sMRIPrep's conform step). Steps that work in index space
+    (N4's and ANTs's shrink factors subsample every k-th voxel from index 0) then see the same
+    array whatever order the scanner wrote, so their results do not depend on it. An image already
+    in RAS order is returned as it is.
+    """
+    ornt = nib.orientations.io_orientation(img.affine)
+    if np.array_equal(ornt, nib.orientations.axcodes2ornt("RAS")):
+        return img
+    return _reoriented(img, ornt)
+
+
+def reorient_like(img: nib.Nifti1Image, reference: nib.Nifti1Image) -> nib.Nifti1Image:
+    """``img`` stored on ``reference``'s grid, with its affine: the inverse of
+    :func:`reorient_to_ras`.
+
+    Raises
+    ------
+    ImageError
+        ``img``'s voxels are not a permutation/flip of ``reference``'s grid (another shape, voxel
+        size or position).
+    """
+    transform = nib.orientations.ornt_transform(nib.orientations.io_orientation(img.affine),
+                                                nib.orientations.io_orientation(reference.affine))
+    out = _reoriented(img, transform)
+    if out.shape[:3] != reference.shape[:3] or not np.allclose(out.affine, reference.affine,
+                                                               atol=1e-4):
+        raise ImageError("reorient_like: the image is not on a reordering of the reference grid "
+                         f"(shape {img.shape[:3]} vs {reference.shape[:3]})")
+    return image_like(reference, np.asanyarray(out.dataobj))

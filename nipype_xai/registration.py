@@ -34,7 +34,14 @@ from typing import Union
 import nibabel as nib
 import numpy as np
 
-from .images import ImageError, check_affine, check_header_size
+from .images import (
+    ImageError,
+    check_affine,
+    check_header_size,
+    image_like,
+    reorient_like,
+    reorient_to_ras,
+)
 
 __all__ = [
     "PRESETS",
@@ -232,27 +239,14 @@ def _check_contrast(data: np.ndarray, name: str) -> None:
                                 "needs contrast")
 
 
-def _like(reference: nib.Nifti1Image, data: np.ndarray) -> nib.Nifti1Image:
-    """A new image on ``reference``'s grid with its exact affine and xform codes, no scaling."""
-    out = nib.Nifti1Image(data, reference.affine)
-    header = reference.header
-    sform_code = int(header["sform_code"]) if "sform_code" in header else 1
-    qform_code = int(header["qform_code"]) if "qform_code" in header else 0
-    # update_affine=False: the header stores float32, and the in-memory affine must stay the
-    # reference's own float64 one, bit for bit.
-    out.set_sform(reference.affine, code=sform_code or 1, update_affine=False)
-    out.set_qform(reference.affine, code=qform_code or sform_code or 1, update_affine=False)
-    out.header.set_xyzt_units("mm")
-    return out
-
-
 def _load_mask(mask: ImageLike | None, role: str):
     if mask is None:
         return None
     img, data, name = load_image(mask, role)
     if not (data > 0).any():  # ANTs would silently sample nothing
         raise RegistrationError(f"{name}: {role} is empty")
-    return to_ants(img, (data > 0).astype(np.float32), name).clone("unsigned char")
+    ras = reorient_to_ras(image_like(img, (data > 0).astype(np.float32)))  # as the images
+    return to_ants(ras, np.asanyarray(ras.dataobj), name).clone("unsigned char")
 
 
 # --- registration -----------------------------------------------------------------------------
@@ -310,8 +304,13 @@ def register(
     fixed_nib, fixed_data, fixed_name = load_image(fixed_img, "fixed image")
     _check_contrast(moving_data, moving_name)
     _check_contrast(fixed_data, fixed_name)
-    moving = to_ants(moving_nib, moving_data, moving_name)
-    fixed = to_ants(fixed_nib, fixed_data, fixed_name)
+    # Both images in RAS voxel order: ANTs shrinks them in index space (every k-th voxel from
+    # index 0), so the same head stored in another voxel order would otherwise be sampled at
+    # other points and give another transform. Transforms are in world space: unaffected.
+    moving_ras = reorient_to_ras(image_like(moving_nib, moving_data))
+    fixed_ras = reorient_to_ras(image_like(fixed_nib, fixed_data))
+    moving = to_ants(moving_ras, np.asanyarray(moving_ras.dataobj), moving_name)
+    fixed = to_ants(fixed_ras, np.asanyarray(fixed_ras.dataobj), fixed_name)
     masks = (_load_mask(fixed_mask, "fixed mask"), _load_mask(moving_mask, "moving mask"))
 
     if out_dir is None:
@@ -361,7 +360,7 @@ def register(
     if status != 0 or not forward.is_file() or not inverse.is_file():
         raise RegistrationError(
             f"antsRegistration ({preset}) failed with status {status}; command: {command}")
-    warped_nib = _like(fixed_nib, warped.numpy().astype(np.float32))
+    warped_nib = reorient_like(image_like(fixed_ras, warped.numpy().astype(np.float32)), fixed_nib)
     return RegistrationResult(forward_transform=forward, inverse_transform=inverse, warped=warped_nib,
                               preset=preset, command=command, elapsed_s=elapsed)
 
@@ -458,7 +457,7 @@ def apply_transforms(
     except Exception as exc:  # noqa: BLE001 - ANTsPy raises RuntimeError, ValueError and bare Exception
         raise RegistrationError(f"applying {', '.join(paths)} to {moving_name} failed: {exc}") from exc
     dtype = _stored_dtype(moving_nib) if interpolation == "nearest" else np.float32
-    return _like(reference_nib, warped.numpy().astype(dtype))
+    return image_like(reference_nib, warped.numpy().astype(dtype))
 
 
 def _stored_dtype(img: nib.Nifti1Image) -> np.dtype:
@@ -495,7 +494,7 @@ def derive_brain_mask(
         uint8 mask (0/1) on the T1w grid, resampled nearest-neighbour so it stays binary.
     """
     warped = apply_transforms(template_mask, t1w, inverse_transform, interpolation="nearest")
-    return _like(warped, (np.asanyarray(warped.dataobj) > 0).astype(np.uint8))
+    return image_like(warped, (np.asanyarray(warped.dataobj) > 0).astype(np.uint8))
 
 
 def strip_hdf5_timestamps(path: Union[str, os.PathLike]) -> Path:

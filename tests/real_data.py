@@ -145,3 +145,51 @@ def real_brain_mask() -> nib.Nifti1Image:
 def real_t1w() -> tuple[Path, Path]:
     """Session fixture: ``(head_path, brain_path)`` of :func:`real_head` (skips if unavailable)."""
     return real_head()
+
+
+#: The rigid pose of the head in :func:`head_in_scanner_pose`: turned 15, 10 and -8 degrees about
+#: x, y and z, and moved (12, -50, 30) mm, as a head lies in a scanner rather than in MNI space.
+POSE_DEGREES = (15.0, 10.0, -8.0)
+POSE_SHIFT_MM = (12.0, -50.0, 30.0)
+
+
+def head_in_scanner_pose(voxel_mm: float = 1.0) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
+    """``ch2`` (skull, scalp and neck on) rigidly moved away from MNI, as a raw BIDS T1w is.
+
+    The head is resampled (cubic) onto an axis-aligned grid of ``voxel_mm`` voxels that holds it
+    whole, as a scanner's field of view does; ``ch2bet``'s brain (nearest neighbour) comes with
+    it, on the same grid, as an independent reference brain mask. Skips like :func:`real_head`.
+
+    Returns
+    -------
+    (t1w, brain_mask) : nibabel images, float32 and uint8, RAS voxel order.
+    """
+    from scipy import ndimage
+
+    head_path, _ = real_head()
+    head = nib.load(head_path)
+    motion = np.eye(4)
+    for axis, degrees in enumerate(POSE_DEGREES):
+        c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+        i, j = [k for k in range(3) if k != axis]
+        turn = np.eye(4)
+        turn[i, i], turn[i, j], turn[j, i], turn[j, j] = c, -s, s, c
+        motion = motion @ turn
+    motion[:3, 3] = POSE_SHIFT_MM
+    corners = np.array([[i, j, k, 1] for i in (0, SHAPE[0] - 1) for j in (0, SHAPE[1] - 1)
+                        for k in (0, SHAPE[2] - 1)]).T
+    world = (motion @ head.affine @ corners)[:3]
+    low = np.floor(world.min(axis=1)) - 2
+    shape = tuple(int(n) for n in np.ceil((world.max(axis=1) + 2 - low) / voxel_mm) + 1)
+    affine = np.diag([voxel_mm, voxel_mm, voxel_mm, 1.0])
+    affine[:3, 3] = low
+    # output voxel -> world -> the head before the motion -> its voxel
+    mapping = np.linalg.inv(head.affine) @ np.linalg.inv(motion) @ affine
+
+    def resample(data: np.ndarray, order: int) -> np.ndarray:
+        return ndimage.affine_transform(data.astype(np.float32), mapping[:3, :3], mapping[:3, 3],
+                                        output_shape=shape, order=order)
+
+    t1w = np.clip(resample(np.asanyarray(head.dataobj), 3), 0, None).astype(np.float32)
+    brain = resample(np.asanyarray(real_brain_mask().dataobj), 0) > 0.5
+    return (nib.Nifti1Image(t1w, affine), nib.Nifti1Image(brain.astype(np.uint8), affine))

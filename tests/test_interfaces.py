@@ -314,3 +314,55 @@ def test_interface_reports_a_bad_image_by_name(tmp_path, subject):
     bad = _save(tmp_path / "sub-04_T1w.nii.gz", np.zeros((6, 6, 5, 2), np.float32))
     with pytest.raises(ImageError, match=r"sub-04_T1w\.nii\.gz: expected a 3D image"):
         ModelInference(in_file=str(bad), model_spec=str(spec_path)).run(cwd=str(tmp_path))
+
+
+def test_restrict_to_mask_by_hand():
+    from nipype_xai.attribution.restriction import restrict_to_mask
+
+    values = np.array([[[3.0, -1.0], [0.0, 2.0]], [[-4.0, 0.5], [0.5, 0.0]]], np.float32)
+    mask = np.array([[[1, 0], [1, 1]], [[0, 0], [1, 0]]], np.uint8)
+    restricted, outside = restrict_to_mask(values, mask)
+    assert restricted.dtype == np.float32
+    assert np.array_equal(restricted, np.where(mask > 0, values, 0))
+    # |a| outside: 1 + 4 + 0.5 = 5.5 of 11 in all
+    assert outside == pytest.approx(5.5 / 11.0)
+    assert restrict_to_mask(np.zeros((2, 2)), np.ones((2, 2)))[1] == 0.0
+    with pytest.raises(ValueError, match="shape"):
+        restrict_to_mask(values, mask[0])
+
+
+def test_restrict_maps_interface_records_the_mass_outside(tmp_path):
+    from nipype_xai.interfaces import RestrictMaps
+
+    affine = np.diag([4.0, 4.0, 4.0, 1.0])
+    rng = np.random.default_rng(0)
+    maps, sidecars = [], []
+    for index in range(2):
+        path = tmp_path / f"sub-01_desc-m{index}_attribution.nii.gz"
+        save_image(nib.Nifti1Image(rng.normal(size=(6, 7, 5)).astype(np.float32), affine), path)
+        sidecar = path.with_name(path.name.replace(".nii.gz", ".json"))
+        sidecar.write_text(json.dumps({"Method": f"m{index}"}))
+        maps.append(str(path))
+        sidecars.append(str(sidecar))
+    domain = np.zeros((6, 7, 5), np.float32)
+    domain[1:5, 2:6, 1:4] = 3.5  # a model input: nonzero inside the brain
+    save_image(nib.Nifti1Image(domain, affine), tmp_path / "input.nii.gz")
+    cwd = tmp_path / "node"
+    cwd.mkdir()
+    result = RestrictMaps(in_files=maps, in_sidecars=sidecars, mask=str(tmp_path / "input.nii.gz"),
+                          description="the model input", sidecar_key="ModelInputRestriction"
+                          ).run(cwd=str(cwd)).outputs
+    for in_file, out_file, out_sidecar in zip(maps, result.out_files, result.out_sidecars):
+        before = nib.load(in_file).get_fdata()
+        after = nib.load(out_file)
+        assert Path(out_file).name == Path(in_file).name and np.array_equal(after.affine, affine)
+        assert np.array_equal(after.get_fdata(), np.where(domain > 0, before, 0))
+        record = json.loads(Path(out_sidecar).read_text())
+        expected = np.abs(before)[domain == 0].sum() / np.abs(before).sum()
+        assert record["ModelInputRestriction"]["Domain"] == "the model input"
+        assert record["ModelInputRestriction"]["MassOutside"] == pytest.approx(expected, abs=1e-6)
+        assert record["Method"].startswith("m")
+    other = tmp_path / "other.nii.gz"
+    save_image(nib.Nifti1Image(domain[:5], affine), other)
+    with pytest.raises(ImageError, match="other.nii.gz: not on the grid"):
+        RestrictMaps(in_files=maps, mask=str(other), description="x").run(cwd=str(cwd))

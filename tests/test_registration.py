@@ -22,6 +22,7 @@ from scipy import ndimage
 
 ants = pytest.importorskip("ants")
 
+from voxel_order import permuted  # noqa: E402
 from nipype_xai.registration import (  # noqa: E402
     RegistrationError,
     RegistrationResult,
@@ -304,6 +305,53 @@ def test_same_seed_single_thread_is_bit_reproducible(tmp_path):
             warped = register(moving, fixed, preset="rigid", seed=0).warped
             print(hashlib.sha256(warped.dataobj.tobytes()).hexdigest())
     """)
+    env = {**os.environ, "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    digests = out.stdout.split()
+    assert len(digests) == 2 and digests[0] == digests[1]
+
+
+def test_reorient_to_ras_and_back_is_exact():
+    from nipype_xai.images import ImageError, reorient_like, reorient_to_ras
+
+    img = oblique_image()
+    stored = permuted(img)
+    ras = reorient_to_ras(stored)
+    assert nib.aff2axcodes(ras.affine) == ("R", "A", "S") != nib.aff2axcodes(img.affine)
+    # The very voxels of the original, only in another order (no resampling).
+    reference = nib.as_closest_canonical(img)
+    assert np.array_equal(np.asanyarray(ras.dataobj), np.asanyarray(reference.dataobj))
+    np.testing.assert_allclose(ras.affine, reference.affine, atol=1e-9)
+    back = reorient_like(ras, stored)
+    assert np.array_equal(np.asanyarray(back.dataobj), np.asanyarray(stored.dataobj))
+    assert np.array_equal(back.affine, stored.affine)
+    assert reorient_to_ras(ras) is ras
+    other = nib.Nifti1Image(np.zeros((5, 5, 5), np.float32), np.eye(4))
+    with pytest.raises(ImageError, match="not on a reordering"):
+        reorient_like(other, img)
+
+
+def test_voxel_order_does_not_change_the_registration(tmp_path):
+    """The same moving image in RAS and in PSL voxel order: the same transform and warped image,
+    byte for byte (one ITK thread). Without the reorientation to RAS, ANTs's shrink factors
+    sample other voxels of the PSL copy and the transforms differ."""
+    script = textwrap.dedent("""
+        import hashlib, sys, numpy as np, nibabel as nib
+        from nilearn.datasets import load_mni152_template
+        from scipy import ndimage
+        sys.path.insert(0, %r)
+        from voxel_order import permuted
+        from nipype_xai.registration import register
+        t1w = load_mni152_template(resolution=3)
+        fixed = nib.Nifti1Image(t1w.get_fdata(dtype=np.float32), t1w.affine)
+        shifted = ndimage.shift(fixed.get_fdata(), (2, -1, 1.5), order=1).astype(np.float32)
+        moving = nib.Nifti1Image(shifted, t1w.affine)
+        for img in (moving, permuted(moving)):
+            result = register(img, fixed, preset="affine", seed=0)
+            print(hashlib.sha256(result.warped.dataobj.tobytes()).hexdigest())
+    """ % str(Path(__file__).parent))
     env = {**os.environ, "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
                          timeout=300)

@@ -68,6 +68,10 @@ def _common_run_options(parser: argparse.ArgumentParser, *, methods_default=DEFA
     parser.add_argument("--keep-failed-qc", action="store_true",
                         help="publish the maps of a subject whose registration fails quality "
                              "control, flagged as such (default: the subject fails, no maps)")
+    parser.add_argument("--unrestricted-maps", dest="restrict_maps", action="store_false",
+                        help="keep the raw maps; by default each map is kept on the subject's "
+                             "data (the model input's nonzero voxels, the brain mask on the T1w "
+                             "grid) and its sidecar records the share of mass that lay outside")
     parser.add_argument(
         "--methods", nargs="+", default=list(methods_default), metavar="METHOD",
         help="attribution methods and baselines (sobel, laplace, random) to compute "

@@ -7,7 +7,7 @@ from .anatomy import (
     N4BiasFieldCorrection,
     RegistrationQC,
 )
-from .attribution import Attribution
+from .attribution import Attribution, RestrictMaps
 from .baselines import BaselineMaps
 from .bids import DerivativesDataSink, ReportsSink
 from .grids import ModelGridReference
@@ -34,6 +34,7 @@ __all__ = [
     "N4BiasFieldCorrection",
     "RegisterToTemplate",
     "RegistrationQC",
+    "RestrictMaps",
     "ReportsSink",
     "SubjectReport",
     "TemplateFlowSelect",

@@ -1,12 +1,17 @@
-"""``Attribution``: attribution maps of one image, one NIfTI and one JSON sidecar per method."""
+"""``Attribution``: attribution maps of one image, one NIfTI and one JSON sidecar per method;
+``RestrictMaps``: maps kept on their domain (a mask), the mass outside recorded in the sidecars."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
     File,
     SimpleInterface,
     TraitedSpec,
@@ -15,13 +20,14 @@ from nipype.interfaces.base import (
 )
 from nipype.utils.filemanip import fname_presuffix
 
+from ..attribution.restriction import restrict_to_mask
 from ..bids import method_to_desc, write_json
-from ..images import load_volume, save_image
+from ..images import ImageError, image_like, load_volume, save_image
 from ..models.inference import Explanation, explain_image
 from ..models.spec import ModelSpec, load_model, load_model_spec, weights_sha256
 from .model import _ModelInputSpec, resolve_device
 
-__all__ = ["Attribution"]
+__all__ = ["Attribution", "RestrictMaps"]
 
 
 class _AttributionInputSpec(_ModelInputSpec):
@@ -117,6 +123,66 @@ class Attribution(SimpleInterface):
 
         self._results["out_files"] = out_files
         self._results["out_sidecars"] = out_sidecars
+        return runtime
+
+
+class _RestrictMapsInputSpec(BaseInterfaceInputSpec):
+    in_files = traits.List(File(exists=True), mandatory=True, minlen=1,
+                           desc="maps, all on the mask's grid")
+    in_sidecars = traits.List(File(exists=True), desc="their JSON sidecars, in the same order")
+    mask = File(exists=True, mandatory=True,
+                desc="the domain: voxels > 0 are kept (a brain mask, or the model input itself)")
+    description = traits.Str(mandatory=True, desc="what the domain is, for the sidecars")
+    sidecar_key = traits.Str("Restriction", usedefault=True,
+                             desc="sidecar key of the record (one per space a map went through)")
+
+
+class _RestrictMapsOutputSpec(TraitedSpec):
+    out_files = traits.List(File(exists=True), desc="the maps, 0 outside the mask")
+    out_sidecars = traits.List(File(exists=True),
+                               desc="sidecars with {sidecar_key: {Domain, MassOutside}} added")
+
+
+class RestrictMaps(SimpleInterface):
+    """Keep maps on their domain (:func:`~nipype_xai.attribution.restriction.restrict_to_mask`).
+
+    Each output map has its input's name, grid and dtype; each sidecar gains
+    ``{sidecar_key: {"Domain": description, "MassOutside": share of sum|a| that was outside}}``.
+    """
+
+    input_spec = _RestrictMapsInputSpec
+    output_spec = _RestrictMapsOutputSpec
+
+    def _run_interface(self, runtime):
+        inputs = self.inputs
+        sidecars = list(inputs.in_sidecars) if isdefined(inputs.in_sidecars) else []
+        if sidecars and len(sidecars) != len(inputs.in_files):
+            raise ValueError(f"{len(sidecars)} sidecars for {len(inputs.in_files)} maps")
+        mask_img = load_volume(inputs.mask)
+        mask = np.asanyarray(mask_img.dataobj)
+        out_files, out_sidecars = [], []
+        for index, in_file in enumerate(inputs.in_files):
+            map_img = load_volume(in_file)
+            if map_img.shape != mask_img.shape or not np.allclose(map_img.affine, mask_img.affine,
+                                                                  atol=1e-4):
+                raise ImageError(f"{Path(inputs.mask).name}: not on the grid of "
+                                 f"{Path(in_file).name} (shape {mask_img.shape} vs "
+                                 f"{map_img.shape}, or another affine)")
+            values = np.asanyarray(map_img.dataobj).astype(np.float32)
+            restricted, outside = restrict_to_mask(values, mask)
+            out_file = Path(runtime.cwd) / Path(in_file).name
+            save_image(image_like(map_img, restricted), out_file)
+            out_files.append(str(out_file))
+            if sidecars:
+                content = json.loads(Path(sidecars[index]).read_text(encoding="utf-8"))
+                content[inputs.sidecar_key] = {"Domain": inputs.description,
+                                               "MassOutside": round(outside, 6)}
+                out_sidecar = Path(runtime.cwd) / Path(sidecars[index]).name
+                write_json(out_sidecar, content)
+                out_sidecars.append(str(out_sidecar))
+        self._results["out_files"] = out_files
+        if sidecars:
+            self._results["out_sidecars"] = out_sidecars
         return runtime
 
 

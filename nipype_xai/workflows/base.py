@@ -321,6 +321,7 @@ def init_participant_wf(
     brain_extraction: str = "deepbet",
     bias_correction: bool = True,
     keep_failed_qc: bool = False,
+    restrict_maps: bool = True,
     method_params: Optional[Mapping[str, Mapping[str, Any]]] = None,
     seed: int = 0,
     deterministic: bool = True,
@@ -347,7 +348,7 @@ def init_participant_wf(
     subjects
         From :func:`collect_data`.
     output_dir, model_spec, methods, template, registration, brain_extraction, bias_correction, \
-    keep_failed_qc, method_params, seed, deterministic, device, trust_model_code, external_weights, reports
+    keep_failed_qc, restrict_maps, method_params, seed, deterministic, device, trust_model_code, external_weights, reports
         Passed to every ``init_xai_wf``. A subject with a lab's anatomy (``preproc_t1w`` and
         ``brain_mask``) starts from it: no bias correction, no brain extraction.
     name
@@ -389,6 +390,7 @@ def init_participant_wf(
             brain_extraction=brain_extraction,
             bias_correction=bias_correction and entry.preproc_t1w is None,
             keep_failed_qc=keep_failed_qc,
+            restrict_maps=restrict_maps,
             method_params=method_params,
             seed=seed,
             deterministic=deterministic,

@@ -13,7 +13,7 @@ from nipype.pipeline import engine as pe
 from ..attribution import available_methods
 from ..bids import derivative_path, method_to_desc, resolution_label, staging_folder
 from ..interfaces.anatomy import CheckRegistrationQC, RegistrationQC
-from ..interfaces.attribution import Attribution
+from ..interfaces.attribution import Attribution, RestrictMaps
 from ..interfaces.baselines import BASELINE_DESCRIPTIONS, BaselineMaps
 from ..interfaces.bids import CommitDerivatives, DerivativesDataSink, ReportsSink
 from ..interfaces.grids import ModelGridReference
@@ -101,6 +101,7 @@ def init_xai_wf(
     brain_extraction: str = "deepbet",
     bias_correction: bool = True,
     keep_failed_qc: bool = False,
+    restrict_maps: bool = True,
     template_resolution: Optional[int] = None,
     method_params: Optional[Mapping[str, Mapping[str, Any]]] = None,
     seed: int = 0,
@@ -123,7 +124,10 @@ def init_xai_wf(
        one interpolation through the forward transform (``ApplyTransforms``).
     3. ``ModelInference`` (the prediction) and ``Attribution`` (every method in one run, sharing
        passes), plus ``BaselineMaps`` for the requested baselines (sobel, laplace, random).
-    4. Maps back on the T1w grid through the inverse transform (linear).
+    4. With ``restrict_maps``: each map kept on its domain (``RestrictMaps``): the voxels where
+       the model input holds the subject's brain, then, back on the T1w grid through the
+       inverse transform (linear), the subject's brain mask; the share of each map's mass that
+       lay outside is written in its sidecar.
     5. With ground truth: ``GroundTruthOverlap`` of the native maps against the native
        ground-truth mask, inside the native brain mask.
     6. A subject HTML report, and derivatives (SPEC §6) written by ``DerivativesDataSink`` nodes
@@ -179,6 +183,10 @@ def init_xai_wf(
         subject below its thresholds (``nipype_xai.anatomy.QC_THRESHOLDS``): no derivative, a
         row in ``failures.tsv``. With ``keep_failed_qc`` its maps are published, and its QC
         table and report say it failed.
+    restrict_maps
+        Keep the maps on the subject's data (:mod:`nipype_xai.attribution.restriction`):
+        gradients and perturbations also give values on the zero padding around the brain.
+        ``False``: the raw maps (``--unrestricted-maps``).
     template_resolution
         TemplateFlow ``res-`` index registered to; default :func:`registration_resolution`.
     method_params
@@ -321,6 +329,21 @@ def init_xai_wf(
     maps_to_native = pe.MapNode(
         ApplyTransforms(interpolation="linear"), iterfield=["in_file"], name="maps_to_native"
     )
+    # The maps (and sidecars) that go on: restricted to their domain, or as computed.
+    if restrict_maps:
+        restrict_template = pe.Node(RestrictMaps(
+            description="the model input's nonzero voxels (the subject's brain on the model grid)",
+            sidecar_key="ModelInputRestriction"), name="restrict_template")
+        restrict_native = pe.Node(RestrictMaps(
+            description="the subject's brain mask (desc-brain_mask)",
+            sidecar_key="BrainMaskRestriction"), name="restrict_native")
+        template_maps = (restrict_template, "out_files")
+        template_sidecars = (restrict_template, "out_sidecars")
+        native_maps = (restrict_native, "out_files")
+        native_sidecars = (restrict_native, "out_sidecars")
+    else:
+        template_maps, template_sidecars = (merge_maps, "out"), (merge_sidecars, "out")
+        native_maps, native_sidecars = (maps_to_native, "out_file"), (merge_sidecars, "out")
 
     # Every result a derivative depends on: the sinks wait for all of them (see docstring).
     # Registration QC of every subject, also of reused transforms; a failure stops the subject
@@ -329,13 +352,15 @@ def init_xai_wf(
     check_qc = pe.Node(CheckRegistrationQC(subject=label, keep_failed=keep_failed_qc),
                        name="check_qc")
     gate_fields = [
-        (merge_maps, "out"), (merge_sidecars, "out"), (maps_to_native, "out_file"),
+        template_maps, template_sidecars, native_maps, native_sidecars,
         (inference, "out_tsv"), (t1w_model, "out_file"),
         brain_source,
         (registration_wf, "outputnode.forward_transform"),
         (registration_wf, "outputnode.inverse_transform"),
         (check_qc, "passed"),
     ]
+    if bias_correction:
+        gate_fields.append((anat_wf, "outputnode.t1w_preproc"))
 
     connections = [
         (inputnode, anat_wf, [("t1w", "inputnode.t1w"), ("t1w_mask", "inputnode.t1w_mask")]),
@@ -369,12 +394,21 @@ def init_xai_wf(
             (node, merge_maps, [("out_files", f"in{index}")]),
             (node, merge_sidecars, [("out_sidecars", f"in{index}")]),
         ]
+    if restrict_maps:
+        connections += [
+            (merge_maps, restrict_template, [("out", "in_files")]),
+            (merge_sidecars, restrict_template, [("out", "in_sidecars")]),
+            (t1w_model, restrict_template, [("out_file", "mask")]),
+            (maps_to_native, restrict_native, [("out_file", "in_files")]),
+            (restrict_template, restrict_native, [("out_sidecars", "in_sidecars")]),
+            (brain_source[0], restrict_native, [(brain_source[1], "mask")]),
+        ]
     connections += [
-        (merge_maps, maps_to_native, [("out", "in_file")]),
+        (template_maps[0], maps_to_native, [(template_maps[1], "in_file")]),
         (inputnode, maps_to_native, [("t1w", "reference_image")]),
         (registration_wf, maps_to_native, [("outputnode.inverse_transform", "transforms")]),
-        (merge_maps, outputnode, [("out", "template_maps")]),
-        (maps_to_native, outputnode, [("out_file", "native_maps")]),
+        (template_maps[0], outputnode, [(template_maps[1], "template_maps")]),
+        (native_maps[0], outputnode, [(native_maps[1], "native_maps")]),
         (inference, outputnode, [("out_tsv", "predictions")]),
         (t1w_model, outputnode, [("out_file", "t1w_model")]),
         (registration_wf, outputnode, [("outputnode.forward_transform", "forward_transform"),
@@ -388,7 +422,7 @@ def init_xai_wf(
         if session:
             overlap.inputs.session = session
         connections += [
-            (maps_to_native, overlap, [("out_file", "in_maps")]),
+            (native_maps[0], overlap, [(native_maps[1], "in_maps")]),
             (inputnode, overlap, [("ground_truth", "ground_truth")]),
             (brain_source[0], overlap, [(brain_source[1], "brain_mask")]),
             (overlap, outputnode, [("out_tsv", "metrics")]),
@@ -401,7 +435,7 @@ def init_xai_wf(
             report.inputs.session = session
         connections += [
             (t1w_model, report, [("out_file", "t1w")]),
-            (merge_maps, report, [("out", "maps")]),
+            (template_maps[0], report, [(template_maps[1], "maps")]),
             (model_grid, report, [("out_file", "background")]),
             (inference, report, [("out_tsv", "predictions_tsv")]),
             (registration_qc, report, [("out_tsv", "qc_tsv"), ("out_png", "qc_figure")]),
@@ -471,6 +505,18 @@ def init_xai_wf(
                    "SkullStripped": extracted or brain_extraction == "none",
                    "Resolution": template_text, "Sources": sources_text},
     )
+    if bias_correction:
+        # The bias-corrected T1w on its own grid, as sMRIPrep writes it: the underlay of the
+        # native maps, and with the mask and transforms, anatomy a later run can take back
+        # (--anat-derivatives) instead of correcting, extracting and registering again.
+        ds_t1w_preproc = sink(
+            "ds_t1w_preproc", desc="preproc", suffix="T1w",
+            meta_dict={"Description": "The T1w after N4 bias-field correction (ANTs), on its "
+                                      "own grid",
+                       "SkullStripped": brain_extraction == "none" and not has_mask,
+                       "Sources": sources_text},
+        )
+        connections.append((anat_wf, ds_t1w_preproc, [("outputnode.t1w_preproc", "in_file")]))
     ds_brain_mask = sink(
         "ds_brain_mask", desc="brain", suffix="mask",
         meta_dict={"Type": "Brain", "Description": (
@@ -486,10 +532,10 @@ def init_xai_wf(
                    "Description": "The model's prediction for the T1w on the model grid"},
     )
     connections += [
-        (merge_maps, ds_template_maps, [("out", "in_file")]),
-        (merge_sidecars, ds_template_maps, [("out", "in_sidecar")]),
-        (maps_to_native, ds_native_maps, [("out_file", "in_file")]),
-        (merge_sidecars, ds_native_maps, [("out", "in_sidecar")]),
+        (template_maps[0], ds_template_maps, [(template_maps[1], "in_file")]),
+        (template_sidecars[0], ds_template_maps, [(template_sidecars[1], "in_sidecar")]),
+        (native_maps[0], ds_native_maps, [(native_maps[1], "in_file")]),
+        (native_sidecars[0], ds_native_maps, [(native_sidecars[1], "in_sidecar")]),
         (t1w_model, ds_t1w_model, [("out_file", "in_file")]),
         (brain_source[0], ds_brain_mask, [(brain_source[1], "in_file")]),
         (inference, ds_predictions, [("out_tsv", "in_file")]),
