@@ -12,6 +12,13 @@ The bundled lesion model is exactly::
 Same seed, same PyTorch build and same thread count give bit-identical weights on the CPU (the
 script pins PyTorch to ``--threads`` threads). Cohorts are cached in ``--work-dir`` (the same seed
 writes the same files, so a cached cohort is reused as is).
+
+The spec also carries the summary of the training inputs that the pipeline's input-domain check
+compares each subject with (:mod:`nipype_xai.models.domain`), and the fresh cohort's distances to
+it. ``--input-summary-only`` (re)computes just that for an existing model, from the cohorts and
+settings its ``"training"`` record names, without training: the weights file is not touched::
+
+    OMP_NUM_THREADS=1 python scripts/train_bundled_model.py --task lesion --input-summary-only
 """
 
 from __future__ import annotations
@@ -90,6 +97,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="PyTorch CPU threads (1: on a shared machine, OpenMP threads that "
                              "wait for each other on busy cores made training 15x slower)")
     parser.add_argument("--name", default=None, help="file base name (default <task>_tinycnn3d)")
+    parser.add_argument("--input-summary-only", action="store_true",
+                        help="do not train: (re)compute the training inputs' summary of the "
+                             "existing <out-dir>/<name>.json from the cohorts and settings its "
+                             "'training' record names, score its fresh cohort against it, and "
+                             "rewrite the spec (the weights file stays byte-identical)")
     return parser.parse_args(argv)
 
 
@@ -106,17 +118,87 @@ def cohort(work_dir: Path, task: str, n: int, seed: int, resolution: float,
                            **options)
 
 
+def fresh_cohort_distances(summary, X_test) -> dict:
+    """How the fresh cohort (held out: another seed) lies against the summary: the false flags."""
+    from nipype_xai.models.domain import input_distance
+
+    distances = [input_distance(x[0], summary) for x in X_test]
+    values = [d.distance for d in distances]
+    return {"n_subjects": len(values), "flagged": sum(d.outside for d in distances),
+            "median_distance": round(float(sorted(values)[len(values) // 2]), 3),
+            "max_distance": round(max(values), 3), "threshold": round(summary.threshold, 3)}
+
+
+def input_summary_only(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """``--input-summary-only``: the summary of an existing model's training inputs, no training."""
+    import torch
+
+    from nipype_xai.models import load_model_spec, weights_sha256
+    from nipype_xai.synth.train import (
+        INPUT_SUMMARY_NOTE,
+        add_input_summary,
+        augmentation_settings,
+        load_cohort_arrays,
+        summarize_training_inputs,
+    )
+
+    name = args.name or f"{args.task}_tinycnn3d"
+    spec_path = (args.out_dir / f"{name}.json").absolute()
+    spec = load_model_spec(spec_path)
+    training = json.loads(spec_path.read_text(encoding="utf-8")).get("training")
+    if not training:
+        raise SystemExit(f"{spec_path.name}: no 'training' record to read the cohorts and "
+                         f"settings from")
+    weights_before = weights_sha256(spec.weights)
+    started = time.perf_counter()
+    to_template = training["to_template"]
+    parts = []
+    for key, easy in (("train_cohort", False), ("easy_cohort", True)):
+        block = training.get(key)
+        if block:
+            root = cohort(args.work_dir, block["task"], block["n_subjects"], block["seed"],
+                          block["resolution_mm"], easy=easy)
+            parts.append(load_cohort_arrays(root, spec, to_template=to_template,
+                                            progress=True)[0])
+    X = torch.cat(parts)
+    summary = summarize_training_inputs(X, **training["settings"])
+    fresh = training["fresh_cohort"]
+    test_root = cohort(args.work_dir, fresh["task"], fresh["n_subjects"], fresh["seed"],
+                       fresh["resolution_mm"])
+    X_test, _, _ = load_cohort_arrays(test_root, spec, to_template=fresh["to_template"],
+                                      progress=True)
+    command = "OMP_NUM_THREADS=1 python scripts/train_bundled_model.py " + shlex.join(
+        argv if argv is not None else sys.argv[1:])
+    record = {"command": command.strip(), "inputs": INPUT_SUMMARY_NOTE, "n_inputs": len(X),
+              "augmentation": augmentation_settings(training["settings"]),
+              "fresh_cohort": {"seed": fresh["seed"], "resolution_mm": fresh["resolution_mm"],
+                               **fresh_cohort_distances(summary, X_test)}}
+    add_input_summary(spec_path, summary, record)
+    if weights_sha256(spec.weights) != weights_before:  # pragma: no cover - never written
+        raise SystemExit(f"{spec.weights.name} changed")
+    print(json.dumps({"spec": str(spec_path), "input_summary": record,
+                      "training_distance": dict(zip(summary.distance_levels,
+                                                    summary.distance_quantiles)),
+                      "seconds": round(time.perf_counter() - started, 1)}, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.input_summary_only:
+        return input_summary_only(args, argv)
     from nipype_xai.models import InputSpec, ModelSpec
     from nipype_xai.synth.anatomy import TEMPLATE_SPACE
     from nipype_xai.synth.train import (
+        INPUT_SUMMARY_NOTE,
+        augmentation_settings,
         evaluate,
         load_cohort_arrays,
         save_trained_model,
+        summarize_training_inputs,
         train_model,
     )
 
@@ -158,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                 "max_shift": (TASK_MAX_SHIFT[args.task] if args.max_shift is None
                               else args.max_shift), "intensity_jitter": 0.1, "flip_x": args.flip_x}
     model, history = train_model(spec, X, y, **settings)
+    summary = summarize_training_inputs(X, **settings)
     scores = evaluate(model, X_test, y_test)
     identity = None
     if to_template != "identity":
@@ -189,7 +272,13 @@ def main(argv: list[str] | None = None) -> int:
     if identity is not None:
         metadata["fresh_cohort"]["balanced_accuracy_unregistered"] = round(
             identity["balanced_accuracy"], 4)
-    spec_path = save_trained_model(model, spec, args.out_dir, name=name, metadata=metadata)
+    metadata["input_summary"] = {
+        "command": metadata["command"], "inputs": INPUT_SUMMARY_NOTE, "n_inputs": len(X),
+        "augmentation": augmentation_settings(settings),
+        "fresh_cohort": {"seed": args.test_seed, "resolution_mm": args.cohort_resolution,
+                         **fresh_cohort_distances(summary, X_test)}}
+    spec_path = save_trained_model(model, spec, args.out_dir, name=name, metadata=metadata,
+                                   input_summary=summary)
     finished = time.perf_counter()
 
     weights = spec_path.with_suffix(".pt")

@@ -179,6 +179,37 @@ def test_subject_report_is_self_contained(images, metrics_table, tmp_path):
     ]
 
 
+@pytest.mark.parametrize("outside", [True, False])
+def test_subject_report_shows_the_input_domain_check(images, tmp_path, outside):
+    predictions = tmp_path / "sub-01_desc-tinycnn_predictions.tsv"
+    pd.DataFrame([{"control": 0.2, "lesion": 0.8, "predicted_label": "lesion",
+                   "predicted_index": 1, "input_distance": 41.5 if outside else 1.25,
+                   "input_distance_threshold": 7.5, "outside_training_inputs": outside,
+                   "input_quantile_z": 12.0, "input_dissimilarity_z": 41.5,
+                   "input_nonzero_fraction_z": -30.0}]).to_csv(predictions, sep="\t",
+                                                               index=False)
+    text = subject_report(tmp_path / "r.html", subject="01", t1w=images["t1w"], maps={},
+                          predictions_tsv=predictions).read_text()
+    assert "<h3>Input-domain check</h3>" in text and ">7.5<" in text
+    warning = '<div class="warning"><strong>Input outside the model'
+    if outside:
+        # First thing on the page, and again by the prediction.
+        assert text.count(warning) == 2
+        assert text.index(warning) < text.index("<h2>Input</h2>")
+        assert "distance 41.5, threshold 7.5" in text
+    else:
+        assert warning not in text and ">1.25<" in text
+
+
+def test_subject_report_says_when_the_check_is_not_available(images, tmp_path):
+    predictions = tmp_path / "p.tsv"
+    pd.DataFrame([{"control": 0.2, "lesion": 0.8}]).to_csv(predictions, sep="\t", index=False)
+    text = subject_report(tmp_path / "r.html", subject="01", t1w=images["t1w"], maps={},
+                          predictions_tsv=predictions).read_text()
+    assert "Not available: the model spec carries no summary of its training inputs" in text
+    assert 'class="warning"' not in text
+
+
 def test_subject_report_minimal(images, tmp_path):
     out = subject_report(tmp_path / "r.html", subject="02", t1w=nib.load(images["t1w"]), maps={})
     text = out.read_text()

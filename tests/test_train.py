@@ -26,16 +26,21 @@ from nipype_xai.models import (
 )
 from nipype_xai.models.bundled import BUNDLED_MODELS, bundled_model_spec
 from nipype_xai.synth import generate_cohort, load_template_anatomy
+from nipype_xai.models.domain import input_distance, mean_image_bytes, summarize_inputs
 from nipype_xai.synth.train import (
+    add_input_summary,
     augment_batch,
+    augmentation_settings,
     balanced_batches,
     cohort_to_template,
     evaluate,
     load_cohort_arrays,
     read_participants,
     save_trained_model,
+    summarize_training_inputs,
     train_model,
     train_on_cohort,
+    training_inputs,
 )
 
 TINY = "nipype_xai.models.architectures:TinyCNN3D"
@@ -210,6 +215,70 @@ def test_train_on_cohort_writes_a_loadable_spec(lesion_cohort, tmp_path):
     assert record["cohort"]["n_subjects"] == 8 and record["note"] == "test"
     model = load_model(spec)  # weights_only=True and the SHA-256 check inside
     assert isinstance(model, nn.Module)
+    # The training inputs' summary, for the input-domain check: the 8 inputs, augmented as in
+    # training (train_model's defaults), its mean image beside the spec.
+    assert spec.input_summary is not None and spec.input_summary.n_inputs == 8
+    assert spec.input_summary_file == tmp_path / "toy_lesion_input_mean.npy"
+    assert record["input_summary"]["augmentation"] == {
+        "augment": True, "max_shift": 2, "intensity_jitter": 0.1, "flip_x": False, "seed": 0}
+    X, _, _ = load_cohort_arrays(lesion_cohort, make_spec(shape=(24, 28, 24)))
+    assert spec.input_summary == summarize_training_inputs(X, seed=0, epochs=1)
+
+
+def test_a_cohort_too_small_to_summarise_trains_without_a_summary(tmp_path):
+    cohort = generate_cohort(tmp_path / "three", "lesion", 3, seed=FRESH_SEED, resolution_mm=8.0,
+                             progress=False)
+    spec_path = train_on_cohort(cohort, make_spec(shape=(24, 28, 24)), tmp_path / "model",
+                                epochs=1, batch_size=2, progress=False)
+    assert load_model_spec(spec_path).input_summary is None
+    record = json.loads(spec_path.read_text())["training"]["input_summary"]
+    assert record == {"not_written": "3 training inputs; a summary needs at least 4"}
+
+
+def test_training_inputs_are_what_the_model_saw():
+    X, _ = toy_data(n=6)
+    bare = list(training_inputs(X, augment=False, seed=3))
+    order = torch.randperm(6, generator=torch.Generator().manual_seed(3)).tolist()
+    assert all(torch.equal(x, X[i, 0]) for x, i in zip(bare, order))
+    # With augmentation: one augment_batch draw per input, from the function's own generator.
+    generator = torch.Generator().manual_seed(3)
+    order = torch.randperm(6, generator=generator).tolist()
+    expected = [augment_batch(X[i:i + 1], generator, max_shift=1, intensity_jitter=0.2,
+                              flip_x=True)[0, 0] for i in order]
+    drawn = list(training_inputs(X, max_shift=1, intensity_jitter=0.2, flip_x=True, seed=3))
+    assert all(torch.equal(a, b) for a, b in zip(drawn, expected))
+    assert augmentation_settings({"flip_x": True, "lr": 1.0}) == {
+        "augment": True, "max_shift": 2, "intensity_jitter": 0.1, "flip_x": True, "seed": 0}
+
+
+def test_a_templates_summary_is_not_carried_over(tmp_path):
+    X, y = toy_data(n=8)
+    model, _ = train_model(make_spec(), X, y, epochs=1, batch_size=4, seed=2, progress=False)
+    other = summarize_inputs(x[0] for x in X)
+    template = dataclasses.replace(make_spec(), input_summary=other)
+    plain = load_model_spec(save_trained_model(model, template, tmp_path / "a", name="m"))
+    assert plain.input_summary is None
+    assert not (tmp_path / "a" / "m_input_mean.npy").exists()
+    mine = summarize_training_inputs(X)
+    spec = load_model_spec(save_trained_model(model, template, tmp_path / "b", name="m",
+                                              input_summary=mine))
+    assert spec.input_summary == mine != other
+
+
+def test_add_input_summary_leaves_the_weights_untouched(tmp_path):
+    X, y = toy_data(n=8)
+    model, _ = train_model(make_spec(), X, y, epochs=1, batch_size=4, seed=2, progress=False)
+    path = save_trained_model(model, make_spec(), tmp_path, name="m", metadata={"note": "kept"})
+    weights = (tmp_path / "m.pt").read_bytes()
+    summary = summarize_training_inputs(X, seed=2)
+    add_input_summary(path, summary, {"inputs": "test"})
+    spec = load_model_spec(path)
+    assert (tmp_path / "m.pt").read_bytes() == weights
+    assert spec.weights_sha256 == weights_sha256(tmp_path / "m.pt")
+    assert spec.input_summary == summary
+    assert (tmp_path / "m_input_mean.npy").read_bytes() == mean_image_bytes(summary.mean_image)
+    training = json.loads(path.read_text())["training"]
+    assert training == {"note": "kept", "input_summary": {"inputs": "test"}}
 
 
 def test_saved_weights_are_byte_identical_for_equal_models(tmp_path):
@@ -237,6 +306,13 @@ def test_bundled_spec_loads_safely_with_its_checksum(task):
     state = torch.load(spec.weights, weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     load_model(spec)
+    # The training inputs' summary ships beside it, and its record states the false flags on
+    # the fresh cohort.
+    assert spec.input_summary is not None
+    assert spec.input_summary_file.parent == path.parent
+    assert spec.input_summary_file.stat().st_size < 1_000_000
+    record = json.loads(path.read_text())["training"]["input_summary"]
+    assert record["fresh_cohort"]["flagged"] == 0
 
 
 def test_bundled_spec_unknown_task():
@@ -253,3 +329,5 @@ def test_bundled_lesion_model_classifies_a_fresh_cohort(tmp_path):
     X, y, _ = load_cohort_arrays(cohort, spec)
     scores = evaluate(load_model(spec), X, y)
     assert scores["balanced_accuracy"] >= 0.75, scores
+    # Held out, the same generator: inside the model's training inputs.
+    assert not any(input_distance(x, spec.input_summary).outside for x in X)

@@ -1,4 +1,5 @@
-"""``ModelInference``: a model spec's predictions for one image, as a TSV row.
+"""``ModelInference``: a model spec's predictions for one image, as a TSV row, with the
+input-domain check (how far the image, as the model saw it, lies from the model's training inputs).
 
 Also holds the inputs every model-running interface shares (image, model spec, device, and the two
 trust-boundary flags ``trust_model_code`` and ``external_weights``), so that ``Attribution`` hashes
@@ -7,6 +8,7 @@ and schedules the same way.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -23,7 +25,9 @@ from nipype.utils.filemanip import fname_presuffix
 
 from ..bids import atomic_write
 from ..images import load_volume
-from ..models.inference import predict_image
+from ..models.domain import input_distance
+from ..models.inference import _check_not_constant, predict
+from ..models.preprocessing import to_model_grid
 from ..models.spec import (
     TRUSTED_ARCHITECTURE_MODULES,
     ModelSpecError,
@@ -32,6 +36,8 @@ from ..models.spec import (
 )
 
 __all__ = ["ModelInference"]
+
+_LOGGER = logging.getLogger("nipype.interface")
 
 
 def trust_model_code_input():
@@ -122,7 +128,9 @@ class _ModelInferenceOutputSpec(TraitedSpec):
     out_tsv = File(
         exists=True,
         desc="predictions, one row: a probability column per output name, predicted_label and "
-        "predicted_index (classification), or prediction (regression)",
+        "predicted_index (classification), or prediction (regression); when the spec carries a "
+        "training-input summary, the input-domain check's input_distance, "
+        "input_distance_threshold, outside_training_inputs and its three z-scores",
     )
 
 
@@ -133,6 +141,11 @@ class ModelInference(SimpleInterface):
     (:func:`nipype_xai.models.to_model_grid`). Classification outputs are probabilities (softmax, or
     a sigmoid for a single-logit binary classifier) with the predicted class; regression outputs are
     written as they come.
+
+    When the spec carries a summary of its training inputs, the very array the model saw is
+    compared with it (:func:`nipype_xai.models.domain.input_distance`) and the check's columns are
+    added to the row; an input outside the training inputs is also logged as a warning that names
+    the image. Without a summary the row has no such columns (the check is not available).
 
     Examples
     --------
@@ -150,14 +163,30 @@ class ModelInference(SimpleInterface):
         # The output count is checked on the real prediction (no separate shape-only pass).
         model = load_model(spec, device=resolve_device(self.inputs), check_outputs=False,
                            trust_code=self.inputs.trust_model_code)
-        prediction = predict_image(model, spec, img)
+        name = Path(self.inputs.in_file).name
+        # predict_image's steps, with the model's input kept for the input-domain check.
+        _check_not_constant(img, name)
+        x, _ = to_model_grid(img, spec)
+        prediction = predict(model, x, spec, names=[name])[0]
+        row = prediction.as_row()
+        if spec.input_summary is not None:
+            domain = input_distance(x[0, 0], spec.input_summary, what=name)
+            row.update(domain.as_row())
+            if domain.outside:
+                _LOGGER.warning(
+                    "%s: the model's input lies outside %s's training inputs (distance %.1f > "
+                    "threshold %.1f: intensity quantiles z %.1f, dissimilarity to their mean "
+                    "image z %.1f, non-zero fraction z %.1f); its prediction and explanations "
+                    "are for an input unlike the model's training data",
+                    name, spec.name, domain.distance, domain.threshold, domain.quantile_z,
+                    domain.dissimilarity_z, domain.nonzero_fraction_z)
 
         out_tsv = Path(
             fname_presuffix(
                 self.inputs.in_file, suffix="_predictions.tsv", newpath=runtime.cwd, use_ext=False
             )
         )
-        table = pd.DataFrame([prediction.as_row()])
+        table = pd.DataFrame([row])
         atomic_write(out_tsv, lambda tmp: table.to_csv(tmp, sep="\t", index=False))
         self._results["out_tsv"] = str(out_tsv)
         return runtime

@@ -41,7 +41,9 @@ class _SubjectReportInputSpec(BaseInterfaceInputSpec):
     maps = traits.List(File(exists=True), mandatory=True, desc="attribution and baseline maps")
     methods = traits.List(traits.Str, mandatory=True, desc="method of each map")
     background = File(exists=True, desc="template image the maps are drawn over")
-    predictions_tsv = File(exists=True, desc="ModelInference's prediction")
+    predictions_tsv = File(exists=True, desc="ModelInference's prediction; its input-domain "
+                           "columns, when present, are shown apart, with a warning at the top "
+                           "of the page when the input is outside the model's training inputs")
     metrics_tsv = File(exists=True, desc="GroundTruthOverlap's table")
     ground_truth = File(exists=True, desc="ground-truth mask on the maps' grid, outlined")
     qc_tsv = File(exists=True, desc="RegistrationQC's table")

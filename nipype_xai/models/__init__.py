@@ -5,12 +5,16 @@
 >>> model = load_model(spec)                      # doctest: +SKIP
 >>> x, grid = to_model_grid(img, spec)            # doctest: +SKIP
 
+A spec may carry a summary of its training inputs; :func:`input_distance` then says how far a
+subject's input lies from them (the input-domain check, :mod:`nipype_xai.models.domain`).
+
 A spec's architecture is imported only from :data:`TRUSTED_ARCHITECTURE_MODULES` and its weights
 are read only from the spec's folder, unless ``trust_code=True`` / ``external_weights=True`` say
 otherwise (the trust boundary, :mod:`nipype_xai.models.spec`).
 """
 
 from .architectures import SFCN, MonaiResNet, TinyCNN3D
+from .domain import InputDistance, InputSummary, input_distance, summarize_inputs
 from .preprocessing import ModelGrid, from_model_grid, normalize_intensity, to_model_grid
 from .spec import (
     TRUSTED_ARCHITECTURE_MODULES,
@@ -26,7 +30,9 @@ from .spec import (
 )
 
 __all__ = [
+    "InputDistance",
     "InputSpec",
+    "InputSummary",
     "ModelGrid",
     "ModelSpec",
     "ModelSpecError",
@@ -36,11 +42,13 @@ __all__ = [
     "TinyCNN3D",
     "check_output_count",
     "from_model_grid",
+    "input_distance",
     "load_model",
     "load_model_spec",
     "model_output_count",
     "normalize_intensity",
     "save_model_spec",
+    "summarize_inputs",
     "to_model_grid",
     "weights_sha256",
 ]

@@ -37,7 +37,8 @@ folder.
 * **Weights.** A relative ``weights`` path must resolve (``os.path.realpath``: ``..`` and symbolic
   links count) inside the spec's folder (resolved too); ``~`` and absolute paths are refused. The
   opt-in is ``external_weights=True`` (``--allow-external-weights``) on :func:`load_model_spec` and
-  :func:`load_model`.
+  :func:`load_model`. The same rules and opt-in hold for the mean image of an ``input_summary``
+  (below).
 * **Reading weights.** Only ``torch.load(..., weights_only=True)``: a weights file that holds
   pickled code or objects is refused, never unpickled. A ``weights_sha256`` that differs from the file's is
   reported without the file's actual digest (no hash oracle for files the spec may point at), and a
@@ -45,14 +46,26 @@ folder.
   a one-line :class:`ModelSpecError` naming the spec and the file.
 
 Every error is one line that names the spec file and says what to do.
+
+The training inputs' summary
+----------------------------
+An optional ``"input_summary"`` object describes the model's training inputs on its grid
+(:mod:`nipype_xai.models.domain`: intensity quantiles, the non-zero fraction, the dissimilarity to
+their mean image, and the threshold of the input-domain check). Its numbers are inline; the mean
+image is a float32 ``.npy`` file beside the spec (``"mean_image"``, confined to the spec's folder
+as weights are) with its ``"mean_image_sha256"``. It is read with ``allow_pickle=False`` when the
+spec is loaded, after its size and digest are checked. A spec without it works as before: the
+check is then not available.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import importlib.util
 import json
+import math
 import os
 import pickle
 import re
@@ -67,6 +80,7 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_write
+from .domain import InputSummary, mean_image_bytes, mean_image_from_bytes, mean_image_sha256
 
 PathLike = Union[str, os.PathLike]
 
@@ -80,6 +94,7 @@ __all__ = [
     "check_output_count",
     "load_model",
     "load_model_spec",
+    "mean_image_name",
     "model_output_count",
     "save_model_spec",
     "weights_sha256",
@@ -184,6 +199,12 @@ class ModelSpec:
         Expected SHA-256 of the weights file, checked when the model is loaded.
     path
         The JSON file the spec was read from, if any (used in error messages).
+    input_summary
+        The training inputs' summary (:class:`~nipype_xai.models.domain.InputSummary`), or
+        ``None``: the input-domain check is then not available.
+    input_summary_file
+        Absolute path of the summary's mean image file, when the spec was read from JSON (or
+        saved); :func:`save_model_spec` writes one for a summary that has none yet.
     """
 
     architecture: str
@@ -195,6 +216,8 @@ class ModelSpec:
     name: str
     weights_sha256: Optional[str] = None
     path: Optional[Path] = field(default=None, compare=False)
+    input_summary: Optional[InputSummary] = None
+    input_summary_file: Optional[Path] = field(default=None, compare=False)
 
     @property
     def source(self) -> str:
@@ -202,13 +225,22 @@ class ModelSpec:
         return self.path.name if self.path is not None else f"model spec {self.name!r}"
 
     def to_dict(self, relative_to: Optional[PathLike] = None) -> dict[str, Any]:
-        """The JSON form; ``weights`` is written relative to ``relative_to`` when given."""
-        weights: Union[str, Path] = self.weights
-        if relative_to is not None:
+        """The JSON form; ``weights`` (and the summary's mean image) are written relative to
+        ``relative_to`` when given.
+
+        A summary without a file yet names :func:`mean_image_name` (where :func:`save_model_spec`
+        writes it); its digest is that of the bytes the file holds (or will hold).
+        """
+
+        def relative(path: Path) -> Union[str, Path]:
+            if relative_to is None:
+                return path
             try:
-                weights = os.path.relpath(self.weights, Path(relative_to).absolute())
+                return os.path.relpath(path, Path(relative_to).absolute())
             except ValueError:  # another drive on Windows: keep it absolute
-                weights = self.weights
+                return path
+
+        weights = relative(self.weights)
         resolution = list(self.input.resolution_mm)
         input_dict: dict[str, Any] = {
             "space": self.input.space,
@@ -233,7 +265,19 @@ class ModelSpec:
         }
         if self.weights_sha256 is not None:
             out["weights_sha256"] = self.weights_sha256
+        if self.input_summary is not None:
+            image = (Path(relative(self.input_summary_file)) if self.input_summary_file
+                     else Path(mean_image_name(self.name)))
+            out["input_summary"] = self.input_summary.to_json(
+                mean_image=image.as_posix(),
+                mean_image_sha256=mean_image_sha256(self.input_summary.mean_image),
+            )
         return out
+
+
+def mean_image_name(name: str) -> str:
+    """File name of the training inputs' mean image of the spec called ``name``."""
+    return f"{name}_input_mean.npy"
 
 
 # --------------------------------------------------------------------------------------------
@@ -285,13 +329,28 @@ def load_model_spec(path: PathLike, *, external_weights: bool = False) -> ModelS
 def save_model_spec(spec: ModelSpec, path: PathLike) -> Path:
     """Write ``spec`` as JSON (atomically), with the weights path relative to the JSON file.
 
+    A training-input summary that has no file yet (made in memory by
+    :func:`~nipype_xai.models.domain.summarize_inputs`) gets its mean image written beside the
+    JSON first, as :func:`mean_image_name` (atomically; the same summary gives the same bytes).
+
     Returns the absolute path written; :func:`load_model_spec` reads it back to an equal spec.
     """
     path = Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
+    spec = _write_mean_image(spec, path.parent)
     text = json.dumps(spec.to_dict(relative_to=path.parent), indent=2) + "\n"
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return path
+
+
+def _write_mean_image(spec: ModelSpec, folder: Path) -> ModelSpec:
+    """Write the summary's mean image into ``folder`` if it has no file yet; the spec with it."""
+    if spec.input_summary is None or spec.input_summary_file is not None:
+        return spec
+    image = Path(folder).absolute() / mean_image_name(spec.name)
+    content = mean_image_bytes(spec.input_summary.mean_image)
+    atomic_write(image, lambda tmp: tmp.write_bytes(content))
+    return dataclasses.replace(spec, input_summary_file=image)
 
 
 def _parse(
@@ -351,37 +410,90 @@ def _parse(
             raise fail(f"'weights_sha256' must be 64 hexadecimal digits, got {sha!r}")
         sha = sha.lower()
 
+    input_spec = _parse_input(data["input"], fail)
+    summary, summary_file = None, None
+    if data.get("input_summary") is not None:
+        summary, summary_file = _parse_input_summary(data["input_summary"], input_spec, base_dir,
+                                                     external_weights, fail)
+
     return ModelSpec(
         architecture=architecture,
         kwargs=dict(kwargs),
         weights=weights_path,
-        input=_parse_input(data["input"], fail),
+        input=input_spec,
         outputs=tuple(outputs),
         task=task,
         name=name,
         weights_sha256=sha,
         path=path,
+        input_summary=summary,
+        input_summary_file=summary_file,
     )
 
 
-def _weights_path(weights: str, base_dir: Path, external: bool, fail) -> Path:
-    """The absolute weights path; unless ``external``, confined to the spec's folder."""
+def _parse_input_summary(data: Any, input_spec: InputSpec, base_dir: Path, external: bool,
+                         fail) -> tuple[InputSummary, Path]:
+    """The ``input_summary`` object and its mean image, read under the weights' rules."""
+    key = "input_summary.mean_image"
+    if not isinstance(data, dict):
+        raise fail(f"'input_summary' must be an object, got {type(data).__name__}")
+    name = data.get("mean_image")
+    if not isinstance(name, str) or not name:
+        raise fail(f"'{key}' must be a file path, got {name!r}")
+    sha = data.get("mean_image_sha256")
+    if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", sha):
+        raise fail(f"'{key}_sha256' must be 64 hexadecimal digits, got {sha!r}")
+    image_path = _weights_path(name, base_dir, external, fail, key=key)
+    if image_path.is_dir():
+        raise fail(f"{key} {image_path} is a folder, not a file")
+    if not image_path.exists():
+        raise fail(f"{key} file not found: {image_path} (relative paths are resolved against "
+                   f"the spec's folder)")
+    if not image_path.is_file():  # a device or a FIFO: reading could block or never end
+        raise fail(f"{key} {image_path} is not a regular file")
+    # A float32 volume of the grid and a .npy header (a few hundred bytes): nothing larger is read.
+    largest = 4 * math.prod(input_spec.shape) + 4096
+    size = image_path.stat().st_size
+    if size > largest:
+        raise fail(f"{key} {image_path.name} is {size} bytes, more than a float32 image of the "
+                   f"model grid {list(input_spec.shape)} needs")
+    content = image_path.read_bytes()
+    # As for weights, the file's own digest is never shown.
+    if hashlib.sha256(content).hexdigest() != sha.lower():
+        raise fail(f"{key} {image_path.name} does not match {key}_sha256 in the spec (expected "
+                   f"{sha.lower()}); the file was changed, or the spec names the wrong file")
+    try:
+        mean_image = mean_image_from_bytes(content, input_spec.shape)
+    except ValueError as error:
+        raise fail(f"{key} {image_path.name} {error}") from None
+    try:
+        summary = InputSummary.from_json(data, mean_image, prefix="input_summary.")
+    except ValueError as error:
+        raise fail(str(error)) from None
+    return summary, image_path
+
+
+def _weights_path(weights: str, base_dir: Path, external: bool, fail, key: str = "weights"
+                  ) -> Path:
+    """The absolute path of the file ``key`` names (the weights, or the summary's mean image);
+    unless ``external``, confined to the spec's folder."""
     if external:
         path = Path(weights).expanduser()
         return Path(os.path.normpath(path if path.is_absolute() else base_dir / path))
     folder = os.path.realpath(base_dir)
+    hint = _EXTERNAL_HINT if key == "weights" else _EXTERNAL_HINT.replace("the weights", "it")
     if weights.startswith("~"):
-        raise fail(f"'weights' {weights!r} is in a home folder, not in the spec's folder "
-                   f"{folder}; {_EXTERNAL_HINT}")
+        raise fail(f"'{key}' {weights!r} is in a home folder, not in the spec's folder "
+                   f"{folder}; {hint}")
     if os.path.isabs(weights):
-        raise fail(f"'weights' {weights!r} is an absolute path, not a file in the spec's folder "
-                   f"{folder}; {_EXTERNAL_HINT}")
+        raise fail(f"'{key}' {weights!r} is an absolute path, not a file in the spec's folder "
+                   f"{folder}; {hint}")
     path = Path(os.path.normpath(base_dir / weights))
     # realpath: '..' and symbolic links (of the file or of any folder on the way) both count.
     resolved = os.path.realpath(path)
     if os.path.commonpath([folder, resolved]) != folder:
-        raise fail(f"'weights' {weights!r} resolves to {resolved}, outside the spec's folder "
-                   f"{folder}; {_EXTERNAL_HINT}")
+        raise fail(f"'{key}' {weights!r} resolves to {resolved}, outside the spec's folder "
+                   f"{folder}; {hint}")
     return path
 
 

@@ -50,6 +50,7 @@ from .figures import (
 )
 
 __all__ = [
+    "DOMAIN_COLUMNS",
     "RANKING_METRICS",
     "figure_name",
     "format_value",
@@ -82,6 +83,7 @@ td.best { font-weight: bold; }
 img { max-width: 100%; height: auto; display: block; margin: .4em 0 1em; }
 .errors { background: #fdecea; border-left: 4px solid #c62828; padding: .6em 1em; }
 .errors li, .errors td { color: #8e1b1b; }
+.warning { background: #fff4e5; border-left: 4px solid #e65100; padding: .6em 1em; color: #7a2e00; }
 code { background: #f4f4f4; padding: 0 .25em; }
 details summary { cursor: pointer; color: #1f77b4; }
 """
@@ -191,6 +193,56 @@ def _img(png: Path, alt: str) -> str:
     return f'<img alt="{html.escape(alt, quote=True)}" src="data:image/png;base64,{data}">'
 
 
+#: Columns of the input-domain check in a predictions TSV
+#: (:meth:`nipype_xai.models.domain.InputDistance.as_row`); ``outside_training_inputs`` says whether
+#: it warns.
+DOMAIN_COLUMNS: tuple[str, ...] = (
+    "input_distance", "input_distance_threshold", "outside_training_inputs", "input_quantile_z",
+    "input_dissimilarity_z", "input_nonzero_fraction_z",
+)
+
+
+def _is_true(value: Any) -> bool:
+    return str(value).strip().lower() in ("true", "1")
+
+
+def _domain_warning(predictions: pd.DataFrame) -> Optional[str]:
+    """The warning box for an input outside the model's training inputs, or None."""
+    if "outside_training_inputs" not in predictions.columns or not len(predictions):
+        return None
+    row = predictions.iloc[0]
+    if not _is_true(row["outside_training_inputs"]):
+        return None
+    return (
+        '<div class="warning"><strong>Input outside the model\'s training data.</strong> '
+        "This subject's input, as the model saw it, lies far from the inputs the model was "
+        f"trained on (distance {_esc(row.get('input_distance'))}, threshold "
+        f"{_esc(row.get('input_distance_threshold'))}). The prediction and every explanation on "
+        "this page are for an input unlike the model's training data: do not read them as what "
+        "the model found in a brain like those it learnt from.</div>"
+    )
+
+
+def _domain_section(predictions: Optional[pd.DataFrame]) -> list[str]:
+    """The input-domain check's figures, or a note that the check is not available."""
+    out = ["<h3>Input-domain check</h3>"]
+    if predictions is None or "input_distance" not in predictions.columns:
+        out.append('<p class="note">Not available: the model spec carries no summary of its '
+                   "training inputs.</p>")
+        return out
+    columns = [c for c in DOMAIN_COLUMNS if c in predictions.columns]
+    out.append(_table(predictions[columns]))
+    out.append(
+        '<p class="note">How far the input, as the model saw it, lies from the model\'s training '
+        "inputs: z-scores against the training inputs' spread of the intensity quantiles (root "
+        "mean square over the levels), of the dissimilarity (1 &minus; correlation) to their mean "
+        "image and of the fraction of the model grid that is not 0; the distance is the largest. "
+        "Above the threshold (a margin times the largest distance of a training input) the input "
+        "is outside the training inputs.</p>"
+    )
+    return out
+
+
 def _errors(items: Sequence[str]) -> str:
     lis = "".join(f"<li>{html.escape(str(item))}</li>" for item in items)
     return f'<div class="errors"><ul>{lis}</ul></div>'
@@ -295,7 +347,9 @@ def subject_report(
     background
         Anatomy under the maps (the template T1w for template-space maps). None: ``t1w``.
     predictions_tsv
-        The model's predictions for the subject (shown as a table).
+        The model's predictions for the subject (shown as a table). Its input-domain columns
+        (:data:`DOMAIN_COLUMNS`), when present, are shown apart; when the input lies outside the
+        model's training inputs, a warning opens the page and is repeated by the prediction.
     metrics_tsv
         The subject's ``desc-overlap_metrics.tsv`` (one row per method); the best value of each
         metric is bold, baselines are grey.
@@ -316,6 +370,10 @@ def subject_report(
     """
     sub = _subject_prefix(subject)
     body: list[str] = []
+    predictions = _read_tsv(predictions_tsv) if predictions_tsv is not None else None
+    warning = _domain_warning(predictions) if predictions is not None else None
+    if warning:
+        body.append(warning)
     if errors:
         body.append("<h2>Errors</h2>\n" + _errors(list(errors)))
     with _FiguresDir(figures_dir) as fig_dir:
@@ -341,8 +399,12 @@ def subject_report(
             shutil.copyfile(qc_figure, fig_dir / f"{name}.png")
 
         body.append("<h2>Prediction</h2>")
-        if predictions_tsv is not None:
-            body.append(_table(_read_tsv(predictions_tsv)))
+        if predictions is not None:
+            body.append(_table(predictions[[c for c in predictions.columns
+                                            if c not in DOMAIN_COLUMNS]]))
+            if warning:
+                body.append(warning)
+            body.extend(_domain_section(predictions))
         else:
             body.append('<p class="note">No prediction table.</p>')
 

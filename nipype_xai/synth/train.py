@@ -5,8 +5,9 @@ The bundled reference model (``nipype_xai/data/models``) is made with these func
 
 Data flow: :func:`load_cohort_arrays` is the one loader (BIDS files -> tensors on the spec's model
 grid); :func:`train_model` and :func:`evaluate` are pure (tensors in, model and numbers out);
-:func:`save_trained_model` writes the weights and the spec JSON; :func:`train_on_cohort` chains the
-three.
+:func:`save_trained_model` writes the weights and the spec JSON, with the summary of the training
+inputs (:func:`summarize_training_inputs`) that the pipeline's input-domain check compares each
+subject with; :func:`train_on_cohort` chains them.
 
 Into template space with the known transforms
 ---------------------------------------------
@@ -36,13 +37,14 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import inspect
 import io
 import json
 import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Iterator, Mapping, Optional, Union
 
 import nibabel as nib
 import numpy as np
@@ -51,11 +53,13 @@ from torch import nn
 
 from ..atomic import atomic_write
 from ..images import load_volume
+from ..models.domain import MIN_INPUTS, InputSummary, summarize_inputs
 from ..models.preprocessing import to_model_grid
 from ..models.spec import (
     ModelSpec,
     _import_class,
     _instantiate,
+    _write_mean_image,
     check_output_count,
     load_model_spec,
     weights_sha256,
@@ -69,7 +73,9 @@ __all__ = [
     "TASK_OPTIMIZER",
     "TASK_TO_TEMPLATE",
     "TO_TEMPLATE",
+    "add_input_summary",
     "augment_batch",
+    "augmentation_settings",
     "balanced_batches",
     "build_model",
     "cohort_to_template",
@@ -77,8 +83,10 @@ __all__ = [
     "load_cohort_arrays",
     "read_participants",
     "save_trained_model",
+    "summarize_training_inputs",
     "train_model",
     "train_on_cohort",
+    "training_inputs",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -561,6 +569,73 @@ def evaluate(
 
 
 # --------------------------------------------------------------------------------------------
+# The training inputs, as the model saw them (for the input-domain check)
+
+#: The :func:`train_model` settings that decide what a training input looks like to the model.
+AUGMENTATION_SETTINGS = ("augment", "max_shift", "intensity_jitter", "flip_x", "seed")
+
+#: How the summary's inputs were drawn, as the ``"training"`` record states it.
+INPUT_SUMMARY_NOTE = ("every training input on the model grid once, in a random order (the "
+                      "training seed), through one draw of the training augmentation")
+
+
+def training_inputs(
+    X: torch.Tensor,
+    *,
+    augment: bool = True,
+    max_shift: int = 2,
+    intensity_jitter: float = 0.1,
+    flip_x: bool = False,
+    seed: int = 0,
+) -> Iterator[torch.Tensor]:
+    """Each training input once, as the model saw it in training, one at a time.
+
+    With ``augment``, each passes once through :func:`augment_batch` with the training's settings:
+    the model learnt from augmented inputs, so the shifts and intensity changes it was taught to
+    ignore belong to its domain, and a summary of the bare cohort would call a subject registered
+    a voxel off "outside". The order is a random permutation (``seed``), so that
+    :func:`~nipype_xai.models.domain.summarize_inputs`' prequential figures do not depend on how
+    the cohorts were concatenated. The generator is this function's own: training is unaffected.
+
+    Parameters
+    ----------
+    X
+        ``(N, C, X, Y, Z)`` on the model grid, as from :func:`load_cohort_arrays`.
+    augment, max_shift, intensity_jitter, flip_x, seed
+        As given to :func:`train_model`.
+
+    Yields
+    ------
+    torch.Tensor
+        ``(X, Y, Z)``: the first channel (every channel holds the same volume).
+    """
+    generator = torch.Generator().manual_seed(int(seed))
+    for index in torch.randperm(len(X), generator=generator).tolist():
+        x = X[index:index + 1]
+        if augment:
+            x = augment_batch(x, generator, max_shift=max_shift,
+                              intensity_jitter=intensity_jitter, flip_x=flip_x)
+        yield x[0, 0]
+
+
+def augmentation_settings(train_options: Mapping[str, Any]) -> dict[str, Any]:
+    """The :data:`AUGMENTATION_SETTINGS` a :func:`train_model` call with ``train_options`` used
+    (its defaults where not given)."""
+    parameters = inspect.signature(train_model).parameters
+    return {name: train_options.get(name, parameters[name].default)
+            for name in AUGMENTATION_SETTINGS}
+
+
+def summarize_training_inputs(X: torch.Tensor, **train_options: Any) -> InputSummary:
+    """The summary of ``X`` as :func:`train_model` with ``train_options`` fed it to the model.
+
+    :func:`~nipype_xai.models.domain.summarize_inputs` over :func:`training_inputs` (one pass,
+    one augmented draw per input); options other than the augmentation's are ignored.
+    """
+    return summarize_inputs(training_inputs(X, **augmentation_settings(train_options)))
+
+
+# --------------------------------------------------------------------------------------------
 # Writing the trained model
 
 
@@ -576,6 +651,7 @@ def save_trained_model(
     *,
     name: Optional[str] = None,
     metadata: Optional[Mapping[str, Any]] = None,
+    input_summary: Optional[InputSummary] = None,
 ) -> Path:
     """Write ``model``'s weights and a spec JSON that points at them, with their SHA-256.
 
@@ -594,6 +670,11 @@ def save_trained_model(
         Written under the JSON's ``"training"`` key (how the model was made and how it scored).
         :func:`~nipype_xai.models.load_model_spec` ignores keys it does not know, and
         :func:`~nipype_xai.models.save_model_spec` does not write them back.
+    input_summary
+        The summary of the training inputs (:func:`summarize_training_inputs`): written under
+        ``"input_summary"``, its mean image as ``<name>_input_mean.npy`` beside the spec. None: the
+        spec has none (a template's own summary is never carried over: it describes another
+        model's training inputs).
 
     Returns
     -------
@@ -613,13 +694,47 @@ def save_trained_model(
     torch.save(state, buffer)
     atomic_write(weights, lambda tmp: tmp.write_bytes(buffer.getvalue()))
     trained = dataclasses.replace(spec, weights=weights, name=name,
-                                  weights_sha256=weights_sha256(weights), path=None)
+                                  weights_sha256=weights_sha256(weights), path=None,
+                                  input_summary=input_summary, input_summary_file=None)
+    trained = _write_mean_image(trained, out_dir)
     content = trained.to_dict(relative_to=out_dir)
     if metadata:
         content["training"] = dict(metadata)
     text = json.dumps(content, indent=2) + "\n"
     return atomic_write(out_dir / f"{name}.json", lambda tmp: tmp.write_text(text,
                                                                               encoding="utf-8"))
+
+
+def add_input_summary(
+    spec_path: PathLike,
+    input_summary: InputSummary,
+    record: Optional[Mapping[str, Any]] = None,
+) -> Path:
+    """Give an existing spec JSON (from :func:`save_trained_model`) a new training-input summary.
+
+    The weights file is not touched (its path and SHA-256 stay as they are); every other key,
+    ``"training"`` included, is kept, the summary replaces any earlier one, its mean image is
+    written beside the spec, and ``record`` (how the summary was made) goes under
+    ``"training"."input_summary"``.
+
+    Returns
+    -------
+    pathlib.Path
+        The spec JSON, rewritten atomically.
+    """
+    spec_path = Path(spec_path).absolute()
+    spec = load_model_spec(spec_path)  # inside the trust boundary: the weights in its folder
+    data = json.loads(spec_path.read_text(encoding="utf-8"))
+    updated = _write_mean_image(dataclasses.replace(spec, input_summary=input_summary,
+                                                    input_summary_file=None), spec_path.parent)
+    content = updated.to_dict(relative_to=spec_path.parent)
+    # Keys the spec format does not know (the "training" record) are kept as they were.
+    content.update({key: value for key, value in data.items() if key not in content
+                    and key != "input_summary"})
+    if record is not None:
+        content.setdefault("training", {})["input_summary"] = dict(record)
+    text = json.dumps(content, indent=2) + "\n"
+    return atomic_write(spec_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def train_on_cohort(
@@ -635,6 +750,11 @@ def train_on_cohort(
     **train_options: Any,
 ) -> Path:
     """Load a cohort, train the spec's architecture on it and write the trained model.
+
+    The spec written carries the summary of the training inputs
+    (:func:`summarize_training_inputs`), for the input-domain check; a cohort of fewer than
+    :data:`~nipype_xai.models.domain.MIN_INPUTS` subjects is too small to summarise, and its
+    ``"training"`` record says so.
 
     Parameters
     ----------
@@ -666,12 +786,19 @@ def train_on_cohort(
                                         progress=progress)
     model, history = train_model(spec, X, y, progress=progress, trust_code=trust_code,
                                  **train_options)
+    summary = summarize_training_inputs(X, **train_options) if len(X) >= MIN_INPUTS else None
+    summary_record: dict[str, Any] = (
+        {"inputs": INPUT_SUMMARY_NOTE, "augmentation": augmentation_settings(train_options)}
+        if summary is not None else
+        {"not_written": f"{len(X)} training inputs; a summary needs at least {MIN_INPUTS}"})
     record = {
         "cohort": {"path": str(Path(bids_dir)), "n_subjects": len(subjects)},
         "to_template": to_template,
         "settings": {key: value for key, value in train_options.items()
                      if isinstance(value, (int, float, str, bool))},
         "final_loss": history["loss"][-1] if history["loss"] else None,
+        "input_summary": summary_record,
         **(dict(metadata) if metadata else {}),
     }
-    return save_trained_model(model, spec, out_dir, name=name, metadata=record)
+    return save_trained_model(model, spec, out_dir, name=name, metadata=record,
+                              input_summary=summary)
