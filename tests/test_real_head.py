@@ -6,7 +6,8 @@ minutes (at 1 mm the steps are the same; N4 dominates: see the README). Two subj
 ``nipype-xai BIDS OUT participant`` with the defaults (N4, deepbet, affine registration of the
 brain, registration QC, maps kept on the subject's brain) and the bundled model:
 
-- ``sub-01``: the whole head. QC passes; every map's native mass lies inside the subject's brain
+- ``sub-01``: the whole head. QC passes; the input-domain check flags it (the bundled model
+  was trained on synthetic brains); every map's native mass lies inside the subject's brain
   mask, and at least 95 % within one model voxel (4 mm) of the independent reference brain
   (``ch2bet``). Not inside ``ch2bet`` itself: deepbet's brain includes the CSF shell that BET's
   leaves out (measured at 1 mm: 12 % of deepbet's mask lies outside ``ch2bet``'s, 1.8 % farther
@@ -89,6 +90,12 @@ def test_raw_head_is_explained_inside_its_brain(raw_run):
     # 4 mm model grid cannot place mass more finely than that.
     near_reference = ndimage.binary_dilation(reference, iterations=2)
     assert (anat / "sub-01_desc-preproc_T1w.nii.gz").is_file()  # the N4-corrected head
+    # The bundled model was trained on synthetic brains: a real one is flagged as unlike them.
+    predictions = pd.read_csv(next(anat.glob("sub-01_desc-*_predictions.tsv")), sep="\t")
+    print("sub-01 input distance:", predictions["input_distance"][0], "threshold",
+          predictions["input_distance_threshold"][0])
+    assert bool(predictions["outside_training_inputs"][0])
+    assert "unlike the model's training" in (out / "sub-01.html").read_text()
     for desc in METHODS:
         name = f"sub-01_desc-{desc}_attribution"
         magnitude = np.abs(load(anat / f"{name}.nii.gz"))
