@@ -293,7 +293,7 @@ def test_derive_brain_mask_pulls_template_mask_to_subject(registrations, templat
 def test_same_seed_single_thread_is_bit_reproducible(tmp_path):
     """ANTs reads --random-seed 0 as "use the clock": seed 0 must still reproduce (we pass seed+1)."""
     script = textwrap.dedent("""
-        import hashlib, numpy as np, nibabel as nib
+        import hashlib, sys, numpy as np, nibabel as nib
         from nilearn.datasets import load_mni152_template
         from scipy import ndimage
         from nipype_xai.registration import register
@@ -302,12 +302,12 @@ def test_same_seed_single_thread_is_bit_reproducible(tmp_path):
         shifted = ndimage.shift(fixed.get_fdata(), (2, -1, 1.5), order=1).astype(np.float32)
         moving = nib.Nifti1Image(shifted, t1w.affine)
         for _ in range(2):
-            warped = register(moving, fixed, preset="rigid", seed=0).warped
+            warped = register(moving, fixed, preset="rigid", seed=0, out_dir=sys.argv[1]).warped
             print(hashlib.sha256(warped.dataobj.tobytes()).hexdigest())
     """)
     env = {**os.environ, "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=env,
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     digests = out.stdout.split()
     assert len(digests) == 2 and digests[0] == digests[1]
@@ -349,12 +349,12 @@ def test_voxel_order_does_not_change_the_registration(tmp_path):
         shifted = ndimage.shift(fixed.get_fdata(), (2, -1, 1.5), order=1).astype(np.float32)
         moving = nib.Nifti1Image(shifted, t1w.affine)
         for img in (moving, permuted(moving)):
-            result = register(img, fixed, preset="affine", seed=0)
+            result = register(img, fixed, preset="affine", seed=0, out_dir=sys.argv[1])
             print(hashlib.sha256(result.warped.dataobj.tobytes()).hexdigest())
     """ % str(Path(__file__).parent))
     env = {**os.environ, "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=env,
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     digests = out.stdout.split()
     assert len(digests) == 2 and digests[0] == digests[1]
