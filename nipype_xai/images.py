@@ -270,7 +270,6 @@ def save_image(img: nib.spatialimages.SpatialImage, path: PathLike) -> Path:
     """
     # nibabel picks the format (and gzip) from the extension; atomic_write keeps it.
     return atomic_write(path, lambda tmp: nib.save(img, str(tmp)))
-    return path
 
 
 def image_like(reference: nib.Nifti1Image, data: np.ndarray,

@@ -533,11 +533,6 @@ def _derive_resolution(root: Path, query: dict[str, Any]) -> None:
         resampled = resample_img(smoothed, target_affine=affine, target_shape=shape,
                                  interpolation="linear", force_resample=True, copy_header=True)
         data = np.asarray(resampled.dataobj, dtype=np.float32)
-    _save_atomically(_mni_image(data, affine), target)
+    save_image(_mni_image(data, affine), target)  # atomic
     LOGGER.info("Derived %s (%s mm grid %s) from %s", target.name, resolution, "x".join(map(str, shape)),
                 source.name)
-
-
-def _save_atomically(img: nib.Nifti1Image, target: Path) -> None:
-    # Hidden temporary name in the same folder (TemplateFlow's indexer skips hidden files).
-    save_image(img, target)

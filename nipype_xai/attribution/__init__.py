@@ -4,7 +4,14 @@
 >>> maps = attribute(model, x, "smoothgrad", target=None, seed=0)   # doctest: +SKIP
 """
 
-from .engine import METHOD_NAMES, attribute, attribute_many, available_methods, method_defaults
+from .engine import (
+    METHOD_NAMES,
+    attribute,
+    attribute_many,
+    available_methods,
+    method_defaults,
+    resolve_params,
+)
 from .model_state import TargetError
 
 __all__ = [
@@ -14,4 +21,5 @@ __all__ = [
     "attribute_many",
     "available_methods",
     "method_defaults",
+    "resolve_params",
 ]

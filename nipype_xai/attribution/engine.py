@@ -7,47 +7,67 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
+# The implementations register themselves on import (the registry imports none of them).
+from . import gradcam, gradient, perturbation, propagation  # noqa: F401
 from .model_state import TargetLike, model_guard, resolve_target
 from .registry import get_family, get_method, registered_methods
 
-#: The canonical method names, in the order of the SPEC §3 table.
-METHOD_NAMES: tuple[str, ...] = (
-    "gradient",
-    "saliency",
-    "input_x_gradient",
-    "smoothgrad",
-    "smoothgrad_sq",
-    "vargrad",
-    "integrated_gradients",
-    "guided_backprop",
-    "deconvnet",
-    "lrp_epsilon",
-    "lrp_epsilon_plus_flat",
-    "lrp_alpha2_beta1",
-    "deep_taylor",
-    "gradcam",
-    "gradcam_pp",
-    "smooth_gradcam_pp",
-    "occlusion",
-    "deeplift",
-    "shapley_sampling",
-    "kernel_shap",
-    "lime",
-    "atlas_occlusion",
-    "lrp_epsilon_gamma_box",
-    "lrp_epsilon_plus",
-)
+#: The canonical method names, in the order of the SPEC §3 table (each method's registry row).
+METHOD_NAMES: tuple[str, ...] = tuple(method.name for method in registered_methods())
 
 
 def available_methods() -> list[str]:
     """Names of every attribution method, in the SPEC §3 order."""
-    registered = {method.name for method in registered_methods()}
-    return [name for name in METHOD_NAMES if name in registered]
+    return list(METHOD_NAMES)
 
 
 def method_defaults(method: str) -> dict[str, Any]:
     """The default parameters of ``method`` (a copy)."""
     return dict(get_method(method).defaults)
+
+
+def resolve_params(
+    methods: Sequence[str],
+    method_params: Optional[Mapping[str, Mapping[str, Any]]] = None,
+    **params: Any,
+) -> dict[str, dict[str, Any]]:
+    """Every parameter each method runs with: its defaults, then ``params`` where it accepts
+    them, then its own ``method_params`` -- what :func:`attribute_many` passes, and what
+    sidecars record.
+
+    Raises
+    ------
+    ValueError
+        No method, an unknown method, or ``method_params`` for a method not requested.
+    TypeError
+        A parameter in ``params`` that no requested method accepts (most likely a typo), or one
+        in ``method_params`` that its method does not accept.
+    """
+    names = list(dict.fromkeys(methods))
+    if not names:
+        raise ValueError("no attribution method requested")
+    defaults = {name: get_method(name).defaults for name in names}
+    accepted = set().union(*defaults.values())
+    unknown = sorted(set(params) - accepted)
+    if unknown:
+        raise TypeError(
+            f"parameter(s) {unknown} not accepted by any of {names}; "
+            f"accepted: {sorted(accepted)}"
+        )
+    method_params = {k: dict(v) for k, v in (method_params or {}).items()}
+    for name, overrides in method_params.items():
+        if name not in defaults:
+            raise ValueError(f"method_params given for {name!r}, which was not requested")
+        extra = sorted(set(overrides) - set(defaults[name]))
+        if extra:
+            raise TypeError(f"{name} does not accept {extra}; accepted: {sorted(defaults[name])}")
+    resolved = {}
+    for name in names:
+        values = dict(defaults[name])
+        values.update({k: v for k, v in params.items() if k in values})
+        values.update(method_params.get(name, {}))
+        resolved[name] = values
+    return resolved
 
 
 def _check_input(x: torch.Tensor) -> None:
@@ -140,33 +160,11 @@ def attribute_many(
     """
     _check_input(x)
     names = list(dict.fromkeys(methods))
-    if not names:
-        raise ValueError("no attribution method requested")
     entries = {name: get_method(name) for name in names}
-    method_params = {k: dict(v) for k, v in (method_params or {}).items()}
-
-    accepted = set().union(*(entry.defaults for entry in entries.values()))
-    unknown = sorted(set(params) - accepted)
-    if unknown:
-        raise TypeError(
-            f"parameter(s) {unknown} not accepted by any of {names}; "
-            f"accepted: {sorted(accepted)}"
-        )
-    for name, overrides in method_params.items():
-        if name not in entries:
-            raise ValueError(f"method_params given for {name!r}, which was not requested")
-        extra = sorted(set(overrides) - set(entries[name].defaults))
-        if extra:
-            raise TypeError(
-                f"{name} does not accept {extra}; accepted: {sorted(entries[name].defaults)}"
-            )
+    all_params = resolve_params(names, method_params, **params)
 
     def resolved(name: str) -> dict[str, Any]:
-        entry = entries[name]
-        values = dict(entry.defaults)
-        values.update({k: v for k, v in params.items() if k in entry.defaults})
-        values.update(method_params.get(name, {}))
-        return values
+        return dict(all_params[name])
 
     # Group family members whose resolved parameters agree: they share one family call.
     groups: dict[tuple, list[str]] = {}

@@ -144,34 +144,35 @@ def _cam(model, x, target, layer, batch_size, map_fn) -> torch.Tensor:
 
 @register_method(
     "gradcam",
-    defaults={"layer": None, "batch_size": 16},
+    row=14,
     description="Grad-CAM on the last convolutional stage (layer=None) or a named module",
     reference="MONAI GradCAM (after min-max normalisation) / hand computation",
 )
-def gradcam(model, x, target, *, layer, batch_size):
+def gradcam(model, x, target, *, layer=None, batch_size=16):
     layer = layer or default_gradcam_layer(model, x)
     return _cam(model, x, target, layer, batch_size, gradcam_map)
 
 
 @register_method(
     "gradcam_pp",
-    defaults={"layer": None, "batch_size": 16},
+    row=15,
     description="Grad-CAM++ on the last convolutional stage (layer=None) or a named module",
     reference="hand computation of Chattopadhay et al. eq. 19",
 )
-def gradcam_pp(model, x, target, *, layer, batch_size):
+def gradcam_pp(model, x, target, *, layer=None, batch_size=16):
     layer = layer or default_gradcam_layer(model, x)
     return _cam(model, x, target, layer, batch_size, gradcam_pp_map)
 
 
 @register_method(
     "smooth_gradcam_pp",
-    defaults={"layer": None, "n_samples": 50, "noise_level": 0.1, "seed": 0, "batch_size": 16},
+    row=16,
     description="mean Grad-CAM++ map over noisy copies x + N(0, σ²)",
     reference="hand computation: mean of gradcam_pp over the same noisy copies",
     stochastic=True,
 )
-def smooth_gradcam_pp(model, x, target, *, layer, n_samples, noise_level, seed, batch_size):
+def smooth_gradcam_pp(model, x, target, *, layer=None, n_samples=50, noise_level=0.1, seed=0,
+                      batch_size=16):
     layer = layer or default_gradcam_layer(model, x)
     total = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
     for index, noisy in noisy_batches(x, n_samples, noise_level, seed, batch_size):

@@ -36,11 +36,11 @@ def input_gradient(
 @register_family(
     "gradient",
     {
-        "gradient": {"description": "∂y_t/∂x", "reference": _AUTOGRAD},
-        "saliency": {"description": "|∂y_t/∂x| (Simonyan et al. 2014)", "reference": _AUTOGRAD},
-        "input_x_gradient": {"description": "x · ∂y_t/∂x", "reference": _AUTOGRAD},
+        "gradient": {"row": 1, "description": "∂y_t/∂x", "reference": _AUTOGRAD},
+        "saliency": {"row": 2, "description": "|∂y_t/∂x| (Simonyan et al. 2014)",
+                     "reference": _AUTOGRAD},
+        "input_x_gradient": {"row": 3, "description": "x · ∂y_t/∂x", "reference": _AUTOGRAD},
     },
-    defaults={"batch_size": 16},
 )
 def gradient_family(
     model: nn.Module,
@@ -48,7 +48,7 @@ def gradient_family(
     target: Optional[torch.Tensor],
     names: Iterable[str],
     *,
-    batch_size: int,
+    batch_size: int = 16,
 ) -> dict[str, torch.Tensor]:
     chunks = []
     for start in range(0, x.shape[0], batch_size):
@@ -70,20 +70,23 @@ def gradient_maps(x: torch.Tensor, gradient: torch.Tensor, names: Iterable[str]
     "smoothgrad",
     {
         "smoothgrad": {
+            "row": 4,
             "description": "mean of ∂y_t/∂x over noisy copies x + N(0, σ²) (Smilkov et al. 2017)",
             "reference": "captum NoiseTunnel(Saliency, nt_type='smoothgrad')",
         },
         "smoothgrad_sq": {
+            "row": 5,
             "description": "mean of squared noisy gradients (Hooker et al. 2019)",
             "reference": "captum NoiseTunnel(Saliency, nt_type='smoothgrad_sq')",
         },
         "vargrad": {
+            "row": 6,
             "description": "variance of noisy gradients (Adebayo et al. 2018)",
             "reference": "captum NoiseTunnel(Saliency, nt_type='vargrad')",
         },
     },
-    defaults={"n_samples": 50, "noise_level": 0.1, "seed": 0, "batch_size": 16},
     stochastic=True,
+    internal=("with_clean_gradient",),
 )
 def smoothgrad_family(
     model: nn.Module,
@@ -91,10 +94,10 @@ def smoothgrad_family(
     target: Optional[torch.Tensor],
     names: Iterable[str],
     *,
-    n_samples: int,
-    noise_level: float,
-    seed: int,
-    batch_size: int,
+    n_samples: int = 50,
+    noise_level: float = 0.1,
+    seed: int = 0,
+    batch_size: int = 16,
     with_clean_gradient: bool = False,
 ) -> dict[str, torch.Tensor]:
     """The SmoothGrad family; with ``with_clean_gradient`` (the engine's fused path, used when

@@ -114,10 +114,3 @@ def target_output(output: torch.Tensor, target: Optional[torch.Tensor]) -> torch
     if target is None:
         return output[:, 0]
     return output.gather(1, target.reshape(-1, 1).to(output.device))[:, 0]
-
-
-def repeat_target(target: Optional[torch.Tensor], times: int) -> Optional[torch.Tensor]:
-    """Target of ``x.repeat_interleave(times, 0)``-style expanded batches."""
-    if target is None:
-        return None
-    return target.repeat_interleave(times)

@@ -118,7 +118,7 @@ def _feature_mask_or_grid(
 
 @register_method(
     "integrated_gradients",
-    defaults={"n_steps": 50, "integration_method": "gausslegendre", "batch_size": 16},
+    row=7,
     description=(
         "(x - 0) times the mean gradient along the straight path from a zero baseline to x, "
         "n_steps quadrature points (captum IntegratedGradients)"
@@ -274,7 +274,7 @@ def _deeplift_copy(model: nn.Module, probe: torch.Tensor) -> nn.Module:
 
 @register_method(
     "deeplift",
-    defaults={"batch_size": 16},
+    row=18,
     description="DeepLIFT rescale rule against a zero baseline (captum DeepLift)",
     reference=(
         "Shrikumar, Greenside & Kundaje (2017). Learning important features through propagating "
@@ -343,7 +343,7 @@ def _triple(value: WindowLike, name: str) -> tuple[int, int, int]:
 
 @register_method(
     "occlusion",
-    defaults={"window": 8, "stride": None, "batch_size": 16},
+    row=17,
     description=(
         "drop in y_t when a 3D window (default 8^3 voxels, stride = window) is set to 0, "
         "given to every voxel of the window (captum Occlusion)"
@@ -479,7 +479,7 @@ _FEATURE_MASK_DOC = """
 
 @register_method(
     "shapley_sampling",
-    defaults={"feature_mask": None, "grid": 8, "n_samples": 25, "batch_size": 16, "seed": 0},
+    row=19,
     description=(
         "Shapley values of the features of a mask (supervoxels or atlas parcels), estimated "
         "from n_samples random permutations, absent features set to 0 (captum "
@@ -539,7 +539,7 @@ def shapley_sampling(
 
 @register_method(
     "kernel_shap",
-    defaults={"feature_mask": None, "grid": 8, "n_samples": 200, "batch_size": 16, "seed": 0},
+    row=20,
     description=(
         "KernelSHAP: weighted linear regression of y_t on random feature coalitions of a mask "
         "(supervoxels or atlas parcels), absent features set to 0 (captum KernelShap)"
@@ -598,15 +598,7 @@ def kernel_shap(
 
 @register_method(
     "lime",
-    defaults={
-        "feature_mask": None,
-        "grid": 8,
-        "n_samples": 200,
-        "surrogate": "ridge",
-        "alpha": 1.0,
-        "batch_size": 16,
-        "seed": 0,
-    },
+    row=21,
     description=(
         "LIME: ridge surrogate (alpha 1, as the reference LIME implementation) of y_t on random "
         "binary feature vectors of a mask, absent features set to 0, samples weighted by an "
@@ -694,7 +686,7 @@ for _function in (shapley_sampling, kernel_shap, lime):
 
 @register_method(
     "atlas_occlusion",
-    defaults={"feature_mask": None, "grid": 8, "ignore_background": False, "batch_size": 16},
+    row=22,
     description=(
         "drop in y_t when one parcel of a parcellation is set to 0, given to every voxel of the "
         "parcel; supervoxel grid when no parcellation is given (captum FeatureAblation)"

@@ -187,12 +187,12 @@ _ZENNIT = "zennit (Anders et al. 2021)"
 
 @register_method(
     "guided_backprop",
-    defaults={"batch_size": 16},
+    row=8,
     description="guided backpropagation of y_t (Springenberg et al. 2015)",
     reference=f"captum GuidedBackprop; {_ZENNIT} GuidedBackprop composite",
 )
 def guided_backprop(
-    model: nn.Module, x: torch.Tensor, target: Optional[torch.Tensor], *, batch_size: int
+    model: nn.Module, x: torch.Tensor, target: Optional[torch.Tensor], *, batch_size: int = 16
 ) -> torch.Tensor:
     """Guided backpropagation: ReLUs pass gradient only where both input and gradient are > 0."""
     return _propagate(
@@ -203,12 +203,12 @@ def guided_backprop(
 
 @register_method(
     "deconvnet",
-    defaults={"batch_size": 16},
+    row=9,
     description="DeconvNet backward pass of y_t (Zeiler & Fergus 2014)",
     reference=f"captum Deconvolution; {_ZENNIT} DeconvNet composite",
 )
 def deconvnet(
-    model: nn.Module, x: torch.Tensor, target: Optional[torch.Tensor], *, batch_size: int
+    model: nn.Module, x: torch.Tensor, target: Optional[torch.Tensor], *, batch_size: int = 16
 ) -> torch.Tensor:
     """DeconvNet: ReLUs pass the positive part of the gradient, whatever their input was."""
     return _propagate(
@@ -263,105 +263,59 @@ def _lrp(
     )
 
 
-_LRP_DEFAULTS = {"epsilon": 1e-6, "canonize": True, "batch_size": 16}
 _BOX_NOTE = "low/high default to each sample's min/max"
 
-
-@register_method(
-    "lrp_epsilon",
-    defaults=dict(_LRP_DEFAULTS),
-    description="LRP-ε on every convolution / linear layer, canonized (Bach et al. 2015)",
-    reference=f"{_ZENNIT} Epsilon rule; conservation on bias-free networks",
-)
-def lrp_epsilon(
-    model: nn.Module,
-    x: torch.Tensor,
-    target: Optional[torch.Tensor],
-    *,
-    epsilon: float,
-    canonize: bool,
-    batch_size: int,
-) -> torch.Tensor:
-    """LRP-ε: ``R_j = Σ_k x_j w_jk R_k / (z_k + ε·sign(z_k))`` on every linear layer."""
-    return _lrp(
-        model, x, target,
-        lambda view, canonizers: lrp_epsilon_composite(epsilon, canonizers),
-        canonize, batch_size,
-    )
-
-
-@register_method(
-    "lrp_epsilon_plus_flat",
-    defaults=dict(_LRP_DEFAULTS),
-    description="LRP: flat first layer, z⁺ convolutions, ε dense layers (Kohlbrenner et al. 2020)",
-    reference=f"{_ZENNIT} EpsilonPlusFlat composite",
-)
-def lrp_epsilon_plus_flat(
-    model: nn.Module,
-    x: torch.Tensor,
-    target: Optional[torch.Tensor],
-    *,
-    epsilon: float,
-    canonize: bool,
-    batch_size: int,
-) -> torch.Tensor:
-    """zennit's EpsilonPlusFlat composite."""
-    return _lrp(
-        model, x, target,
-        lambda view, canonizers: EpsilonPlusFlat(epsilon=epsilon, canonizers=canonizers),
-        canonize, batch_size,
-    )
+#: The LRP methods that differ only in their composite: name -> (row in SPEC §3, the composite
+#: from (epsilon, canonizers), description, reference). Each takes ``epsilon``, ``canonize``
+#: and ``batch_size`` (:func:`_epsilon_lrp_method`).
+_EPSILON_LRP: dict[str, tuple[int, Callable[[float, list], Composite], str, str]] = {
+    "lrp_epsilon": (
+        10, lrp_epsilon_composite,
+        "LRP-ε on every convolution / linear layer, canonized (Bach et al. 2015)",
+        f"{_ZENNIT} Epsilon rule; conservation on bias-free networks"),
+    "lrp_epsilon_plus_flat": (
+        11, lambda epsilon, canonizers: EpsilonPlusFlat(epsilon=epsilon, canonizers=canonizers),
+        "LRP: flat first layer, z⁺ convolutions, ε dense layers (Kohlbrenner et al. 2020)",
+        f"{_ZENNIT} EpsilonPlusFlat composite"),
+    "lrp_alpha2_beta1": (
+        12, lambda epsilon, canonizers: EpsilonAlpha2Beta1(epsilon=epsilon, canonizers=canonizers),
+        "LRP: α2β1 convolutions, ε dense layers (Bach et al. 2015)",
+        f"{_ZENNIT} EpsilonAlpha2Beta1 composite"),
+    "lrp_epsilon_plus": (
+        24, lambda epsilon, canonizers: EpsilonPlus(epsilon=epsilon, canonizers=canonizers),
+        "LRP: z⁺ convolutions, ε dense layers",
+        f"{_ZENNIT} EpsilonPlus composite"),
+}
 
 
-@register_method(
-    "lrp_alpha2_beta1",
-    defaults=dict(_LRP_DEFAULTS),
-    description="LRP: α2β1 convolutions, ε dense layers (Bach et al. 2015)",
-    reference=f"{_ZENNIT} EpsilonAlpha2Beta1 composite",
-)
-def lrp_alpha2_beta1(
-    model: nn.Module,
-    x: torch.Tensor,
-    target: Optional[torch.Tensor],
-    *,
-    epsilon: float,
-    canonize: bool,
-    batch_size: int,
-) -> torch.Tensor:
-    """zennit's EpsilonAlpha2Beta1 composite."""
-    return _lrp(
-        model, x, target,
-        lambda view, canonizers: EpsilonAlpha2Beta1(epsilon=epsilon, canonizers=canonizers),
-        canonize, batch_size,
-    )
+def _epsilon_lrp_method(
+    composite: Callable[[float, list], Composite],
+) -> Callable[..., torch.Tensor]:
+    """The method function of one :data:`_EPSILON_LRP` entry."""
+
+    def method(
+        model: nn.Module,
+        x: torch.Tensor,
+        target: Optional[torch.Tensor],
+        *,
+        epsilon: float = 1e-6,
+        canonize: bool = True,
+        batch_size: int = 16,
+    ) -> torch.Tensor:
+        return _lrp(model, x, target,
+                    lambda view, canonizers: composite(epsilon, canonizers), canonize, batch_size)
+
+    return method
 
 
-@register_method(
-    "lrp_epsilon_plus",
-    defaults=dict(_LRP_DEFAULTS),
-    description="LRP: z⁺ convolutions, ε dense layers",
-    reference=f"{_ZENNIT} EpsilonPlus composite",
-)
-def lrp_epsilon_plus(
-    model: nn.Module,
-    x: torch.Tensor,
-    target: Optional[torch.Tensor],
-    *,
-    epsilon: float,
-    canonize: bool,
-    batch_size: int,
-) -> torch.Tensor:
-    """zennit's EpsilonPlus composite."""
-    return _lrp(
-        model, x, target,
-        lambda view, canonizers: EpsilonPlus(epsilon=epsilon, canonizers=canonizers),
-        canonize, batch_size,
-    )
+for _name, (_row, _composite, _description, _reference) in _EPSILON_LRP.items():
+    register_method(_name, row=_row, description=_description,
+                    reference=_reference)(_epsilon_lrp_method(_composite))
 
 
 @register_method(
     "deep_taylor",
-    defaults={"low": None, "high": None, "canonize": True, "batch_size": 16},
+    row=13,
     description=f"deep Taylor decomposition: z⁺ rule, ZBox first layer ({_BOX_NOTE}; "
     "Montavon et al. 2017)",
     reference=f"{_ZENNIT} ZPlus / ZBox rules",
@@ -371,10 +325,10 @@ def deep_taylor(
     x: torch.Tensor,
     target: Optional[torch.Tensor],
     *,
-    low: Bound,
-    high: Bound,
-    canonize: bool,
-    batch_size: int,
+    low: Bound = None,
+    high: Bound = None,
+    canonize: bool = True,
+    batch_size: int = 16,
 ) -> torch.Tensor:
     """Deep Taylor decomposition; see :func:`input_bounds` for ``low`` / ``high``."""
 
@@ -388,10 +342,7 @@ def deep_taylor(
 
 @register_method(
     "lrp_epsilon_gamma_box",
-    defaults={
-        "low": None, "high": None, "epsilon": 1e-6, "gamma": 0.25, "canonize": True,
-        "batch_size": 16,
-    },
+    row=23,
     description=f"LRP: ZBox first layer, γ convolutions, ε dense layers ({_BOX_NOTE})",
     reference=f"{_ZENNIT} EpsilonGammaBox composite",
 )
@@ -400,12 +351,12 @@ def lrp_epsilon_gamma_box(
     x: torch.Tensor,
     target: Optional[torch.Tensor],
     *,
-    low: Bound,
-    high: Bound,
-    epsilon: float,
-    gamma: float,
-    canonize: bool,
-    batch_size: int,
+    low: Bound = None,
+    high: Bound = None,
+    epsilon: float = 1e-06,
+    gamma: float = 0.25,
+    canonize: bool = True,
+    batch_size: int = 16,
 ) -> torch.Tensor:
     """zennit's EpsilonGammaBox composite; see :func:`input_bounds` for ``low`` / ``high``."""
 

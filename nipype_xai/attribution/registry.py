@@ -3,10 +3,14 @@
 Like zennit's composite registry, a name maps to an implementation. Methods that share forward /
 backward passes belong to a *family*; the family function computes any subset of its members
 from one set of passes, which is how :func:`nipype_xai.attribution.attribute_many` saves work.
+
+This module imports no implementation (no cycle): the implementation modules import it and
+register themselves, and :mod:`nipype_xai.attribution.engine` imports them.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -21,9 +25,15 @@ FamilyFunction = Callable[..., "dict[str, torch.Tensor]"]
 
 @dataclass(frozen=True)
 class Method:
-    """An attribution method as the registry knows it."""
+    """An attribution method as the registry knows it.
+
+    ``row`` is the method's row in the SPEC §3 table: the order every list of methods follows.
+    ``defaults`` are read from the implementing function's signature (its keyword-only
+    parameters), so each default is stated once, where the function is.
+    """
 
     name: str
+    row: int
     defaults: Mapping[str, Any]
     description: str
     reference: str
@@ -36,22 +46,42 @@ _METHODS: dict[str, Method] = {}
 _FAMILIES: dict[str, FamilyFunction] = {}
 
 
+def signature_defaults(fn: Callable[..., Any], internal: Sequence[str] = ()) -> dict[str, Any]:
+    """The keyword-only parameters of ``fn`` and their defaults, less ``internal`` ones.
+
+    Raises
+    ------
+    TypeError
+        A keyword-only parameter has no default: the registry could not say what it is.
+    """
+    defaults = {}
+    for name, parameter in inspect.signature(fn).parameters.items():
+        if parameter.kind is not parameter.KEYWORD_ONLY or name in internal:
+            continue
+        if parameter.default is parameter.empty:
+            raise TypeError(f"{fn.__qualname__}: keyword-only parameter {name!r} needs a default "
+                            "(the registry reads every method's defaults from its signature)")
+        defaults[name] = parameter.default
+    return defaults
+
+
 def register_method(
     name: str,
     *,
-    defaults: Mapping[str, Any],
+    row: int,
     description: str,
     reference: str,
     stochastic: bool = False,
 ) -> Callable[[MethodFunction], MethodFunction]:
-    """Register ``fn(model, x, target, **params) -> Tensor`` under ``name``.
+    """Register ``fn(model, x, target, *, **params) -> Tensor`` under ``name``.
 
-    ``defaults`` lists *every* parameter the method accepts (``seed`` and ``batch_size``
-    included where they apply); :func:`attribute` rejects parameters outside it.
+    Its keyword-only parameters, each with its default (``seed`` and ``batch_size`` included
+    where they apply), are the parameters :func:`attribute` accepts; others are rejected.
     """
 
     def decorator(fn: MethodFunction) -> MethodFunction:
-        _add(Method(name, dict(defaults), description, reference, stochastic, None, fn))
+        _add(Method(name, row, signature_defaults(fn), description, reference, stochastic, None,
+                    fn))
         return fn
 
     return decorator
@@ -59,33 +89,27 @@ def register_method(
 
 def register_family(
     family: str,
-    members: Mapping[str, Mapping[str, str]],
+    members: Mapping[str, Mapping[str, Any]],
     *,
-    defaults: Mapping[str, Any],
     stochastic: bool = False,
+    internal: Sequence[str] = (),
 ) -> Callable[[FamilyFunction], FamilyFunction]:
-    """Register a family function computing several methods from shared passes.
+    """Register ``fn(model, x, target, names, *, **params) -> dict`` computing several methods
+    from shared passes.
 
-    ``members`` maps each method name to ``{"description": ..., "reference": ...}``; all members
-    share ``defaults``.
+    ``members`` maps each method name to ``{"row": ..., "description": ..., "reference": ...}``;
+    all members share the function's keyword-only parameters and defaults, less the
+    ``internal`` ones (engine-only switches, not method parameters).
     """
 
     def decorator(fn: FamilyFunction) -> FamilyFunction:
         if family in _FAMILIES:
             raise ValueError(f"attribution family {family!r} registered twice")
         _FAMILIES[family] = fn
+        defaults = signature_defaults(fn, internal)
         for name, info in members.items():
-            _add(
-                Method(
-                    name,
-                    dict(defaults),
-                    info["description"],
-                    info["reference"],
-                    stochastic,
-                    family,
-                    None,
-                )
-            )
+            _add(Method(name, int(info["row"]), dict(defaults), info["description"],
+                        info["reference"], stochastic, family, None))
         return fn
 
     return decorator
@@ -94,12 +118,15 @@ def register_family(
 def _add(method: Method) -> None:
     if method.name in _METHODS:
         raise ValueError(f"attribution method {method.name!r} registered twice")
+    for other in _METHODS.values():
+        if other.row == method.row:
+            raise ValueError(f"attribution methods {other.name!r} and {method.name!r} share "
+                             f"row {method.row}")
     _METHODS[method.name] = method
 
 
 def get_method(name: str) -> Method:
     """Return the registry entry of ``name`` or raise a ``ValueError`` listing the known names."""
-    _load_implementations()
     try:
         return _METHODS[name]
     except KeyError:
@@ -108,16 +135,9 @@ def get_method(name: str) -> Method:
 
 
 def get_family(family: str) -> FamilyFunction:
-    _load_implementations()
     return _FAMILIES[family]
 
 
 def registered_methods() -> Sequence[Method]:
-    _load_implementations()
-    return tuple(_METHODS.values())
-
-
-def _load_implementations() -> None:
-    # Importing the implementation modules fills the registry; done lazily so that
-    # ``registry`` itself has no import cycle with them.
-    from . import gradient, gradcam, perturbation, propagation  # noqa: F401
+    """Every registered method, in the SPEC §3 order (``row``)."""
+    return tuple(sorted(_METHODS.values(), key=lambda method: method.row))

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..attribution import TargetError, attribute_many, method_defaults
+from ..attribution import TargetError, attribute_many, method_defaults, resolve_params
 from ..attribution.model_state import forward, model_device
 from ..images import ImageError, format_bytes, usable_memory_bytes
 from .preprocessing import ModelGrid, from_model_grid, to_model_grid
@@ -256,27 +256,16 @@ def resolve_method_params(
     method_params: Optional[Mapping[str, Mapping[str, Any]]] = None,
     **shared: Any,
 ) -> dict[str, dict[str, Any]]:
-    """Every parameter each method will run with: its defaults, then ``shared``, then its overrides.
+    """Every parameter each method will run with (:func:`nipype_xai.attribution.resolve_params`).
 
-    ``shared`` values (``seed``, ``batch_size``) go only to the methods that accept them, so a
-    deterministic method is not handed a seed it would reject. The result is what the sidecar
-    records and exactly what is passed to :func:`~nipype_xai.attribution.attribute_many`.
+    ``shared`` values (``seed``, ``batch_size``) that are not ``None`` go only to the methods
+    that accept them, so a deterministic method is not handed a seed it would reject. The result
+    is what the sidecar records and exactly what is passed to
+    :func:`~nipype_xai.attribution.attribute_many`.
     """
-    method_params = dict(method_params or {})
-    unknown = sorted(set(method_params) - set(methods))
-    if unknown:
-        raise ValueError(f"method_params given for {unknown}, which were not requested")
-    resolved = {}
-    for method in dict.fromkeys(methods):
-        params = method_defaults(method)
-        params.update({k: v for k, v in shared.items() if v is not None and k in params})
-        overrides = dict(method_params.get(method, {}))
-        extra = sorted(set(overrides) - set(params))
-        if extra:
-            raise TypeError(f"{method} does not accept {extra}; accepted: {sorted(params)}")
-        params.update(overrides)
-        resolved[method] = params
-    return resolved
+    accepted = set().union(*(method_defaults(method) for method in dict.fromkeys(methods)))
+    return resolve_params(methods, method_params,
+                          **{k: v for k, v in shared.items() if v is not None and k in accepted})
 
 
 @dataclass(frozen=True)

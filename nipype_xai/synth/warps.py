@@ -52,10 +52,6 @@ __all__ = [
 #: ITK's physical space is LPS, nibabel's RAS: a vector changes sign on the first two axes.
 RAS_TO_LPS = np.array([-1.0, -1.0, 1.0])
 
-#: NIfTI intent code of a vector image (what ITK / ANTs write for displacement fields).
-NIFTI_INTENT_VECTOR = 1007
-
-
 @dataclass(frozen=True)
 class Lattice:
     """A regular axis-aligned grid in world mm on which smooth fields are sampled.
