@@ -24,6 +24,7 @@ __all__ = [
     "ImageError",
     "check_affine",
     "check_header_size",
+    "check_volume",
     "format_bytes",
     "image_like",
     "load_volume",
@@ -79,9 +80,28 @@ def load_volume(path: PathLike) -> nib.Nifti1Image:
         img = nib.load(str(path))
     except Exception as error:  # nibabel raises several types (ImageFileError, EOFError, OSError)
         raise ImageError(f"{name}: cannot be read as a NIfTI image ({_one_line(error)})") from error
-    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
-        raise ImageError(f"{name}: expected a NIfTI image, got {type(img).__name__}")
+    out = check_volume(img, name)
+    out.set_filename(str(path))
+    return out
 
+
+def check_volume(img: nib.spatialimages.SpatialImage, name: str) -> nib.Nifti1Image:
+    """Check an opened (or in-memory) NIfTI image and read it: what :func:`load_volume` does
+    after opening the file, for images that come in memory.
+
+    Returns a new ``Nifti1Image`` with float32 data in memory (scaling applied), the image's
+    affine, header fields and xform codes; a single-volume 4D image is squeezed to 3D.
+
+    Raises
+    ------
+    ImageError
+        Not NIfTI; not 3D; a header declaring more data than the file or this machine's memory
+        can hold; an affine that is not finite or singular; truncated or corrupt data; NaN or
+        Inf voxels. The message starts with ``name``.
+    """
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise ImageError(f"{name}: expected a NIfTI image, got {type(img).__name__} (convert it "
+                         "to .nii.gz first)")
     shape = tuple(int(n) for n in img.shape)
     # Check the dimensionality from the header before reading: a 4D time series can be large.
     if len(shape) == 4 and shape[3] == 1:
@@ -114,13 +134,11 @@ def load_volume(path: PathLike) -> nib.Nifti1Image:
         header.set_data_dtype(np.float32)
         # The array already holds the scaled values: keep the header from scaling them again.
         header.set_slope_inter(1.0, 0.0)
-        out = nib.Nifti1Image(data, img.affine, header=header)
-    else:
-        # NIfTI-2: its header does not convert field by field; keep the affines and their codes.
-        out = nib.Nifti1Image(data, img.affine)
-        out.set_sform(img.get_sform(), code=int(img.header["sform_code"]))
-        out.set_qform(img.get_qform(), code=int(img.header["qform_code"]))
-    out.set_filename(str(path))
+        return nib.Nifti1Image(data, img.affine, header=header)
+    # NIfTI-2: its header does not convert field by field; keep the affines and their codes.
+    out = nib.Nifti1Image(data, img.affine)
+    out.set_sform(img.get_sform(), code=int(img.header["sform_code"]))
+    out.set_qform(img.get_qform(), code=int(img.header["qform_code"]))
     return out
 
 

@@ -37,8 +37,9 @@ import numpy as np
 from .images import (
     ImageError,
     check_affine,
-    check_header_size,
+    check_volume,
     image_like,
+    load_volume,
     reorient_like,
     reorient_to_ras,
 )
@@ -140,44 +141,24 @@ def load_image(img: ImageLike, role: str = "image") -> tuple[nib.Nifti1Image, np
         than the file or this machine's memory can hold (checked before reading); an affine that
         is not finite, singular or sheared (ITK cannot represent shear); NaN or infinite voxels.
     """
-    if isinstance(img, (str, os.PathLike)):
-        path = Path(img)
-        name = str(path)
-        if not path.is_file():
-            raise RegistrationError(f"{name}: {role} file not found")
-        try:
-            loaded = nib.load(path)
-        except Exception as exc:  # noqa: BLE001 - nibabel raises several types for bad files
-            raise RegistrationError(f"{name}: not a readable NIfTI image ({exc})") from exc
-    elif isinstance(img, nib.spatialimages.SpatialImage):
-        loaded = img
-        name = img.get_filename() or f"<in-memory {role}>"
-    else:
-        raise RegistrationError(
-            f"{role}: expected a NIfTI path or a nibabel image, got {type(img).__name__}")
-    if not isinstance(loaded, (nib.Nifti1Image, nib.Nifti2Image)):
-        raise RegistrationError(f"{name}: expected a NIfTI image, got {type(loaded).__name__} "
-                                "(convert it to .nii.gz first)")
-    single_volume_4d = len(loaded.shape) == 4 and loaded.shape[3] == 1
-    if len(loaded.shape) != 3 and not single_volume_4d:
-        raise RegistrationError(f"{name}: expected a 3D image, got shape {tuple(loaded.shape)}")
-    # From the header, before any voxel is read or allocated.
+    # One loader (nipype_xai.images), its ImageError as this module's error.
     try:
-        check_header_size(loaded, name)
+        if isinstance(img, (str, os.PathLike)):
+            path = Path(img)
+            name = path.name
+            if not path.is_file():
+                raise RegistrationError(f"{name}: {role} file not found ({path})")
+            loaded = load_volume(path)
+        elif isinstance(img, nib.spatialimages.SpatialImage):
+            name = Path(img.get_filename()).name if img.get_filename() else f"<in-memory {role}>"
+            loaded = check_volume(img, name)
+        else:
+            raise RegistrationError(
+                f"{role}: expected a NIfTI path or a nibabel image, got {type(img).__name__}")
     except ImageError as exc:
         raise RegistrationError(str(exc)) from None
     _check_itk_affine(loaded.affine, name)
-    if single_volume_4d:
-        loaded = nib.funcs.squeeze_image(loaded)  # a single volume stored as 4D, as nilearn accepts
-    try:
-        data = loaded.get_fdata(dtype=np.float32)
-    except Exception as exc:  # noqa: BLE001 - truncated gzip gives EOFError, zlib.error, OSError...
-        raise RegistrationError(
-            f"{name}: could not read the voxel data, the file may be truncated ({exc})") from exc
-    finite = np.isfinite(data)
-    if not finite.all():
-        raise RegistrationError(f"{name}: {int((~finite).sum())} NaN or infinite voxels")
-    return loaded, data, name
+    return loaded, np.asanyarray(loaded.dataobj), name
 
 
 def to_ants(img: nib.Nifti1Image, data: np.ndarray | None = None, name: str = "<in-memory image>"):

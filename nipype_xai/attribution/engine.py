@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 # The implementations register themselves on import (the registry imports none of them).
-from . import gradcam, gradient, perturbation, propagation  # noqa: F401
+from . import gradcam, gradient, occlusion, path, propagation, surrogate  # noqa: F401
 from .model_state import TargetLike, model_guard, resolve_target
 from .registry import get_family, get_method, registered_methods
 

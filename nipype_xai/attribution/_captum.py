@@ -1,0 +1,78 @@
+"""Shared plumbing of the methods computed through captum (:mod:`.path`, :mod:`.occlusion`,
+:mod:`.surrogate`): captum's implementations, our 3D handling around them.
+
+- ``batch_size`` bounds the rows of every forward pass: captum's ``internal_batch_size`` /
+  ``perturbations_per_eval`` count copies *per sample*, so samples are processed in chunks small
+  enough that chunk x copies <= batch_size.
+- ``target=None`` (a single-output model) becomes captum's target 0, i.e. ``output[:, 0]``,
+  exactly what :func:`~nipype_xai.attribution.model_state.target_output` explains.
+- The stochastic methods draw from torch's global CPU generator (captum has no generator
+  argument), so they run inside :func:`torch.random.fork_rng` seeded with ``seed``: reproducible,
+  and the caller's global RNG state is left as it was.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Optional, Union
+
+import torch
+from torch import nn
+
+from .feature_masks import FeatureMaskLike, GridLike, prepare_feature_mask, supervoxel_grid
+from .model_state import forward
+
+
+# --------------------------------------------------------------------------------------------
+# Shared plumbing
+# --------------------------------------------------------------------------------------------
+
+
+def _forward_function(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    # captum selects the target column itself; giving it the (B, K) matrix (tuple outputs and
+    # extra dimensions flattened by ``forward``) lets it expand targets over its copies.
+    return lambda inputs: forward(model, inputs)
+
+
+def _captum_target(target: Optional[torch.Tensor], rows: slice) -> Union[int, torch.Tensor]:
+    # None means a single-output model: output[:, 0] is the explained score.
+    return 0 if target is None else target[rows]
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or int(value) != value or int(value) < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _chunks(n_samples: int, chunk: int) -> Iterator[slice]:
+    for start in range(0, n_samples, chunk):
+        yield slice(start, min(start + chunk, n_samples))
+
+
+@contextmanager
+def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed torch's global generators for the duration of the block, restoring them afterwards."""
+    if isinstance(seed, bool) or int(seed) != seed:
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    cuda = device.type == "cuda"
+    index = None
+    if cuda:
+        index = device.index if device.index is not None else torch.cuda.current_device()
+    with torch.random.fork_rng(devices=[index] if cuda else []):
+        # Not torch.manual_seed: it would also reseed every CUDA device, outside the fork.
+        torch.default_generator.manual_seed(int(seed))
+        if cuda:
+            with torch.cuda.device(index):
+                torch.cuda.manual_seed(int(seed))
+        yield
+
+
+def _feature_mask_or_grid(
+    feature_mask: Optional[FeatureMaskLike], grid: GridLike, x: torch.Tensor
+) -> torch.Tensor:
+    """The (1 or B, C, X, Y, Z) consecutive-label mask: the given parcellation, else a grid."""
+    if feature_mask is not None:
+        return prepare_feature_mask(feature_mask, x)
+    labels = supervoxel_grid(x.shape[2:], grid, device=x.device)
+    return labels.expand(1, x.shape[1], *labels.shape).contiguous()
