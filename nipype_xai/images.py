@@ -28,6 +28,7 @@ __all__ = [
     "format_bytes",
     "image_like",
     "load_volume",
+    "open_image",
     "reorient_like",
     "reorient_to_ras",
     "save_image",
@@ -70,6 +71,19 @@ def load_volume(path: PathLike) -> nib.Nifti1Image:
         this machine's memory can hold; its affine is not finite or singular; it is truncated or
         corrupt; it is not 3D; or it contains NaN or Inf voxels. The message names the file.
     """
+    out = check_volume(open_image(path), Path(path).name)
+    out.set_filename(str(path))
+    return out
+
+
+def open_image(path: PathLike) -> nib.spatialimages.SpatialImage:
+    """Open an image file with nibabel (header only; nothing checked or read beyond it).
+
+    Raises
+    ------
+    ImageError
+        The file is missing, not a file, or not readable by nibabel; the message names it.
+    """
     path = Path(path)
     name = path.name
     if not path.exists():
@@ -77,12 +91,9 @@ def load_volume(path: PathLike) -> nib.Nifti1Image:
     if not path.is_file():
         raise ImageError(f"{name}: not a file ({path})")
     try:
-        img = nib.load(str(path))
+        return nib.load(str(path))
     except Exception as error:  # nibabel raises several types (ImageFileError, EOFError, OSError)
         raise ImageError(f"{name}: cannot be read as a NIfTI image ({_one_line(error)})") from error
-    out = check_volume(img, name)
-    out.set_filename(str(path))
-    return out
 
 
 def check_volume(img: nib.spatialimages.SpatialImage, name: str) -> nib.Nifti1Image:

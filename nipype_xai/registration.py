@@ -39,7 +39,7 @@ from .images import (
     check_affine,
     check_volume,
     image_like,
-    load_volume,
+    open_image,
     reorient_like,
     reorient_to_ras,
 )
@@ -145,20 +145,24 @@ def load_image(img: ImageLike, role: str = "image") -> tuple[nib.Nifti1Image, np
     try:
         if isinstance(img, (str, os.PathLike)):
             path = Path(img)
-            name = path.name
+            name = str(path)  # the whole path, as the CLI's failure lines show it
             if not path.is_file():
                 raise RegistrationError(f"{name}: {role} file not found ({path})")
-            loaded = load_volume(path)
+            opened = open_image(path)
         elif isinstance(img, nib.spatialimages.SpatialImage):
-            name = Path(img.get_filename()).name if img.get_filename() else f"<in-memory {role}>"
-            loaded = check_volume(img, name)
+            name = img.get_filename() or f"<in-memory {role}>"
+            opened = img
         else:
             raise RegistrationError(
                 f"{role}: expected a NIfTI path or a nibabel image, got {type(img).__name__}")
+        checked = check_volume(opened, name)
     except ImageError as exc:
         raise RegistrationError(str(exc)) from None
-    _check_itk_affine(loaded.affine, name)
-    return loaded, np.asanyarray(loaded.dataobj), name
+    _check_itk_affine(checked.affine, name)
+    # The image as stored (its dtype decides nearest-neighbour outputs), 3D; the checked data.
+    if len(opened.shape) == 4:
+        opened = nib.funcs.squeeze_image(opened)
+    return opened, np.asanyarray(checked.dataobj), name
 
 
 def to_ants(img: nib.Nifti1Image, data: np.ndarray | None = None, name: str = "<in-memory image>"):
