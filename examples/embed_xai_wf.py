@@ -22,9 +22,9 @@ Usage::
     python examples/embed_xai_wf.py [OUTPUT_DIR] [--methods gradient smoothgrad]
                                     [--n-subjects 1] [--work-dir DIR] [--register]
 
-``OUTPUT_DIR`` (default ``examples/output/embed_xai_wf``) receives ``bids/`` (the cohort),
-``model/`` (the stand-in model), ``derivatives/nipype_xai/`` (nipype-xai's derivatives) and
-``lab_results/`` (the summaries). ``--register`` registers with ANTsPy instead of reusing the
+``OUTPUT_DIR`` (default: a new temporary folder, printed; nothing is written into the repository)
+receives ``bids/`` (the cohort), ``model/`` (the stand-in model), ``derivatives/nipype_xai/``
+(nipype-xai's derivatives) and ``lab_results/`` (the summaries); ``--out DIR`` is the same. ``--register`` registers with ANTsPy instead of reusing the
 known transforms. About 20 s for one subject on one CPU core, ~5 s per further subject.
 """
 
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -44,7 +45,6 @@ from nipype_xai.models.bundled import bundled_model_spec
 from nipype_xai.synth import generate_cohort
 from nipype_xai.workflows import init_xai_wf
 
-DEFAULT_OUTPUT = Path(__file__).resolve().parent / "output" / "embed_xai_wf"
 TEMPLATE = "MNI152NLin2009aSym"
 COHORT_SEED = 1  # subject 01 of this seed has lesions (and so overlap metrics); 02 is a control
 
@@ -189,7 +189,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         dataset) and ``summaries`` (the lab's JSON summary of each subject), as paths.
     """
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("output_dir", nargs="?", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("output_dir", nargs="?", type=Path, default=None,
+                        help="where everything goes (default: a new temporary folder)")
+    parser.add_argument("--out", dest="output_dir_option", type=Path, metavar="DIR",
+                        help="the same as OUTPUT_DIR")
     parser.add_argument("--methods", nargs="+", default=["gradient", "smoothgrad"])
     parser.add_argument("--n-subjects", type=int, default=1)
     parser.add_argument("--work-dir", type=Path, default=None,
@@ -197,7 +200,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     parser.add_argument("--register", action="store_true",
                         help="register with ANTsPy instead of reusing the known transforms")
     args = parser.parse_args(argv)
-    root = args.output_dir.absolute()
+    given = args.output_dir or args.output_dir_option
+    root = (Path(given) if given else
+            Path(tempfile.mkdtemp(prefix="nipype-xai-embed_xai_wf-"))).absolute()
+    print(f"output: {root}")
     subjects = [f"{index:02d}" for index in range(1, args.n_subjects + 1)]
 
     started = time.perf_counter()

@@ -10,15 +10,17 @@ runtime, the range of the map and the share of the map's absolute mass that fall
 
 Usage::
 
-    python examples/run_all_methods.py [OUTPUT_DIR] [--train-steps N] [--methods m1 m2 ...]
+    python examples/run_all_methods.py [OUTPUT_DIR | --out DIR] [--train-steps N] [--methods m1 ...]
 
-``OUTPUT_DIR`` defaults to ``examples/output/``. Under a minute on two CPU cores.
+``OUTPUT_DIR`` defaults to a new temporary folder (printed): nothing is written into the
+repository. Under a minute on two CPU cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -124,13 +126,18 @@ def train_model(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "output_dir", nargs="?", type=Path, default=Path(__file__).parent / "output",
-        help="where the model, the subject and the maps go (default: examples/output/)",
+        "output_dir", nargs="?", type=Path, default=None,
+        help="where the model, the subject and the maps go (default: a new temporary folder)",
     )
+    parser.add_argument("--out", dest="output_dir_option", type=Path, metavar="DIR",
+                        help="the same as OUTPUT_DIR")
     parser.add_argument("--train-steps", type=int, default=150, help="training steps (batch 16)")
     parser.add_argument("--methods", nargs="+", default=None, help="default: every method")
     args = parser.parse_args(argv)
-    out = args.output_dir.absolute()
+    given = args.output_dir or args.output_dir_option
+    out = (Path(given) if given else
+           Path(tempfile.mkdtemp(prefix="nipype-xai-run_all_methods-"))).absolute()
+    print(f"output: {out}")
     (out / "maps").mkdir(parents=True, exist_ok=True)
 
     # The model spec: an 8 mm grid over the images' field of view, z-scored over the brain.

@@ -3,6 +3,7 @@ resuming from the work directory, ``synth``, ``train`` and a smallest ``demo`` (
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import subprocess
@@ -264,3 +265,129 @@ def test_failed_registration_qc_fails_the_subject(tmp_path, capsys, cohort):
     qc = pd.read_csv(tmp_path / "out" / "sub-01" / "anat" / "sub-01_desc-registration_metrics.tsv",
                      sep="\t")
     assert not bool(qc.loc[0, "passed"]) and "ncc" in qc.loc[0, "reasons"]
+
+
+# ---- progress on a terminal ---------------------------------------------------------------------
+
+
+class _Terminal(io.StringIO):
+    """A stream that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def _node(name: str, workflow: str = "", base_dir: str = ""):
+    from types import SimpleNamespace
+
+    fullname = f"participant_wf.{workflow}.{name}" if workflow else f"participant_wf.{name}"
+    return SimpleNamespace(name=name, fullname=fullname, base_dir=base_dir)
+
+
+def test_progress_counts_subjects_done_failed_and_remaining():
+    from nipype_xai.cli.execution import SUBJECT_DONE_NODE, RunProgress, progress_wanted
+    from nipype_xai.workflows import subject_workflow_name
+
+    assert progress_wanted(stream=_Terminal())
+    assert not progress_wanted(quiet=True, stream=_Terminal())
+    assert not progress_wanted(stream=io.StringIO())  # a pipe or a log file: nothing drawn
+
+    labels = {subject_workflow_name(s): f"sub-{s}" for s in ("01", "02", "03")}
+    screen = _Terminal()
+    progress = RunProgress(labels, stream=screen)
+    progress(_node("register", "sub_01_wf.registration_wf"), "start")
+    progress(_node("register", "sub_01_wf.registration_wf"), "end")
+    # A MapNode's subnode knows only its folder.
+    progress(_node("_maps_to_native0", base_dir="/w/participant_wf/sub_02_wf/maps_to_native"),
+             "start")
+    assert progress.running == {"sub-01": "register", "sub-02": "_maps_to_native0"}
+    progress(_node(SUBJECT_DONE_NODE, "sub_01_wf"), "end")
+    progress(_node("attribution", "sub_02_wf"), "exception")
+    progress(_node("commit_derivatives", "sub_02_wf"), "end")  # MultiProc ends it after too
+    progress(_node("select_template"), "start")  # shared: no subject's
+    assert progress.done == {"sub-01"} and progress.failed == {"sub-02"}
+    assert progress.status_text() == "done 1, failed 1, remaining 1"
+    progress.close()
+    drawn = screen.getvalue()
+    assert "nipype-xai: participant level |" in drawn
+    assert "2/3 subjects: done 1, failed 1, remaining 1" in drawn
+    assert "elapsed 00:0" in drawn and "ETA 00:0" in drawn
+
+    # Disabled: nothing drawn, the counts kept all the same.
+    silent = io.StringIO()
+    quiet = RunProgress(labels, enabled=False, stream=silent)
+    quiet(_node(SUBJECT_DONE_NODE, "sub_03_wf"), "end")
+    quiet.close()
+    assert quiet.done == {"sub-03"} and silent.getvalue() == ""
+
+    # Nipype pickles the plugin arguments for its workers: a copy draws nothing.
+    import pickle
+
+    copy = pickle.loads(pickle.dumps(RunProgress(labels, stream=_Terminal())))
+    copy(_node(SUBJECT_DONE_NODE, "sub_01_wf"), "end")
+    copy.close()
+
+
+def test_progress_of_a_real_run_on_a_terminal_only(tmp_path, capsys, monkeypatch, cohort):
+    argv = [str(cohort["bids"]), str(tmp_path / "out"), "participant", "--model",
+            str(cohort["model"]), "--participant-label", "01", "02", "--methods", "gradient",
+            "--no-reports", "--transforms-from", str(cohort["gt"]), "-w", str(tmp_path / "work"),
+            "--nprocs", "2"]
+    assert main(argv) == 0  # stderr is not a terminal here (captured): no progress
+    captured = capsys.readouterr()
+    assert "participant level |" not in captured.err
+    assert "2 of 2 subject(s) done" in captured.out
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "nipype-xai: participant level |" in err
+    assert "2/2 subjects: done 2, failed 0, remaining 0" in err and "ETA" in err
+
+    assert main(argv + ["--quiet"]) == 0
+    assert "participant level |" not in capsys.readouterr().err
+
+    assert main([str(cohort["bids"]), str(tmp_path / "out"), "group", "-w",
+                 str(tmp_path / "work"), "--n-boot", "50", "--nprocs", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "nipype-xai: group level |" in err and " steps: done " in err
+
+
+# ---- the work directory -------------------------------------------------------------------------
+
+
+def test_work_dir_is_temporary_unless_given(tmp_path, capsys, monkeypatch, cohort):
+    import tempfile
+
+    assert main(["--help"]) == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "default: a new temporary folder under $TMPDIR" in help_text
+    assert "nothing is written to the current folder" in help_text
+
+    here, scratch = tmp_path / "project", tmp_path / "tmp"
+    here.mkdir()
+    scratch.mkdir()
+    monkeypatch.chdir(here)
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    argv = ["participant", "--model", str(cohort["model"]), "--participant-label", "01",
+            "--methods", "gradient", "--no-reports", "--transforms-from", str(cohort["gt"]),
+            "--nprocs", "1"]
+    assert main([str(cohort["bids"]), str(tmp_path / "out"), *argv]) == 0
+    assert list(here.iterdir()) == []  # no ./work
+    assert list(scratch.iterdir()) == []  # used, then removed: nothing to resume or read
+
+    # A failed subject keeps the work directory, with its crash file, and says where it is.
+    bids_dir = tmp_path / "bids"
+    shutil.copytree(cohort["bids"], bids_dir)
+    t1w = bids_dir / "sub-01" / "anat" / "sub-01_T1w.nii.gz"
+    data = t1w.read_bytes()
+    t1w.write_bytes(data[: len(data) // 2])
+    capsys.readouterr()
+    assert main([str(bids_dir), str(tmp_path / "out2"), *argv]) == 2
+    [kept] = list(scratch.iterdir())
+    assert kept.name.startswith("nipype-xai-work-")
+    assert f"the work directory is kept: {kept}" in capsys.readouterr().err
+    failures = pd.read_csv(tmp_path / "out2" / "failures.tsv", sep="\t")
+    assert Path(failures.loc[0, "crashfile"]).is_relative_to(kept)
+    assert Path(failures.loc[0, "crashfile"]).is_file()
+    assert list(here.iterdir()) == []

@@ -1,7 +1,9 @@
-"""The examples run end to end at their smallest size (CPU, ~20 s).
+"""The examples run end to end at their smallest size (CPU, ~20 s each).
 
 ``examples/embed_xai_wf.py``: one synthetic lesion subject at 4 mm, the gradient method, the
 known transforms reused; the lab's downstream node must receive nipype-xai's real outputs.
+``examples/run_all_methods.py``: one training step, one method. Neither writes into the
+repository: without an output folder they make a temporary one.
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ def load_example(name: str):
 def embed_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("embed")
     module = load_example("embed_xai_wf")
-    result = module.main([str(root / "out"), "--methods", "gradient", "--n-subjects", "1",
-                          "--work-dir", str(root / "work")])
+    result = module.main(["--out", str(root / "out"), "--methods", "gradient", "--n-subjects",
+                          "1", "--work-dir", str(root / "work")])
     return {"module": module, "root": root, "result": result}
 
 
@@ -116,3 +118,21 @@ def test_embed_graph_variants(embed_run):
                                                                 data=True)
                       for _, d in e["connect"]}
     assert summary_inputs == {"brain_mask", "methods", "native_maps", "predictions"}
+
+
+def _files_under(folder: Path) -> set:
+    return {(p, p.stat().st_mtime_ns) for p in folder.rglob("*")} if folder.exists() else set()
+
+
+def test_run_all_methods_writes_to_a_temporary_folder(tmp_path, monkeypatch, capsys):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    in_repository = _files_under(EXAMPLES / "output")
+    module = load_example("run_all_methods")
+    assert module.main(["--train-steps", "1", "--methods", "gradient"]) == 0
+    [out] = list(tmp_path.glob("nipype-xai-run_all_methods-*"))
+    assert f"output: {out}" in capsys.readouterr().out
+    assert (out / "methods_summary.tsv").is_file()
+    assert list((out / "maps").rglob("*.nii.gz"))
+    assert _files_under(EXAMPLES / "output") == in_repository  # nothing new in the repository

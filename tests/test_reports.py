@@ -172,7 +172,8 @@ def test_subject_report_is_self_contained(images, metrics_table, tmp_path):
         assert f">{format_value(value)}<" in text
     assert ">0.875<" in text and ">lesion<" in text
     assert "occlusion: out of memory &lt;on GPU&gt;" in text  # escaped
-    assert ">01<" in text  # the subject label stays text
+    # One value in every row (the subject, stays text: "01", not 1): said once, not a column.
+    assert "<code>subject</code> = 01" in text and ">01<" not in text
     assert sorted(p.name for p in figures.iterdir()) == [
         "sub-01_desc-attribution_panel.png", "sub-01_desc-attribution_panel.svg",
         "sub-01_desc-input_T1w.png", "sub-01_desc-input_T1w.svg",
@@ -274,3 +275,165 @@ def test_group_report_summarises_the_tsv_when_no_summary(metrics_table, tmp_path
     row = expected.iloc[0]
     assert f"{format_value(row['mean'])} [{format_value(row['ci_low'])}" in text
     assert "4 subjects with metrics" in text
+
+
+# ---- the pages name derivatives only, linked relatively ---------------------------------------
+
+
+@pytest.fixture()
+def work_files(images, tmp_path):
+    """The inputs as a Nipype work directory names them: no derivative name anywhere."""
+    import shutil
+
+    work = tmp_path / "work"
+    work.mkdir()
+    t1w = shutil.copy(images["t1w"], work / "sub-01_T1w_trans.nii.gz")
+    maps = {m: shutil.copy(p, work / f"sub-01_T1w_trans_{m}.nii.gz")
+            for m, p in images["maps"].items()}
+    return {"t1w": t1w, "maps": maps}
+
+
+def _hrefs(text):
+    return re.findall(r'<a href="([^"]+)">', text)
+
+
+def test_subject_report_links_derivatives_not_work_files(work_files, tmp_path):
+    from nipype_xai.interfaces.reports import subject_derivatives
+
+    names = subject_derivatives(subject="01", methods=list(METHODS), space="MNI152NLin2009aSym",
+                                res="4", model_desc="tiny")
+    text = subject_report(tmp_path / "sub-01.html", subject="01", t1w=work_files["t1w"],
+                          maps=work_files["maps"], derivatives=names).read_text()
+    assert "_trans" not in text  # no work file is named
+    hrefs = _hrefs(text)
+    assert "group.html" in hrefs
+    assert ("sub-01/anat/sub-01_space-MNI152NLin2009aSym_res-4_desc-preproc_T1w.nii.gz"
+            in hrefs)
+    for method in METHODS:
+        desc = method  # single-word methods: the desc label is the name
+        assert f"sub-01/anat/sub-01_space-MNI152NLin2009aSym_res-4_desc-{desc}_attribution.nii.gz" \
+            in hrefs
+        assert f"sub-01/anat/sub-01_desc-{desc}_attribution.nii.gz" in hrefs
+
+    # Links start where the page is: from a page one folder down, one level up.
+    text = subject_report(tmp_path / "r.html", subject="01", t1w=work_files["t1w"],
+                          maps=work_files["maps"], derivatives=names,
+                          location="reports/sub-01.html").read_text()
+    assert "../group.html" in _hrefs(text)
+    assert all(h.startswith("../") for h in _hrefs(text))
+
+    # No names given: no file named at all.
+    text = subject_report(tmp_path / "bare.html", subject="01", t1w=work_files["t1w"],
+                          maps=work_files["maps"]).read_text()
+    assert "_trans" not in text and _hrefs(text) == []
+
+
+def test_derivative_names_are_those_of_the_sinks():
+    from nipype_xai.bids import derivative_path
+    from nipype_xai.interfaces.reports import group_derivatives, subject_derivatives
+
+    tpl = "MNI152NLin2009aSym"
+    names = subject_derivatives(subject="01", session="2", methods=["smoothgrad_sq"], space=tpl,
+                                res="4", model_desc="tiny", metrics=True, qc=True)
+    entities = {"subject": "01", "session": "2"}
+    assert names["maps"]["smoothgrad_sq"] == derivative_path(
+        {**entities, "space": tpl, "res": "4", "desc": "smoothgradSq", "suffix": "attribution",
+         "extension": ".nii.gz"}).as_posix()
+    assert names["native_maps"]["smoothgrad_sq"] == (
+        "sub-01/ses-2/anat/sub-01_ses-2_desc-smoothgradSq_attribution.nii.gz")
+    assert names["predictions"] == "sub-01/ses-2/anat/sub-01_ses-2_desc-tiny_predictions.tsv"
+    assert names["metrics"].endswith("sub-01_ses-2_desc-overlap_metrics.tsv")
+    assert names["qc"].endswith("sub-01_ses-2_desc-registration_metrics.tsv")
+    # Without the space (the workflow did not say), template-space files are not named.
+    bare = subject_derivatives(subject="01", methods=["gradient"])
+    assert "maps" not in bare and "t1w" not in bare and "predictions" not in bare
+
+    group = group_derivatives(methods=["gradient"], space=tpl, res="4", metrics=True,
+                              ranking=True, failures=True, subjects=["01", "sub-02_ses-1"])
+    assert group["mean_maps"]["gradient"] == derivative_path(
+        {"space": tpl, "res": "4", "desc": "gradientMean", "suffix": "attribution",
+         "extension": ".nii.gz"}).as_posix()
+    assert group["metrics"] == derivative_path(
+        {"desc": "overlap", "suffix": "metrics", "extension": ".tsv"}).as_posix()
+    assert group["ranking"] == derivative_path(
+        {"desc": "overlap", "suffix": "ranking", "extension": ".tsv"}).as_posix()
+    assert group["failures"] == "failures.tsv"
+    assert group["participant_reports"] == {"sub-01": "sub-01.html",
+                                            "sub-02_ses-1": "sub-02_ses-1.html"}
+
+
+def test_group_report_links_participants_and_derivatives(images, metrics_table, tmp_path):
+    from nipype_xai.interfaces.reports import group_derivatives
+
+    work = tmp_path / "work"
+    work.mkdir()
+    metrics = work / "group_overlap_metrics.tsv"
+    metrics_table.to_csv(metrics, sep="\t", index=False)
+    names = group_derivatives(methods=list(images["maps"]), space="MNI152NLin2009aSym", res="4",
+                              metrics=True, failures=True, subjects=["01", "02"])
+    text = group_report(tmp_path / "group.html", metrics_tsv=metrics, summary=None,
+                        mean_maps=images["maps"], background=images["t1w"],
+                        failures=[("sub-03", "no T1w")], derivatives=names,
+                        location="group.html").read_text()
+    assert "group_overlap_metrics" not in text
+    hrefs = _hrefs(text)
+    assert {"sub-01.html", "sub-02.html", "failures.tsv", names["metrics"]} <= set(hrefs)
+    assert names["mean_maps"]["gradient"] in hrefs
+
+
+# ---- layout ------------------------------------------------------------------------------------
+
+
+def test_subject_metrics_table_states_constant_columns_once(images, metrics_table, tmp_path):
+    table = metrics_table.loc[metrics_table["subject"] == "01"].assign(
+        dice_at_k=lambda t: t["precision_at_k"],
+        emd_method="coarsened: score mass on 5x5x5, ground truth on 1x1x1 voxel blocks")
+    path = tmp_path / "m.tsv"
+    table.to_csv(path, sep="\t", index=False)
+    text = subject_report(tmp_path / "r.html", subject="01", t1w=images["t1w"], maps={},
+                          metrics_tsv=path).read_text()
+    # The long text is stated once, not repeated in a column.
+    assert text.count("coarsened: score mass") == 1
+    assert "<th class=\"text\">emd_method</th>" not in text
+    # dice_at_k equals precision_at_k in every row: one is shown, and the page says why.
+    assert '<th class="num">dice_at_k</th>' not in text
+    assert '<th class="num">precision_at_k</th>' in text
+    assert "<code>dice_at_k</code> is not shown: it equals <code>precision_at_k</code>" in text
+    # Only metrics on the page are named in the notes (no roi_rank).
+    assert "roi_rank" not in text and "lower is better for emd, higher for the others" in text
+
+    # Where they differ, both are shown.
+    table.loc[table.index[0], "dice_at_k"] = 0.5
+    table.to_csv(path, sep="\t", index=False)
+    text = subject_report(tmp_path / "r2.html", subject="01", t1w=images["t1w"], maps={},
+                          metrics_tsv=path).read_text()
+    assert '<th class="num">dice_at_k</th>' in text and "is not shown" not in text
+
+
+def test_group_ranking_is_one_tab_per_metric_without_javascript(metrics_table, tmp_path):
+    table = metrics_table.assign(dice_at_k=metrics_table["precision_at_k"])
+    metrics = tmp_path / "t.tsv"
+    table.to_csv(metrics, sep="\t", index=False)
+    text = group_report(tmp_path / "group.html", metrics_tsv=metrics, summary=None,
+                        mean_maps={}).read_text()
+    assert "<script" not in text
+    tabs = re.findall(r'<input type="radio" name="ranking" id="ranking-(\w+)"( checked)?>', text)
+    assert [t for t, _ in tabs] == ["precisionAtK", "relevanceMassAccuracy", "auroc", "emd"]
+    assert [bool(c) for _, c in tabs] == [True, False, False, False]  # the first one open
+    assert "dice_at_k" not in re.sub(r"<p class=\"note\"><code>dice_at_k</code>.*?</p>", "",
+                                     text, flags=re.S)
+    assert "roi_rank" not in text
+
+
+def test_display_mask_blanks_the_box_outside_the_brain():
+    from nipype_xai.reports.figures import _display_masked
+
+    box = nib.Nifti1Image(np.ones(SHAPE, np.float32), AFFINE)
+    brain = np.zeros((24, 28, 24), np.uint8)  # a 2 mm grid over the same field of view
+    brain[6:18, 8:20, 6:18] = 1
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = AFFINE[:3, 3] - 1.0
+    shown = np.asarray(_display_masked(box, nib.Nifti1Image(brain, affine)).dataobj)
+    assert shown.shape == SHAPE
+    assert shown[0, 0, 0] == 0 and shown[6, 7, 6] == 1  # the corner is out, the centre stays
+    assert 0 < shown.sum() < shown.size

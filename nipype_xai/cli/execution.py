@@ -16,6 +16,8 @@ import json
 import logging
 import os
 import re
+import shutil
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -30,9 +32,12 @@ from .parser import UsageError
 
 __all__ = [
     "Failure",
+    "RunProgress",
     "RunSummary",
+    "WorkDirectory",
     "configure_logging",
     "plugin_settings",
+    "progress_wanted",
     "run_group_level",
     "run_participant_level",
 ]
@@ -221,35 +226,196 @@ def _workflow_config(work_dir: Path) -> tuple[dict[str, Any], Path]:
     }, crash_dir
 
 
-class _SubjectProgress:
-    """Nipype status callback: one progress-bar tick per subject whose results are all there.
+#: The last node of a subject's workflow (:func:`nipype_xai.workflows.init_xai_wf`): it moves
+#: the subject's derivatives into place, so the subject is done when it ends.
+SUBJECT_DONE_NODE = "commit_derivatives"
 
-    A subject is done when its ``all_results`` gate node has run. Nipype pickles the plugin
-    arguments along with the nodes it sends to worker processes, so the bar is left out of the
-    pickled state (a worker's copy does nothing).
+
+def progress_wanted(quiet: bool = False, stream=None) -> bool:
+    """Whether to draw progress: not with ``--quiet``, and only on a terminal (``stream``,
+    default stderr, where it is drawn): a log file or a pipe gets the result lines only."""
+    import sys
+
+    stream = sys.stderr if stream is None else stream
+    if quiet:
+        return False
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+def _literal(text: str) -> str:
+    """``text`` inside a tqdm ``bar_format`` (a ``str.format`` template)."""
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+class RunProgress:
+    """Nipype status callback: subjects done / failed / remaining, elapsed time and ETA.
+
+    Nipype calls it with ``(node, "start" | "end" | "exception")`` for every node it runs (the
+    MultiProc and Linear plugins). A node belongs to the subject whose workflow
+    (:func:`~nipype_xai.workflows.subject_workflow_name`) holds it; a subject has failed at its
+    first exception and is done when its :data:`SUBJECT_DONE_NODE` ends. Without subjects (the
+    group level) the units are the workflow's steps. The line is redrawn every second, so the
+    elapsed time moves during a long node too; the ETA is the remaining units at the mean rate so
+    far. Nipype pickles the plugin arguments with the nodes it sends to worker processes: a
+    worker's copy draws nothing.
+
+    Parameters
+    ----------
+    subjects
+        Subject workflow name -> label (``sub-01``); empty for the group level.
+    total_steps
+        The number of steps when there are no subjects.
+    enabled
+        Draw at all (see :func:`progress_wanted`).
+    stream
+        Where to draw (default: stderr).
+    done_node
+        The node whose end marks a subject done.
     """
 
-    def __init__(self, total: int):
-        from tqdm.auto import tqdm
+    def __init__(self, subjects: Mapping[str, str] = (), *, total_steps: int = 0,
+                 enabled: bool = True, stream=None, done_node: str = SUBJECT_DONE_NODE,
+                 level: str = "participant level"):
+        import sys
+        import threading
 
-        self._bar = tqdm(total=total, desc="subjects", unit="subject", disable=None)
+        self.subjects = dict(subjects)
+        self.done: set[str] = set()
+        self.failed: set[str] = set()
+        self.running: dict[str, str] = {}  # subject (or "group") -> the node it runs now
+        self._steps: set[str] = set()
+        self._done_node = done_node
+        self._total = len(self.subjects) or max(int(total_steps), 1)
+        self._unit = "subjects" if self.subjects else "steps"
+        self._lock = threading.Lock()
+        self._bar = None
+        self._stop = threading.Event()
+        self._ticker = None
+        if enabled:
+            from tqdm import tqdm
+
+            self._level = level
+            self._bar = tqdm(total=self._total, file=stream or sys.stderr, smoothing=0,
+                             dynamic_ncols=True, mininterval=0)
+            self._redraw()
+            self._ticker = threading.Thread(target=self._tick, daemon=True,
+                                            name="nipype-xai-progress")
+            self._ticker.start()
+
+    # -- what Nipype reports ------------------------------------------------------------------
+
+    def subject_of(self, node) -> Optional[str]:
+        """The label of the subject ``node`` belongs to, or None (a shared node)."""
+        where = [str(getattr(node, "fullname", "") or getattr(node, "name", ""))]
+        base_dir = getattr(node, "base_dir", None)
+        if base_dir:  # a MapNode's subnodes only know their folder
+            where.append(str(base_dir).replace(os.sep, "."))
+        text = "." + ".".join(where) + "."
+        return next((label for name, label in self.subjects.items() if f".{name}." in text),
+                    None)
 
     def __call__(self, node, status: str) -> None:
-        if self._bar is not None and status == "end" and node.name == "all_results":
-            self._bar.update(1)
+        with self._lock:
+            name = str(getattr(node, "name", ""))
+            if self.subjects:
+                subject = self.subject_of(node)
+                if subject is None or subject in self.done or subject in self.failed:
+                    return
+                if status == "exception":
+                    self.failed.add(subject)
+                    self.running.pop(subject, None)
+                elif status == "end" and name == self._done_node:
+                    self.done.add(subject)
+                    self.running.pop(subject, None)
+                elif status == "start":
+                    self.running[subject] = name
+            else:
+                if status == "start":
+                    self.running["group"] = name
+                elif status in ("end", "exception") and not name.startswith("_"):
+                    (self.failed if status == "exception" else self._steps).add(
+                        str(getattr(node, "fullname", name)))
+            self._redraw()
+
+    # -- drawing ------------------------------------------------------------------------------
+
+    @property
+    def finished(self) -> int:
+        return min(len(self.done) + len(self.failed) + len(self._steps), self._total)
+
+    def status_text(self) -> str:
+        """``done 3, failed 1, remaining 4``."""
+        done = len(self.done) + len(self._steps)
+        remaining = max(self._total - done - len(self.failed), 0)
+        return f"done {done}, failed {len(self.failed)}, remaining {remaining}"
+
+    def running_text(self) -> str:
+        """What runs now: ``sub-05 attribution, sub-06 register``."""
+        return ", ".join(f"{subject} {node}" if self.subjects else node
+                         for subject, node in sorted(self.running.items())[:3])
+
+    def _redraw(self) -> None:
+        if self._bar is None:
+            return
+        self._bar.n = self.finished
+        # The line: level, bar, counts, times, then what runs (cut first on a narrow terminal).
+        now = self.running_text()
+        self._bar.bar_format = (
+            f"nipype-xai: {_literal(self._level)} " + "|{bar:16}| {n_fmt}/{total_fmt} "
+            + f"{self._unit}: {_literal(self.status_text())} "
+            + "[elapsed {elapsed}, ETA {remaining}]" + (f" now: {_literal(now)}" if now else ""))
+        self._bar.refresh()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(1.0):
+            with self._lock:
+                if self._bar is not None:
+                    self._bar.refresh()
 
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join(timeout=5)
+        with self._lock:
+            if self._bar is not None:
+                self._redraw()
+                self._bar.close()
+                self._bar = None
 
     def __getstate__(self) -> dict:
-        return {"_bar": None}
+        return {"subjects": {}, "done": set(), "failed": set(), "running": {}, "_steps": set(),
+                "_done_node": self._done_node, "_total": self._total, "_unit": self._unit,
+                "_level": "", "_bar": None, "_ticker": None}
+
+    def __setstate__(self, state: dict) -> None:
+        import threading
+
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+
+
+def _count_steps(workflow) -> int:
+    """The nodes Nipype will run: identity nodes are dropped from the graph it executes."""
+    from nipype.interfaces.utility import IdentityInterface
+
+    return sum(1 for name in workflow.list_node_names()
+               if not isinstance(workflow.get_node(name).interface, IdentityInterface))
 
 
 def _run(workflow, work_dir: Path, plugin: str, plugin_args: dict[str, Any],
          progress_nodes: Optional[Mapping[str, str]] = None,
-         deterministic: bool = True) -> tuple[Path, bool]:
-    """Run a workflow; return its crash folder and whether Nipype reported a failure."""
+         deterministic: bool = True, progress: bool = False,
+         level: str = "participant level") -> tuple[Path, bool]:
+    """Run a workflow; return its crash folder and whether Nipype reported a failure.
+
+    ``progress``: draw :class:`RunProgress` on stderr (with the MultiProc and Linear plugins,
+    which call Nipype's ``status_callback``); per subject of ``progress_nodes`` (subject
+    workflow name -> label), else per step of the workflow.
+    """
     settings, crash_dir = _workflow_config(work_dir)
     for section, values in settings.items():
         workflow.config.setdefault(section, {}).update(values)
@@ -260,10 +426,11 @@ def _run(workflow, work_dir: Path, plugin: str, plugin_args: dict[str, Any],
         environment.update(_worker_log_config(work_dir))
 
     args = dict(plugin_args)
-    progress = None
-    if progress_nodes and plugin in ("Linear", "MultiProc"):
-        progress = _SubjectProgress(len(progress_nodes))
-        args["status_callback"] = progress
+    tracker = None
+    if progress and plugin in ("Linear", "MultiProc"):
+        steps = 0 if progress_nodes else _count_steps(workflow)
+        tracker = RunProgress(progress_nodes or {}, total_steps=steps, level=level)
+        args["status_callback"] = tracker
     failed = False
     # Nipype's MultiProc runs a full garbage collection at every scheduling step and after every
     # node run in this process; with torch, pybids and nilearn loaded each one walks millions of
@@ -277,8 +444,8 @@ def _run(workflow, work_dir: Path, plugin: str, plugin_args: dict[str, Any],
         failed = True
     finally:
         gc.unfreeze()
-        if progress is not None:
-            progress.close()
+        if tracker is not None:
+            tracker.close()
         _restore_environment(environment)
     return crash_dir, failed
 
@@ -362,6 +529,44 @@ def _add_to_bidsignore(output_dir: Path, *entries: str) -> None:
         atomic_write(ignore, lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
 
 
+# ---- the work directory -------------------------------------------------------------------------
+
+
+class WorkDirectory:
+    """The Nipype work directory of a run: the one given (``-w``), kept; or a new temporary one.
+
+    fMRIPrep's default is ``work`` in the current folder (its container starts in ``/tmp``, so
+    there it lands in ``/tmp/work``). A BIDS-App run from a project or home folder should not
+    leave gigabytes of intermediate files there: without ``-w`` the run works in a new private
+    folder under the system's temporary folder (``$TMPDIR``, else ``/tmp``), removed when the
+    run ends well (nothing left to resume or to read) and kept, and named, when a subject failed
+    or the run was interrupted: its crash files are there (``failures.tsv`` points at them), and
+    ``-w`` with it resumes from the steps already done.
+    """
+
+    def __init__(self, given: Optional[Path] = None):
+        self.temporary = given is None
+        self.path = (Path(tempfile.mkdtemp(prefix="nipype-xai-work-")) if given is None
+                     else Path(given).absolute())
+        self.keep = not self.temporary
+
+    def __enter__(self) -> "WorkDirectory":
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if not self.temporary:
+            return
+        # Bad input stops a run before anything ran (UsageError and the like): nothing to keep.
+        ran_into_trouble = kind is not None and issubclass(kind, KeyboardInterrupt)
+        if self.keep or ran_into_trouble:
+            import sys
+
+            print(f"nipype-xai: the work directory is kept: {self.path} (its crash files; "
+                  "'-w' with it resumes from the steps already done)", file=sys.stderr)
+            return
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
 # ---- the two levels -----------------------------------------------------------------------------
 
 
@@ -392,8 +597,12 @@ def run_participant_level(
     reports: bool = True,
     plugin: str = "MultiProc",
     plugin_args: Optional[Mapping[str, Any]] = None,
+    progress: bool = False,
 ) -> RunSummary:
     """Query the dataset, build one workflow per subject, run them, record the failures.
+
+    ``progress``: draw the subjects done, failed and remaining, the elapsed time and an ETA on
+    stderr while the subjects run (:class:`RunProgress`; see :func:`progress_wanted`).
 
     With ``deterministic`` (the default), a ``seed`` gives byte-identical derivatives (the HTML
     reports' "generated" time aside, which ``SOURCE_DATE_EPOCH`` fixes): the registration runs
@@ -434,7 +643,8 @@ def run_participant_level(
             reports=reports,
         )
         crash_dir, _ = _run(workflow, work_dir, plugin, dict(plugin_args or {}), labels,
-                            deterministic=deterministic)
+                            deterministic=deterministic, progress=progress,
+                            level="participant level")
         crashed = _crash_failures(crash_dir, labels)
         failures += list(crashed.values())
     else:
@@ -458,8 +668,13 @@ def run_group_level(
     provenance: Optional[Mapping[str, Any]] = None,
     plugin: str = "MultiProc",
     plugin_args: Optional[Mapping[str, Any]] = None,
+    progress: bool = False,
 ) -> tuple[Optional[Path], list[Failure]]:
-    """Summarise the participant-level derivatives; return the report (or None) and failures."""
+    """Summarise the participant-level derivatives; return the report (or None) and failures.
+
+    ``progress``: draw the group workflow's steps done and remaining, the elapsed time and an
+    ETA on stderr (:class:`RunProgress`).
+    """
     from ..workflows import collect_group_inputs, init_group_wf
 
     inputs = collect_group_inputs(output_dir, template)
@@ -473,9 +688,12 @@ def run_group_level(
     }
     workflow = init_group_wf(inputs=inputs, output_dir=output_dir, reports=reports,
                              n_boot=n_boot, seed=seed, provenance=provenance)
-    crash_dir, failed = _run(workflow, work_dir, plugin, dict(plugin_args or {}))
+    crash_dir, failed = _run(workflow, work_dir, plugin, dict(plugin_args or {}),
+                             progress=progress, level="group level")
     failures = list(_crash_failures(crash_dir, {}).values())
     if failed and not failures:
         failures = [Failure("group", "the group workflow failed (run with -v for Nipype's log)")]
-    report = output_dir / "group.html"
+    from ..interfaces.reports import group_report_name
+
+    report = output_dir / group_report_name()
     return (report if reports and report.is_file() and not failures else None), failures

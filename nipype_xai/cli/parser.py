@@ -50,8 +50,18 @@ def _positive_int(text: str) -> int:
     return value
 
 
+#: ``--work-dir`` of the BIDS-App call (see :class:`nipype_xai.cli.execution.WorkDirectory`).
+WORK_DIR_HELP = (
+    "Nipype work directory, kept: a re-run with the same one recomputes only what changed "
+    "(default: a new temporary folder under $TMPDIR, else /tmp, removed when the run succeeds; "
+    "kept, and named, when a subject fails, for its crash files; nothing is written to the "
+    "current folder)"
+)
+
+
 def _common_run_options(parser: argparse.ArgumentParser, *, methods_default=DEFAULT_METHODS,
-                        brain_extraction_default: str = "deepbet"):
+                        brain_extraction_default: str = "deepbet",
+                        work_dir_help: str = WORK_DIR_HELP):
     """Options shared by the BIDS-App call and ``demo``."""
     from ..workflows.anatomy import BRAIN_EXTRACTION
 
@@ -76,9 +86,7 @@ def _common_run_options(parser: argparse.ArgumentParser, *, methods_default=DEFA
         "--methods", nargs="+", default=list(methods_default), metavar="METHOD",
         help="attribution methods and baselines (sobel, laplace, random) to compute "
              f"(default: {' '.join(methods_default)})")
-    parser.add_argument("--work-dir", "-w", type=Path, metavar="DIR",
-                        help="Nipype work directory: a re-run with the same one recomputes only "
-                             "what changed")
+    parser.add_argument("--work-dir", "-w", type=Path, metavar="DIR", help=work_dir_help)
     parser.add_argument("--nprocs", "--n-cpus", type=_positive_int, metavar="N",
                         help="parallel processes (default: all CPUs)")
     parser.add_argument("--plugin", choices=("Linear", "MultiProc", "SLURM"),
@@ -110,6 +118,10 @@ def _common_run_options(parser: argparse.ArgumentParser, *, methods_default=DEFA
                         help="skip the HTML reports and their figures")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="Nipype's log, and tracebacks with errors")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress display (subjects done, failed and remaining, elapsed "
+                             "time, ETA), which is drawn on stderr only when it is a terminal "
+                             "and not with -v; results and errors are still printed")
 
 
 def bids_app_parser() -> argparse.ArgumentParser:
@@ -121,8 +133,10 @@ def bids_app_parser() -> argparse.ArgumentParser:
                     "derivatives, ground-truth overlap metrics, reports.",
         epilog="Other commands: 'nipype-xai demo [OUTPUT_DIR]' (synthetic cohort + bundled model "
                "+ report), 'nipype-xai synth OUTPUT_DIR ...' (synthetic cohorts), 'nipype-xai "
-               "train ...' (train a model spec on a cohort). Exit codes: 0 done, 1 bad input "
-               "(nothing run), 2 some subjects failed (see OUTPUT_DIR/failures.tsv).",
+               "train ...' (train a model spec on a cohort), 'nipype-xai benchmark OUTPUT_DIR' "
+               "(every method against known ground truth, with baselines); each has --help. "
+               "Exit codes: 0 done, 1 bad input (nothing run), 2 some subjects failed (see "
+               "OUTPUT_DIR/failures.tsv).",
     )
     parser.add_argument("--version", action="version", version=f"{_PROG} {__version__}")
     parser.add_argument("bids_dir", type=Path, metavar="BIDS_DIR", help="the input BIDS dataset")
@@ -181,7 +195,9 @@ def demo_parser() -> argparse.ArgumentParser:
                              "the bundled model's 4 mm grid, as real acquisitions are; the "
                              "bundled model was trained on 2 mm cohorts)")
     # The synthetic heads are made from the skull-stripped template: nothing to extract.
-    _common_run_options(parser, brain_extraction_default="none")
+    _common_run_options(parser, brain_extraction_default="none",
+                        work_dir_help="Nipype work directory (default: OUTPUT_DIR/work, kept: a "
+                                      "re-run of the demo recomputes only what changed)")
     return parser
 
 

@@ -168,17 +168,22 @@ def _check_dirs(bids_dir: Path, output_dir: Path, work_dir: Path) -> tuple[Path,
 
 def _bids_app(argv: list[str]) -> int:
     args = bids_app_parser().parse_args(argv)
-    from .execution import (
-        configure_logging,
-        plugin_settings,
-        run_group_level,
-        run_participant_level,
-    )
+    from .execution import WorkDirectory, configure_logging, plugin_settings, progress_wanted
 
     configure_logging(args.verbose)
-    output_dir = args.output_dir.absolute()
-    work_dir = (args.work_dir or Path.cwd() / "work").absolute()
     plugin, plugin_args = plugin_settings(args.plugin, args.plugin_args, args.nprocs, args.device)
+    # The progress line would be torn apart by Nipype's log (-v).
+    progress = progress_wanted(args.quiet) and not args.verbose
+    with WorkDirectory(args.work_dir) as work:
+        code = _bids_app_run(args, work.path, plugin, plugin_args, progress)
+        work.keep = code != EXIT_OK
+        return code
+
+
+def _bids_app_run(args, work_dir: Path, plugin: str, plugin_args: dict, progress: bool) -> int:
+    from .execution import run_group_level, run_participant_level
+
+    output_dir = args.output_dir.absolute()
 
     if args.analysis_level == "group":
         from ..bids import OutputFolderError, check_output_folder
@@ -190,7 +195,7 @@ def _bids_app(argv: list[str]) -> int:
         report, failures = run_group_level(
             output_dir=output_dir, work_dir=work_dir, template=args.template,
             n_boot=args.n_boot, seed=args.seed, reports=args.reports, plugin=plugin,
-            plugin_args=plugin_args,
+            plugin_args=plugin_args, progress=progress,
         )
         for failure in failures:
             _say(f"group level failed: {failure.reason}")
@@ -215,7 +220,7 @@ def _bids_app(argv: list[str]) -> int:
         registration=args.registration, seed=args.seed, deterministic=args.deterministic,
         device=args.device, trust_model_code=args.trust_model_code,
         external_weights=args.external_weights, reports=args.reports, plugin=plugin,
-        plugin_args=plugin_args,
+        plugin_args=plugin_args, progress=progress,
     )
     return _report_run(summary, output_dir)
 
@@ -230,11 +235,13 @@ def _demo(argv: list[str]) -> int:
     from .execution import (
         configure_logging,
         plugin_settings,
+        progress_wanted,
         run_group_level,
         run_participant_level,
     )
 
     configure_logging(args.verbose)
+    progress = progress_wanted(args.quiet) and not args.verbose
     started = time.perf_counter()
     root = args.output_dir.absolute()
     bids_dir, output_dir = root / "bids", root / "derivatives" / "nipype-xai"
@@ -255,7 +262,7 @@ def _demo(argv: list[str]) -> int:
         print(f"nipype-xai demo: generating a synthetic lesion cohort of {args.n_subjects} "
               f"subjects ({resolution:g} mm) in {bids_dir}")
         generate_cohort(bids_dir, "lesion", args.n_subjects, seed=args.cohort_seed,
-                        resolution_mm=resolution, overwrite=True, progress=True)
+                        resolution_mm=resolution, overwrite=True, progress=progress)
 
     print(f"nipype-xai demo: participant level ({', '.join(methods)}; model {spec.name})")
     summary = run_participant_level(
@@ -266,7 +273,7 @@ def _demo(argv: list[str]) -> int:
         keep_failed_qc=args.keep_failed_qc, restrict_maps=args.restrict_maps,
         deterministic=args.deterministic, device=args.device,
         trust_model_code=args.trust_model_code, external_weights=args.external_weights,
-        reports=args.reports, plugin=plugin, plugin_args=plugin_args,
+        reports=args.reports, plugin=plugin, plugin_args=plugin_args, progress=progress,
     )
     code = _report_run(summary, output_dir)
     if not summary.succeeded:
@@ -275,7 +282,7 @@ def _demo(argv: list[str]) -> int:
     print("nipype-xai demo: group level")
     report, failures = run_group_level(
         output_dir=output_dir, work_dir=work_dir, seed=args.seed, reports=args.reports,
-        plugin=plugin, plugin_args=plugin_args,
+        plugin=plugin, plugin_args=plugin_args, progress=progress,
         provenance={"Model": f"{spec.name} ({model_spec.name})",
                     "Cohort": f"synthetic lesion, {args.n_subjects} subjects, seed "
                               f"{args.cohort_seed}, {resolution:g} mm"},

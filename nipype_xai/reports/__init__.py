@@ -4,7 +4,9 @@
 >>> subject_report("sub-01.html", subject="01", t1w=t1w, maps=maps)  # doctest: +SKIP
 
 Figures are written as PNG and SVG; pages embed the PNGs (base64), so each page is one file that
-opens offline. File names are listed in :mod:`nipype_xai.reports.html`.
+opens offline. File names are listed in :mod:`nipype_xai.reports.html`. A page names only
+derivatives, linked relatively from its place in the dataset (``derivatives=``, ``location=``):
+:mod:`nipype_xai.interfaces.reports` gets their names from :mod:`nipype_xai.bids`.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from .figures import (
 )
 from .html import (
     RANKING_METRICS,
+    REDUNDANT_METRICS,
     figure_name,
     format_value,
     group_report,
+    redundant_metrics,
     subject_report,
 )
 
@@ -32,6 +36,7 @@ __all__ = [
     "BASELINES",
     "DEFAULT_THRESHOLD",
     "RANKING_METRICS",
+    "REDUNDANT_METRICS",
     "SCALE_PERCENTILE",
     "figure_name",
     "format_value",
@@ -41,6 +46,7 @@ __all__ = [
     "plot_attribution_panel",
     "plot_glass_brains",
     "plot_method_ranking",
+    "redundant_metrics",
     "scale_abs",
     "subject_report",
 ]

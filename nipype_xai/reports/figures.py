@@ -12,7 +12,9 @@ nonzero voxels (:data:`SCALE_PERCENTILE`) and clipped to [0, 1]. Raw attribution
 orders of magnitude between methods; after this scaling every row uses the same colour scale, and 1
 means "among the top 1 % of this map". ``threshold`` is on that scale.
 
-Every figure is written twice, ``<out_base>.png`` and ``<out_base>.svg``, atomically.
+Each row's label sits in a band above it and the slice positions, shared by every row, in the
+title: nilearn draws its titles and positions over the images. Every figure is written twice,
+``<out_base>.png`` and ``<out_base>.svg``, atomically.
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ BASELINES: frozenset[str] = frozenset({"sobel", "laplace", "random"})
 _DPI = 100
 _ROW_HEIGHT_IN = 2.3
 _TITLE_IN = 0.45
+#: A band above each row for its label: nilearn's own titles and cut positions are drawn over
+#: the images (they hid the top-left corner and the bottom of every cut).
+_LABEL_IN = 0.32
 _CMAP = "hot"
 _GT_COLOR = "cyan"
 _METHOD_COLOR = "#1f77b4"
@@ -178,18 +183,64 @@ def save_reproducibly(figure: Figure, path: PathLike, *, format: str, **savefig_
 
 
 def _rows_figure(n_rows: int, title: Optional[str], width: float, black: bool) -> tuple[Figure, float]:
-    top = _TITLE_IN if title else 0.0
-    height = n_rows * _ROW_HEIGHT_IN + top
+    lines = title.count("\n") + 1 if title else 0
+    top = _TITLE_IN + 0.22 * (lines - 1) if title else 0.0
+    height = n_rows * (_ROW_HEIGHT_IN + _LABEL_IN) + top
     figure = Figure(figsize=(width, height), facecolor="k" if black else "w")
     if title:
         figure.suptitle(title, color="w" if black else "k", fontsize=13,
-                        y=1.0 - 0.12 * _TITLE_IN / height)
+                        y=1.0 - 0.12 * _TITLE_IN / height, va="top", linespacing=1.4)
     return figure, top / height
 
 
-def _row_rect(i: int, n_rows: int, top_fraction: float) -> list[float]:
-    height = (1.0 - top_fraction) / n_rows
-    return [0.0, 1.0 - top_fraction - (i + 1) * height, 1.0, height]
+def _row_rect(figure: Figure, i: int, n_rows: int, top_fraction: float,
+              label: Optional[str] = None, black: bool = True) -> list[float]:
+    """The axes rectangle of row ``i``, below a band holding its label (drawn here)."""
+    row = (1.0 - top_fraction) / n_rows
+    band = row * _LABEL_IN / (_ROW_HEIGHT_IN + _LABEL_IN)
+    row_top = 1.0 - top_fraction - i * row
+    if label:
+        figure.text(0.01, row_top - band / 2, label, color="w" if black else "k", fontsize=11,
+                    fontweight="bold", va="center", ha="left")
+    return [0.0, row_top - row, 1.0, row - band]
+
+
+def _cuts_text(cut_coords, display_mode: str) -> Optional[str]:
+    """Where the slices are, once for the figure (nilearn writes it under every cut)."""
+    if cut_coords is None:
+        return None
+    values = np.atleast_1d(np.asarray(cut_coords, dtype=float)).tolist()
+    if display_mode in ("ortho", "tiled") and len(values) == 3:
+        return "slices at " + ", ".join(f"{axis} = {v:.0f}" for axis, v in zip("xyz", values)) + " mm"
+    if display_mode in ("x", "y", "z"):
+        return f"slices at {display_mode} = " + ", ".join(f"{v:.0f}" for v in values) + " mm"
+    return None
+
+
+def _with_cuts(title: Optional[str], cuts: Optional[str]) -> Optional[str]:
+    if not cuts:
+        return title
+    return f"{title}\n{cuts}" if title else cuts
+
+
+def _annotate(display, positions: bool) -> None:
+    # Left/right letters stay (radiological conventions differ); the positions go in the title.
+    display.annotate(left_right=True, positions=positions, size=9)
+
+
+def _display_masked(image: nib.Nifti1Image, mask: Optional[nib.Nifti1Image]) -> nib.Nifti1Image:
+    """``image`` set to 0 outside ``mask`` (resampled to its grid, nearest neighbour)."""
+    if mask is None:
+        return image
+    from nilearn.image import resample_to_img
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        on_grid = resample_to_img(mask, image, interpolation="nearest", force_resample=True,
+                                  copy_header=True)
+    inside = np.asarray(on_grid.dataobj) > 0.5
+    return nib.Nifti1Image(np.where(inside, np.asarray(image.dataobj), 0).astype(np.float32),
+                           image.affine)
 
 
 # --------------------------------------------------------------------------------------------
@@ -207,6 +258,7 @@ def plot_attribution_panel(
     display_mode: str = "ortho",
     cut_coords=None,
     ground_truth: Optional[ImageLike] = None,
+    display_mask: Optional[ImageLike] = None,
 ) -> dict[str, Path]:
     """One row per method: ``|map|`` over the background, the ground-truth outline on top.
 
@@ -231,6 +283,11 @@ def plot_attribution_panel(
         slices through the ground truth (or the background) for ``x``/``y``/``z``.
     ground_truth
         Binary mask whose outline (level 0.5) is drawn in cyan on every row.
+    display_mask
+        Brain mask (any grid: resampled, nearest neighbour): every map is shown inside it only,
+        and scaled over the voxels inside. Group means of maps that cover the whole grid
+        (Grad-CAM's upsampled coarse map, the random baseline) otherwise fill the box around
+        the brain.
 
     Returns
     -------
@@ -249,23 +306,28 @@ def plot_attribution_panel(
     threshold = DEFAULT_THRESHOLD if threshold is None else float(threshold)
     bg = _as_image(background, "background")
     gt = _as_image(ground_truth, "ground_truth") if ground_truth is not None else None
-    scaled = {method: scale_abs(img) for method, img in maps.items()}
+    mask = _as_image(display_mask, "display_mask") if display_mask is not None else None
+    scaled = {method: scale_abs(_display_masked(_as_image(img, method), mask))
+              for method, img in maps.items()}
     if cut_coords is None:
         cut_coords = _shared_cut_coords([s for s, _ in scaled.values()], gt, display_mode, bg)
+    cuts = _cuts_text(cut_coords, display_mode)
 
     width = 11.0 if display_mode not in ("x", "y", "z") else 12.0
-    figure, top = _rows_figure(len(scaled), title, width, black=True)
+    figure, top = _rows_figure(len(scaled), _with_cuts(title, cuts), width, black=True)
     with warnings.catch_warnings():
         # Empty contours on a slice and nilearn's notes on non-finite or zero maps are expected.
         warnings.simplefilter("ignore")
         for i, (method, (image, scale)) in enumerate(scaled.items()):
             label = method if scale > 0 else f"{method} (all zero)"
             display = plot_stat_map(
-                image, bg_img=bg, figure=figure, axes=_row_rect(i, len(scaled), top),
+                image, bg_img=bg, figure=figure,
+                axes=_row_rect(figure, i, len(scaled), top, label),
                 display_mode=display_mode, cut_coords=cut_coords, threshold=threshold,
                 vmin=0.0, vmax=1.0, cmap=_CMAP, symmetric_cbar=False, black_bg=True,
-                colorbar=True, title=label, draw_cross=False, annotate=True,
+                colorbar=True, draw_cross=False, annotate=False,
             )
+            _annotate(display, positions=cuts is None)
             if gt is not None:
                 display.add_contours(gt, levels=[0.5], colors=[_GT_COLOR], linewidths=1.0)
     return _save(figure, out_base)
@@ -281,12 +343,20 @@ def plot_anatomy(img: ImageLike, out_base: PathLike, *, title: Optional[str] = N
     """
     from nilearn.plotting import plot_anat
 
+    from nilearn.plotting import find_xyz_cut_coords
+
     image = _as_image(img, "anatomy")
-    figure, top = _rows_figure(1, title, 9.0, black=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        plot_anat(image, figure=figure, axes=_row_rect(0, 1, top), display_mode="ortho",
-                  black_bg=True, draw_cross=False, colorbar=False, dim=-0.5)
+        cut_coords = find_xyz_cut_coords(image)
+    figure, top = _rows_figure(1, _with_cuts(title, _cuts_text(cut_coords, "ortho")), 9.0,
+                               black=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        display = plot_anat(image, figure=figure, axes=_row_rect(figure, 0, 1, top),
+                            display_mode="ortho", cut_coords=cut_coords, black_bg=True,
+                            draw_cross=False, colorbar=False, dim=-0.5, annotate=False)
+        _annotate(display, positions=False)
     return _save(figure, out_base)
 
 
@@ -296,11 +366,12 @@ def plot_glass_brains(
     *,
     title: Optional[str] = None,
     threshold: Optional[float] = None,
+    display_mask: Optional[ImageLike] = None,
 ) -> dict[str, Path]:
     """One row per method: maximum-intensity projection of the scaled ``|map|`` (glass brain).
 
-    The glass brain outline is MNI152's, so the maps must be in an MNI space. Scaling and
-    ``threshold`` as in :func:`plot_attribution_panel`.
+    The glass brain outline is MNI152's, so the maps must be in an MNI space. Scaling,
+    ``threshold`` and ``display_mask`` as in :func:`plot_attribution_panel`.
 
     Returns
     -------
@@ -312,17 +383,22 @@ def plot_glass_brains(
     if not maps:
         raise ValueError("plot_glass_brains: no maps to plot")
     threshold = DEFAULT_THRESHOLD if threshold is None else float(threshold)
-    scaled = {method: scale_abs(img) for method, img in maps.items()}
+    mask = _as_image(display_mask, "display_mask") if display_mask is not None else None
+    scaled = {method: scale_abs(_display_masked(_as_image(img, method), mask))
+              for method, img in maps.items()}
     figure, top = _rows_figure(len(scaled), title, 9.0, black=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for i, (method, (image, scale)) in enumerate(scaled.items()):
-            plot_glass_brain(
-                image, figure=figure, axes=_row_rect(i, len(scaled), top), display_mode="ortho",
-                threshold=threshold, vmin=0.0, vmax=1.0, cmap=_CMAP, plot_abs=True,
-                symmetric_cbar=False, colorbar=True, black_bg=False,
-                title=method if scale > 0 else f"{method} (all zero)",
+            label = method if scale > 0 else f"{method} (all zero)"
+            display = plot_glass_brain(
+                image, figure=figure, axes=_row_rect(figure, i, len(scaled), top, label,
+                                                     black=False),
+                display_mode="ortho", threshold=threshold, vmin=0.0, vmax=1.0, cmap=_CMAP,
+                plot_abs=True, symmetric_cbar=False, colorbar=True, black_bg=False,
+                annotate=False,
             )
+            _annotate(display, positions=False)
     return _save(figure, out_base)
 
 

@@ -16,6 +16,11 @@ discarded, when none is given). Names (alphanumeric BIDS-like labels, ``-`` and 
 ``sub-<label>`` is ``sub-<label>_ses-<label>`` for a session; ``<metricLabel>`` is the metric's name in
 lowerCamelCase (``precision_at_k`` -> ``precisionAtK``), as method names become ``desc`` labels
 (:func:`nipype_xai.bids.method_to_desc`). Pages are written atomically.
+
+A page names files only by relative links into the derivatives dataset it belongs to: the caller
+gives the dataset-relative names of the derivatives (``derivatives``) and of the page itself
+(``location``); the files the page was made from (in a Nipype work directory) are never named.
+The pages use no JavaScript: the ranking charts are tabs made of radio buttons and CSS.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import base64
 import html
 import json
 import os
+import posixpath
 import re
 import shlex
 import sys
@@ -32,7 +38,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional, Union
+from urllib.parse import quote
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 
@@ -52,9 +60,11 @@ from .figures import (
 __all__ = [
     "DOMAIN_COLUMNS",
     "RANKING_METRICS",
+    "REDUNDANT_METRICS",
     "figure_name",
     "format_value",
     "group_report",
+    "redundant_metrics",
     "subject_report",
 ]
 
@@ -64,12 +74,40 @@ PathLike = Union[str, os.PathLike]
 #: follows in the summary's order.
 RANKING_METRICS: tuple[str, ...] = ("precision_at_k", "relevance_mass_accuracy", "auroc")
 
+#: Metrics left out of a page when they equal another in every row, with the reason the page
+#: gives (``{metric}`` and ``{same}`` are filled in).
+REDUNDANT_METRICS: dict[str, tuple[str, str]] = {
+    "dice_at_k": (
+        "precision_at_k",
+        "<code>{metric}</code> is not shown: it equals <code>{same}</code> in every row, as it "
+        "must when k is the ground truth's voxel count. The top-k voxels and the ground truth "
+        "then hold k voxels each, so Dice = 2&middot;hits / (k + k) = hits / k = precision at k.",
+    ),
+}
+
 # Rows of a per-subject table embedded in the group page before it is left to the TSV.
 _MAX_TABLE_ROWS = 2000
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans-serif;
        margin: 0 auto; max-width: 1150px; padding: 1em 2em 3em; color: #222; line-height: 1.45; }
+p code, li code, summary code { overflow-wrap: anywhere; }
+nav.links { font-size: .92em; margin: -.4em 0 1em; }
+nav.links a { margin-right: 1.2em; }
+ul.files { font-size: .88em; padding-left: 1.2em; }
+.table-wrap { max-width: 100%; overflow-x: auto; }
+td.text { max-width: 24em; overflow-wrap: break-word; }
+.tabs { display: flex; flex-wrap: wrap; margin: .6em 0 1em; }
+.tabs > input { position: absolute; opacity: 0; pointer-events: none; }
+.tabs > label { order: 0; padding: .3em .75em; margin: 0 .2em -1px 0; cursor: pointer;
+                border: 1px solid #d6d6d6; border-radius: 4px 4px 0 0; background: #f2f4f7;
+                font-size: .9em; }
+.tabs > input:checked + label { background: #fff; border-bottom-color: #fff; font-weight: bold; }
+.tabs > input:focus-visible + label { outline: 2px solid #1f77b4; }
+.tabs > .panel { order: 1; width: 100%; display: none; border-top: 1px solid #d6d6d6;
+                 padding-top: .5em; }
+.tabs > input:checked + label + .panel { display: block; }
+.tabs > .panel img { max-width: 760px; }
 h1 { font-size: 1.6em; border-bottom: 2px solid #1f77b4; padding-bottom: .2em; }
 h2 { font-size: 1.25em; margin-top: 1.8em; border-bottom: 1px solid #ddd; }
 h3 { font-size: 1.05em; margin-bottom: .3em; }
@@ -185,7 +223,80 @@ def _table(frame: pd.DataFrame, *, best: Optional[Mapping[str, bool]] = None,
         baseline = baseline_column is not None and is_baseline(str(row[baseline_column]))
         tr = '<tr class="baseline">' if baseline else "<tr>"
         body.append(tr + "".join(cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return (f'<div class="table-wrap"><table><thead><tr>{head}</tr></thead>'
+            f"<tbody>{''.join(body)}</tbody></table></div>")
+
+
+def _constant_columns(frame: pd.DataFrame, keep: Iterable[str] = ()) -> tuple[pd.DataFrame, dict]:
+    """Columns with one value in every row, taken out of a table of several rows.
+
+    A page states them once (``emd_method``'s long text in every row made the subject page wider
+    than the window). Columns in ``keep`` stay.
+    """
+    if len(frame) < 2:
+        return frame, {}
+    constant = {}
+    for column in frame.columns:
+        if column in keep:
+            continue
+        values = frame[column]
+        if values.isna().all() or (values.notna().all() and values.nunique() == 1):
+            constant[column] = values.iloc[0]
+    return frame.drop(columns=list(constant)), constant
+
+
+def _constants_note(constant: Mapping[str, Any]) -> str:
+    if not constant:
+        return ""
+    items = "; ".join(f"<code>{html.escape(str(k))}</code> = {_esc(v)}"
+                      for k, v in constant.items())
+    return f'<p class="note">The same in every row: {items}.</p>'
+
+
+def redundant_metrics(table: Optional[pd.DataFrame]) -> dict[str, str]:
+    """Metrics of :data:`REDUNDANT_METRICS` equal to their twin in every row: ``{metric: twin}``."""
+    found = {}
+    if table is None or not len(table):
+        return found
+    for metric, (twin, _) in REDUNDANT_METRICS.items():
+        if metric in table.columns and twin in table.columns:
+            a = pd.to_numeric(table[metric], errors="coerce").to_numpy(dtype=float)
+            b = pd.to_numeric(table[twin], errors="coerce").to_numpy(dtype=float)
+            if np.allclose(a, b, rtol=1e-9, atol=1e-12, equal_nan=True):
+                found[metric] = twin
+    return found
+
+
+def _redundant_note(redundant: Mapping[str, str]) -> str:
+    return "".join(f'<p class="note">{REDUNDANT_METRICS[m][1].format(metric=m, same=twin)}</p>'
+                   for m, twin in redundant.items())
+
+
+def _direction_note(metrics: Iterable[str]) -> str:
+    """Which of the metrics shown are better when lower (only those shown are named)."""
+    lower = sorted(set(metrics) & LOWER_IS_BETTER)
+    if not lower:
+        return "higher is better for every metric"
+    return f"lower is better for {', '.join(lower)}, higher for the others"
+
+
+def _href(target: str, location: str) -> str:
+    """``target`` (dataset-relative) as a link from the page at ``location`` (dataset-relative)."""
+    start = posixpath.dirname(location) or "."
+    relative = posixpath.relpath(posixpath.normpath(target), start)
+    return html.escape(quote(relative, safe="/-_.~"), quote=True)
+
+
+def _link(target: str, location: str, text: Optional[str] = None) -> str:
+    label = html.escape(text if text is not None else posixpath.basename(target))
+    return f'<a href="{_href(target, location)}">{label}</a>'
+
+
+def _file_link(target: Optional[str], location: str) -> str:
+    """A derivative's name as a link (in ``<code>``), or nothing when it has none."""
+    if not target:
+        return ""
+    return f"<code>{_link(target, location)}</code>"
 
 
 def _img(png: Path, alt: str) -> str:
@@ -330,6 +441,8 @@ def subject_report(
     qc_figure: Optional[PathLike] = None,
     figures_dir: Optional[PathLike] = None,
     errors: Sequence[str] = (),
+    derivatives: Optional[Mapping[str, Any]] = None,
+    location: Optional[str] = None,
 ) -> Path:
     """Write one subject's self-contained HTML report.
 
@@ -352,7 +465,9 @@ def subject_report(
         model's training inputs, a warning opens the page and is repeated by the prediction.
     metrics_tsv
         The subject's ``desc-overlap_metrics.tsv`` (one row per method); the best value of each
-        metric is bold, baselines are grey.
+        metric is bold, baselines are grey. Columns with one value in every row are stated once
+        under the table, and a metric equal to its twin in every row
+        (:data:`REDUNDANT_METRICS`) is left out, saying why.
     ground_truth
         Ground-truth mask in the maps' space, outlined on every map.
     qc_tsv, qc_figure
@@ -362,6 +477,14 @@ def subject_report(
         Where the PNG/SVG figures go (names in the module docstring). None: not kept.
     errors
         Problems to show at the top of the page (e.g. methods that failed).
+    derivatives
+        Dataset-relative names of the derivatives the page shows, linked from it: ``t1w`` (the
+        model input), ``maps`` and ``native_maps`` (method -> map), ``predictions``, ``metrics``,
+        ``qc``, and ``group_report``. A file without a name here is not named on the page: the
+        inputs given above are work files, not derivatives.
+    location
+        The page's own dataset-relative name, which the links start from; default: the name of
+        ``out_html`` at the dataset root.
 
     Returns
     -------
@@ -369,7 +492,12 @@ def subject_report(
         The absolute path of the page.
     """
     sub = _subject_prefix(subject)
+    names = dict(derivatives or {})
+    here = location or Path(out_html).name
     body: list[str] = []
+    if names.get("group_report"):
+        body.append(f'<nav class="links">{_link(names["group_report"], here, "Group report")}'
+                    "</nav>")
     predictions = _read_tsv(predictions_tsv) if predictions_tsv is not None else None
     warning = _domain_warning(predictions) if predictions is not None else None
     if warning:
@@ -378,8 +506,9 @@ def subject_report(
         body.append("<h2>Errors</h2>\n" + _errors(list(errors)))
     with _FiguresDir(figures_dir) as fig_dir:
         body.append("<h2>Input</h2>")
-        if isinstance(t1w, (str, os.PathLike)):
-            body.append(f"<p><code>{html.escape(Path(t1w).name)}</code></p>")
+        if names.get("t1w"):
+            body.append(f"<p>The T1w as the model received it: {_file_link(names['t1w'], here)}"
+                        "</p>")
         anat = plot_anatomy(t1w, fig_dir / figure_name(sub, "desc-input", "T1w"), title=f"{sub}: input")
         body.append(_img(anat["png"], f"{sub} input T1w"))
 
@@ -391,6 +520,8 @@ def subject_report(
                 body.append(_errors([f"registration QC failed: {qc['reasons'].iloc[0]}"
                                      if "reasons" in qc.columns else "registration QC failed"]))
             body.append(_table(qc))
+            if names.get("qc"):
+                body.append(f'<p class="note">Table: {_file_link(names["qc"], here)}</p>')
         if qc_figure is not None:
             body.append(_img(qc_figure, f"{sub} registered brain with the template's outline"))
             import shutil
@@ -402,6 +533,9 @@ def subject_report(
         if predictions is not None:
             body.append(_table(predictions[[c for c in predictions.columns
                                             if c not in DOMAIN_COLUMNS]]))
+            if names.get("predictions"):
+                body.append(f'<p class="note">Table: {_file_link(names["predictions"], here)}'
+                            "</p>")
             if warning:
                 body.append(warning)
             body.extend(_domain_section(predictions))
@@ -421,26 +555,44 @@ def subject_report(
                 title=f"{sub}: attribution maps", ground_truth=ground_truth,
             )
             body.append(_img(panel["png"], f"{sub} attribution maps: {', '.join(maps)}"))
-            files = "".join(
-                f"<li><code>{html.escape(m)}</code>: <code>{html.escape(Path(p).name)}</code></li>"
-                for m, p in maps.items() if isinstance(p, (str, os.PathLike))
-            )
-            if files:
-                body.append(f"<details><summary>Map files</summary><ul>{files}</ul></details>")
+            body.append(_map_files(list(maps), names, here))
         else:
             body.append('<p class="note">No attribution map was produced.</p>')
 
         if metrics_tsv is not None:
             body.append("<h2>Overlap with the ground truth</h2>")
             table = _read_tsv(metrics_tsv)
+            redundant = redundant_metrics(table)
+            table, constant = _constant_columns(table.drop(columns=list(redundant)),
+                                                keep=("method",))
             best = {c: c in LOWER_IS_BETTER for c in table.columns
-                    if c not in ("subject", "session", "method")}
+                    if c not in ("subject", "session", "participant_id", "method")}
             body.append(_table(table, best=best,
                                baseline_column="method" if "method" in table.columns else None))
-            body.append('<p class="note">Best value per metric in bold (lower is better for '
-                        f'{", ".join(sorted(LOWER_IS_BETTER))}; higher for the others); '
-                        "baselines in grey.</p>")
+            body.append('<p class="note">Best value per metric in bold '
+                        f"({_direction_note(best)}); baselines in grey.</p>")
+            body.append(_constants_note(constant))
+            body.append(_redundant_note(redundant))
+            if names.get("metrics"):
+                body.append(f'<p class="note">Table: {_file_link(names["metrics"], here)}</p>')
         return _write(out_html, _page(f"nipype-xai: {sub}", body))
+
+
+def _map_files(methods: Sequence[str], names: Mapping[str, Any], here: str) -> str:
+    """The maps' derivative files, one row per method (empty when none is named)."""
+    template = dict(names.get("maps") or {})
+    native = dict(names.get("native_maps") or {})
+    if not template and not native:
+        return ""
+    rows = []
+    for method in methods:
+        rows.append(f'<tr><td class="text"><code>{html.escape(method)}</code></td>'
+                    f'<td class="text">{_file_link(template.get(method), here)}</td>'
+                    f'<td class="text">{_file_link(native.get(method), here)}</td></tr>')
+    return ("<details><summary>Map files</summary><div class=\"table-wrap\"><table><thead><tr>"
+            '<th class="text">method</th><th class="text">on the model grid (shown above)</th>'
+            '<th class="text">on the T1w grid</th></tr></thead><tbody>' + "".join(rows)
+            + "</tbody></table></div></details>")
 
 
 # --------------------------------------------------------------------------------------------
@@ -496,6 +648,9 @@ def group_report(
     failures: Sequence[tuple[str, str]] = (),
     figures_dir: Optional[PathLike] = None,
     provenance: Optional[Mapping[str, Any]] = None,
+    brain_mask: Any = None,
+    derivatives: Optional[Mapping[str, Any]] = None,
+    location: Optional[str] = None,
 ) -> Path:
     """Write the group's self-contained HTML report.
 
@@ -521,20 +676,38 @@ def group_report(
     provenance
         Extra items for the provenance table, which always holds the nipype-xai version, the
         command line (``sys.argv``) and the date; given items override those.
+    brain_mask
+        The template's brain mask: the mean maps are shown inside it (the files keep the whole
+        grid). None: the background's nonzero voxels (a skull-stripped template is its brain),
+        or nilearn's MNI152 brain mask without a background.
+    derivatives
+        Dataset-relative names, linked from the page: ``metrics`` (the group table),
+        ``ranking``, ``mean_maps`` (method -> map), ``failures`` (the failures table) and
+        ``participant_reports`` (``sub-X[_ses-Y]`` -> its report). Files without a name here are
+        not named on the page.
+    location
+        The page's own dataset-relative name, which the links start from; default: the name of
+        ``out_html`` at the dataset root.
 
     Returns
     -------
     pathlib.Path
         The absolute path of the page.
     """
+    names = dict(derivatives or {})
+    here = location or Path(out_html).name
     table = _read_tsv(metrics_tsv) if metrics_tsv is not None else None
     if summary is None and table is not None and len(table):
         summary = summarize_methods(table)
+    redundant = redundant_metrics(table)
+    if summary is not None and table is None and "dice_at_k" in set(summary["metric"]):
+        redundant = _redundant_in_summary(summary)
     body: list[str] = []
 
     overview = []
-    if table is not None and "subject" in table.columns:
-        overview.append(f"{table['subject'].nunique()} subjects with metrics")
+    subject_column = _subject_column(table)
+    if subject_column:
+        overview.append(f"{table[subject_column].nunique()} subjects with metrics")
     if summary is not None and len(summary):
         group_columns = [c for c in summary.columns if c not in SUMMARY_COLUMNS]
         overview.append(f"{len(summary[group_columns].drop_duplicates())} methods")
@@ -543,14 +716,22 @@ def group_report(
     overview.append(f"{len(failures)} failed subject{'s' if len(failures) != 1 else ''}")
     body.append(f"<p>{html.escape(', '.join(overview))}.</p>")
 
+    reports = dict(names.get("participant_reports") or {})
+    if reports:
+        links = " ".join(_link(target, here, label) for label, target in reports.items())
+        body.append(f'<nav class="links">Participant reports: {links}</nav>')
+
     if failures:
         body.append("<h2>Failed subjects</h2>")
         frame = pd.DataFrame([_failure(item) for item in failures], columns=["subject", "reason"])
         body.append(f'<div class="errors">{_table(frame)}</div>')
+        if names.get("failures"):
+            body.append(f'<p class="note">Table: {_file_link(names["failures"], here)}</p>')
 
     with _FiguresDir(figures_dir) as fig_dir:
         if summary is not None and len(summary):
-            metrics = _ranking_order(list(dict.fromkeys(summary["metric"])))
+            shown = summary.loc[~summary["metric"].isin(list(redundant))]
+            metrics = _ranking_order(list(dict.fromkeys(shown["metric"])))
             ci = summary.attrs.get("ci", 0.95)
             n_boot = summary.attrs.get("n_boot")
             body.append("<h2>Method ranking</h2>")
@@ -558,58 +739,112 @@ def group_report(
             body.append(
                 f'<p class="note">Mean over subjects with a {ci:.0%} percentile-bootstrap '
                 f"confidence interval ({replicates}resampling subjects, the same resamples for "
-                "every method); baselines in grey. Lower is better for "
-                f"{', '.join(sorted(LOWER_IS_BETTER))}, higher for the others.</p>"
+                f"every method); baselines in grey; {_direction_note(metrics)}. One tab per "
+                "metric.</p>"
             )
-            for metric in metrics:
+            tabs = []
+            for index, metric in enumerate(metrics):
                 plot = plot_method_ranking(
                     summary, metric,
                     fig_dir / figure_name("desc-ranking", f"metric-{method_to_desc(metric)}", "plot"),
                 )
-                body.append(f"<h3>{html.escape(metric)}</h3>")
-                body.append(_img(plot["png"], f"ranking of methods by {metric}"))
+                tab_id = f"ranking-{method_to_desc(metric)}"
+                checked = " checked" if index == 0 else ""
+                tabs.append(f'<input type="radio" name="ranking" id="{tab_id}"{checked}>'
+                            f'<label for="{tab_id}">{html.escape(metric)}</label>'
+                            f'<div class="panel"><h3>{html.escape(metric)}</h3>'
+                            f'{_img(plot["png"], f"ranking of methods by {metric}")}</div>')
+            body.append(f'<div class="tabs">{"".join(tabs)}</div>')
+            body.append(_redundant_note(redundant))
 
             body.append("<h2>Summary</h2>")
             body.append('<p class="note">mean [CI low, CI high]; methods ordered by '
                         f"{html.escape(metrics[0])}.</p>")
-            wide = _wide_summary(summary, metrics)
+            wide = _wide_summary(shown, metrics)
             method_column = "method" if "method" in wide.columns else None
             body.append(_table(wide, baseline_column=method_column))
-            body.append("<details><summary>All statistics (mean, sd, CI, n, rank)</summary>"
-                        + _table(summary, baseline_column=method_column) + "</details>")
+            statistics = ("<details><summary>All statistics (mean, sd, CI, n, rank)</summary>"
+                          + _table(shown, baseline_column=method_column))
+            if names.get("ranking"):
+                statistics += f'<p class="note">Table: {_file_link(names["ranking"], here)}</p>'
+            body.append(statistics + "</details>")
 
         if table is not None:
-            name = html.escape(Path(metrics_tsv).name)
+            label = (_file_link(names["metrics"], here) if names.get("metrics")
+                     else "the group table")
             if len(table) <= _MAX_TABLE_ROWS:
-                body.append(f"<details><summary>Per-subject metrics (<code>{name}</code>)</summary>"
-                            + _table(table, baseline_column="method" if "method" in table.columns
-                                     else None)
-                            + "</details>")
+                per_subject, constant = _constant_columns(
+                    table.drop(columns=list(redundant)),
+                    keep=("method", subject_column or "subject"))
+                body.append(f"<details><summary>Per-subject metrics ({label})</summary>"
+                            + _table(per_subject, baseline_column="method"
+                                     if "method" in per_subject.columns else None)
+                            + _constants_note(constant) + "</details>")
             else:
                 body.append(f'<p class="note">Per-subject metrics: {len(table)} rows in '
-                            f"<code>{name}</code>.</p>")
+                            f"{label}.</p>")
 
         if mean_maps:
             body.append("<h2>Group mean maps</h2>")
             methods = ", ".join(f"<code>{html.escape(m)}</code>" for m in mean_maps)
             body.append(f"<p>Methods: {methods}.</p>")
-            body.append(f'<p class="note">{html.escape(_SCALE_NOTE)} The mean is of the signed '
-                        "maps; its magnitude is shown.</p>")
             if background is None:
-                from nilearn.datasets import load_mni152_template
+                from nilearn.datasets import load_mni152_brain_mask, load_mni152_template
 
                 background = load_mni152_template(resolution=2)
+                if brain_mask is None:
+                    brain_mask = load_mni152_brain_mask(resolution=2)
+            if brain_mask is None:
+                brain_mask = _nonzero_mask(background)
+            body.append(f'<p class="note">{html.escape(_SCALE_NOTE)} The mean is of the signed '
+                        "maps; its magnitude is shown, inside the template's brain mask (the "
+                        "files hold the whole grid).</p>")
             panel = plot_attribution_panel(
                 mean_maps, background, fig_dir / figure_name("desc-groupMean", "panel"),
-                title="Group mean maps",
+                title="Group mean maps", display_mask=brain_mask,
             )
             body.append(_img(panel["png"], f"group mean maps: {', '.join(mean_maps)}"))
             glass = plot_glass_brains(
                 mean_maps, fig_dir / figure_name("desc-groupMean", "glassbrain"),
-                title="Group mean maps (glass brain)",
+                title="Group mean maps (glass brain)", display_mask=brain_mask,
             )
             body.append(_img(glass["png"], f"group mean maps, glass brain: {', '.join(mean_maps)}"))
+            files = dict(names.get("mean_maps") or {})
+            if files:
+                items = "".join(f"<li><code>{html.escape(m)}</code>: "
+                                f"{_file_link(files[m], here)}</li>" for m in mean_maps if m in files)
+                body.append(f'<details><summary>Map files</summary><ul class="files">{items}'
+                            "</ul></details>")
 
         body.append("<h2>Provenance</h2>")
         body.append(_table(_provenance(provenance)))
         return _write(out_html, _page("nipype-xai: group report", body))
+
+
+def _subject_column(table: Optional[pd.DataFrame]) -> Optional[str]:
+    """The column naming the subject: ``participant_id`` (``sub-01``) or ``subject`` (``01``)."""
+    if table is None:
+        return None
+    return next((c for c in ("participant_id", "subject") if c in table.columns), None)
+
+
+def _redundant_in_summary(summary: pd.DataFrame) -> dict[str, str]:
+    """:func:`redundant_metrics` from a summary alone: equal means and CIs for every method."""
+    found = {}
+    group_columns = [c for c in summary.columns if c not in SUMMARY_COLUMNS]
+    for metric, (twin, _) in REDUNDANT_METRICS.items():
+        a = summary.loc[summary["metric"] == metric].set_index(group_columns)
+        b = summary.loc[summary["metric"] == twin].set_index(group_columns)
+        if len(a) and a.index.equals(b.index) and all(
+                np.allclose(a[c].to_numpy(float), b[c].to_numpy(float), equal_nan=True)
+                for c in ("mean", "ci_low", "ci_high")):
+            found[metric] = twin
+    return found
+
+
+def _nonzero_mask(image: Any) -> nib.Nifti1Image:
+    """A skull-stripped template's brain: its nonzero voxels."""
+    if isinstance(image, (str, os.PathLike)):
+        image = nib.load(str(image))
+    data = np.asarray(image.dataobj)
+    return nib.Nifti1Image((data > 0).astype(np.uint8), image.affine)
