@@ -7,11 +7,23 @@ import pytest
 
 from nipype_xai.attribution import available_methods
 from nipype_xai.bids import (
+    BIDSIGNORE,
+    GROUP_DIR,
     atomic_write,
+    bids_uri,
     derivative_path,
     desc_to_method,
+    figures_dir,
+    group_map_path,
+    group_metrics_path,
+    group_ranking_path,
+    input_dataset_links,
     method_to_desc,
+    read_dataset_links,
+    report_path,
     resolution_label,
+    template_spatial_reference,
+    update_dataset_links,
     write_dataset_description,
     write_json,
 )
@@ -48,17 +60,106 @@ def test_paths_follow_spec():
         "sub-01/anat/sub-01_from-T1w_to-MNI152NLin2009aSym_mode-image_xfm.h5"
     assert str(derivative_path({"subject": "01", "desc": "overlap", "suffix": "metrics"})) == \
         "sub-01/anat/sub-01_desc-overlap_metrics.tsv"
-    assert str(derivative_path({"desc": "overlap", "suffix": "metrics"})) == "desc-overlap_metrics.tsv"
+    # Group level: files of several subjects go to group/ (BIDS has no group-level naming).
+    assert str(derivative_path({"desc": "overlap", "suffix": "metrics"})) == \
+        "group/desc-overlap_metrics.tsv"
     assert str(derivative_path({"space": "MNI152NLin2009aSym", "desc": "smoothgradMean",
                                 "suffix": "attribution", "extension": ".nii.gz"})) == \
-        "space-MNI152NLin2009aSym_desc-smoothgradMean_attribution.nii.gz"
+        "group/space-MNI152NLin2009aSym_desc-smoothgradMean_attribution.nii.gz"
     with pytest.raises(ValueError, match="alphanumeric"):
         derivative_path({"subject": "01", "desc": "smoothgrad_sq", "suffix": "attribution"})
 
 
+def test_group_level_and_report_names_come_from_one_place(tmp_path):
+    assert GROUP_DIR == "group"
+    assert group_metrics_path().as_posix() == "group/desc-overlap_metrics.tsv"
+    assert group_ranking_path(tmp_path) == tmp_path / "group" / "desc-overlap_ranking.tsv"
+    assert group_map_path("smoothgrad_sq", "mean", "MNI152NLin2009aSym", "4").as_posix() == \
+        "group/space-MNI152NLin2009aSym_res-4_desc-smoothgradSqMean_attribution.nii.gz"
+    assert group_map_path("gradient", "sd", "MNI152NLin2009aSym").as_posix() == \
+        "group/space-MNI152NLin2009aSym_desc-gradientSd_attribution.nii.gz"
+    assert report_path().as_posix() == "group.html"
+    assert report_path("01", "2", root=tmp_path) == tmp_path / "sub-01_ses-2.html"
+    assert figures_dir("01").as_posix() == "sub-01/figures"
+    assert figures_dir().as_posix() == "group/figures"
+
+
+def test_bids_uris_and_dataset_links(tmp_path):
+    raw = tmp_path / "bids"
+    (raw / "sub-01" / "anat").mkdir(parents=True)
+    (raw / "dataset_description.json").write_text(json.dumps(
+        {"Name": "raw", "BIDSVersion": "1.10.0", "DatasetDOI": "doi:10.1234/raw",
+         "License": "CC0", "Authors": ["A. Author", "B. Author"]}))
+    gt = raw / "derivatives" / "ground-truth"
+    (gt / "sub-01" / "anat").mkdir(parents=True)
+    (gt / "dataset_description.json").write_text(json.dumps(
+        {"Name": "gt", "BIDSVersion": "1.10.0", "DatasetType": "derivative"}))
+    out = raw / "derivatives" / "nipype-xai"
+    t1w = raw / "sub-01" / "anat" / "sub-01_T1w.nii.gz"
+    mask = gt / "sub-01" / "anat" / "sub-01_label-lesion_mask.nii.gz"
+
+    links = input_dataset_links(raw, mask, None)
+    assert links == {"raw": raw, "groundtruth": gt}
+    assert bids_uri(t1w, out, links) == "bids:raw:sub-01/anat/sub-01_T1w.nii.gz"
+    # The innermost dataset names a file (the ground truth lies inside the raw folder).
+    assert bids_uri(mask, out, links) == \
+        "bids:groundtruth:sub-01/anat/sub-01_label-lesion_mask.nii.gz"
+    assert bids_uri(out / "sub-01" / "anat" / "x.nii.gz", out, links) == \
+        "bids::sub-01/anat/x.nii.gz"
+    assert bids_uri(tmp_path / "work" / "x.nii.gz", out, links).startswith("file:///")
+
+    write_dataset_description(out, dataset_links=links)
+    description = json.loads((out / "dataset_description.json").read_text())
+    # Portable: locations relative to the derivatives dataset, no absolute temporary path.
+    assert description["DatasetLinks"] == {"groundtruth": "../ground-truth", "raw": "../.."}
+    assert description["SourceDatasets"] == [{"URL": "bids:groundtruth:"},
+                                             {"URL": "bids:raw:", "DOI": "doi:10.1234/raw"}]
+    assert "file:" not in json.dumps(description)
+    assert description["License"] == "CC0"
+    assert description["Authors"] == ["A. Author", "B. Author"]
+    assert read_dataset_links(out) == links
+    assert (out / "README.md").stat().st_size > 150
+
+    # A link added later (a subject committed with another input) keeps the others.
+    other = tmp_path / "smriprep"
+    other.mkdir()
+    (other / "dataset_description.json").write_text(json.dumps(
+        {"Name": "s", "BIDSVersion": "1.10.0", "DatasetType": "derivative"}))
+    update_dataset_links(out, {"smriprep": other})
+    assert read_dataset_links(out) == {**links, "smriprep": other}
+    assert update_dataset_links(out, {"raw": raw}) is None  # nothing to add: not rewritten
+    # Rewriting the description (the next run) keeps the links it does not name again.
+    write_dataset_description(out, dataset_links={"raw": raw})
+    assert read_dataset_links(out) == {**links, "smriprep": other}
+
+
+def test_template_spatial_reference_is_templateflow_url():
+    assert template_spatial_reference("MNI152NLin2009aSym") == (
+        "https://templateflow.s3.amazonaws.com/tpl-MNI152NLin2009aSym/"
+        "tpl-MNI152NLin2009aSym_res-1_T1w.nii.gz")
+    assert template_spatial_reference("MNI152NLin2009cAsym").endswith(
+        "/tpl-MNI152NLin2009cAsym/tpl-MNI152NLin2009cAsym_res-01_T1w.nii.gz")
+    assert template_spatial_reference("NotATemplate") == \
+        "https://templateflow.s3.amazonaws.com/tpl-NotATemplate/"
+
+
+def test_bidsignore_lists_patterns_with_reasons(tmp_path):
+    (tmp_path / ".bidsignore").write_text("mine.txt\n")
+    write_dataset_description(tmp_path)
+    write_dataset_description(tmp_path)  # idempotent
+    lines = (tmp_path / ".bidsignore").read_text().splitlines()
+    assert lines[0] == "mine.txt"
+    patterns = [line for line in lines if line and not line.startswith("#")]
+    assert patterns == ["mine.txt", *(pattern for pattern, _ in BIDSIGNORE)]
+    # Every pattern follows its reason; folders without a trailing slash (bids-validator#291).
+    for pattern, why in BIDSIGNORE:
+        assert lines[lines.index(pattern) - 1] == f"# {why}"
+        assert not pattern.endswith("/")
+
+
 def test_pybids_indexes_outputs(tmp_path):
     bids = pytest.importorskip("bids")
-    write_dataset_description(tmp_path, source_datasets=["../rawdata"])
+    write_dataset_description(tmp_path, source_datasets=["https://example.org/rawdata"])
     for desc in ["gradient", "smoothgradSq"]:
         for space in [None, "MNI152NLin2009aSym"]:
             path = derivative_path({"subject": "01", "space": space, "desc": desc,
@@ -67,6 +168,7 @@ def test_pybids_indexes_outputs(tmp_path):
     description = json.loads((tmp_path / "dataset_description.json").read_text())
     assert description["DatasetType"] == "derivative"
     assert description["GeneratedBy"][0]["Name"] == "nipype-xai"
+    assert description["SourceDatasets"] == [{"URL": "https://example.org/rawdata"}]
     assert "*_attribution.nii.gz" in (tmp_path / ".bidsignore").read_text()
     layout = bids.BIDSLayout(tmp_path, validate=False)
     found = layout.get(subject="01", space="MNI152NLin2009aSym", desc="smoothgradSq",

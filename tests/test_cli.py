@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from nipype_xai import __version__
+from nipype_xai.bids import group_metrics_path
 from nipype_xai.cli import main
 from nipype_xai.models import TinyCNN3D
 from nipype_xai.synth import generate_cohort
@@ -165,8 +166,8 @@ def test_failing_subjects_do_not_stop_the_others(tmp_path, capsys, cohort):
                  "--nprocs", "2"]) == 0
     report = (out / "group.html").read_text()
     assert "sub-03" in report and "truncated" in report and "sub-04" in report
-    table = pd.read_csv(out / "desc-overlap_metrics.tsv", sep="\t", dtype={"subject": str})
-    assert set(table["subject"]) == {"02"}
+    table = pd.read_csv(group_metrics_path(out), sep="\t")
+    assert set(table["participant_id"]) == {"sub-02"}
 
 
 # ---- resuming -----------------------------------------------------------------------------------

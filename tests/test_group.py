@@ -75,7 +75,7 @@ def table():
         "random": [20.0, 21.0, 19.0, 22.0, 20.5],
     }
     rows = [
-        {"subject": f"{s:02d}", "method": method, "auroc": auroc[method][s],
+        {"participant_id": f"sub-{s:02d}", "method": method, "auroc": auroc[method][s],
          "emd": emd[method][s], "score": "abs"}
         for method in auroc for s in range(5)
     ]
@@ -92,10 +92,10 @@ def test_summarize_methods_columns_and_paired_bootstrap(table):
 
     # Every method is resampled with the same subject indices (paired): recompute by hand on each
     # method's column aligned on the sorted subjects.
-    subjects = sorted(table["subject"].unique())
+    subjects = sorted(table["participant_id"].unique())
     indices = bootstrap_indices(len(subjects), n_boot=400, seed=11)
     for row in summary.itertuples():
-        values = (table.loc[table["method"] == row.method].set_index("subject")[row.metric]
+        values = (table.loc[table["method"] == row.method].set_index("participant_id")[row.metric]
                   .reindex(subjects).to_numpy())
         mean, low, high = _hand_bootstrap(values, n_boot=400, ci=0.95, seed=11)
         assert (row.mean, row.ci_low, row.ci_high) == pytest.approx((mean, low, high), abs=1e-12)
@@ -129,11 +129,20 @@ def test_summarize_methods_metrics_and_group_by(table):
     assert len(summary) == 3 and set(summary["metric"]) == {"auroc"}
 
 
+def test_summarize_methods_reads_plain_subject_labels(table):
+    # The derivatives' tables use participant_id (sub-01); a table of plain subject labels (the
+    # benchmark's) is summarised the same way.
+    plain = table.assign(subject=table["participant_id"].str.removeprefix("sub-")).drop(
+        columns="participant_id")
+    pd.testing.assert_frame_equal(summarize_methods(table, n_boot=100),
+                                  summarize_methods(plain, n_boot=100))
+
+
 def test_summarize_methods_errors(table):
     with pytest.raises(ValueError, match="more than one row"):
         summarize_methods(pd.concat([table, table.iloc[:1]]))
-    with pytest.raises(ValueError, match="missing column"):
-        summarize_methods(table.drop(columns="subject"))
+    with pytest.raises(ValueError, match="missing column.*participant_id or subject"):
+        summarize_methods(table.drop(columns="participant_id"))
     with pytest.raises(ValueError, match="no column"):
         summarize_methods(table, metrics=["dice"])
 

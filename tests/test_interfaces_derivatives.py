@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+from nipype_xai.bids import read_dataset_links
 from nipype_xai.interfaces import (
     BaselineMaps,
     DerivativesDataSink,
@@ -22,6 +23,7 @@ from nipype_xai.interfaces import (
     ModelGridReference,
     ReportsSink,
 )
+from nipype_xai.interfaces.bids import SOURCE_FILE
 from nipype_xai.metrics import MetricsError, overlap_metrics, sobel
 from nipype_xai.models import TinyCNN3D, load_model_spec, to_model_grid
 
@@ -55,9 +57,11 @@ def test_ground_truth_overlap_writes_one_row_per_map(tmp_path, volumes):
         in_maps=[str(volumes["perfect"]), str(volumes["noise"])], methods=["oracle", "random"],
         ground_truth=str(volumes["gt"]), brain_mask=str(volumes["brain"]), subject="01",
     ).run(cwd=str(tmp_path))
-    table = pd.read_csv(result.outputs.out_tsv, sep="\t", dtype={"subject": str})
+    table = pd.read_csv(result.outputs.out_tsv, sep="\t")
     assert list(table["method"]) == ["oracle", "random"]
-    assert list(table["subject"]) == ["01", "01"]
+    # BIDS identifiers (as in participants.tsv): no reader takes "sub-01" for the number 1.
+    assert list(table["participant_id"]) == ["sub-01", "sub-01"]
+    assert "subject" not in table.columns
     oracle = table.iloc[0]
     for metric in ("precision_at_k", "pointing_game", "auroc", "average_precision",
                    "relevance_mass_accuracy"):
@@ -73,19 +77,34 @@ def test_ground_truth_overlap_writes_one_row_per_map(tmp_path, volumes):
 
 
 def test_ground_truth_overlap_resamples_a_map_on_another_grid(tmp_path, volumes):
-    # The map on a 2 mm grid covering the same field of view: resampled onto the GT's 4 mm grid.
+    # Maps on a 2 mm grid covering the same field of view: resampled onto the GT's 4 mm grid.
     gt, _, _ = volumes["arrays"]
     fine_affine = AFFINE.copy()
     fine_affine[:3, :3] /= 2
     fine_affine[:3, 3] -= 1  # voxel centres of a 2x upsampling
     fine = np.kron(gt, np.ones((2, 2, 2))).astype(np.float32)
-    fine_map = _save(tmp_path / "fine.nii.gz", fine, fine_affine)
-    result = GroundTruthOverlap(in_maps=[str(fine_map)], methods=["oracle"],
-                                ground_truth=str(volumes["gt"])).run(cwd=str(tmp_path))
-    row = pd.read_csv(result.outputs.out_tsv, sep="\t").iloc[0]
-    assert row["resampled"] == "linear onto the ground-truth grid"
-    assert row["precision_at_k"] == pytest.approx(1.0)
-    assert "subject" not in row.index
+    # A continuous map (the GT blurred): linear interpolation.
+    from scipy.ndimage import gaussian_filter
+
+    smooth = gaussian_filter(fine, 1.0)
+    smooth_map = _save(tmp_path / "smooth.nii.gz", smooth, fine_affine)
+    # A 0/1 map (a mask given as a map): nearest neighbour keeps it 0/1, no binary image is
+    # interpolated linearly (nilearn's warning about it is not raised).
+    binary_map = _save(tmp_path / "binary.nii.gz", fine, fine_affine)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = GroundTruthOverlap(in_maps=[str(smooth_map), str(binary_map)],
+                                    methods=["blurred", "oracle"],
+                                    ground_truth=str(volumes["gt"])).run(cwd=str(tmp_path))
+    table = pd.read_csv(result.outputs.out_tsv, sep="\t")
+    assert list(table["resampled"]) == ["linear onto the ground-truth grid",
+                                        "nearest onto the ground-truth grid"]
+    assert table.loc[1, "precision_at_k"] == pytest.approx(1.0)
+    assert table.loc[1, "dice_at_k"] == pytest.approx(1.0)
+    assert table.loc[0, "pointing_game"] == pytest.approx(1.0)
+    assert "participant_id" not in table.columns
 
 
 def test_ground_truth_overlap_empty_mask_names_the_file(tmp_path, volumes):
@@ -143,16 +162,37 @@ def test_derivatives_data_sink_names_sidecars_and_description(tmp_path, volumes)
 def test_derivatives_data_sink_names_a_connected_source(tmp_path, volumes):
     out = tmp_path / "derivatives"
     common = {"base_directory": str(out), "in_file": str(volumes["perfect"]), "subject": "01",
-              "suffix": "attribution", "source_file": "/lab/work/t1w_preproc.nii.gz",
-              "source_kind": "T1w"}
-    DerivativesDataSink(desc="a", meta_dict={"Sources": []}, **common).run(cwd=str(tmp_path))
+              "suffix": "attribution", "source_file": "/lab/work/t1w_preproc.nii.gz"}
+    # A file of no BIDS dataset (a lab's intermediate): a file URI.
+    DerivativesDataSink(desc="a", meta_dict={"Type": "x"}, **common).run(cwd=str(tmp_path))
     written = json.loads((out / "sub-01/anat/sub-01_desc-a_attribution.json").read_text())
-    assert written["Sources"] == ["T1w: t1w_preproc.nii.gz"]
+    assert written["Sources"] == ["file:///lab/work/t1w_preproc.nii.gz"]
     # Sources known when the workflow was built win.
-    DerivativesDataSink(desc="b", meta_dict={"Sources": ["T1w: sub-01_T1w.nii.gz"]},
+    DerivativesDataSink(desc="b", meta_dict={"Sources": ["bids:raw:sub-01/anat/sub-01_T1w.nii.gz"]},
                         **common).run(cwd=str(tmp_path))
     written = json.loads((out / "sub-01/anat/sub-01_desc-b_attribution.json").read_text())
-    assert written["Sources"] == ["T1w: sub-01_T1w.nii.gz"]
+    assert written["Sources"] == ["bids:raw:sub-01/anat/sub-01_T1w.nii.gz"]
+
+    # A T1w of a BIDS dataset: a BIDS URI where SOURCE_FILE stands, and the dataset is linked.
+    raw = tmp_path / "raw"
+    (raw / "sub-01" / "anat").mkdir(parents=True)
+    (raw / "dataset_description.json").write_text('{"Name": "r", "BIDSVersion": "1.10.0"}')
+    t1w = raw / "sub-01" / "anat" / "sub-01_T1w.nii.gz"
+    t1w.write_bytes(b"")
+    staging = out / ".nipype-xai" / "staging" / "sub-01"
+    DerivativesDataSink(
+        base_directory=str(staging), dataset_root=str(out), dataset_description=False,
+        in_file=[str(volumes["perfect"]), str(volumes["noise"])], subject="01", desc=["c", "d"],
+        suffix="attribution", source_file=str(t1w),
+        meta_dict={"SpatialReference": SOURCE_FILE},
+        meta_per_file=[{"Sources": ["bids::x", SOURCE_FILE]}, {"Sources": ["bids::y"]}],
+    ).run(cwd=str(tmp_path))
+    uri = "bids:raw:sub-01/anat/sub-01_T1w.nii.gz"
+    c = json.loads((staging / "sub-01/anat/sub-01_desc-c_attribution.json").read_text())
+    d = json.loads((staging / "sub-01/anat/sub-01_desc-d_attribution.json").read_text())
+    assert c == {"SpatialReference": uri, "Sources": ["bids::x", uri]}
+    assert d == {"SpatialReference": uri, "Sources": ["bids::y"]}
+    assert read_dataset_links(out) == {"raw": raw}
 
 
 def test_derivatives_data_sink_checks_every_name_before_writing(tmp_path, volumes):
@@ -230,7 +270,8 @@ def test_model_grid_reference_is_the_grid_to_model_grid_uses(tmp_path):
 def test_group_table_ranking_and_mean_maps(tmp_path, volumes):
     rows = []
     for subject, (good, bad) in {"01": (0.9, 0.2), "02": (0.7, 0.1), "03": (0.8, 0.3)}.items():
-        table = pd.DataFrame({"subject": [subject] * 2, "method": ["gradient", "random"],
+        table = pd.DataFrame({"participant_id": [f"sub-{subject}"] * 2,
+                              "method": ["gradient", "random"],
                               "score": ["abs", "abs"], "precision_at_k": [good, bad],
                               "emd": [1.0, 5.0], "emd_method": ["exact", "exact"],
                               "n_gt_voxels": [27, 27]})
@@ -238,8 +279,9 @@ def test_group_table_ranking_and_mean_maps(tmp_path, volumes):
         table.to_csv(path, sep="\t", index=False)
         rows.append(str(path))
     group = GroupOverlapTable(in_tsvs=rows[::-1]).run(cwd=str(tmp_path))
-    merged = pd.read_csv(group.outputs.out_tsv, sep="\t", dtype={"subject": str})
-    assert list(merged["subject"]) == ["01", "01", "02", "02", "03", "03"]
+    merged = pd.read_csv(group.outputs.out_tsv, sep="\t")
+    assert list(merged["participant_id"]) == ["sub-01", "sub-01", "sub-02", "sub-02",
+                                              "sub-03", "sub-03"]
     ranking = MethodRanking(in_tsv=group.outputs.out_tsv, n_boot=200).run(cwd=str(tmp_path))
     summary = pd.read_csv(ranking.outputs.out_tsv, sep="\t")
     assert set(summary["metric"]) == {"precision_at_k", "emd"}  # not the voxel counts

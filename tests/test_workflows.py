@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import torch
 
+from nipype_xai.bids import figures_dir, group_map_path, group_metrics_path, group_ranking_path
 from nipype_xai.models import TinyCNN3D
 from nipype_xai.synth import generate_cohort
 from nipype_xai.workflows import (
@@ -131,6 +132,23 @@ def test_every_spec_output_exists(participant_run):
                      ] + ["lock"]
 
 
+def test_provenance_without_the_command_line(participant_run):
+    """The workflow alone (no CLI) links the datasets its Sources name, relative to the output."""
+    out, bids_dir = participant_run["out"], participant_run["bids"]
+    description = json.loads((out / "dataset_description.json").read_text())
+    assert description["DatasetLinks"] == {"groundtruth": "../bids/derivatives/groundtruth",
+                                           "raw": "../bids"}
+    lesion = next(e for e in participant_run["subjects"] if e.ground_truth is not None)
+    sub = f"sub-{lesion.subject}"
+    metrics = json.loads((out / sub / "anat" / f"{sub}_desc-overlap_metrics.json").read_text())
+    assert metrics["Sources"][-2:] == [
+        f"bids:groundtruth:{sub}/anat/{sub}_label-lesion_mask.nii.gz",
+        f"bids::{sub}/anat/{sub}_desc-brain_mask.nii.gz"]
+    t1w = json.loads((out / sub / "anat" / f"{sub}_desc-preproc_T1w.json").read_text())
+    assert t1w["Sources"] == [f"bids:raw:{sub}/anat/{sub}_T1w.nii.gz"]
+    assert (bids_dir / sub / "anat" / f"{sub}_T1w.nii.gz").is_file()
+
+
 def test_pybids_indexes_every_output(participant_run):
     import bids
 
@@ -175,10 +193,9 @@ def test_maps_sidecars_and_metrics(participant_run):
         predictions = pd.read_csv(anat / f"{sub}_desc-tinycnn_predictions.tsv", sep="\t")
         assert predictions[["control", "lesion"]].sum(axis=1).iloc[0] == pytest.approx(1.0)
         if entry.ground_truth is not None:
-            metrics = pd.read_csv(anat / f"{sub}_desc-overlap_metrics.tsv", sep="\t",
-                                  dtype={"subject": str})
+            metrics = pd.read_csv(anat / f"{sub}_desc-overlap_metrics.tsv", sep="\t")
             assert list(metrics["method"]) == METHODS
-            assert set(metrics["subject"]) == {entry.subject}
+            assert set(metrics["participant_id"]) == {sub}
             assert metrics["precision_at_k"].between(0, 1).all()
             assert metrics["auroc"].between(0, 1).all()
             assert (metrics["resampled"] == "no").all()  # native maps are on the GT's grid
@@ -206,22 +223,35 @@ def test_group_workflow(participant_run):
     workflow = init_group_wf(inputs=inputs, output_dir=out, n_boot=200)
     workflow.base_dir = str(participant_run["root"] / "work")
     workflow.run()
-    table = pd.read_csv(out / "desc-overlap_metrics.tsv", sep="\t", dtype={"subject": str})
+    table = pd.read_csv(group_metrics_path(out), sep="\t")
+    assert group_metrics_path(out) == out / "group" / "desc-overlap_metrics.tsv"
     assert len(table) == n_gt * len(METHODS)
-    ranking = pd.read_csv(out / "desc-overlap_ranking.tsv", sep="\t")
+    assert table["participant_id"].str.fullmatch(r"sub-\d\d").all()
+    ranking = pd.read_csv(group_ranking_path(out), sep="\t")
     assert set(ranking["method"]) == set(METHODS)
     assert {"mean", "ci_low", "ci_high", "rank"} <= set(ranking.columns)
     for desc in DESCS:
-        mean = out / f"space-{TPL}_res-8_desc-{desc}Mean_attribution.nii.gz"
-        sd = out / f"space-{TPL}_res-8_desc-{desc}Sd_attribution.nii.gz"
+        method = METHODS[DESCS.index(desc)]
+        mean = group_map_path(method, "mean", TPL, "8", root=out)
+        sd = group_map_path(method, "sd", TPL, "8", root=out)
+        assert mean == out / "group" / f"space-{TPL}_res-8_desc-{desc}Mean_attribution.nii.gz"
         assert nib.load(mean).shape == MODEL_SHAPE and sd.is_file()
+        sidecar = json.loads(mean.with_name(mean.name.replace(".nii.gz", ".json")).read_text())
+        assert sidecar["Sources"] == [
+            f"bids::sub-{s}/anat/sub-{s}_space-{TPL}_res-8_desc-{desc}_attribution.nii.gz"
+            for s in ("01", "02", "03")]
         # The mean map is the mean of the subjects' maps.
         subject_maps = [nib.load(p).get_fdata() for p, m in zip(inputs.maps, inputs.methods)
                         if m == METHODS[DESCS.index(desc)]]
         np.testing.assert_allclose(nib.load(mean).get_fdata(), np.mean(subject_maps, axis=0),
                                    rtol=1e-4, atol=1e-6)
     assert (out / "group.html").is_file()
-    assert list((out / "figures").glob("desc-ranking_*.png"))
+    assert list(figures_dir(root=out).glob("desc-ranking_*.png"))
+    assert not (out / "figures").exists()
+    # Nothing group-level at the root but the report (the rest is under group/).
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == [
+        ".bidsignore", "README.md", "dataset_description.json", "group.html", "sub-01.html",
+        "sub-02.html", "sub-03.html"]
 
 
 def test_xai_wf_reusing_transforms_has_no_registration(tmp_path):

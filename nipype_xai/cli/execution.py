@@ -27,7 +27,7 @@ from typing import Any, Mapping, Optional, Sequence
 import pandas as pd
 
 from ..atomic import atomic_write, dataset_lock
-from ..bids import check_output_folder, write_dataset_description
+from ..bids import check_output_folder, input_dataset_links, write_dataset_description
 from .parser import UsageError
 
 __all__ = [
@@ -626,7 +626,8 @@ def run_participant_level(
         template=template or "MNI152NLin2009aSym",
     )
     with dataset_lock(output_dir):  # it rewrites .bidsignore too
-        write_dataset_description(output_dir, source_datasets=[bids_dir.absolute().as_uri()])
+        write_dataset_description(output_dir, dataset_links=input_dataset_links(
+            bids_dir, ground_truth_dir, transforms_dir, anat_dir))
     _add_to_bidsignore(output_dir, "failures.tsv")
 
     failures = [Failure(f"sub-{p.subject}" + (f"_ses-{p.session}" if p.session else ""),

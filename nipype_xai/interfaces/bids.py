@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Optional
 
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
@@ -29,11 +29,15 @@ from nipype.interfaces.base import (
 )
 
 from ..atomic import atomic_write, dataset_lock
-from ..bids import commit_subject, completion_record_path, derivative_path, \
-    write_dataset_description, write_json
+from ..bids import bids_uri, commit_subject, completion_record_path, derivative_path, \
+    input_dataset_links, update_dataset_links, write_dataset_description, write_json
 
-__all__ = ["CommitDerivatives", "DerivativesDataSink", "ReportsSink", "copy_atomically",
-           "derivative_extension"]
+__all__ = ["SOURCE_FILE", "CommitDerivatives", "DerivativesDataSink", "ReportsSink",
+           "copy_atomically", "derivative_extension"]
+
+#: Placeholder, in a sink's ``meta_dict`` or ``meta_per_file`` values, for the BIDS URI of its
+#: ``source_file`` (an input connected at run time, e.g. a lab's own T1w node).
+SOURCE_FILE = "<source_file>"
 
 #: Extensions recognised on input files, longest first (``.nii.gz`` before ``.gz``).
 _EXTENSIONS = (".nii.gz", ".nii", ".tsv", ".json", ".h5", ".txt", ".mat", ".html", ".svg", ".png")
@@ -72,13 +76,16 @@ def _write_json_if_changed(path: Path, content: dict[str, Any]) -> Path:
     return write_json(path, content)
 
 
-def _dataset_description_if_missing(base_directory: Path) -> None:
+def _dataset_description_if_missing(base_directory: Path,
+                                    links: Optional[Mapping[str, str]] = None) -> None:
     # The first sink of the first subject writes it, under the dataset's lock (the .bidsignore
-    # beside it is read, updated and rewritten).
-    if not (base_directory / "dataset_description.json").is_file():
+    # beside it is read, updated and rewritten); later ones add the dataset links it lacks.
+    if not (base_directory / "dataset_description.json").is_file() or links:
         with dataset_lock(base_directory):
             if not (base_directory / "dataset_description.json").is_file():
-                write_dataset_description(base_directory)
+                write_dataset_description(base_directory, dataset_links=links)
+            elif links:
+                update_dataset_links(base_directory, links)
 
 
 class _DerivativesDataSinkInputSpec(BaseInterfaceInputSpec):
@@ -108,12 +115,25 @@ class _DerivativesDataSinkInputSpec(BaseInterfaceInputSpec):
     meta_dict = traits.Dict(
         traits.Str, traits.Any, desc="entries added to (or overriding) every sidecar"
     )
-    source_file = traits.Str(
-        desc="the input the files derive from (e.g. the T1w, when it is connected rather than "
-        "known when the workflow is built): named in the sidecars' Sources as '<source_kind>: "
-        "<file name>' unless meta_dict gives Sources already"
+    meta_per_file = traits.List(
+        traits.Dict(traits.Str, traits.Any),
+        desc="entries added to each file's sidecar, one dict per file (after meta_dict), e.g. "
+        "each map's own Sources",
     )
-    source_kind = traits.Str("source", usedefault=True, desc="what source_file is, e.g. 'T1w'")
+    source_file = traits.Str(
+        desc="an input the files derive from that is connected rather than known when the "
+        "workflow is built (e.g. a lab's T1w node): its BIDS URI replaces the placeholder "
+        "SOURCE_FILE in the sidecar entries, or is the sidecars' Sources when they have none "
+        "(an empty Sources is kept: nothing known to name)"
+    )
+    dataset_root = traits.Str(
+        desc="the derivatives dataset the files belong to, for source_file's BIDS URI (default: "
+        "base_directory)"
+    )
+    dataset_links = traits.Dict(
+        traits.Str, traits.Str,
+        desc="DatasetLinks name -> folder of the datasets source_file may be in (e.g. 'raw')",
+    )
     wait_for = traits.List(
         traits.Any,
         desc="results this sink waits for and ignores: connect a subject's last outputs so that "
@@ -163,8 +183,14 @@ class DerivativesDataSink(SimpleInterface):
         descs = self._per_file(inputs.desc, len(files), "desc")
         sidecars = self._per_file(inputs.in_sidecar, len(files), "in_sidecar")
         meta = dict(inputs.meta_dict) if isdefined(inputs.meta_dict) else {}
-        if isdefined(inputs.source_file) and inputs.source_file and not meta.get("Sources"):
-            meta["Sources"] = [f"{inputs.source_kind}: {Path(inputs.source_file).name}"]
+        per_file = self._per_file(inputs.meta_per_file if isdefined(inputs.meta_per_file)
+                                  and inputs.meta_per_file else None, len(files), "meta_per_file")
+        if isdefined(inputs.source_file) and inputs.source_file:
+            uri = self._source_uri(base)
+            if "Sources" not in meta and not any(m and "Sources" in m for m in per_file):
+                meta["Sources"] = [uri]
+            meta = _substitute(meta, uri)
+            per_file = [_substitute(m, uri) if m else m for m in per_file]
 
         common: dict[str, Any] = {"suffix": inputs.suffix}
         for trait, entity in (
@@ -190,11 +216,12 @@ class DerivativesDataSink(SimpleInterface):
         if inputs.dataset_description:
             _dataset_description_if_missing(base)
         out_files, out_meta = [], []
-        for (in_file, target, _entities), sidecar in zip(targets, sidecars):
+        for (in_file, target, _entities), sidecar, own in zip(targets, sidecars, per_file):
             out_files.append(str(copy_atomically(in_file, target)))
-            if sidecar or meta:
+            if sidecar or meta or own:
                 content = json.loads(Path(sidecar).read_text()) if sidecar else {}
                 content.update(meta)
+                content.update(own or {})
                 json_path = target.with_name(
                     target.name[: -len(_entities["extension"])] + ".json"
                 )
@@ -205,17 +232,39 @@ class DerivativesDataSink(SimpleInterface):
             self._results["out_meta"] = out_meta
         return runtime
 
+    def _source_uri(self, base: Path) -> str:
+        """BIDS URI of ``source_file``; a dataset it lies in that no link names yet is linked."""
+        inputs = self.inputs
+        root = Path(inputs.dataset_root if isdefined(inputs.dataset_root) and inputs.dataset_root
+                    else base).absolute()
+        links = dict(inputs.dataset_links) if isdefined(inputs.dataset_links) else {}
+        extended = input_dataset_links(None, inputs.source_file, links=links)
+        if set(extended) - set(links):
+            _dataset_description_if_missing(root, {k: str(v) for k, v in extended.items()})
+        return bids_uri(inputs.source_file, root, extended)
+
     @staticmethod
     def _per_file(value, n_files: int, name: str) -> list:
         """``value`` expanded to one entry per file (None where not given)."""
         if not isdefined(value) or value is None:
             return [None] * n_files
-        values = [value] if isinstance(value, str) else list(value)
+        values = [value] if isinstance(value, (str, dict)) else list(value)
         if len(values) == 1:
             return values * n_files
         if len(values) != n_files:
             raise ValueError(f"{name}: {len(values)} values for {n_files} files")
         return values
+
+
+def _substitute(value: Any, uri: str) -> Any:
+    """``value`` with every string equal to :data:`SOURCE_FILE` replaced by ``uri``."""
+    if isinstance(value, str):
+        return uri if value == SOURCE_FILE else value
+    if isinstance(value, dict):
+        return {key: _substitute(item, uri) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_substitute(item, uri) for item in value]
+    return value
 
 
 class _ReportsSinkInputSpec(BaseInterfaceInputSpec):
@@ -277,6 +326,11 @@ class _CommitDerivativesInputSpec(BaseInterfaceInputSpec):
         desc="every file the subject's sinks wrote into its staging folder "
         "(nipype_xai.bids.staging_folder)",
     )
+    dataset_links = traits.Dict(
+        traits.Str, traits.Str,
+        desc="DatasetLinks name -> folder of every dataset the subject's Sources name (added "
+        "to dataset_description.json where missing)",
+    )
 
 
 class _CommitDerivativesOutputSpec(TraitedSpec):
@@ -301,7 +355,8 @@ class CommitDerivatives(SimpleInterface):
     def _run_interface(self, runtime):
         base = Path(self.inputs.base_directory).absolute()
         base.mkdir(parents=True, exist_ok=True)
-        _dataset_description_if_missing(base)
+        links = dict(self.inputs.dataset_links) if isdefined(self.inputs.dataset_links) else {}
+        _dataset_description_if_missing(base, links)
         files = commit_subject(base, self.inputs.label, self.inputs.in_files)
         self._results["out_files"] = [str(f) for f in files]
         self._results["out_record"] = str(completion_record_path(base, self.inputs.label))

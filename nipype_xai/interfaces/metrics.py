@@ -36,7 +36,9 @@ from ..metrics import AFFINE_ATOL_MM, SCORES, MetricsError, overlap_metrics_repo
 __all__ = ["GroundTruthOverlap", "GroupMeanMaps", "GroupOverlapTable", "MethodRanking"]
 
 #: Columns of the overlap TSV that identify a row; every other numeric column is a metric.
-ID_COLUMNS = ("subject", "session", "method")
+#: ``participant_id`` holds ``sub-<label>`` and ``session_id`` ``ses-<label>``, as in BIDS tables
+#: (``participants.tsv``, ``sessions.tsv``): text that no reader takes for a number.
+ID_COLUMNS = ("participant_id", "session_id", "method")
 
 
 def _write_tsv(table: pd.DataFrame, path: Path) -> Path:
@@ -45,8 +47,15 @@ def _write_tsv(table: pd.DataFrame, path: Path) -> Path:
 
 
 def _read_tsv(path: str) -> pd.DataFrame:
-    # Labels such as "01" must stay strings, not become the number 1.
-    return pd.read_csv(path, sep="\t", na_values=["n/a"], dtype={"subject": str, "session": str})
+    # Identifiers stay strings (a label such as "01" must not become the number 1).
+    return pd.read_csv(path, sep="\t", na_values=["n/a"],
+                       dtype={"participant_id": str, "session_id": str})
+
+
+def _is_binary(img: nib.spatialimages.SpatialImage) -> bool:
+    """Whether an image holds only the values 0 and 1 (a mask, whatever its data type)."""
+    data = np.asarray(img.dataobj)
+    return bool(np.isin(data, (0, 1)).all())
 
 
 def _same_grid(a: nib.spatialimages.SpatialImage, b: nib.spatialimages.SpatialImage) -> bool:
@@ -71,8 +80,8 @@ class _GroundTruthOverlapInputSpec(BaseInterfaceInputSpec):
         *SCORES, usedefault=True,
         desc="how maps are read: 'abs' |a| (default), 'pos' max(a, 0), 'raw' signed a",
     )
-    subject = traits.Str(desc="subject label, written in the 'subject' column")
-    session = traits.Str(desc="session label, written in a 'session' column")
+    subject = traits.Str(desc="subject label (without 'sub-'): 'participant_id' = sub-<label>")
+    session = traits.Str(desc="session label (without 'ses-'): 'session_id' column = ses-<label>")
 
 
 class _GroundTruthOverlapOutputSpec(TraitedSpec):
@@ -82,7 +91,8 @@ class _GroundTruthOverlapOutputSpec(TraitedSpec):
 class GroundTruthOverlap(SimpleInterface):
     """Score attribution maps against a ground-truth mask (SPEC §3 metrics, one TSV row per map).
 
-    Columns: ``subject`` (and ``session``), ``method``, ``score``, the metrics of
+    Columns: ``participant_id`` (``sub-<label>``; and ``session_id``), ``method``, ``score``, the
+    metrics of
     :func:`~nipype_xai.metrics.overlap_metrics` (``precision_at_k``, ``relevance_mass_accuracy``,
     ``pointing_game``, ``auroc``, ``average_precision``, ``dice_at_k``, ``emd``, ``emd_score``),
     then ``emd_method`` (exact, or the coarsening used), ``n_gt_voxels`` (= k),
@@ -90,8 +100,10 @@ class GroundTruthOverlap(SimpleInterface):
 
     The ground truth and the brain mask are read as masks: nonzero voxels are inside. The ground
     truth defines the grid the metrics are computed on: a map on another grid is resampled onto
-    it with linear interpolation (a brain mask with nearest neighbour) before scoring, and the row
-    says so in ``resampled``; give maps on the ground truth's grid to avoid that interpolation.
+    it before scoring, with linear interpolation, or with nearest neighbour when the map holds
+    only 0 and 1 (a mask given as a map, e.g. an oracle or a thresholded map: interpolating it
+    would invent values no map had), as the brain mask is; the row says which in ``resampled``.
+    Give maps on the ground truth's grid to avoid any interpolation.
 
     Raises
     ------
@@ -137,9 +149,10 @@ class GroundTruthOverlap(SimpleInterface):
         rows = []
         for map_path, method in zip(maps, methods):
             map_img = load_volume(map_path)
-            resampled = not _same_grid(map_img, gt_img)
-            if resampled:
-                map_img = resample_to_img(map_img, gt_img, interpolation="linear",
+            resampled = None
+            if not _same_grid(map_img, gt_img):
+                resampled = "nearest" if _is_binary(map_img) else "linear"
+                map_img = resample_to_img(map_img, gt_img, interpolation=resampled,
                                           force_resample=True, copy_header=True)
             try:
                 scores, notes = overlap_metrics_report(
@@ -150,15 +163,15 @@ class GroundTruthOverlap(SimpleInterface):
                 raise MetricsError(f"{Path(map_path).name} vs {gt_path.name}: {error}") from error
             row: dict[str, Any] = {}
             if isdefined(inputs.subject):
-                row["subject"] = inputs.subject
+                row["participant_id"] = f"sub-{inputs.subject}"
             if isdefined(inputs.session):
-                row["session"] = inputs.session
+                row["session_id"] = f"ses-{inputs.session}"
             row.update(method=method, score=inputs.score, **scores)
             row.update(
                 emd_method=notes.get("emd_method"),
                 n_gt_voxels=notes.get("n_gt_voxels"),
                 n_brain_voxels=notes.get("n_brain_voxels"),
-                resampled="linear onto the ground-truth grid" if resampled else "no",
+                resampled=f"{resampled} onto the ground-truth grid" if resampled else "no",
             )
             rows.append(row)
 
@@ -176,13 +189,14 @@ class _GroupOverlapTableInputSpec(BaseInterfaceInputSpec):
 
 
 class _GroupOverlapTableOutputSpec(TraitedSpec):
-    out_tsv = File(exists=True, desc="all rows, sorted by subject, session and method")
+    out_tsv = File(exists=True, desc="all rows, sorted by participant, session and method")
 
 
 class GroupOverlapTable(SimpleInterface):
     """Concatenate per-subject overlap-metrics tables into the group table.
 
-    Rows are sorted by ``subject``, ``session`` (if any) and ``method``; columns are the union of
+    Rows are sorted by ``participant_id``, ``session_id`` (if any) and ``method``; columns are the
+    union of
     the inputs' (a metric missing for a subject is ``n/a``).
     """
 

@@ -47,8 +47,10 @@ LOWER_IS_BETTER: frozenset[str] = frozenset({"emd", "roi_rank"})
 #: Statistic columns of :func:`summarize_methods`, after the ``group_by`` columns.
 SUMMARY_COLUMNS: tuple[str, ...] = ("metric", "mean", "sd", "ci_low", "ci_high", "n", "rank")
 
-# Columns that identify the resampling unit rather than a metric.
-_UNIT_COLUMNS = ("subject", "session")
+# Columns that identify the resampling unit rather than a metric: the BIDS identifiers of the
+# derivatives' tables (participant_id = sub-<label>, session_id), or plain subject/session labels.
+_UNIT_COLUMNS = ("participant_id", "session_id", "subject", "session")
+_SUBJECT_COLUMNS = ("participant_id", "subject")
 
 # The order of ground-truth overlap metrics in nipype_xai.metrics.overlap; others follow.
 _METRIC_ORDER = (
@@ -186,8 +188,9 @@ def summarize_methods(
     Parameters
     ----------
     table
-        One row per subject x method (the group ``desc-overlap_metrics.tsv``): a ``subject`` column
-        (and ``session``, if present: the unit is then subject x session), the ``group_by``
+        One row per subject x method (the group ``desc-overlap_metrics.tsv``): a
+        ``participant_id`` (or ``subject``) column (and ``session_id``/``session``, if present:
+        the unit is then subject x session), the ``group_by``
         columns, and one float column per metric. Non-numeric columns are ignored.
     metrics
         The metric columns to summarise. Default: every numeric, non-boolean column that is not a
@@ -211,13 +214,15 @@ def summarize_methods(
     Raises
     ------
     ValueError
-        A missing ``subject``, ``group_by`` or metric column, a non-numeric metric column, a
-        subject listed twice for one method, or bad bootstrap arguments.
+        A missing ``participant_id``/``subject``, ``group_by`` or metric column, a non-numeric
+        metric column, a subject listed twice for one method, or bad bootstrap arguments.
     """
     _check_bootstrap_args(n_boot, ci)
     group_by = [group_by] if isinstance(group_by, str) else list(group_by)
     unit_columns = [column for column in _UNIT_COLUMNS if column in table.columns]
-    missing = [c for c in ["subject", *group_by] if c not in table.columns]
+    missing = [c for c in group_by if c not in table.columns]
+    if not any(c in table.columns for c in _SUBJECT_COLUMNS):
+        missing.insert(0, " or ".join(_SUBJECT_COLUMNS))
     if missing:
         raise ValueError(f"metrics table: missing column(s) {missing}; has {list(table.columns)}")
     if metrics is None:

@@ -19,7 +19,16 @@ from typing import Any, Mapping, Optional, Union
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from ..bids import desc_to_method, recorded_files, subject_status
+from ..bids import (
+    bids_uri,
+    desc_to_method,
+    figures_dir,
+    group_metrics_path,
+    recorded_files,
+    report_path,
+    subject_status,
+    template_spatial_reference,
+)
 from ..interfaces.baselines import BASELINE_DESCRIPTIONS
 from ..interfaces.bids import DerivativesDataSink, ReportsSink
 from ..interfaces.metrics import GroupMeanMaps, GroupOverlapTable, MethodRanking
@@ -172,11 +181,13 @@ def init_group_wf(
 ) -> pe.Workflow:
     """Summarise the participant level over subjects.
 
-    Writes at the output root: ``desc-overlap_metrics.tsv`` (every subject x method, with ground
+    Writes, under ``group/`` (:data:`nipype_xai.bids.GROUP_DIR`; names from
+    :mod:`nipype_xai.bids`): ``desc-overlap_metrics.tsv`` (every subject x method, with ground
     truth), ``desc-overlap_ranking.tsv`` (each method's mean, SD, 95% bootstrap CI over subjects and
     rank for each metric), ``space-<tpl>[_res-<r>]_desc-<method>Mean_attribution.nii.gz`` and
-    ``..._desc-<method>Sd_attribution.nii.gz`` per method, and ``group.html`` with ``figures/``.
-    Every sink waits for every group result.
+    ``..._desc-<method>Sd_attribution.nii.gz`` per method, each with a sidecar whose ``Sources``
+    are the subjects' files (``bids::sub-XX/...``); and ``group.html`` at the root with its
+    figures in ``group/figures/``. Every sink waits for every group result.
 
     Parameters
     ----------
@@ -267,20 +278,36 @@ def init_group_wf(
     for index, (node, field_name) in enumerate(gate_fields, start=1):
         connections.append((node, gate, [(field_name, f"in{index}")]))
 
+    # Group-level derivatives go to nipype_xai.bids.GROUP_DIR (why: see there); their Sources are
+    # the subjects' files of this same dataset (bids::sub-XX/...).
+    root = Path(output_dir).absolute()
     grid = {"space": inputs.template}
     if inputs.res:
         grid["res"] = inputs.res
+    spatial = {"SpatialReference": template_spatial_reference(inputs.template)}
+    if inputs.res:
+        spatial["Resolution"] = {inputs.res: f"the participant-level maps' grid (res-{inputs.res})"}
+    # GroupMeanMaps returns the methods in order of first appearance: one Sources list each.
+    map_sources = [
+        {"Sources": [bids_uri(path, root) for path, m in zip(inputs.maps, inputs.methods)
+                     if m == method]}
+        for method in dict.fromkeys(inputs.methods)
+    ]
+    participants = [f"sub-{s}" for s in inputs.subjects]
     ds_mean = pe.Node(
-        DerivativesDataSink(base_directory=str(output_dir), suffix="attribution", **grid,
+        DerivativesDataSink(base_directory=str(root), suffix="attribution", **grid,
                             meta_dict={"Description": "Voxel-wise mean over subjects of the "
-                                       "signed, raw maps", "Subjects": inputs.subjects}),
+                                       "signed, raw maps", "Participants": participants,
+                                       **spatial},
+                            meta_per_file=map_sources),
         name="ds_mean_maps", run_without_submitting=True,
     )
     ds_sd = pe.Node(
-        DerivativesDataSink(base_directory=str(output_dir), suffix="attribution", **grid,
+        DerivativesDataSink(base_directory=str(root), suffix="attribution", **grid,
                             meta_dict={"Description": "Voxel-wise sample SD (ddof=1) over "
                                        "subjects of the signed, raw maps",
-                                       "Subjects": inputs.subjects}),
+                                       "Participants": participants, **spatial},
+                            meta_per_file=map_sources),
         name="ds_sd_maps", run_without_submitting=True,
     )
     connections += [
@@ -291,16 +318,21 @@ def init_group_wf(
     ]
     if has_metrics:
         ds_metrics = pe.Node(
-            DerivativesDataSink(base_directory=str(output_dir), desc="overlap", suffix="metrics"),
+            DerivativesDataSink(
+                base_directory=str(root), desc="overlap", suffix="metrics",
+                meta_dict={"Description": "Every subject's overlap metrics, one row per "
+                           "subject x map", "Sources": [bids_uri(path, root)
+                                                        for path in inputs.metrics_tsvs]}),
             name="ds_metrics", run_without_submitting=True,
         )
         ds_ranking = pe.Node(
             DerivativesDataSink(
-                base_directory=str(output_dir), desc="overlap", suffix="ranking",
+                base_directory=str(root), desc="overlap", suffix="ranking",
                 meta_dict={"Description": "Methods ranked by each overlap metric: mean over "
                            "subjects, SD, percentile-bootstrap CI (paired over subjects), "
                            "n, rank (1 = best)", "BootstrapReplicates": n_boot,
-                           "BootstrapSeed": seed, "ConfidenceLevel": 0.95}),
+                           "BootstrapSeed": seed, "ConfidenceLevel": 0.95,
+                           "Sources": [bids_uri(group_metrics_path(root), root)]}),
             name="ds_ranking", run_without_submitting=True,
         )
         connections += [
@@ -311,8 +343,8 @@ def init_group_wf(
         ]
     if reports:
         ds_report = pe.Node(
-            ReportsSink(base_directory=str(output_dir), report_name="group.html",
-                        figures_dir="figures"),
+            ReportsSink(base_directory=str(root), report_name=report_path().as_posix(),
+                        figures_dir=figures_dir().as_posix()),
             name="ds_report", run_without_submitting=True,
         )
         connections += [
@@ -324,12 +356,12 @@ def init_group_wf(
 
 
 def _mean_descs(methods):
-    from nipype_xai.bids import method_to_desc
+    from nipype_xai.bids import group_map_desc
 
-    return [method_to_desc(m) + "Mean" for m in methods]
+    return [group_map_desc(m, "mean") for m in methods]
 
 
 def _sd_descs(methods):
-    from nipype_xai.bids import method_to_desc
+    from nipype_xai.bids import group_map_desc
 
-    return [method_to_desc(m) + "Sd" for m in methods]
+    return [group_map_desc(m, "sd") for m in methods]

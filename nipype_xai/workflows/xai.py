@@ -11,11 +11,22 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from ..attribution import available_methods
-from ..bids import derivative_path, method_to_desc, resolution_label, staging_folder
+from ..bids import (
+    bids_uri,
+    derivative_path,
+    figures_dir,
+    input_dataset_links,
+    method_to_desc,
+    read_dataset_links,
+    report_path,
+    resolution_label,
+    staging_folder,
+    template_spatial_reference,
+)
 from ..interfaces.anatomy import CheckRegistrationQC, RegistrationQC
 from ..interfaces.attribution import Attribution, RestrictMaps
 from ..interfaces.baselines import BASELINE_DESCRIPTIONS, BaselineMaps
-from ..interfaces.bids import CommitDerivatives, DerivativesDataSink, ReportsSink
+from ..interfaces.bids import SOURCE_FILE, CommitDerivatives, DerivativesDataSink, ReportsSink
 from ..interfaces.grids import ModelGridReference
 from ..interfaces.metrics import GroundTruthOverlap
 from ..interfaces.model import ModelInference
@@ -143,7 +154,10 @@ def init_xai_wf(
     ``<s>_space-<tpl>_res-<r>_desc-preproc_T1w.nii.gz`` (the model input), ``<s>_desc-brain_mask``,
     ``<s>_from-T1w_to-<tpl>_mode-image_xfm.h5`` and its inverse (when registered here),
     ``<s>_desc-<model>_predictions.tsv``, ``<s>_desc-overlap_metrics.tsv`` (with ground truth);
-    and ``<s>.html`` with ``sub-<subject>/figures/`` at the root.
+    and ``<s>.html`` with ``sub-<subject>/figures/`` at the root. Every sidecar names its
+    ``Sources`` as BIDS URIs (``bids::`` for this dataset's files, ``bids:raw:`` and the like for
+    the inputs, the names being the output's ``DatasetLinks``, completed at commit) and its
+    ``SpatialReference`` (TemplateFlow's template, or the T1w).
 
     Parameters
     ----------
@@ -457,7 +471,42 @@ def init_xai_wf(
     staging = staging_folder(output_dir, label)
     staged = []  # (sink, output field) of every staged file, for the commit
     descs = [method_to_desc(m) for m in all_methods]
-    sources_text = [f"T1w: {Path(t1w).name}"] if t1w is not None else []
+
+    # Provenance (BIDS derivatives): Sources as BIDS URIs, "bids::" for the files of this dataset
+    # (named here with derivative_path, as the sinks name them), "bids:<name>:" for the inputs,
+    # <name> from the output's DatasetLinks (the command line writes them before building) or
+    # given here to the datasets that hold the inputs; the commit adds those it lacks.
+    # SpatialReference: TemplateFlow's template in template space, the T1w on its own grid.
+    def here(**named: Any) -> str:
+        return "bids::" + derivative_path({**entities, **named}).as_posix()
+
+    known_inputs = [
+        path for path in (t1w, t1w_mask if has_mask and t1w_mask is not True else None,
+                          ground_truth if has_gt and ground_truth is not True else None,
+                          *(transforms if reuse and transforms is not True else ()))
+        if path is not None
+    ]
+    links = input_dataset_links(None, *known_inputs, links=read_dataset_links(output_dir))
+    links_text = {key: str(folder) for key, folder in links.items()}
+
+    def given(path: Optional[PathLike]) -> list[str]:
+        # An input connected at run time (True) is not known here: left out of Sources.
+        if path is None or path is True or path is False:
+            return []
+        return [bids_uri(path, output_dir, links)]
+
+    # A T1w connected at run time: the sinks put its URI where SOURCE_FILE stands.
+    t1w_uri = given(t1w)[0] if t1w is not None else SOURCE_FILE
+    template_reference = template_spatial_reference(template)
+    xfm = {"mode": "image", "suffix": "xfm", "extension": ".h5"}
+    forward_uri = (given(transforms[0]) if reuse and transforms is not True else
+                   [] if reuse else [here(**{"from": "T1w", "to": template}, **xfm)])
+    inverse_uri = (given(transforms[1]) if reuse and transforms is not True else
+                   [] if reuse else [here(**{"from": template, "to": "T1w"}, **xfm)])
+    nifti = {"extension": ".nii.gz"}
+    preproc_uri = here(desc="preproc", suffix="T1w", **nifti) if bias_correction else t1w_uri
+    mask_uri = here(desc="brain", suffix="mask", **nifti)
+    model_input_uri = here(space=template, res=res, desc="preproc", suffix="T1w", **nifti)
     inverse_name = derivative_path(
         {**entities, "from": template, "to": "T1w", "mode": "image", "suffix": "xfm"}).name
     template_text = (
@@ -466,36 +515,41 @@ def init_xai_wf(
         "the subject's T1w was resampled onto it in one linear interpolation through the "
         "T1w -> template transform"
     )
+    template_space = {"SpatialReference": template_reference, "Resolution": {res: template_text}}
 
     def sink(node_name: str, **inputs: Any) -> pe.Node:
         node = pe.Node(
             DerivativesDataSink(base_directory=str(staging), dataset_description=False,
+                                dataset_root=str(output_dir), dataset_links=links_text,
                                 **inputs, **{k: v for k, v in entities.items() if v}),
             name=node_name, run_without_submitting=True,
         )
         connections.append((gate, node, [("out", "wait_for")]))
         staged.extend([(node, "out_file"), (node, "out_meta")])
-        if t1w is None and "Sources" in inputs.get("meta_dict", {}):
-            # A connected T1w is only known at run time: the sink names it in Sources.
-            node.inputs.source_kind = "T1w"
+        if _mentions_source_file([inputs.get("meta_dict"), inputs.get("meta_per_file")]):
             connections.append((inputnode, node, [("t1w", "source_file")]))
         return node
 
     ds_template_maps = sink(
         "ds_template_maps", space=template, res=res, desc=descs, suffix="attribution",
-        meta_dict={"Space": template, "Resolution": template_text, "Sources": sources_text},
+        meta_dict={"Space": template, **template_space, "Sources": [model_input_uri]},
     )
     ds_native_maps = sink(
         "ds_native_maps", desc=descs, suffix="attribution",
         meta_dict={
             "Space": "T1w",
+            "SpatialReference": t1w_uri,
             "Resolution": (
                 "the subject's T1w grid: the template-space map resampled through the "
                 f"template -> T1w transform ({'given' if reuse else inverse_name}) with linear "
                 "interpolation"
             ),
-            "Sources": sources_text,
         },
+        meta_per_file=[
+            {"Sources": [here(space=template, res=res, desc=desc, suffix="attribution", **nifti),
+                         *inverse_uri, *([mask_uri] if restrict_maps else [])]}
+            for desc in descs
+        ],
     )
     ds_t1w_model = sink(
         "ds_t1w_model", space=template, res=res, desc="preproc", suffix="T1w",
@@ -503,7 +557,8 @@ def init_xai_wf(
                                   "normalisation" + (", bias-corrected (N4)" if bias_correction
                                                      and not has_mask else ""),
                    "SkullStripped": extracted or brain_extraction == "none",
-                   "Resolution": template_text, "Sources": sources_text},
+                   **template_space,
+                   "Sources": [preproc_uri, *([mask_uri] if extracted else []), *forward_uri]},
     )
     if bias_correction:
         # The bias-corrected T1w on its own grid, as sMRIPrep writes it: the underlay of the
@@ -514,22 +569,25 @@ def init_xai_wf(
             meta_dict={"Description": "The T1w after N4 bias-field correction (ANTs), on its "
                                       "own grid",
                        "SkullStripped": brain_extraction == "none" and not has_mask,
-                       "Sources": sources_text},
+                       "SpatialReference": t1w_uri, "Sources": [t1w_uri]},
         )
         connections.append((anat_wf, ds_t1w_preproc, [("outputnode.t1w_preproc", "in_file")]))
     ds_brain_mask = sink(
         "ds_brain_mask", desc="brain", suffix="mask",
-        meta_dict={"Type": "Brain", "Description": (
+        meta_dict={"Type": "Brain", "SpatialReference": t1w_uri, "Description": (
             "The subject's brain mask as given to the workflow" if has_mask else
             "The subject's brain, extracted from the bias-corrected T1w by deepbet (Fisch et al. "
             "2024)" if extracted else
             f"{template} brain mask pulled back onto the T1w grid through the template -> T1w "
-            "transform (nearest neighbour)")},
+            "transform (nearest neighbour)"),
+            "Sources": (given(t1w_mask) if has_mask else [preproc_uri] if extracted
+                        else [template_reference, *inverse_uri])},
     )
     ds_predictions = sink(
         "ds_predictions", desc=model_label(spec), suffix="predictions",
         meta_dict={"ModelSpec": spec.name, "Outputs": list(spec.outputs), "Task": spec.task,
-                   "Description": "The model's prediction for the T1w on the model grid"},
+                   "Description": "The model's prediction for the T1w on the model grid",
+                   "Sources": [model_input_uri]},
     )
     connections += [
         (template_maps[0], ds_template_maps, [(template_maps[1], "in_file")]),
@@ -554,7 +612,8 @@ def init_xai_wf(
         "ds_registration_qc", desc="registration", suffix="metrics",
         meta_dict={"Description": f"Registration quality control: the subject's brain registered "
                                   f"to {template} against the template's brain "
-                                  "(nipype_xai.anatomy.registration_qc)"},
+                                  "(nipype_xai.anatomy.registration_qc)",
+                   "Sources": [preproc_uri, mask_uri, *forward_uri]},
     )
     connections += [(registration_qc, ds_registration_qc, [("out_tsv", "in_file"),
                                                            ("out_json", "in_sidecar")])]
@@ -562,13 +621,17 @@ def init_xai_wf(
         ds_metrics = sink(
             "ds_metrics", desc="overlap", suffix="metrics",
             meta_dict={"Description": "Overlap of each native-space map with the ground-truth "
-                                      "mask, inside the brain mask (nipype_xai.metrics)"},
+                                      "mask, inside the brain mask (nipype_xai.metrics)",
+                       "Sources": [*(here(desc=desc, suffix="attribution", **nifti)
+                                     for desc in descs),
+                                   *given(ground_truth), mask_uri]},
         )
         connections.append((overlap, ds_metrics, [("out_tsv", "in_file")]))
     if reports:
         ds_report = pe.Node(
-            ReportsSink(base_directory=str(staging), report_name=f"{label}.html",
-                        figures_dir=f"sub-{subject}/figures", dataset_description=False),
+            ReportsSink(base_directory=str(staging),
+                        report_name=report_path(subject, session).as_posix(),
+                        figures_dir=figures_dir(subject).as_posix(), dataset_description=False),
             name="ds_report", run_without_submitting=True,
         )
         connections += [
@@ -580,7 +643,8 @@ def init_xai_wf(
     # Every staged file, flattened (sinks without sidecars leave out_meta undefined: skipped).
     all_staged = pe.Node(niu.Merge(len(staged), ravel_inputs=True), name="all_staged",
                          run_without_submitting=True)
-    commit = pe.Node(CommitDerivatives(base_directory=str(output_dir), label=label),
+    commit = pe.Node(CommitDerivatives(base_directory=str(output_dir), label=label,
+                                       dataset_links=links_text),
                      name="commit_derivatives", run_without_submitting=True)
     for index, (node, field) in enumerate(staged, start=1):
         connections.append((node, all_staged, [(field, f"in{index}")]))
@@ -588,6 +652,17 @@ def init_xai_wf(
 
     workflow.connect(connections)
     return workflow
+
+
+def _mentions_source_file(value: Any) -> bool:
+    # Whether sidecar entries hold the placeholder of a T1w connected at run time.
+    if isinstance(value, str):
+        return value == SOURCE_FILE
+    if isinstance(value, dict):
+        return any(_mentions_source_file(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_mentions_source_file(item) for item in value)
+    return False
 
 
 def _first(values):
