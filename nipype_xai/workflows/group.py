@@ -260,11 +260,15 @@ def init_group_wf(
             TemplateFlowSelect(template=inputs.template, resolution=2, t1w_desc="brain"),
             name="background",
         )
-        report = pe.Node(GroupReport(), name="report")
+        # Subjects as "sub-01" or "sub-01_ses-2": the page links each one's report.
+        report = pe.Node(GroupReport(space=inputs.template, subjects=list(inputs.subjects)),
+                         name="report")
+        if inputs.res:
+            report.inputs.res = inputs.res
         if provenance:
             report.inputs.provenance = dict(provenance)
         connections += [
-            (background, report, [("t1w_file", "background")]),
+            (background, report, [("t1w_file", "background"), ("brain_mask", "brain_mask")]),
             (mean_maps, report, [("out_mean", "mean_maps"), ("methods", "methods")]),
             (inputnode, report, [("failures_tsv", "failures_tsv")]),
             (report, outputnode, [("out_report", "report")]),

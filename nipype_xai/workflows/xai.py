@@ -444,7 +444,9 @@ def init_xai_wf(
         gate_fields.append((overlap, "out_tsv"))
 
     if reports:
-        report = pe.Node(SubjectReport(subject=subject, methods=all_methods), name="report")
+        report = pe.Node(SubjectReport(subject=subject, methods=all_methods, space=template,
+                                       res=res, model_desc=model_label(spec)),
+                         name="report")
         if session:
             report.inputs.session = session
         connections += [
