@@ -494,9 +494,15 @@ class _Records(logging.Handler):
 @pytest.fixture
 def nipype_warnings():
     handler = _Records()
-    logger = logging.getLogger("nipype.interface")
+    # nipype-xai's logger (the CLI tests set Nipype's own to CRITICAL in this process, as the
+    # command line does; the warning must get through that).
+    logger = logging.getLogger("nipype_xai")
     logger.addHandler(handler)
+    nipype_logger = logging.getLogger("nipype.interface")
+    level = nipype_logger.level
+    nipype_logger.setLevel(logging.CRITICAL)  # as the command line leaves it without -v
     yield handler.messages
+    nipype_logger.setLevel(level)
     logger.removeHandler(handler)
 
 

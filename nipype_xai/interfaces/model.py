@@ -37,7 +37,9 @@ from ..models.spec import (
 
 __all__ = ["ModelInference"]
 
-_LOGGER = logging.getLogger("nipype.interface")
+# nipype-xai's own logger, not Nipype's "nipype.interface": the command line silences Nipype's
+# log without -v, and this warning must reach the user.
+_LOGGER = logging.getLogger(__name__)
 
 
 def trust_model_code_input():
