@@ -122,7 +122,7 @@ class _DerivativesDataSinkInputSpec(BaseInterfaceInputSpec):
     )
     source_file = traits.Str(
         desc="an input the files derive from that is connected rather than known when the "
-        "workflow is built (e.g. a lab's T1w node): its BIDS URI replaces the placeholder "
+        "workflow is built (e.g. a lab's T1w node): its BIDS URI replaces the token "
         "SOURCE_FILE in the sidecar entries, or is the sidecars' Sources when they have none "
         "(an empty Sources is kept: nothing known to name)"
     )

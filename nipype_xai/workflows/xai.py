@@ -657,7 +657,7 @@ def init_xai_wf(
 
 
 def _mentions_source_file(value: Any) -> bool:
-    # Whether sidecar entries hold the placeholder of a T1w connected at run time.
+    # Whether sidecar entries hold the SOURCE_FILE token of a T1w connected at run time.
     if isinstance(value, str):
         return value == SOURCE_FILE
     if isinstance(value, dict):
