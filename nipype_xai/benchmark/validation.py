@@ -77,6 +77,7 @@ from torch import nn
 from .. import __version__
 from ..atomic import atomic_write
 from ..bids import derivative_path, resolution_label
+from ..tables import read_tsv, write_tsv
 from ..synth.train import EASY_COHORT_OPTIONS, TASK_MAX_SHIFT, TASK_OPTIMIZER, TASK_TO_TEMPLATE
 
 __all__ = [
@@ -535,27 +536,9 @@ def summarize_benchmark(
 # --------------------------------------------------------------------------------------------
 
 
-def _write_tsv(frame: pd.DataFrame, path: Path, float_format: Optional[str] = None) -> Path:
-    # BIDS tables: tab-separated, "n/a" for missing values, booleans as true/false. Floats are
-    # written in full (shortest round-trip form) unless asked otherwise: a resumed run reads the
-    # per-subject tables back and must summarise exactly the same numbers.
-    out = frame.copy()
-    for column in out.columns:
-        if pd.api.types.is_bool_dtype(out[column]):
-            out[column] = out[column].map({True: "true", False: "false"})
-    return atomic_write(path, lambda tmp: out.to_csv(tmp, sep="\t", index=False, na_rep="n/a",
-                                                     float_format=float_format))
-
-
 def read_table(path: PathLike) -> pd.DataFrame:
-    """Read a benchmark TSV back: ``n/a`` as NaN, subjects as text, ``correct`` as bool."""
-    frame = pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False,
-                        dtype={"subject": str, "task": str, "architecture": str, "label": str,
-                               "method": str, "layer": str})
-    if "correct" in frame.columns:
-        frame["correct"] = frame["correct"].map({"true": True, "false": False, True: True,
-                                                 False: False}).astype(bool)
-    return frame
+    """Read a benchmark TSV back (:func:`nipype_xai.tables.read_tsv`)."""
+    return read_tsv(path)
 
 
 def _write_json(path: Path, content: Mapping[str, Any]) -> Path:
@@ -983,9 +966,9 @@ def run_validation_benchmark(
                     random_model_methods=random_model_methods, n_sanity=int(n_sanity),
                     sanity_methods=sanity_methods, sanity_max_steps=sanity_max_steps,
                     device=device, progress=progress)
-                _write_tsv(subjects, stem.with_name(stem.name + "_subjects.tsv"))
+                write_tsv(subjects, stem.with_name(stem.name + "_subjects.tsv"))
                 if len(sanity):
-                    _write_tsv(sanity, stem.with_name(stem.name + "_sanity.tsv"))
+                    write_tsv(sanity, stem.with_name(stem.name + "_sanity.tsv"))
                 _write_json(done, {"key": _key_digest(key), **result})
             all_rows.append(subjects)
             all_sanity.append(sanity)
@@ -1003,11 +986,11 @@ def run_validation_benchmark(
         len(f) for f in all_sanity) else pd.DataFrame()
     summary = summarize_benchmark(subjects, n_boot=n_boot, seed=int(seed))
 
-    _write_tsv(subjects, out / "subjects.tsv")
+    write_tsv(subjects, out / "subjects.tsv")
     if len(sanity):
-        _write_tsv(sanity, out / "sanity.tsv")
-    _write_tsv(pd.DataFrame(model_rows), out / "models.tsv")
-    benchmark_tsv = _write_tsv(summary, out / "benchmark.tsv", float_format="%.6g")
+        write_tsv(sanity, out / "sanity.tsv")
+    write_tsv(pd.DataFrame(model_rows), out / "models.tsv")
+    benchmark_tsv = write_tsv(summary, out / "benchmark.tsv", float_format="%.6g")
     text = markdown_tables(summary)
     atomic_write(out / "benchmark.md", lambda tmp: tmp.write_text(text, encoding="utf-8"))
 

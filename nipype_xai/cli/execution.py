@@ -28,6 +28,7 @@ import pandas as pd
 
 from ..atomic import atomic_write, dataset_lock
 from ..bids import check_output_folder, input_dataset_links, write_dataset_description
+from ..tables import read_tsv, write_tsv
 from .parser import UsageError
 
 __all__ = [
@@ -508,7 +509,7 @@ def _update_failures(output_dir: Path, failures: Sequence[Failure],
     path = output_dir / FAILURES_FILE
     rows = []
     if path.is_file():
-        previous = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+        previous = read_tsv(path, all_text=True)
         rows = [row for row in previous.to_dict("records") if row.get("subject") not in processed]
     rows += [{"subject": f.subject, "reason": f.reason, "node": f.node, "crashfile": f.crashfile}
              for f in failures]
@@ -516,7 +517,7 @@ def _update_failures(output_dir: Path, failures: Sequence[Failure],
         path.unlink(missing_ok=True)
         return path
     table = pd.DataFrame(rows, columns=list(FAILURES_COLUMNS)).sort_values("subject")
-    atomic_write(path, lambda tmp: table.to_csv(tmp, sep="\t", index=False))
+    write_tsv(table, path)
     return path
 
 

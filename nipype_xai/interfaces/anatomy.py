@@ -41,6 +41,7 @@ from ..anatomy import (
 from ..atomic import atomic_write
 from ..images import load_volume, save_image
 from ..registration import apply_transforms
+from ..tables import write_tsv
 from .model import resolve_device
 
 __all__ = [
@@ -228,7 +229,7 @@ class RegistrationQC(SimpleInterface):
         row = {**{name: round(value, 6) for name, value in metrics.items()}, "passed": passed,
                "reasons": "; ".join(reasons) or "n/a"}
         table = pd.DataFrame([row])
-        atomic_write(out_tsv, lambda tmp: table.to_csv(tmp, sep="\t", index=False))
+        write_tsv(table, out_tsv)
         sidecar = {name: {"Description": text} for name, text in _QC_DESCRIPTIONS.items()}
         for name, (low, high) in QC_THRESHOLDS.items():
             sidecar[name]["PassRange"] = _range_text(low, high)

@@ -28,10 +28,10 @@ from nipype.interfaces.base import (
 )
 from nipype.utils.filemanip import fname_presuffix
 
-from ..atomic import atomic_write
 from ..bids import method_to_desc
 from ..images import load_volume, save_image
 from ..metrics import AFFINE_ATOL_MM, SCORES, MetricsError, overlap_metrics_report
+from ..tables import read_tsv, write_tsv
 
 __all__ = ["GroundTruthOverlap", "GroupMeanMaps", "GroupOverlapTable", "MethodRanking"]
 
@@ -39,17 +39,6 @@ __all__ = ["GroundTruthOverlap", "GroupMeanMaps", "GroupOverlapTable", "MethodRa
 #: ``participant_id`` holds ``sub-<label>`` and ``session_id`` ``ses-<label>``, as in BIDS tables
 #: (``participants.tsv``, ``sessions.tsv``): text that no reader takes for a number.
 ID_COLUMNS = ("participant_id", "session_id", "method")
-
-
-def _write_tsv(table: pd.DataFrame, path: Path) -> Path:
-    # "n/a" is how BIDS spells a missing value (NaN: a metric undefined for that map).
-    return atomic_write(path, lambda tmp: table.to_csv(tmp, sep="\t", index=False, na_rep="n/a"))
-
-
-def _read_tsv(path: str) -> pd.DataFrame:
-    # Identifiers stay strings (a label such as "01" must not become the number 1).
-    return pd.read_csv(path, sep="\t", na_values=["n/a"],
-                       dtype={"participant_id": str, "session_id": str})
 
 
 def _is_binary(img: nib.spatialimages.SpatialImage) -> bool:
@@ -178,7 +167,7 @@ class GroundTruthOverlap(SimpleInterface):
         out_tsv = Path(fname_presuffix(
             str(gt_path), suffix="_overlap_metrics.tsv", newpath=runtime.cwd, use_ext=False
         ))
-        _write_tsv(pd.DataFrame(rows), out_tsv)
+        write_tsv(pd.DataFrame(rows), out_tsv)
         self._results["out_tsv"] = str(out_tsv)
         return runtime
 
@@ -204,12 +193,12 @@ class GroupOverlapTable(SimpleInterface):
     output_spec = _GroupOverlapTableOutputSpec
 
     def _run_interface(self, runtime):
-        tables = [_read_tsv(path) for path in self.inputs.in_tsvs]
+        tables = [read_tsv(path) for path in self.inputs.in_tsvs]
         table = pd.concat(tables, ignore_index=True, sort=False)
         keys = [column for column in ID_COLUMNS if column in table.columns]
         table = table.sort_values(keys, kind="stable").reset_index(drop=True)
         out_tsv = Path(runtime.cwd, "group_overlap_metrics.tsv")
-        _write_tsv(table, out_tsv)
+        write_tsv(table, out_tsv)
         self._results["out_tsv"] = str(out_tsv)
         return runtime
 
@@ -239,7 +228,7 @@ class MethodRanking(SimpleInterface):
     def _run_interface(self, runtime):
         from ..metrics.group import summarize_methods
 
-        table = _read_tsv(self.inputs.in_tsv)
+        table = read_tsv(self.inputs.in_tsv)
         # Row counts are bookkeeping, not metrics to rank methods by.
         table = table.drop(columns=[c for c in ("n_gt_voxels", "n_brain_voxels") if c in table])
         summary = summarize_methods(
@@ -248,7 +237,7 @@ class MethodRanking(SimpleInterface):
             n_boot=self.inputs.n_boot, ci=self.inputs.ci, seed=self.inputs.seed,
         )
         out_tsv = Path(runtime.cwd, "method_ranking.tsv")
-        _write_tsv(summary, out_tsv)
+        write_tsv(summary, out_tsv)
         self._results["out_tsv"] = str(out_tsv)
         return runtime
 

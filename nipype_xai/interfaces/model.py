@@ -23,7 +23,6 @@ from nipype.interfaces.base import (
 )
 from nipype.utils.filemanip import fname_presuffix
 
-from ..bids import atomic_write
 from ..images import load_volume
 from ..models.domain import input_distance
 from ..models.inference import _check_not_constant, predict
@@ -34,6 +33,7 @@ from ..models.spec import (
     load_model,
     load_model_spec,
 )
+from ..tables import write_tsv
 
 __all__ = ["ModelInference"]
 
@@ -189,6 +189,6 @@ class ModelInference(SimpleInterface):
             )
         )
         table = pd.DataFrame([row])
-        atomic_write(out_tsv, lambda tmp: table.to_csv(tmp, sep="\t", index=False))
+        write_tsv(table, out_tsv)
         self._results["out_tsv"] = str(out_tsv)
         return runtime

@@ -19,7 +19,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-import pandas as pd
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
     File,
@@ -28,6 +27,8 @@ from nipype.interfaces.base import (
     isdefined,
     traits,
 )
+
+from ..tables import read_tsv
 
 __all__ = ["GroupReport", "SubjectReport", "group_derivatives", "subject_derivatives"]
 
@@ -272,14 +273,14 @@ class GroupReport(SimpleInterface):
 
         inputs = self.inputs
         summary = (
-            pd.read_csv(inputs.ranking_tsv, sep="\t", na_values=["n/a"])
+            read_tsv(inputs.ranking_tsv)
             if isdefined(inputs.ranking_tsv) else None
         )
         mean_maps = (dict(zip(inputs.methods, inputs.mean_maps))
                      if isdefined(inputs.mean_maps) else {})
         failures = []
         if isdefined(inputs.failures_tsv):
-            table = pd.read_csv(inputs.failures_tsv, sep="\t", dtype=str, keep_default_na=False)
+            table = read_tsv(inputs.failures_tsv, all_text=True)
             failures = table.to_dict("records")
         location = (inputs.report_name if isdefined(inputs.report_name)
                     else group_report_name())

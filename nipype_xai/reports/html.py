@@ -48,6 +48,7 @@ from .. import __version__
 from ..atomic import atomic_write
 from ..bids import method_to_desc
 from ..metrics.group import LOWER_IS_BETTER, SUMMARY_COLUMNS, summarize_methods
+from ..tables import read_tsv
 from .figures import (
     SCALE_PERCENTILE,
     is_baseline,
@@ -388,17 +389,6 @@ def _write(out_html: PathLike, text: str) -> Path:
     return atomic_write(out_html, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
-_TEXT_COLUMNS = {"subject": str, "session": str, "participant_id": str, "method": str}
-
-
-def _read_tsv(path: PathLike) -> pd.DataFrame:
-    try:
-        # Labels stay text: subject "01" must not become the number 1.
-        return pd.read_csv(path, sep="\t", na_values=["n/a"], dtype=_TEXT_COLUMNS)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"{Path(path).name}: cannot be read as a TSV table ({error})") from error
-
-
 class _FiguresDir:
     """``figures_dir`` or a temporary folder removed on exit."""
 
@@ -498,7 +488,7 @@ def subject_report(
     if names.get("group_report"):
         body.append(f'<nav class="links">{_link(names["group_report"], here, "Group report")}'
                     "</nav>")
-    predictions = _read_tsv(predictions_tsv) if predictions_tsv is not None else None
+    predictions = read_tsv(predictions_tsv) if predictions_tsv is not None else None
     warning = _domain_warning(predictions) if predictions is not None else None
     if warning:
         body.append(warning)
@@ -514,7 +504,7 @@ def subject_report(
 
         if qc_tsv is not None:
             body.append("<h2>Registration quality control</h2>")
-            qc = _read_tsv(qc_tsv)
+            qc = read_tsv(qc_tsv)
             if "passed" in qc.columns and not bool(qc["passed"].astype(str).str.lower()
                                                    .isin(["true", "1"]).all()):
                 body.append(_errors([f"registration QC failed: {qc['reasons'].iloc[0]}"
@@ -561,7 +551,7 @@ def subject_report(
 
         if metrics_tsv is not None:
             body.append("<h2>Overlap with the ground truth</h2>")
-            table = _read_tsv(metrics_tsv)
+            table = read_tsv(metrics_tsv)
             redundant = redundant_metrics(table)
             table, constant = _constant_columns(table.drop(columns=list(redundant)),
                                                 keep=("method",))
@@ -696,7 +686,7 @@ def group_report(
     """
     names = dict(derivatives or {})
     here = location or Path(out_html).name
-    table = _read_tsv(metrics_tsv) if metrics_tsv is not None else None
+    table = read_tsv(metrics_tsv) if metrics_tsv is not None else None
     if summary is None and table is not None and len(table):
         summary = summarize_methods(table)
     redundant = redundant_metrics(table)
