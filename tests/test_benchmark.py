@@ -3,7 +3,11 @@ sanity check against the metrics core's reference implementation."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -13,6 +17,7 @@ import torch
 from nipype_xai.benchmark import (
     BASELINES,
     METRICS,
+    BenchmarkSettings,
     cohort_seeds,
     model_randomization_check,
     read_table,
@@ -20,26 +25,27 @@ from nipype_xai.benchmark import (
     subject_maps,
     summarize_benchmark,
 )
-from nipype_xai.benchmark.command import add_arguments, main
-from nipype_xai.benchmark.validation import _cascade_steps
+from nipype_xai.cli.benchmark import add_arguments, benchmark_parser, main, run_from_argv
+from nipype_xai.cli.parser import UsageError
 from nipype_xai.metrics.group import bootstrap_ci
-from nipype_xai.metrics.sanity import cascading_randomization
+from nipype_xai.metrics.sanity import cascade_steps, cascading_randomization
 
 METHODS = ["gradient", "smoothgrad", "gradcam"]
 PARAMS = {"smoothgrad": {"n_samples": 4}}
 SUMMARY_COLUMNS = ["task", "architecture", "label", "correct", "method", "metric", "mean", "sd",
                    "ci_low", "ci_high", "n", "rank"]
+#: The tiny run's settings, also those of its resumed re-runs.
+TINY = {"tasks": ("lesion", "atrophy"), "n_train": 12, "n_test": 8, "n_easy": 4,
+        "architectures": ("tinycnn",), "methods": METHODS, "method_params": PARAMS, "seed": 3,
+        "resolution_mm": 8.0, "epochs": 2, "n_sanity": 1, "sanity_max_steps": 3, "n_boot": 200,
+        "progress": False, "command": "pytest"}
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """Both tasks at 8 mm, 12 training / 8 test subjects, TinyCNN3D for 2 epochs (~40 s)."""
     out = tmp_path_factory.mktemp("benchmark")
-    table = run_validation_benchmark(
-        out, tasks=("lesion", "atrophy"), n_train=12, n_test=8, n_easy=4,
-        architectures=("tinycnn",),
-        methods=METHODS, method_params=PARAMS, seed=3, resolution_mm=8.0, epochs=2,
-        n_sanity=1, sanity_max_steps=3, n_boot=200, progress=False, command="pytest")
+    table = run_validation_benchmark(out, **TINY)
     return out, table
 
 
@@ -152,7 +158,7 @@ def test_sanity_table(tiny_run):
         assert method in METHODS
         n_layers = int(rows["n_layers"].iloc[0])
         # sanity_max_steps=3: the output layer, the middle, the whole model.
-        assert list(rows["n_randomized"]) == _cascade_steps(n_layers, 3)
+        assert list(rows["n_randomized"]) == cascade_steps(n_layers, 3)
         assert rows["n_randomized"].iloc[-1] == n_layers
     finite = sanity["spearman"].dropna()
     assert len(finite) and ((finite >= -1) & (finite <= 1)).all()
@@ -160,19 +166,45 @@ def test_sanity_table(tiny_run):
 
 def test_rerun_resumes_with_identical_tables(tiny_run, monkeypatch):
     out, _ = tiny_run
-    before = (out / "benchmark.tsv").read_text()
-    from nipype_xai.benchmark import validation
+    names = ("benchmark.tsv", "subjects.tsv", "sanity.tsv", "models.tsv")
+    before = {name: (out / name).read_text() for name in names}
+    from nipype_xai.benchmark import scoring
 
     def fail(*args, **kwargs):
         raise AssertionError("finished work was recomputed")
 
-    monkeypatch.setattr(validation, "_run_one", fail)
-    run_validation_benchmark(
-        out, tasks=("lesion", "atrophy"), n_train=12, n_test=8, n_easy=4,
-        architectures=("tinycnn",),
-        methods=METHODS, method_params=PARAMS, seed=3, resolution_mm=8.0, epochs=2,
-        n_sanity=1, sanity_max_steps=3, n_boot=200, progress=False, command="pytest")
-    assert (out / "benchmark.tsv").read_text() == before
+    monkeypatch.setattr(scoring, "subject_maps", fail)
+    monkeypatch.setattr(scoring, "model_randomization_check", fail)
+    run_validation_benchmark(out, BenchmarkSettings(**TINY))
+    assert {name: (out / name).read_text() for name in names} == before
+
+
+def test_killed_run_resumes_from_finished_subjects(tiny_run, monkeypatch):
+    """A run killed during a subject left every earlier subject's result: only that one is
+    computed again, and the tables come out the same."""
+    out, _ = tiny_run
+    before = {name: (out / name).read_text() for name in ("benchmark.tsv", "sanity.tsv")}
+    subjects_before = read_table(out / "subjects.tsv")
+    finished = sorted((out / "work").rglob("_score_subject/*/output.pkl"))
+    # One cached result per scored (task, model, subject).
+    assert len(finished) == subjects_before.groupby(["task", "architecture", "subject"]).ngroups
+    shutil.rmtree(finished[0].parent)  # the subject the run was killed in
+    from nipype_xai.benchmark import scoring
+
+    calls = []
+    real = scoring.subject_maps
+
+    def counting(*args, **kwargs):
+        calls.append(args[3])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(scoring, "subject_maps", counting)
+    run_validation_benchmark(out, **TINY)
+    assert len(calls) == 1
+    assert {name: (out / name).read_text() for name in before} == before
+    subjects = read_table(out / "subjects.tsv")  # the same, but for the recomputed timings
+    pd.testing.assert_frame_equal(subjects.drop(columns="seconds"),
+                                  subjects_before.drop(columns="seconds"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -253,11 +285,11 @@ def test_model_randomization_check_equals_cascading_randomization(tiny_net, volu
 
 
 def test_cascade_steps_keep_first_and_last():
-    assert _cascade_steps(5, None) == [1, 2, 3, 4, 5]
-    assert _cascade_steps(5, 9) == [1, 2, 3, 4, 5]
-    assert _cascade_steps(32, 4) == [1, 11, 22, 32]
+    assert cascade_steps(5, None) == [1, 2, 3, 4, 5]
+    assert cascade_steps(5, 9) == [1, 2, 3, 4, 5]
+    assert cascade_steps(32, 4) == [1, 11, 22, 32]
     with pytest.raises(ValueError, match="at least 2"):
-        _cascade_steps(10, 1)
+        cascade_steps(10, 1)
 
 
 def test_subject_maps_yields_methods_and_baselines(tiny_net):
@@ -294,6 +326,8 @@ def test_subject_maps_yields_methods_and_baselines(tiny_net):
      "finer --model-resolution"),
     ({"n_easy": 1}, "n_easy"),
     ({"train_options": {"epochs": 3}}, "not accepted"),
+    ({"sanity_max_steps": 1}, "sanity_max_steps"),
+    ({"n_sanity": -1}, "n_sanity"),
 ])
 def test_bad_arguments_fail_before_any_work(tmp_path, kwargs, message):
     arguments = {"n_train": 4, "n_test": 2, "progress": False, **kwargs}
@@ -317,15 +351,53 @@ def test_command_line_parses_and_reports_errors(tmp_path, capsys):
     assert main([str(tmp_path / "out"), "--architectures", "sfcn", "--resolution", "8",
                  "--no-progress"]) == 1
     error = capsys.readouterr().err
-    assert error.startswith("nipype-xai benchmark: error:") and error.count("\n") == 1
+    # The command line's one error format, as every other subcommand's.
+    assert error.startswith("nipype-xai: error: architecture 'sfcn' cannot run")
+    assert error.count("\n") == 1
     # The same sub-command through the nipype-xai entry point.
     from nipype_xai.cli.run import main as cli_main
 
     assert cli_main(["benchmark", str(tmp_path / "out2"), "--architectures", "sfcn",
                      "--resolution", "8", "--no-progress"]) == 1
     error = capsys.readouterr().err
-    assert error.startswith("nipype-xai benchmark: error:") and error.count("\n") == 1
+    assert error.startswith("nipype-xai: error:") and error.count("\n") == 1
     assert not (tmp_path / "out2" / "cohorts").exists()
+    with pytest.raises(UsageError, match="n_easy"):
+        run_from_argv([str(tmp_path / "out3"), "--n-easy", "1"])
+    with pytest.raises(UsageError, match="invalid choice.*see 'nipype-xai benchmark --help'"):
+        benchmark_parser().parse_args([str(tmp_path), "--task", "tumour"])
+
+
+def test_command_line_help_is_the_benchmark_parser(capsys):
+    from nipype_xai.cli.run import main as cli_main
+
+    assert cli_main(["benchmark", "--help"]) == 0
+    assert capsys.readouterr().out == benchmark_parser().format_help()
+
+
+def test_benchmark_package_imports_nothing_from_the_command_line():
+    code = ("import sys, nipype_xai.benchmark; "
+            "print([m for m in sys.modules if m.startswith('nipype_xai.cli')])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_settings_resolve_their_defaults_once(tmp_path):
+    from nipype_xai.attribution import available_methods
+
+    settings = BenchmarkSettings(n_train=10, methods=["gradient", "gradient", "smoothgrad"])
+    assert settings.methods == ("gradient", "smoothgrad") == settings.sanity_methods
+    assert (settings.n_easy, settings.model_resolution_mm) == (5, 4.0)
+    assert BenchmarkSettings().methods == tuple(available_methods())
+    assert settings.training == {"epochs": 30, "batch_size": 4, "lr": None,
+                                 "weight_decay": None, "seed": 0, "augment": True,
+                                 "max_shift": None, "intensity_jitter": 0.1, "flip_x": True}
+    assert BenchmarkSettings(train_options={"weight_decay": 0.5}).training["weight_decay"] == 0.5
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.seed = 1
+    with pytest.raises(TypeError, match="settings given"):
+        run_validation_benchmark(tmp_path, settings, seed=1)
 
 
 def test_position_aware_architecture_is_built_for_the_model_grid():
@@ -390,7 +462,7 @@ def test_architecture_comparison_table_figure_and_report(tmp_path):
 
 
 def test_task_settings_fill_only_what_was_not_given():
-    from nipype_xai.benchmark.validation import _task_settings
+    from nipype_xai.benchmark.training import task_settings as _task_settings
 
     given = {"lr": None, "weight_decay": None, "max_shift": None, "epochs": 3}
     assert _task_settings(given, "atrophy") == {"lr": 1e-3, "weight_decay": 1e-2,

@@ -3,10 +3,34 @@
 >>> from nipype_xai.benchmark import run_validation_benchmark
 >>> run_validation_benchmark("bench", tasks=["lesion"], n_train=100, n_test=40)  # doctest: +SKIP
 
-``nipype-xai benchmark OUTPUT_DIR`` is the command-line entry (:mod:`.command`).
+``nipype-xai benchmark OUTPUT_DIR`` is the command-line entry (:mod:`nipype_xai.cli.benchmark`);
+this package imports nothing from the command line.
 """
 
-from . import validation
-from .validation import *  # noqa: F401,F403 - the public names, listed once in validation.__all__
+from .scoring import model_randomization_check, subject_maps
+from .settings import (
+    ARCHITECTURES,
+    BASELINES,
+    DEFAULT_RANDOM_MODEL_METHODS,
+    METRICS,
+    TO_TEMPLATE,
+    BenchmarkSettings,
+)
+from .training import architecture_spec, cohort_seeds
+from .validation import read_table, run_validation_benchmark, summarize_benchmark
 
-__all__ = list(validation.__all__)
+__all__ = [
+    "ARCHITECTURES",
+    "BASELINES",
+    "BenchmarkSettings",
+    "DEFAULT_RANDOM_MODEL_METHODS",
+    "METRICS",
+    "TO_TEMPLATE",
+    "architecture_spec",
+    "cohort_seeds",
+    "model_randomization_check",
+    "read_table",
+    "run_validation_benchmark",
+    "subject_maps",
+    "summarize_benchmark",
+]

@@ -153,7 +153,7 @@ def plot_sanity_check(sanity: pd.DataFrame, out_base: PathLike, *,
     Parameters
     ----------
     sanity
-        Rows of :func:`~nipype_xai.benchmark.validation.model_randomization_check` for one model:
+        Rows of :func:`~nipype_xai.benchmark.model_randomization_check` for one model:
         ``method``, ``n_randomized``, ``layer``, ``spearman``.
     out_base
         Output path without extension.

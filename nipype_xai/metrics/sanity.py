@@ -9,7 +9,7 @@ correlated (e.g. one that mostly reproduces the input's edges) fails the check.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -19,6 +19,8 @@ from torch import nn
 from .baselines import parameter_layers, randomize_model
 
 AttributeFunction = Callable[..., torch.Tensor]
+#: ``maps_of(net, target) -> {name: maps}``: the maps a randomisation check compares.
+MapsFunction = Callable[[nn.Module, Any], Mapping[str, torch.Tensor]]
 
 #: Similarities :func:`cascading_randomization` can report, each a function of two maps.
 SIMILARITIES = ("spearman", "pearson", "ssim")
@@ -69,24 +71,33 @@ def forward_order(model: nn.Module, x: torch.Tensor) -> list[str]:
     return called + [name for name in names if name not in called]
 
 
-def _predicted_target(model: nn.Module, x: torch.Tensor) -> Optional[list[int]]:
+def predicted_target(model: nn.Module, x: torch.Tensor) -> Optional[list[int]]:
     """The trained model's predicted class per sample (None for a single output).
 
     Fixed before randomising, so every randomised model explains the same class as the original.
+    The engine's own resolution (:func:`~nipype_xai.attribution.model_state.resolve_target` inside
+    :func:`~nipype_xai.attribution.model_state.model_guard`: eval mode, the model restored), so a
+    check and a map agree on what "the predicted class" is.
     """
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            output = model(x)
-    finally:
-        model.train(was_training)
-    if isinstance(output, (tuple, list)):
-        output = output[0]
-    output = output.reshape(output.shape[0], -1)
-    if output.shape[1] == 1:
-        return None
-    return [int(k) for k in output.argmax(dim=1)]
+    # Imported here: the attribution engine is heavier than the metrics and optional for them.
+    from nipype_xai.attribution.model_state import model_guard, resolve_target
+
+    with model_guard(model):
+        target = resolve_target(model, x, None)
+    return None if target is None else [int(k) for k in target]
+
+
+def cascade_steps(n_layers: int, max_steps: Optional[int] = None) -> list[int]:
+    """Numbers of randomised layers to compute: all, or ``max_steps`` evenly spaced ones.
+
+    The first step (output layer only) and the last (the whole model) are always included: the
+    first shows how fast a map reacts, the last is the fully randomised model.
+    """
+    if max_steps is None or max_steps >= n_layers:
+        return list(range(1, n_layers + 1))
+    if max_steps < 2:
+        raise ValueError(f"sanity_max_steps must be at least 2 (first and last), got {max_steps}")
+    return sorted({round(float(v)) for v in np.linspace(1, n_layers, max_steps)})
 
 
 def _pearson(u: np.ndarray, v: np.ndarray) -> float:
@@ -197,6 +208,102 @@ def _scored(maps: torch.Tensor, score: str) -> np.ndarray:
     return values
 
 
+def _measures(similarity: Union[str, Sequence[str]]) -> list[str]:
+    measures = [similarity] if isinstance(similarity, str) else list(similarity)
+    unknown = [m for m in measures if m not in _SIMILARITY_FUNCTIONS]
+    if unknown or not measures:
+        raise ValueError(f"similarity must be among {SIMILARITIES}, got {similarity!r}")
+    return measures
+
+
+def _compare(original: np.ndarray, maps: np.ndarray, inside: np.ndarray,
+             measures: Sequence[str]) -> dict[str, float]:
+    """Each similarity per sample (Spearman and Pearson inside the mask, SSIM on the whole grid),
+    averaged over the batch."""
+    values = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for measure in measures:
+            function = _SIMILARITY_FUNCTIONS[measure]
+            if measure == "ssim":
+                pairs = zip(original, maps)
+            else:
+                pairs = ((o[:, m], r[:, m]) for o, r, m in zip(original, maps, inside))
+            values[measure] = float(np.mean([function(o, r) for o, r in pairs]))
+    return values
+
+
+def randomization_similarities(
+    model: nn.Module,
+    x: torch.Tensor,
+    maps_of: MapsFunction,
+    target: Any = None,
+    similarity: Union[str, Sequence[str]] = "spearman",
+    score: str = "abs",
+    *,
+    mode: str = "cascade",
+    max_steps: Optional[int] = None,
+    randomization_seed: int = 0,
+    mask: Optional[Union[np.ndarray, torch.Tensor]] = None,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Model randomisation (Adebayo et al. 2018) for every map ``maps_of`` returns: the one core
+    behind :func:`cascading_randomization` and the benchmark's check of several methods at once.
+
+    Parameters
+    ----------
+    model
+        The trained model; never modified.
+    x
+        Input batch (B, C, X, Y, Z).
+    maps_of
+        ``maps_of(net, target) -> {name: maps}``, maps shaped like ``x``; called once for the
+        trained model and once per randomised copy, so methods that share passes can share them.
+    target
+        Passed to ``maps_of``. None: the *trained* model's predicted class of each sample
+        (:func:`predicted_target`), kept fixed for the randomised models.
+    similarity, score, mode, randomization_seed, mask
+        As for :func:`cascading_randomization`.
+    max_steps
+        None: one step per parameter layer; else that many evenly spaced steps
+        (:func:`cascade_steps`: the first and the last always).
+    progress
+        A tqdm bar over the steps.
+
+    Returns
+    -------
+    list of dict
+        One row per step x name (names in ``maps_of``'s order): ``method`` (the name), ``layer``
+        (the top-most layer randomised in that step: from the output layer down),
+        ``n_randomized``, ``n_layers`` and one float per similarity.
+    """
+    from tqdm.auto import tqdm
+
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if score not in ("abs", "pos", "raw"):
+        raise ValueError(f"score must be 'abs', 'pos' or 'raw', got {score!r}")
+    measures = _measures(similarity)
+    if target is None:
+        target = predicted_target(model, x)
+    original = {name: _scored(maps, score) for name, maps in maps_of(model, target).items()}
+    inside = sample_masks(mask, x.shape)
+    order = forward_order(model, x)
+
+    rows = []
+    for step in tqdm(cascade_steps(len(order), max_steps), desc="sanity", unit="depth",
+                     disable=not progress, leave=False):
+        layer = order[len(order) - step]
+        chosen = order[len(order) - step:] if mode == "cascade" else [layer]
+        randomized = randomize_model(model, randomization_seed, layers=chosen)
+        maps = maps_of(randomized, target)
+        for name, reference in original.items():
+            rows.append({"method": name, "layer": layer, "n_randomized": len(chosen),
+                         "n_layers": len(order),
+                         **_compare(reference, _scored(maps[name], score), inside, measures)})
+    return rows
+
+
 def cascading_randomization(
     model: nn.Module,
     x: torch.Tensor,
@@ -257,38 +364,15 @@ def cascading_randomization(
         computed per sample on the flattened (C, X, Y, Z) maps (inside ``mask``) and averaged
         over the batch. NaN when a map is constant (then nothing is ranked).
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if score not in ("abs", "pos", "raw"):
-        raise ValueError(f"score must be 'abs', 'pos' or 'raw', got {score!r}")
-    measures = [similarity] if isinstance(similarity, str) else list(similarity)
-    unknown = [m for m in measures if m not in _SIMILARITY_FUNCTIONS]
-    if unknown or not measures:
-        raise ValueError(f"similarity must be among {SIMILARITIES}, got {similarity!r}")
+    measures = _measures(similarity)
     if attribute_fn is None:
         # Imported here: the attribution engine is heavier than the metrics and optional for them.
         from nipype_xai.attribution import attribute as attribute_fn
 
-    if target is None:
-        target = _predicted_target(model, x)
-    original = _scored(attribute_fn(model, x, method, target=target, **params), score)
-    inside = sample_masks(mask, original.shape)
-    order = forward_order(model, x)
+    def maps_of(net: nn.Module, fixed: Any) -> dict[str, torch.Tensor]:
+        return {method: attribute_fn(net, x, method, target=fixed, **params)}
 
-    rows = []
-    for step, layer in enumerate(reversed(order), start=1):
-        chosen = order[len(order) - step:] if mode == "cascade" else [layer]
-        randomized = randomize_model(model, randomization_seed, layers=chosen)
-        maps = _scored(attribute_fn(randomized, x, method, target=target, **params), score)
-        row: dict[str, Any] = {"layer": layer, "n_randomized": len(chosen)}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            for measure in measures:
-                function = _SIMILARITY_FUNCTIONS[measure]
-                if measure == "ssim":
-                    pairs = zip(original, maps)
-                else:
-                    pairs = ((o[:, m], r[:, m]) for o, r, m in zip(original, maps, inside))
-                row[measure] = float(np.mean([function(o, r) for o, r in pairs]))
-        rows.append(row)
-    return rows
+    rows = randomization_similarities(model, x, maps_of, target, measures, score, mode=mode,
+                                      randomization_seed=randomization_seed, mask=mask)
+    return [{"layer": row["layer"], "n_randomized": row["n_randomized"],
+             **{measure: row[measure] for measure in measures}} for row in rows]

@@ -1,0 +1,138 @@
+"""What a benchmark run records about itself: command, seeds, versions, machine, settings, digests.
+
+``provenance.json`` is written by :func:`provenance_record` + :func:`write_json`;
+:func:`state_digest` names a model's weights in the resume cache when no weights file has a
+checksum.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shlex
+import sys
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import __version__
+from ..atomic import atomic_write
+from ..synth.train import EASY_COHORT_OPTIONS
+from .settings import ARCHITECTURES, BASELINES, TO_TEMPLATE, BenchmarkSettings
+
+__all__ = ["machine", "provenance_record", "state_digest", "versions", "write_json"]
+
+
+def write_json(path: Path, content: Mapping[str, Any]) -> Path:
+    """Write ``content`` as indented JSON, atomically."""
+    text = json.dumps(content, indent=2, default=str) + "\n"
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def state_digest(model: nn.Module) -> str:
+    """SHA-256 of a model's state dict (names and values, in order)."""
+    digest = hashlib.sha256()
+    for key, value in model.state_dict().items():
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and of the packages the numbers depend on."""
+    from importlib import metadata
+
+    found = {"nipype_xai": __version__, "torch": torch.__version__,
+             "python": platform.python_version()}
+    for package in ("numpy", "scipy", "pandas", "nibabel", "nilearn", "captum", "zennit", "monai",
+                    "pot"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
+def machine(device: str) -> dict[str, Any]:
+    """The machine the timings come from: platform, CPU, threads, device (and GPU name)."""
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        "device": str(device),
+    }
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as stream:
+            names = [line.split(":", 1)[1].strip() for line in stream
+                     if line.startswith("model name")]
+        if names:
+            info["cpu_model"] = names[0]
+    except OSError:
+        pass
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+def _utc(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="seconds")
+
+
+def provenance_record(settings: BenchmarkSettings, *, seeds: tuple[int, int, int],
+                      names: Sequence[str], models: Mapping[str, Any],
+                      skipped: Sequence[Mapping[str, Any]], started: float,
+                      finished: float) -> dict[str, Any]:
+    """The content of ``provenance.json``.
+
+    Parameters
+    ----------
+    settings
+        The run's settings.
+    seeds
+        The train, test and easy cohort seeds (:func:`~nipype_xai.benchmark.cohort_seeds`).
+    names
+        The benchmarked models' names (architectures, or the given spec's name).
+    models
+        ``"<task>/<name>"`` -> how the model came about (trained, reused or loaded).
+    skipped
+        Test subjects not scored, with the reason.
+    started, finished
+        Wall-clock times (seconds since the epoch).
+    """
+    s = settings
+    train_seed, test_seed, easy_seed = seeds
+    return {
+        "command": s.command if s.command is not None else shlex.join(sys.argv),
+        "seed": s.seed,
+        "cohort_seeds": {"train": train_seed, "test": test_seed,
+                         **({"easy": easy_seed} if s.n_easy and s.model_spec is None else {})},
+        "versions": versions(),
+        "machine": machine(s.device),
+        "started": _utc(started),
+        "finished": _utc(finished),
+        "seconds": round(finished - started, 1),
+        "settings": {
+            "tasks": list(s.tasks), "n_train": s.n_train, "n_test": s.n_test,
+            "n_easy": s.n_easy, "easy_cohort_options": {t: EASY_COHORT_OPTIONS[t] for t in s.tasks},
+            "resolution_mm": s.resolution_mm, "model_resolution_mm": s.model_resolution_mm,
+            "to_template": {t: TO_TEMPLATE[t] for t in s.tasks},
+            "methods": list(s.methods), "method_params": s.method_params,
+            "random_model_methods": list(s.random_model_methods), "baselines": list(BASELINES),
+            "n_sanity": s.n_sanity, "sanity_methods": list(s.sanity_methods),
+            "sanity_max_steps": s.sanity_max_steps, "n_boot": s.n_boot, "ci": 0.95,
+            "score": "abs", "target": "predicted class", "training": s.training,
+        },
+        "architectures": ({name: {"architecture": ARCHITECTURES[name][0],
+                                  "kwargs": ARCHITECTURES[name][1]} for name in names}
+                          if s.model_spec is None else {names[0]: {"spec": str(s.model_spec)}}),
+        "models": dict(models),
+        "skipped_subjects": list(skipped),
+    }

@@ -1,0 +1,188 @@
+"""``nipype-xai benchmark OUTPUT_DIR``: argument parsing for the validation benchmark.
+
+:func:`run_from_argv` is the ``benchmark`` subcommand of ``nipype-xai`` (:mod:`nipype_xai.cli.run`):
+its parser (:func:`benchmark_parser`) and its bad values raise the command line's
+:class:`~nipype_xai.cli.parser.UsageError`, reported like every other subcommand's.
+``python -m nipype_xai.cli.benchmark OUTPUT_DIR ...`` runs the same thing (:func:`main`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from .parser import UsageError, _Parser
+
+__all__ = ["add_arguments", "benchmark_parser", "main", "run", "run_from_argv"]
+
+DESCRIPTION = ("Score every attribution method against the known ground truth of synthetic "
+               "cohorts, with baselines and a model-randomisation check.")
+
+
+def _method_params(text: str) -> dict[str, dict[str, Any]]:
+    """``--method-params``: a JSON object, or the path of a JSON file holding one."""
+    source = text
+    path = Path(text)
+    if not text.lstrip().startswith("{") and path.is_file():
+        source = path.read_text(encoding="utf-8")
+    try:
+        value = json.loads(source)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(
+            f"--method-params: not a JSON object or a JSON file ({error})") from error
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise argparse.ArgumentTypeError(
+            '--method-params: expected {"method": {"parameter": value}}, e.g. '
+            '\'{"shapley_sampling": {"n_samples": 2}}\'')
+    return value
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    """``--train-options``: a JSON object."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not a JSON object ({error})") from error
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the benchmark's arguments to ``parser``.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        ``parser``, for chaining.
+    """
+    from ..benchmark import ARCHITECTURES
+    from ..synth import TASKS
+
+    parser.add_argument("output_dir", type=Path, metavar="OUTPUT_DIR",
+                        help="where cohorts, models, tables, figures and the report go "
+                             "(an interrupted run resumes from what is there)")
+    parser.add_argument("--task", nargs="+", choices=TASKS, default=["lesion"],
+                        help="synthetic task(s) (default: lesion)")
+    parser.add_argument("--n-train", type=int, default=200,
+                        help="training cohort size per task (default: 200)")
+    parser.add_argument("--n-test", type=int, default=40,
+                        help="test cohort size per task; half are positive (default: 40)")
+    parser.add_argument("--n-easy", type=int, default=None,
+                        help="auxiliary training cohort with a stronger signal (larger, "
+                             "brighter lesions; more volume loss), pooled with the training "
+                             "cohort: the curriculum that makes small models learn on a CPU "
+                             "(default: half of --n-train; 0: none)")
+    parser.add_argument("--architectures", nargs="+", choices=list(ARCHITECTURES),
+                        default=["tinycnn"], help="models to train (default: tinycnn)")
+    parser.add_argument("--model", type=Path, default=None, metavar="SPEC.json",
+                        help="benchmark this trained model instead of training architectures")
+    parser.add_argument("--trust-model-code", action="store_true",
+                        help="--model: import its architecture even from outside nipype_xai, "
+                             "monai.networks.nets and torchvision.models (runs the spec's code)")
+    parser.add_argument("--allow-external-weights", dest="external_weights",
+                        action="store_true",
+                        help="--model: accept weights outside the spec's folder")
+    parser.add_argument("--methods", nargs="+", default=None,
+                        help="attribution methods (default: all available)")
+    parser.add_argument("--method-params", type=_method_params, default=None,
+                        metavar="JSON", help="per-method parameters, a JSON object or file, "
+                                             'e.g. \'{"shapley_sampling": {"n_samples": 2}}\'')
+    parser.add_argument("--random-model-methods", nargs="*", default=["gradient", "smoothgrad"],
+                        help="methods also run on the fully randomised model as baselines "
+                             "(default: gradient smoothgrad)")
+    parser.add_argument("--seed", type=int, default=0, help="master seed (default: 0)")
+    parser.add_argument("--resolution", type=float, default=2.0, metavar="MM",
+                        help="voxel size of the generated cohorts (default: 2)")
+    parser.add_argument("--model-resolution", type=float, default=None, metavar="MM",
+                        help="voxel size of the trained models' grid (default: the larger of "
+                             "--resolution and 4)")
+    parser.add_argument("--epochs", type=int, default=30, help="training epochs (default: 30)")
+    parser.add_argument("--batch-size", type=int, default=4,
+                        help="training batch size (default: 4)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="training learning rate (default: per task, 0.003 for lesion, "
+                             "0.001 for atrophy)")
+    parser.add_argument("--train-options", type=_json_object, default=None, metavar="JSON",
+                        help="other training settings, e.g. '{\"weight_decay\": 0.001, "
+                             "\"augment\": false}'")
+    parser.add_argument("--n-sanity", type=int, default=2,
+                        help="test subjects in the cascading randomisation check (default: 2)")
+    parser.add_argument("--sanity-methods", nargs="*", default=None,
+                        help="methods in the randomisation check (default: --methods)")
+    parser.add_argument("--sanity-max-steps", type=int, default=None,
+                        help="randomisation depths computed (default: every layer)")
+    parser.add_argument("--n-boot", type=int, default=2000, help="bootstrap replicates")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="no progress bars")
+    return parser
+
+
+def benchmark_parser() -> argparse.ArgumentParser:
+    """``nipype-xai benchmark OUTPUT_DIR [options]``; errors raise
+    :class:`~nipype_xai.cli.parser.UsageError`."""
+    return add_arguments(_Parser(prog="nipype-xai benchmark", description=DESCRIPTION))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark from parsed arguments.
+
+    Returns
+    -------
+    int
+        0 on success.
+
+    Raises
+    ------
+    UsageError
+        A bad value (an unknown method, bad sizes, an architecture that cannot run on the grid),
+        found before any cohort is generated.
+    """
+    from ..benchmark import BenchmarkSettings, run_validation_benchmark
+
+    # The nipype-xai command's argv starts with "benchmark"; run_from_argv records its own form.
+    command = getattr(args, "command", None) or "nipype-xai " + shlex.join(sys.argv[1:])
+    try:
+        settings = BenchmarkSettings(
+            tasks=args.task, n_train=args.n_train, n_test=args.n_test, n_easy=args.n_easy,
+            architectures=args.architectures, methods=args.methods, seed=args.seed,
+            resolution_mm=args.resolution, model_resolution_mm=args.model_resolution,
+            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+            train_options=args.train_options, model_spec=args.model,
+            trust_model_code=args.trust_model_code, external_weights=args.external_weights,
+            method_params=args.method_params, random_model_methods=args.random_model_methods,
+            n_sanity=args.n_sanity, sanity_methods=args.sanity_methods,
+            sanity_max_steps=args.sanity_max_steps, n_boot=args.n_boot, device=args.device,
+            progress=args.progress, command=command,
+        )
+        table = run_validation_benchmark(args.output_dir, settings)
+    except (ValueError, TypeError) as error:
+        lines = [line for line in str(error).splitlines() if line.strip()]
+        raise UsageError(lines[0] if lines else type(error).__name__) from error
+    print(f"benchmark table: {table}\nreport: {table.parent / 'benchmark.html'}")
+    return 0
+
+
+def run_from_argv(argv: Sequence[str]) -> int:
+    """``nipype-xai benchmark ARGV...``: parse, then :func:`run`."""
+    args = benchmark_parser().parse_args(list(argv))
+    args.command = "nipype-xai benchmark " + shlex.join(argv)
+    return run(args)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m nipype_xai.cli.benchmark OUTPUT_DIR ...``: the ``nipype-xai benchmark`` command,
+    with its error handling and exit codes."""
+    from .run import main as cli_main
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return cli_main(["benchmark", *argv])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
