@@ -17,6 +17,9 @@ import pandas as pd
 
 from .atomic import PathLike, atomic_write
 
+#: The BIDS identifier columns of a participant-level table, in this order (``sub-01``, ``ses-1``).
+IDENTIFIER_COLUMNS = ("participant_id", "session_id")
+
 #: Columns that always hold text, wherever they appear: BIDS identifiers and our own labels.
 TEXT_COLUMNS = (
     "participant_id", "session_id", "subject", "session", "method", "task", "architecture",

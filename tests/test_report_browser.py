@@ -8,7 +8,8 @@ the test's temporary folder) for a person to look at.
 Chromium is driven over the Chrome DevTools protocol on a pipe (``--remote-debugging-pipe``:
 JSON messages separated by NUL on file descriptors 3 and 4), so no browser automation package is
 needed; Debian's ``chromium`` package (``apt-get install chromium``) is enough. Without a Chromium
-binary the tests are skipped.
+binary the tests are skipped, except where ``NIPYPE_XAI_REQUIRE_CHROMIUM=1`` (CI) makes that a
+failure.
 """
 
 from __future__ import annotations
@@ -248,6 +249,16 @@ needs_chromium = pytest.mark.skipif(
            "check the reports in; on Debian: apt-get install chromium"
     if CHROMIUM is None else "the DevTools pipe needs POSIX file descriptors",
 )
+
+
+def test_chromium_is_there_where_ci_requires_it():
+    # .ci/run installs Debian's chromium and sets NIPYPE_XAI_REQUIRE_CHROMIUM=1: there the browser
+    # tests must run, not skip, so a green CI says the reports were opened in a browser.
+    if os.environ.get("NIPYPE_XAI_REQUIRE_CHROMIUM") != "1":
+        pytest.skip("NIPYPE_XAI_REQUIRE_CHROMIUM is not set (only CI requires Chromium)")
+    assert CHROMIUM is not None, ("NIPYPE_XAI_REQUIRE_CHROMIUM=1 but no Chromium binary found "
+                                  "(chromium, chromium-browser, google-chrome or $CHROMIUM)")
+    assert os.name == "posix", "the DevTools pipe needs POSIX file descriptors"
 
 
 @pytest.fixture(scope="module")

@@ -437,3 +437,24 @@ def test_display_mask_blanks_the_box_outside_the_brain():
     assert shown.shape == SHAPE
     assert shown[0, 0, 0] == 0 and shown[6, 7, 6] == 1  # the corner is out, the centre stays
     assert 0 < shown.sum() < shown.size
+
+
+def test_sessions_are_labels_not_metrics(images, metrics_table, tmp_path):
+    # BIDS identifier columns (participant_id, session_id) say whose row it is: never a metric to
+    # bold, and the group page counts sessions apart from subjects.
+    table = metrics_table.rename(columns={"subject": "participant_id"})
+    table["participant_id"] = "sub-" + table["participant_id"]
+    table = pd.concat([table.assign(session_id="ses-1"), table.assign(session_id="ses-2")])
+    path = tmp_path / "desc-overlap_metrics.tsv"
+    table.to_csv(path, sep="\t", index=False, na_rep="n/a")
+    one = table.loc[(table["participant_id"] == "sub-01") & (table["session_id"] == "ses-2")]
+    one_path = tmp_path / "one.tsv"
+    one.to_csv(one_path, sep="\t", index=False, na_rep="n/a")
+    text = subject_report(tmp_path / "s.html", subject="sub-01_ses-2", t1w=images["t1w"],
+                          maps={}, metrics_tsv=one_path).read_text()
+    assert 'class="text best"' not in text and "ses-2" in text
+    text = group_report(tmp_path / "g.html", metrics_tsv=path, summary=None, mean_maps={},
+                        failures=[{"participant_id": "sub-09", "session_id": "ses-1",
+                                   "reason": "empty ground-truth mask"}]).read_text()
+    assert "4 subjects (8 sessions) with metrics" in text
+    assert ">sub-09_ses-1<" in text and ">empty ground-truth mask<" in text

@@ -197,13 +197,13 @@ class _SubjectReportOutputSpec(TraitedSpec):
 
 
 class SubjectReport(SimpleInterface):
-    """One subject's HTML report (:func:`nipype_xai.reports.html.subject_report`)."""
+    """One subject's HTML report (:func:`nipype_xai.reports.subject.subject_report`)."""
 
     input_spec = _SubjectReportInputSpec
     output_spec = _SubjectReportOutputSpec
 
     def _run_interface(self, runtime):
-        from ..reports.html import subject_report
+        from ..reports.subject import subject_report
 
         inputs = self.inputs
         if len(inputs.maps) != len(inputs.methods):
@@ -263,13 +263,13 @@ class _GroupReportOutputSpec(TraitedSpec):
 
 
 class GroupReport(SimpleInterface):
-    """The group HTML report (:func:`nipype_xai.reports.html.group_report`)."""
+    """The group HTML report (:func:`nipype_xai.reports.group.group_report`)."""
 
     input_spec = _GroupReportInputSpec
     output_spec = _GroupReportOutputSpec
 
     def _run_interface(self, runtime):
-        from ..reports.html import group_report
+        from ..reports.group import group_report
 
         inputs = self.inputs
         summary = (
