@@ -106,7 +106,8 @@ def test_bids_uris_and_dataset_links(tmp_path):
         "bids:groundtruth:sub-01/anat/sub-01_label-lesion_mask.nii.gz"
     assert bids_uri(out / "sub-01" / "anat" / "x.nii.gz", out, links) == \
         "bids::sub-01/anat/x.nii.gz"
-    assert bids_uri(tmp_path / "work" / "x.nii.gz", out, links).startswith("file:///")
+    # A file of no dataset (a lab's work directory): named relative to the output, not file://.
+    assert bids_uri(tmp_path / "work" / "x.nii.gz", out, links) == "../../../work/x.nii.gz"
 
     write_dataset_description(out, dataset_links=links)
     description = json.loads((out / "dataset_description.json").read_text())
@@ -194,3 +195,24 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     os.umask(umask)
     # not mkstemp's private 0600: a derivative gets the permissions of any new file
     assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_group_inputs_keep_sessions(tmp_path):
+    """Two sessions of one subject are two reports on the group page, one participant."""
+    from nipype_xai.bids import collect_group_inputs, commit_subject, staging_folder
+
+    out = tmp_path / "out"
+    write_dataset_description(out)
+    for session in ("1", "2"):
+        label = f"sub-01_ses-{session}"
+        name = derivative_path({"subject": "01", "session": session,
+                                "space": "MNI152NLin2009aSym", "res": "8", "desc": "gradient",
+                                "suffix": "attribution", "extension": ".nii.gz"})
+        staged = staging_folder(out, label) / name
+        staged.parent.mkdir(parents=True)
+        staged.write_bytes(b"map")
+        commit_subject(out, label, [staged])
+    inputs = collect_group_inputs(out)
+    assert inputs.subjects == ["01"]
+    assert inputs.labels == ["sub-01_ses-1", "sub-01_ses-2"]
+    assert inputs.methods == ["gradient", "gradient"] and len(inputs.maps) == 2

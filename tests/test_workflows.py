@@ -6,6 +6,7 @@ attribution methods and one baseline, affine registration, MultiProc with two pr
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 from pathlib import Path
@@ -14,10 +15,8 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from nipype_xai.bids import figures_dir, group_map_path, group_metrics_path, group_ranking_path
-from nipype_xai.models import TinyCNN3D
 from nipype_xai.synth import generate_cohort
 from nipype_xai.workflows import (
     collect_data,
@@ -28,24 +27,13 @@ from nipype_xai.workflows import (
     init_xai_wf,
 )
 
-TPL = "MNI152NLin2009aSym"
+from tiny_model import MODEL_SHAPE, TPL  # noqa: E402
+from tiny_model import write_tiny_model as _write_tiny_model  # noqa: E402
+
 METHODS = ["gradient", "gradcam", "sobel"]
 DESCS = ["gradient", "gradcam", "sobel"]
-MODEL_SHAPE = (24, 28, 24)
-
-
-def write_tiny_model(folder: Path, shape=MODEL_SHAPE, resolution=8) -> Path:
-    """A randomly initialised TinyCNN3D spec: the pipeline, not the model, is under test."""
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    torch.save(TinyCNN3D(n_outputs=2, width=4).state_dict(), folder / "tiny.pt")
-    spec = {"name": "tiny_cnn", "architecture": "nipype_xai.models.architectures:TinyCNN3D",
-            "kwargs": {"n_outputs": 2, "width": 4}, "weights": "tiny.pt",
-            "input": {"space": TPL, "resolution_mm": resolution, "shape": list(shape),
-                      "normalization": "zscore", "mask": "nonzero"},
-            "outputs": ["control", "lesion"], "task": "classification"}
-    (folder / "tiny.json").write_text(json.dumps(spec))
-    return folder / "tiny.json"
+# Named tiny_cnn: its predictions are desc-tinycnn (the name's alphanumeric part).
+write_tiny_model = functools.partial(_write_tiny_model, name="tiny_cnn")
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ from ..bids import bids_uri, commit_subject, completion_record_path, derivative_
     input_dataset_links, update_dataset_links, write_dataset_description, write_json
 
 __all__ = ["SOURCE_FILE", "CommitDerivatives", "DerivativesDataSink", "ReportsSink",
-           "copy_atomically", "derivative_extension"]
+           "copy_atomically", "derivative_extension", "mentions_source_file"]
 
 #: Placeholder, in a sink's ``meta_dict`` or ``meta_per_file`` values, for the BIDS URI of its
 #: ``source_file`` (an input connected at run time, e.g. a lab's own T1w node).
@@ -254,6 +254,12 @@ class DerivativesDataSink(SimpleInterface):
         if len(values) != n_files:
             raise ValueError(f"{name}: {len(values)} values for {n_files} files")
         return values
+
+
+def mentions_source_file(value: Any) -> bool:
+    """Whether sidecar entries (nested dicts and lists) hold the :data:`SOURCE_FILE` token: a
+    sink given them needs its ``source_file`` connected."""
+    return _substitute(value, SOURCE_FILE + "?") != _substitute(value, SOURCE_FILE)
 
 
 def _substitute(value: Any, uri: str) -> Any:

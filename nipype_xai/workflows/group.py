@@ -9,10 +9,7 @@ changes.
 
 from __future__ import annotations
 
-import json
 import os
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
@@ -20,153 +17,23 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from ..bids import (
+    FAILURES_FILE,
     bids_uri,
-    desc_to_method,
     figures_dir,
     group_metrics_path,
-    recorded_files,
     report_path,
-    subject_status,
     template_spatial_reference,
 )
-from ..interfaces.baselines import BASELINE_DESCRIPTIONS
+from ..bids.query import GroupInputs, collect_group_inputs
 from ..interfaces.bids import DerivativesDataSink, ReportsSink
 from ..interfaces.metrics import GroupMeanMaps, GroupOverlapTable, MethodRanking
 from ..interfaces.registration import TemplateFlowSelect
 from ..interfaces.reports import GroupReport
-from .base import BIDSInputError
+from .outputs import gated_sink, results_gate
 
 __all__ = ["FAILURES_FILE", "GroupInputs", "collect_group_inputs", "init_group_wf"]
 
 PathLike = Union[str, os.PathLike]
-
-#: Written by the participant level at the output root: subjects that failed and why.
-FAILURES_FILE = "failures.tsv"
-
-
-@dataclass(frozen=True)
-class GroupInputs:
-    """The participant-level derivatives the group level summarises.
-
-    Attributes
-    ----------
-    metrics_tsvs
-        Every subject's ``desc-overlap_metrics.tsv`` (empty without ground truth).
-    maps, methods
-        Every subject's template-space map, and the method of each.
-    template, res
-        ``space-`` and ``res-`` of those maps (one grid).
-    subjects
-        Subjects with maps.
-    failures_tsv
-        The participant level's ``failures.tsv``, if any.
-    incomplete
-        ``(sub-X[_ses-Y], why)`` of the subjects left out because their derivatives are not
-        complete (a run killed while it wrote them, or files changed since).
-    """
-
-    metrics_tsvs: list[Path]
-    maps: list[Path]
-    methods: list[str]
-    template: str
-    res: Optional[str]
-    subjects: list[str] = field(default_factory=list)
-    failures_tsv: Optional[Path] = None
-    incomplete: list[tuple[str, str]] = field(default_factory=list)
-
-
-def _method_of(path: Path, desc: str) -> str:
-    """The method of a map: its sidecar's ``Method``, else the ``desc`` label read back."""
-    sidecar = path.with_name(path.name[: -len(".nii.gz")] + ".json")
-    try:
-        method = json.loads(sidecar.read_text()).get("Method")
-    except (OSError, ValueError):
-        method = None
-    if isinstance(method, str) and method:
-        return method
-    from ..attribution import available_methods
-
-    return desc_to_method(desc, known=[*available_methods(), *BASELINE_DESCRIPTIONS])
-
-
-def collect_group_inputs(output_dir: PathLike, template: Optional[str] = None) -> GroupInputs:
-    """Find the participant-level derivatives in ``output_dir`` with pybids.
-
-    Parameters
-    ----------
-    output_dir
-        The derivatives dataset the participant level wrote.
-    template
-        ``space-`` of the maps to average; default: the one space the maps are in.
-
-    Raises
-    ------
-    BIDSInputError
-        ``output_dir`` holds no participant-level maps, or maps on several grids.
-    """
-    from bids import BIDSLayout
-    from bids.layout import Query
-
-    root = Path(output_dir).absolute()
-    if not (root / "dataset_description.json").is_file():
-        raise BIDSInputError(
-            f"{root}: no participant-level results (no dataset_description.json); run the "
-            "participant level first"
-        )
-    layout = BIDSLayout(str(root), validate=False)
-    query: dict[str, Any] = {"subject": Query.ANY, "suffix": "attribution",
-                             "extension": ".nii.gz", "space": template or Query.ANY}
-    files, incomplete = _complete_only(root, layout.get(**query))
-    if not files:
-        raise BIDSInputError(
-            f"{root}: no template-space attribution maps of any subject "
-            f"(sub-*/anat/*_space-{template or '<tpl>'}_*_attribution.nii.gz); run the "
-            "participant level first"
-        )
-    grids = Counter((f.entities.get("space"), f.entities.get("res")) for f in files)
-    if len(grids) > 1:
-        listed = ", ".join(f"space-{s}" + (f"_res-{r}" if r else "") for s, r in grids)
-        raise BIDSInputError(f"{root}: maps on several grids ({listed}); choose one with "
-                             "--template")
-    (space, res), = grids
-    maps, methods, subjects = [], [], []
-    for f in sorted(files, key=lambda f: f.path):
-        path = Path(f.path)
-        maps.append(path)
-        methods.append(_method_of(path, f.entities.get("desc", "")))
-        subjects.append(f.entities["subject"])
-    metrics, _ = _complete_only(root, layout.get(
-        subject=Query.ANY, desc="overlap", suffix="metrics", extension=".tsv"))
-    failures = root / FAILURES_FILE
-    return GroupInputs(
-        metrics_tsvs=sorted(Path(f.path) for f in metrics), maps=maps, methods=methods,
-        template=space, res=res, subjects=sorted(set(subjects)),
-        failures_tsv=failures if failures.is_file() else None, incomplete=incomplete,
-    )
-
-
-def _complete_only(root: Path, files: list) -> tuple[list, list[tuple[str, str]]]:
-    """The files of subjects whose derivatives are complete and listed in their record.
-
-    A subject is complete when its completion record lists every file it wrote, unchanged
-    (:func:`nipype_xai.bids.subject_status`); a run killed while it wrote a subject leaves no
-    record, and that subject is left out (and named) rather than summarised from part of it.
-    """
-    status: dict[str, Optional[str]] = {}
-    listed: dict[str, set[Path]] = {}
-    kept, incomplete = [], []
-    for f in files:
-        entities = f.entities
-        label = f"sub-{entities['subject']}" + (
-            f"_ses-{entities['session']}" if entities.get("session") else "")
-        if label not in status:
-            status[label] = subject_status(root, label)
-            listed[label] = {p.absolute() for p in recorded_files(root, label)}
-            if status[label] is not None:
-                incomplete.append((label, status[label]))
-        if status[label] is None and Path(f.path).absolute() in listed[label]:
-            kept.append(f)
-    return kept, incomplete
 
 
 def init_group_wf(
@@ -261,7 +128,8 @@ def init_group_wf(
             name="background",
         )
         # Subjects as "sub-01" or "sub-01_ses-2": the page links each one's report.
-        report = pe.Node(GroupReport(space=inputs.template, subjects=list(inputs.subjects)),
+        report = pe.Node(GroupReport(space=inputs.template,
+                                     subjects=list(inputs.labels or inputs.subjects)),
                          name="report")
         if inputs.res:
             report.inputs.res = inputs.res
@@ -278,9 +146,7 @@ def init_group_wf(
             connections.append((ranking, report, [("out_tsv", "ranking_tsv")]))
         gate_fields += [(report, "out_report"), (report, "out_figures")]
 
-    gate = pe.Node(niu.Merge(len(gate_fields)), name="all_results")
-    for index, (node, field_name) in enumerate(gate_fields, start=1):
-        connections.append((node, gate, [(field_name, f"in{index}")]))
+    gate = results_gate(gate_fields, connections)
 
     # Group-level derivatives go to nipype_xai.bids.GROUP_DIR (why: see there); their Sources are
     # the subjects' files of this same dataset (bids::sub-XX/...).
@@ -298,63 +164,44 @@ def init_group_wf(
         for method in dict.fromkeys(inputs.methods)
     ]
     participants = [f"sub-{s}" for s in inputs.subjects]
-    ds_mean = pe.Node(
-        DerivativesDataSink(base_directory=str(root), suffix="attribution", **grid,
-                            meta_dict={"Description": "Voxel-wise mean over subjects of the "
-                                       "signed, raw maps", "Participants": participants,
-                                       **spatial},
-                            meta_per_file=map_sources),
-        name="ds_mean_maps", run_without_submitting=True,
-    )
-    ds_sd = pe.Node(
-        DerivativesDataSink(base_directory=str(root), suffix="attribution", **grid,
-                            meta_dict={"Description": "Voxel-wise sample SD (ddof=1) over "
-                                       "subjects of the signed, raw maps",
-                                       "Participants": participants, **spatial},
-                            meta_per_file=map_sources),
-        name="ds_sd_maps", run_without_submitting=True,
-    )
-    connections += [
-        (gate, ds_mean, [("out", "wait_for")]),
-        (gate, ds_sd, [("out", "wait_for")]),
-        (mean_maps, ds_mean, [("out_mean", "in_file"), (("methods", _mean_descs), "desc")]),
-        (mean_maps, ds_sd, [("out_sd", "in_file"), (("methods", _sd_descs), "desc")]),
-    ]
+
+    def sink(name: str, **fields: Any) -> pe.Node:
+        return gated_sink(DerivativesDataSink(base_directory=str(root), **fields), name=name,
+                          gate=gate, connections=connections)
+
+    statistics = {"mean": "Voxel-wise mean over subjects of the signed, raw maps",
+                  "sd": "Voxel-wise sample SD (ddof=1) over subjects of the signed, raw maps"}
+    for statistic, description in statistics.items():
+        ds_maps = sink(f"ds_{statistic}_maps", suffix="attribution", **grid,
+                       meta_dict={"Description": description, "Participants": participants,
+                                  **spatial},
+                       meta_per_file=map_sources)
+        connections.append((mean_maps, ds_maps, [
+            (f"out_{statistic}", "in_file"),
+            (("methods", _mean_descs if statistic == "mean" else _sd_descs), "desc")]))
     if has_metrics:
-        ds_metrics = pe.Node(
-            DerivativesDataSink(
-                base_directory=str(root), desc="overlap", suffix="metrics",
-                meta_dict={"Description": "Every subject's overlap metrics, one row per "
-                           "subject x map", "Sources": [bids_uri(path, root)
-                                                        for path in inputs.metrics_tsvs]}),
-            name="ds_metrics", run_without_submitting=True,
-        )
-        ds_ranking = pe.Node(
-            DerivativesDataSink(
-                base_directory=str(root), desc="overlap", suffix="ranking",
-                meta_dict={"Description": "Methods ranked by each overlap metric: mean over "
-                           "subjects, SD, percentile-bootstrap CI (paired over subjects), "
-                           "n, rank (1 = best)", "BootstrapReplicates": n_boot,
-                           "BootstrapSeed": seed, "ConfidenceLevel": 0.95,
-                           "Sources": [bids_uri(group_metrics_path(root), root)]}),
-            name="ds_ranking", run_without_submitting=True,
-        )
+        ds_metrics = sink(
+            "ds_metrics", desc="overlap", suffix="metrics",
+            meta_dict={"Description": "Every subject's overlap metrics, one row per subject x "
+                       "map", "Sources": [bids_uri(path, root) for path in inputs.metrics_tsvs]})
+        ds_ranking = sink(
+            "ds_ranking", desc="overlap", suffix="ranking",
+            meta_dict={"Description": "Methods ranked by each overlap metric: mean over "
+                       "subjects, SD, percentile-bootstrap CI (paired over subjects), "
+                       "n, rank (1 = best)", "BootstrapReplicates": n_boot,
+                       "BootstrapSeed": seed, "ConfidenceLevel": 0.95,
+                       "Sources": [bids_uri(group_metrics_path(root), root)]})
         connections += [
-            (gate, ds_metrics, [("out", "wait_for")]),
-            (gate, ds_ranking, [("out", "wait_for")]),
             (group_table, ds_metrics, [("out_tsv", "in_file")]),
             (ranking, ds_ranking, [("out_tsv", "in_file")]),
         ]
     if reports:
-        ds_report = pe.Node(
+        ds_report = gated_sink(
             ReportsSink(base_directory=str(root), report_name=report_path().as_posix(),
                         figures_dir=figures_dir().as_posix()),
-            name="ds_report", run_without_submitting=True,
-        )
-        connections += [
-            (gate, ds_report, [("out", "wait_for")]),
-            (report, ds_report, [("out_report", "in_report"), ("out_figures", "in_figures")]),
-        ]
+            name="ds_report", gate=gate, connections=connections)
+        connections.append(
+            (report, ds_report, [("out_report", "in_report"), ("out_figures", "in_figures")]))
     workflow.connect(connections)
     return workflow
 

@@ -1,0 +1,108 @@
+"""What the participant level computes, stated once: :class:`PipelineOptions`.
+
+The command line (:func:`nipype_xai.cli.execution.run_participant_level`), the participant workflow
+(:func:`~nipype_xai.workflows.base.init_participant_wf`) and each subject's workflow
+(:func:`~nipype_xai.workflows.xai.init_xai_wf`) take one frozen options object and pass it down,
+so every option and its default exists here only. Each layer also accepts the options as keyword
+arguments (``methods=..., seed=...``), which :func:`pipeline_options` turns into the object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+__all__ = ["PipelineOptions", "pipeline_options"]
+
+PathLike = Union[str, os.PathLike]
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    """How every subject is processed (the participant level's options).
+
+    Attributes
+    ----------
+    model_spec
+        Model spec JSON (SPEC §4); made absolute, since nodes run in their own folders.
+    methods
+        Attribution methods and baselines (``sobel``, ``laplace``, ``random``), all computed.
+    template
+        TemplateFlow identifier of the space to work in; None: the model spec's space.
+    registration
+        Registration preset: ``"affine"`` (default), ``"syn"`` or ``"rigid"``.
+    brain_extraction, bias_correction
+        How the raw T1w becomes a brain before registration
+        (:func:`~nipype_xai.workflows.anatomy.init_anat_wf`): ``"deepbet"`` or ``"none"`` for
+        skull-stripped inputs; N4 first unless ``bias_correction`` is off.
+    keep_failed_qc
+        Publish the maps of a subject that fails registration quality control (its QC table and
+        report say it failed); default: such a subject fails, with a row in ``failures.tsv``.
+    restrict_maps
+        Keep the maps on the subject's data (:mod:`nipype_xai.attribution.restriction`);
+        ``False``: the raw maps (``--unrestricted-maps``).
+    method_params
+        Per-method parameter overrides, e.g. ``{"smoothgrad": {"n_samples": 20}}``; recorded in
+        the sidecars.
+    seed
+        Seed of the stochastic methods, the random baseline and the registration.
+    deterministic
+        Register on one ITK thread, so that a seed gives byte-identical outputs; ``False``: ITK's
+        own thread count (faster; transforms differ slightly between runs).
+    device
+        Torch device of the model nodes (``"cpu"``, ``"cuda"``); not part of the cache hash.
+    trust_model_code, external_weights
+        Opt-ins of the model spec's trust boundary (:mod:`nipype_xai.models.spec`).
+    reports
+        Make the subject HTML reports.
+    """
+
+    model_spec: Path
+    methods: tuple[str, ...]
+    template: Optional[str] = None
+    registration: str = "affine"
+    brain_extraction: str = "deepbet"
+    bias_correction: bool = True
+    keep_failed_qc: bool = False
+    restrict_maps: bool = True
+    method_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    seed: int = 0
+    deterministic: bool = True
+    device: str = "cpu"
+    trust_model_code: bool = False
+    external_weights: bool = False
+    reports: bool = True
+
+    def __post_init__(self) -> None:
+        # Frozen: normalised through object.__setattr__, once, here.
+        object.__setattr__(self, "model_spec", Path(self.model_spec).absolute())
+        object.__setattr__(self, "methods", tuple(self.methods))
+        object.__setattr__(self, "method_params",
+                           {m: dict(p) for m, p in (self.method_params or {}).items()})
+
+    @property
+    def trust(self) -> dict[str, bool]:
+        """The trust-boundary opt-ins as the model interfaces take them."""
+        return {"trust_model_code": self.trust_model_code,
+                "external_weights": self.external_weights}
+
+
+def pipeline_options(options: Optional[PipelineOptions] = None, **values: Any
+                     ) -> PipelineOptions:
+    """``options`` with ``values`` replaced, or new options from ``values`` alone.
+
+    Raises
+    ------
+    TypeError
+        A value that is not an option (its name is in the message).
+    """
+    names = {f.name for f in dataclasses.fields(PipelineOptions)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise TypeError(f"not a pipeline option: {', '.join(unknown)}")
+    if options is None:
+        return PipelineOptions(**values)
+    return dataclasses.replace(options, **values) if values else options
