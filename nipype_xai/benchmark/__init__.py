@@ -19,6 +19,7 @@ from .settings import (
 from .training import architecture_spec, cohort_seeds
 from .validation import read_table, run_validation_benchmark, summarize_benchmark
 
+# The package's public names, listed once (the modules' other names are for each other).
 __all__ = [
     "ARCHITECTURES",
     "BASELINES",

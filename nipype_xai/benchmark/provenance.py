@@ -26,8 +26,6 @@ from ..atomic import atomic_write
 from ..synth.train import EASY_COHORT_OPTIONS
 from .settings import ARCHITECTURES, BASELINES, TO_TEMPLATE, BenchmarkSettings
 
-__all__ = ["machine", "provenance_record", "state_digest", "versions", "write_json"]
-
 
 def write_json(path: Path, content: Mapping[str, Any]) -> Path:
     """Write ``content`` as indented JSON, atomically."""

@@ -29,8 +29,6 @@ from ..bids import derivative_path, resolution_label
 from .provenance import state_digest
 from .settings import BASELINES, DEFAULT_RANDOM_MODEL_METHODS, METRICS, TO_TEMPLATE
 
-__all__ = ["model_randomization_check", "subject_maps"]
-
 _GROUNDTRUTH = Path("derivatives", "groundtruth")
 
 

@@ -16,15 +16,6 @@ from typing import Any, Optional, Union
 
 from ..synth.train import TASK_TO_TEMPLATE
 
-__all__ = [
-    "ARCHITECTURES",
-    "BASELINES",
-    "BenchmarkSettings",
-    "DEFAULT_RANDOM_MODEL_METHODS",
-    "METRICS",
-    "TO_TEMPLATE",
-]
-
 PathLike = Union[str, os.PathLike]
 
 #: Every overlap metric of SPEC §3 that needs no parcellation, in the order of the tables.

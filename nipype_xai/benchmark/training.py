@@ -15,8 +15,6 @@ from torch import nn
 from ..synth.train import EASY_COHORT_OPTIONS, TASK_MAX_SHIFT, TASK_OPTIMIZER
 from .settings import ARCHITECTURES, TO_TEMPLATE
 
-__all__ = ["architecture_spec", "cohort_seeds"]
-
 
 def cohort_seeds(seed: int) -> tuple[int, int, int]:
     """Seeds of the training, the test and the easy training cohort for a benchmark ``seed``.

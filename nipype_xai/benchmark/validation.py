@@ -84,8 +84,6 @@ from .training import (
     train_or_load,
 )
 
-__all__ = ["read_table", "run_validation_benchmark", "summarize_benchmark"]
-
 PathLike = Union[str, os.PathLike]
 
 # Columns that identify one summarised group of subjects in benchmark.tsv.

@@ -234,18 +234,10 @@ def _compare(original: np.ndarray, maps: np.ndarray, inside: np.ndarray,
 
 
 def randomization_similarities(
-    model: nn.Module,
-    x: torch.Tensor,
-    maps_of: MapsFunction,
-    target: Any = None,
-    similarity: Union[str, Sequence[str]] = "spearman",
-    score: str = "abs",
-    *,
-    mode: str = "cascade",
-    max_steps: Optional[int] = None,
-    randomization_seed: int = 0,
-    mask: Optional[Union[np.ndarray, torch.Tensor]] = None,
-    progress: bool = False,
+    model: nn.Module, x: torch.Tensor, maps_of: MapsFunction, target: Any = None,
+    similarity: Union[str, Sequence[str]] = "spearman", score: str = "abs", *,
+    mode: str = "cascade", max_steps: Optional[int] = None, randomization_seed: int = 0,
+    mask: Optional[Union[np.ndarray, torch.Tensor]] = None, progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Model randomisation (Adebayo et al. 2018) for every map ``maps_of`` returns: the one core
     behind :func:`cascading_randomization` and the benchmark's check of several methods at once.
