@@ -162,14 +162,14 @@ def _volumes(n, seed):
 
 def test_group_mean_maps_match_numpy(tmp_path):
     grad = _volumes(4, 0)
-    paths = []
+    images = []
     for i, data in enumerate(grad):
         path = tmp_path / f"sub-{i}_desc-gradient_attribution.nii.gz"
         nib.save(nib.Nifti1Image(data, AFFINE), path)
-        paths.append(path)
+        images.append(nib.load(path))
     occl = _volumes(3, 1)
     out = group_mean_maps({
-        "gradient": paths,
+        "gradient": iter(images),  # an iterator is read once, one map at a time
         "occlusion": [nib.Nifti1Image(d, AFFINE) for d in occl],
     })
     for method, volumes in (("gradient", grad), ("occlusion", occl)):
@@ -179,6 +179,34 @@ def test_group_mean_maps_match_numpy(tmp_path):
         np.testing.assert_allclose(sd.get_fdata(), stack.std(axis=0, ddof=1), atol=1e-6)
         np.testing.assert_allclose(mean.affine, AFFINE)
         assert mean.get_data_dtype() == np.float32
+
+
+def test_group_mean_maps_stream_in_constant_memory():
+    # 60 subjects far from zero (where a naive sum of squares loses digits), read from a
+    # generator: the result is numpy's to float32 rounding, and the peak memory is a few volumes,
+    # not 60.
+    shape = (24, 24, 24)
+    volume_bytes = np.prod(shape) * 8
+
+    def subjects(n):
+        for seed in range(n):
+            data = 1000.0 + np.random.default_rng(seed).normal(size=shape)
+            yield nib.Nifti1Image(data.astype(np.float32), AFFINE)
+
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        mean, sd = group_mean_maps({"gradient": subjects(60)})["gradient"]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 12 * volume_bytes  # a stack of the 60 subjects would be 60 volumes
+
+    stack = np.stack([image.get_fdata() for image in subjects(60)])
+    np.testing.assert_allclose(mean.get_fdata(), stack.mean(axis=0).astype(np.float32), rtol=1e-7)
+    np.testing.assert_allclose(sd.get_fdata(), stack.std(axis=0, ddof=1).astype(np.float32),
+                               rtol=1e-5)
 
 
 def test_group_mean_maps_single_subject_has_zero_sd():
@@ -196,13 +224,18 @@ def test_group_mean_maps_grid_mismatch_names_the_file(tmp_path):
     shifted[0, 3] += 2.0
     bad = tmp_path / "sub-02_desc-gradient_attribution.nii.gz"
     nib.save(nib.Nifti1Image(b, shifted), bad)
+    # Images read from files are named by their files (nibabel remembers them).
     with pytest.raises(ValueError, match="sub-02_desc-gradient_attribution.nii.gz: affine"):
-        group_mean_maps({"gradient": [good, bad]})
+        group_mean_maps({"gradient": [nib.load(good), nib.load(bad)]})
 
     small = tmp_path / "sub-03_desc-occlusion_attribution.nii.gz"
     nib.save(nib.Nifti1Image(b[:10], AFFINE), small)
     # The grid is shared across methods too.
     with pytest.raises(ValueError, match="sub-03_desc-occlusion_attribution.nii.gz: shape"):
-        group_mean_maps({"gradient": [good], "occlusion": [small]})
+        group_mean_maps({"gradient": [nib.load(good)], "occlusion": [nib.load(small)]})
+    # In-memory images are named by method and position.
+    with pytest.raises(ValueError, match=r"^occlusion\[0\]: shape"):
+        group_mean_maps({"gradient": [nib.load(good)],
+                         "occlusion": [nib.Nifti1Image(b[:10], AFFINE)]})
     with pytest.raises(ValueError, match="no maps"):
         group_mean_maps({"gradient": []})

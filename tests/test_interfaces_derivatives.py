@@ -295,3 +295,11 @@ def test_group_table_ranking_and_mean_maps(tmp_path, volumes):
     assert result.outputs.methods == ["gradient"]
     np.testing.assert_allclose(nib.load(result.outputs.out_mean[0]).get_fdata(), 2.0)
     np.testing.assert_allclose(nib.load(result.outputs.out_sd[0]).get_fdata(), np.sqrt(2.0))
+    # The core reads the images the interface loads; a grid mismatch still names the file.
+    shifted = AFFINE.copy()
+    shifted[0, 3] += 4.0
+    moved = _save(tmp_path / "sub-04_desc-gradient_attribution.nii.gz", np.ones((4, 4, 4)),
+                  shifted)
+    with pytest.raises(ValueError, match="sub-04_desc-gradient_attribution.nii.gz: affine"):
+        GroupMeanMaps(in_maps=[str(maps[0]), str(moved)],
+                      methods=["gradient", "gradient"]).run(cwd=str(tmp_path))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 
@@ -12,7 +13,7 @@ import torch
 from scipy import ndimage, stats
 from scipy.spatial.distance import pdist
 
-from nipype_xai.metrics import overlap as overlap_module
+from nipype_xai.metrics import mass as mass_module
 from nipype_xai.metrics import (
     AFFINE_ATOL_MM,
     MetricsError,
@@ -20,6 +21,8 @@ from nipype_xai.metrics import (
     overlap_metrics,
     overlap_metrics_report,
 )
+from nipype_xai.metrics.overlap import OVERLAP_METRICS
+from nipype_xai.metrics.scoring import score_maps
 
 RANK_KEYS = ("precision_at_k", "pointing_game", "auroc", "average_precision", "dice_at_k")
 ALL_KEYS = RANK_KEYS + ("relevance_mass_accuracy", "emd", "emd_score")
@@ -251,7 +254,7 @@ def test_coarsened_emd_agrees_with_exact_within_its_error_bound(case):
 @pytest.mark.parametrize("brute_force_limit", [3000, 4])
 def test_brain_diameter(monkeypatch, brute_force_limit):
     # A limit of 4 candidate points sends every mask through the convex-hull path.
-    monkeypatch.setattr(overlap_module, "_DIAMETER_BRUTE_FORCE", brute_force_limit)
+    monkeypatch.setattr(mass_module, "_DIAMETER_BRUTE_FORCE", brute_force_limit)
     full = np.ones((4, 4, 1), dtype=bool)  # flat: qhull needs its joggle option
     assert brain_diameter_mm(full, np.diag([1.0, 2.0, 3.0])) == pytest.approx(math.hypot(3, 6))
     assert brain_diameter_mm(np.zeros((3, 3, 3), bool)) == 0.0
@@ -438,3 +441,68 @@ def test_mni_sized_volume_is_fast():
     n_score, n_gt = notes["emd_support_sizes"]
     assert max(n_score, n_gt) <= 4000 and n_score * n_gt <= 2_000_000
     assert elapsed < 30.0  # a guard against a pathological slowdown, not a benchmark
+
+
+def test_overlap_metrics_has_the_reports_signature():
+    # One signature for both entry points: what help() shows, and what a call accepts.
+    report = inspect.signature(overlap_metrics_report)
+    scores_only = inspect.signature(overlap_metrics)
+    assert list(scores_only.parameters.values()) == list(report.parameters.values())
+    assert "dict[str, float]" in str(scores_only.return_annotation)
+    with pytest.raises(TypeError, match="fwhm"):
+        overlap_metrics(np.ones((2, 2, 2)), np.ones((2, 2, 2)), fwhm=3.0)
+
+
+# --------------------------------------------------------------------------------------------
+# score_maps: images on any grid -> one row per map
+# --------------------------------------------------------------------------------------------
+
+GT_AFFINE = np.array([[4.0, 0, 0, -30], [0, 4, 0, -40], [0, 0, 4, -20], [0, 0, 0, 1]])
+
+
+def _image(data, affine=GT_AFFINE, dtype=np.float32):
+    return nib.Nifti1Image(np.asarray(data, dtype=dtype), affine)
+
+
+def test_score_maps_rows_match_the_core_and_resample_onto_the_gt_grid(case):
+    brain, gt, noise = case
+    fine_affine = GT_AFFINE.copy()
+    fine_affine[:3, :3] /= 2
+    fine_affine[:3, 3] -= 1  # voxel centres of a 2x upsampling: the same field of view
+    oracle_fine = np.kron(gt, np.ones((2, 2, 2)))
+    rows = score_maps(
+        iter([("random", _image(noise)), ("oracle", _image(oracle_fine, fine_affine))]),
+        _image(gt, dtype=np.uint8), _image(brain, dtype=np.uint8), "pos",
+    )
+    assert [row["method"] for row in rows] == ["random", "oracle"]
+    assert list(rows[0]) == [
+        "method", "score", "precision_at_k", "relevance_mass_accuracy", "pointing_game", "auroc",
+        "average_precision", "dice_at_k", "emd", "emd_score", "emd_method", "n_gt_voxels",
+        "n_brain_voxels", "resampled",
+    ]
+    assert list(rows[0])[2:10] == list(OVERLAP_METRICS[:8])
+    expected = overlap_metrics(noise.astype(np.float32), gt, brain, "pos", affine=GT_AFFINE)
+    assert {key: rows[0][key] for key in expected} == pytest.approx(expected)
+    assert rows[0]["resampled"] == "no" and rows[0]["score"] == "pos"
+    assert rows[0]["n_gt_voxels"] == int((gt & brain).sum())
+    # A 0/1 map on a finer grid: nearest neighbour gives the GT back exactly.
+    assert rows[1]["resampled"] == "nearest onto the ground-truth grid"
+    assert rows[1]["precision_at_k"] == 1.0
+
+
+def test_score_maps_errors_name_the_files(tmp_path, case):
+    brain, gt, noise = case
+    empty = _image(np.zeros_like(gt), dtype=np.uint8)
+    with pytest.raises(MetricsError, match=r"^ground_truth: the ground-truth mask is empty"):
+        score_maps([("random", _image(noise))], empty)
+    # An image read from a file is named by its file.
+    empty.set_filename(str(tmp_path / "sub-02_label-lesion_mask.nii.gz"))
+    with pytest.raises(MetricsError, match=r"^sub-02_label-lesion_mask\.nii\.gz: .* empty"):
+        score_maps([("random", _image(noise))], empty)
+    bad = _image(np.where(brain, noise, np.nan))
+    bad.set_filename(str(tmp_path / "sub-01_desc-gradient_attribution.nii.gz"))
+    with pytest.raises(MetricsError, match=r"^sub-01_desc-gradient_attribution\.nii\.gz vs "
+                                           r"ground_truth: attribution: .* NaN"):
+        score_maps([("gradient", bad)], _image(gt, dtype=np.uint8))
+    with pytest.raises(MetricsError, match="score must be one of"):
+        score_maps([("gradient", bad)], _image(gt, dtype=np.uint8), score="neg")

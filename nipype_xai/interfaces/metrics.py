@@ -1,7 +1,7 @@
 """Nipype interfaces around the scoring cores (:mod:`nipype_xai.metrics`).
 
 - ``GroundTruthOverlap``: a subject's attribution maps + ground-truth mask -> one TSV row per map
-  (:func:`nipype_xai.metrics.overlap_metrics_report`).
+  (:func:`nipype_xai.metrics.scoring.score_maps`).
 - ``GroupOverlapTable``: every subject's overlap TSV -> one table (the group
   ``desc-overlap_metrics.tsv``).
 - ``MethodRanking``: that table -> mean, SD, bootstrap CI and rank of every method for every metric
@@ -13,10 +13,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-import nibabel as nib
-import numpy as np
 import pandas as pd
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
@@ -30,7 +26,8 @@ from nipype.utils.filemanip import fname_presuffix
 
 from ..bids import method_to_desc
 from ..images import load_volume, save_image
-from ..metrics import AFFINE_ATOL_MM, SCORES, MetricsError, overlap_metrics_report
+from ..metrics.overlap import SCORES, MetricsError
+from ..metrics.scoring import score_maps
 from ..tables import read_tsv, write_tsv
 
 __all__ = ["GroundTruthOverlap", "GroupMeanMaps", "GroupOverlapTable", "MethodRanking"]
@@ -41,16 +38,11 @@ __all__ = ["GroundTruthOverlap", "GroupMeanMaps", "GroupOverlapTable", "MethodRa
 ID_COLUMNS = ("participant_id", "session_id", "method")
 
 
-def _is_binary(img: nib.spatialimages.SpatialImage) -> bool:
-    """Whether an image holds only the values 0 and 1 (a mask, whatever its data type)."""
-    data = np.asarray(img.dataobj)
-    return bool(np.isin(data, (0, 1)).all())
-
-
-def _same_grid(a: nib.spatialimages.SpatialImage, b: nib.spatialimages.SpatialImage) -> bool:
-    return a.shape[:3] == b.shape[:3] and np.allclose(
-        a.affine, b.affine, rtol=0.0, atol=AFFINE_ATOL_MM
-    )
+def _method_maps(maps: list[str], methods: list[str]) -> list[tuple[str, str]]:
+    """``(method, map)`` pairs of the ``methods`` and ``in_maps`` inputs, which must pair up."""
+    if len(maps) != len(methods):
+        raise MetricsError(f"{len(maps)} maps but {len(methods)} method names")
+    return list(zip(methods, maps))
 
 
 class _GroundTruthOverlapInputSpec(BaseInterfaceInputSpec):
@@ -80,25 +72,24 @@ class _GroundTruthOverlapOutputSpec(TraitedSpec):
 class GroundTruthOverlap(SimpleInterface):
     """Score attribution maps against a ground-truth mask (SPEC §3 metrics, one TSV row per map).
 
-    Columns: ``participant_id`` (``sub-<label>``; and ``session_id``), ``method``, ``score``, the
-    metrics of
-    :func:`~nipype_xai.metrics.overlap_metrics` (``precision_at_k``, ``relevance_mass_accuracy``,
-    ``pointing_game``, ``auroc``, ``average_precision``, ``dice_at_k``, ``emd``, ``emd_score``),
-    then ``emd_method`` (exact, or the coarsening used), ``n_gt_voxels`` (= k),
-    ``n_brain_voxels`` and ``resampled`` (see below). Undefined values are ``n/a``.
+    Loads the maps (one at a time), the ground truth and the brain mask, scores them with
+    :func:`nipype_xai.metrics.scoring.score_maps` and writes its rows, after the subject's
+    identifiers. The ground truth defines the grid: a map on another grid is resampled onto it
+    (linearly, or by nearest neighbour when it holds only 0 and 1), as the brain mask is; give
+    maps on the ground truth's grid to avoid any interpolation.
 
-    The ground truth and the brain mask are read as masks: nonzero voxels are inside. The ground
-    truth defines the grid the metrics are computed on: a map on another grid is resampled onto
-    it before scoring, with linear interpolation, or with nearest neighbour when the map holds
-    only 0 and 1 (a mask given as a map, e.g. an oracle or a thresholded map: interpolating it
-    would invent values no map had), as the brain mask is; the row says which in ``resampled``.
-    Give maps on the ground truth's grid to avoid any interpolation.
+    Columns: ``participant_id`` (``sub-<label>``; and ``session_id``), ``method``, ``score``, the
+    metrics of :func:`~nipype_xai.metrics.overlap_metrics` (``precision_at_k``,
+    ``relevance_mass_accuracy``, ``pointing_game``, ``auroc``, ``average_precision``,
+    ``dice_at_k``, ``emd``, ``emd_score``), then ``emd_method`` (exact, or the coarsening used),
+    ``n_gt_voxels`` (= k), ``n_brain_voxels`` and ``resampled`` (``no``, or how the map was
+    resampled). Undefined values are ``n/a``.
 
     Raises
     ------
     nipype_xai.metrics.MetricsError
-        The ground truth is empty (in the brain mask), or ``methods`` does not match ``in_maps``.
-        The message names the ground-truth file.
+        The ground truth is empty (in the brain mask), a map cannot be scored, or ``methods``
+        does not match ``in_maps``. The message names the ground-truth file (and the map's).
     nipype_xai.images.ImageError
         A map or mask cannot be read, is not 3D or holds NaN/Inf; the message names the file.
     """
@@ -107,67 +98,26 @@ class GroundTruthOverlap(SimpleInterface):
     output_spec = _GroundTruthOverlapOutputSpec
 
     def _run_interface(self, runtime):
-        from nilearn.image import resample_to_img
-
         inputs = self.inputs
-        maps, methods = list(inputs.in_maps), list(inputs.methods)
-        if len(maps) != len(methods):
-            raise MetricsError(f"{len(maps)} maps but {len(methods)} method names")
-        gt_path = Path(inputs.ground_truth)
-        gt_img = load_volume(gt_path)
-        gt = np.asarray(gt_img.dataobj) != 0
-        if not gt.any():
-            raise MetricsError(
-                f"{gt_path.name}: the ground-truth mask is empty (no nonzero voxel); no overlap "
-                "metric is defined without a target"
-            )
+        pairs = _method_maps(inputs.in_maps, inputs.methods)
+        ids: dict[str, str] = {}
+        if isdefined(inputs.subject):
+            ids["participant_id"] = f"sub-{inputs.subject}"
+        if isdefined(inputs.session):
+            ids["session_id"] = f"ses-{inputs.session}"
 
-        brain = None
-        if isdefined(inputs.brain_mask):
-            mask_img = load_volume(inputs.brain_mask)
-            if not _same_grid(mask_img, gt_img):
-                mask_img = resample_to_img(mask_img, gt_img, interpolation="nearest",
-                                           force_resample=True, copy_header=True)
-            brain = np.asarray(mask_img.dataobj) != 0
-            if not (gt & brain).any():
-                raise MetricsError(
-                    f"{gt_path.name}: the ground-truth mask lies entirely outside the brain mask "
-                    f"{Path(inputs.brain_mask).name}"
-                )
-
-        rows = []
-        for map_path, method in zip(maps, methods):
-            map_img = load_volume(map_path)
-            resampled = None
-            if not _same_grid(map_img, gt_img):
-                resampled = "nearest" if _is_binary(map_img) else "linear"
-                map_img = resample_to_img(map_img, gt_img, interpolation=resampled,
-                                          force_resample=True, copy_header=True)
-            try:
-                scores, notes = overlap_metrics_report(
-                    np.asarray(map_img.dataobj, dtype=np.float32), gt, brain, inputs.score,
-                    affine=gt_img.affine,
-                )
-            except MetricsError as error:
-                raise MetricsError(f"{Path(map_path).name} vs {gt_path.name}: {error}") from error
-            row: dict[str, Any] = {}
-            if isdefined(inputs.subject):
-                row["participant_id"] = f"sub-{inputs.subject}"
-            if isdefined(inputs.session):
-                row["session_id"] = f"ses-{inputs.session}"
-            row.update(method=method, score=inputs.score, **scores)
-            row.update(
-                emd_method=notes.get("emd_method"),
-                n_gt_voxels=notes.get("n_gt_voxels"),
-                n_brain_voxels=notes.get("n_brain_voxels"),
-                resampled=f"{resampled} onto the ground-truth grid" if resampled else "no",
-            )
-            rows.append(row)
+        rows = score_maps(
+            # A generator: the core reads one map at a time.
+            ((method, load_volume(path)) for method, path in pairs),
+            load_volume(inputs.ground_truth),
+            load_volume(inputs.brain_mask) if isdefined(inputs.brain_mask) else None,
+            inputs.score,
+        )
 
         out_tsv = Path(fname_presuffix(
-            str(gt_path), suffix="_overlap_metrics.tsv", newpath=runtime.cwd, use_ext=False
+            inputs.ground_truth, suffix="_overlap_metrics.tsv", newpath=runtime.cwd, use_ext=False
         ))
-        write_tsv(pd.DataFrame(rows), out_tsv)
+        write_tsv(pd.DataFrame([{**ids, **row} for row in rows]), out_tsv)
         self._results["out_tsv"] = str(out_tsv)
         return runtime
 
@@ -269,14 +219,15 @@ class GroupMeanMaps(SimpleInterface):
     def _run_interface(self, runtime):
         from ..metrics.group import group_mean_maps
 
-        if len(self.inputs.in_maps) != len(self.inputs.methods):
-            raise ValueError(f"{len(self.inputs.in_maps)} maps but {len(self.inputs.methods)} "
-                             "method names")
         by_method: dict[str, list[str]] = {}
-        for path, method in zip(self.inputs.in_maps, self.inputs.methods):
+        for method, path in _method_maps(self.inputs.in_maps, self.inputs.methods):
             by_method.setdefault(method, []).append(path)
+        # Generators: the core reads one map at a time, however many subjects there are.
+        group = group_mean_maps({
+            method: (load_volume(path) for path in paths) for method, paths in by_method.items()
+        })
         means, sds = [], []
-        for method, (mean, sd) in group_mean_maps(by_method).items():
+        for method, (mean, sd) in group.items():
             stem = method_to_desc(method)
             means.append(str(save_image(mean, Path(runtime.cwd, f"{stem}_mean.nii.gz"))))
             sds.append(str(save_image(sd, Path(runtime.cwd, f"{stem}_sd.nii.gz"))))

@@ -1,6 +1,6 @@
 """Group statistics over subjects: bootstrap confidence intervals, method rankings, mean maps.
 
-Pure pandas/numpy/nibabel: no Nipype, no files written. ``init_group_wf`` and the group report call
+Pure pandas/numpy/nibabel: no Nipype, no files read or written. ``init_group_wf`` and the group report call
 these three functions; the ranking plot reads the table :func:`summarize_methods` returns.
 
 The bootstrap
@@ -23,14 +23,15 @@ only NaN positions is discarded.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
-from typing import Optional, Union
+from typing import NamedTuple, Optional, Union
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
+
+from .inputs import AFFINE_ATOL_MM, _image_name
+from .overlap import OVERLAP_METRICS
 
 __all__ = [
     "LOWER_IS_BETTER",
@@ -52,13 +53,7 @@ SUMMARY_COLUMNS: tuple[str, ...] = ("metric", "mean", "sd", "ci_low", "ci_high",
 _UNIT_COLUMNS = ("participant_id", "session_id", "subject", "session")
 _SUBJECT_COLUMNS = ("participant_id", "subject")
 
-# The order of ground-truth overlap metrics in nipype_xai.metrics.overlap; others follow.
-_METRIC_ORDER = (
-    "precision_at_k", "relevance_mass_accuracy", "pointing_game", "auroc", "average_precision",
-    "dice_at_k", "emd", "emd_score", "roi_rank", "roi_top1", "roi_top3",
-)
-
-ImageLike = Union[str, os.PathLike, nib.spatialimages.SpatialImage]
+Image = nib.spatialimages.SpatialImage
 
 
 # --------------------------------------------------------------------------------------------
@@ -170,7 +165,8 @@ def _default_metrics(table: pd.DataFrame, exclude: Iterable[str]) -> list[str]:
         and pd.api.types.is_numeric_dtype(table[column])
         and not pd.api.types.is_bool_dtype(table[column])
     ]
-    known = [name for name in _METRIC_ORDER if name in numeric]
+    # The ground-truth overlap metrics in their usual order; others follow.
+    known = [name for name in OVERLAP_METRICS if name in numeric]
     return known + [name for name in numeric if name not in known]
 
 
@@ -292,19 +288,38 @@ def summarize_methods(
 # Group mean maps
 # --------------------------------------------------------------------------------------------
 
-# Same tolerance as the overlap metrics: grids that agree to a micrometre are the same grid.
-_AFFINE_ATOL_MM = 1e-3
+
+class _RunningMoments:
+    """Voxel-wise mean and sum of squared deviations, updated one volume at a time.
+
+    Welford's algorithm (Welford 1962; Knuth, TAOCP vol. 2, 4.2.2): numerically stable, and one
+    volume plus two float64 accumulators in memory however many subjects there are.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.mean: Optional[np.ndarray] = None
+        self.m2: Optional[np.ndarray] = None
+
+    def add(self, volume: np.ndarray) -> None:
+        self.count += 1
+        if self.mean is None:
+            self.mean = np.array(volume, dtype=np.float64)
+            self.m2 = np.zeros_like(self.mean)
+            return
+        delta = volume - self.mean
+        self.mean += delta / self.count
+        self.m2 += delta * (volume - self.mean)
+
+    def sd(self) -> np.ndarray:
+        """Sample SD (ddof=1); zero with a single volume."""
+        if self.count < 2:
+            return np.zeros_like(self.mean)
+        return np.sqrt(self.m2 / (self.count - 1))
 
 
-def _load(item: ImageLike, label: str) -> tuple[np.ndarray, np.ndarray, nib.spatialimages.SpatialImage]:
-    if isinstance(item, (str, os.PathLike)):
-        from ..images import load_volume  # checks 3D, readable, finite; names the file
-
-        image = load_volume(item)
-        name = Path(item).name
-    else:
-        image = item
-        name = label
+def _volume(image: Image, name: str) -> np.ndarray:
+    """The image's data as a finite 3D float64 array (a 4D image of one volume is squeezed)."""
     data = np.asarray(image.dataobj, dtype=np.float64)
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
@@ -312,85 +327,87 @@ def _load(item: ImageLike, label: str) -> tuple[np.ndarray, np.ndarray, nib.spat
         raise ValueError(f"{name}: expected a 3D image, got shape {data.shape}")
     if not np.isfinite(data).all():
         raise ValueError(f"{name}: contains NaN or Inf voxels")
-    return data, np.asarray(image.affine, dtype=np.float64), image
+    return data
 
 
-def _name(item: ImageLike, label: str) -> str:
-    return Path(item).name if isinstance(item, (str, os.PathLike)) else label
+class _Grid(NamedTuple):
+    """The grid of the first map, which every other map must share, and what is kept of it."""
+
+    name: str
+    shape: tuple[int, ...]
+    affine: np.ndarray
+    header: Optional[nib.Nifti1Header]  # a NIfTI-1 input's header, kept for the outputs
+
+
+def _check_grid(name: str, shape: tuple[int, ...], affine: np.ndarray, grid: _Grid) -> None:
+    if shape != grid.shape:
+        raise ValueError(
+            f"{name}: shape {shape} does not match {grid.name}'s {grid.shape}; "
+            "group maps must all be on one grid"
+        )
+    if not np.allclose(affine, grid.affine, rtol=0.0, atol=AFFINE_ATOL_MM):
+        raise ValueError(
+            f"{name}: affine does not match {grid.name}'s; group maps must all be on one "
+            f"grid\n{np.array2string(affine, precision=3)}\nvs\n"
+            f"{np.array2string(grid.affine, precision=3)}"
+        )
 
 
 def group_mean_maps(
-    maps: Mapping[str, Sequence[ImageLike]],
+    maps: Mapping[str, Iterable[Image]],
 ) -> dict[str, tuple[nib.Nifti1Image, nib.Nifti1Image]]:
     """Voxel-wise mean and SD over subjects of each method's maps.
 
     Parameters
     ----------
     maps
-        Method name -> one 3D map per subject (paths or nibabel images), all on one grid (the
-        template grid: same shape and affine, within 1e-3 mm, for every map of every method).
-        Maps are averaged as they are (signed, raw): take ``abs`` before if that is the question.
+        Method name -> one 3D map per subject (nibabel images), all on one grid (the template
+        grid: same shape and affine, within :data:`~nipype_xai.metrics.overlap.AFFINE_ATOL_MM`
+        mm, for every map of every method). An iterator of images is read one image at a time
+        (e.g. a generator that loads each file), so memory does not grow with the number of
+        subjects. Maps are averaged as they are (signed, raw): take ``abs`` before if that is the
+        question.
 
     Returns
     -------
     dict
-        Method name -> ``(mean, sd)`` float32 ``Nifti1Image`` on that grid. The SD is the sample
-        SD (ddof=1); with a single subject it is zero everywhere (a NIfTI of NaN would fail every
-        downstream input check). Computed in one pass (Welford), so memory does not grow with the
-        number of subjects.
+        Method name -> ``(mean, sd)`` float32 ``Nifti1Image`` on that grid, with the first map's
+        header. The SD is the sample SD (ddof=1); with a single subject it is zero everywhere (a
+        NIfTI of NaN would fail every downstream input check). Both come from one streaming pass
+        with float64 accumulators (Welford).
 
     Raises
     ------
     ValueError
-        A method without maps, an unreadable, non-3D or non-finite map, or a map whose shape or
-        affine differs from the first map's; the message names the file (or ``method[i]`` for an
-        in-memory image).
+        A method without maps, a non-3D or non-finite map, or a map whose shape or affine
+        differs from the first map's; the message names the file of an image read from a file
+        (``get_filename()``, as :func:`nipype_xai.images.load_volume` keeps it), else
+        ``method[i]``.
     """
-    reference: Optional[tuple[str, tuple[int, ...], np.ndarray, nib.spatialimages.SpatialImage]] = None
+    grid: Optional[_Grid] = None
     out: dict[str, tuple[nib.Nifti1Image, nib.Nifti1Image]] = {}
-    for method, items in maps.items():
-        items = list(items)
-        if not items:
+    for method, images in maps.items():
+        moments = _RunningMoments()
+        for index, image in enumerate(images):
+            name = _image_name(image, f"{method}[{index}]")
+            data = _volume(image, name)
+            affine = np.asarray(image.affine, dtype=np.float64)
+            if grid is None:
+                header = image.header.copy() if type(image) is nib.Nifti1Image else None
+                grid = _Grid(name, data.shape, affine, header)
+            _check_grid(name, data.shape, affine, grid)
+            moments.add(data)
+        if moments.count == 0:
             raise ValueError(f"{method}: no maps to average")
-        mean = m2 = None
-        for count, item in enumerate(items, start=1):
-            label = f"{method}[{count - 1}]"
-            data, affine, image = _load(item, label)
-            name = _name(item, label)
-            if reference is None:
-                reference = (name, data.shape, affine, image)
-            ref_name, ref_shape, ref_affine, _ = reference
-            if data.shape != ref_shape:
-                raise ValueError(
-                    f"{name}: shape {data.shape} does not match {ref_name}'s {ref_shape}; "
-                    "group maps must all be on one grid"
-                )
-            if not np.allclose(affine, ref_affine, rtol=0.0, atol=_AFFINE_ATOL_MM):
-                raise ValueError(
-                    f"{name}: affine does not match {ref_name}'s; group maps must all be on one "
-                    f"grid\n{np.array2string(affine, precision=3)}\nvs\n"
-                    f"{np.array2string(ref_affine, precision=3)}"
-                )
-            # Welford's update: numerically stable, one volume in memory at a time.
-            if mean is None:
-                mean = data.copy()
-                m2 = np.zeros_like(data)
-            else:
-                delta = data - mean
-                mean += delta / count
-                m2 += delta * (data - mean)
-        sd = np.sqrt(m2 / (count - 1)) if count > 1 else np.zeros_like(mean)
-        out[method] = (_as_nifti(mean, reference), _as_nifti(sd, reference))
+        out[method] = (_as_nifti(moments.mean, grid), _as_nifti(moments.sd(), grid))
     return out
 
 
-def _as_nifti(data: np.ndarray, reference: tuple) -> nib.Nifti1Image:
-    _, _, affine, image = reference
-    header = image.header.copy() if type(image) is nib.Nifti1Image else None
-    out = nib.Nifti1Image(data.astype(np.float32), affine, header=header)
+def _as_nifti(data: np.ndarray, grid: _Grid) -> nib.Nifti1Image:
+    out = nib.Nifti1Image(data.astype(np.float32), grid.affine, header=grid.header)
     out.set_data_dtype(np.float32)
     out.header.set_slope_inter(1.0, 0.0)
-    if header is None:
-        out.set_sform(affine, code=1)
-        out.set_qform(affine, code=1)
+    if grid.header is None:
+        out.set_sform(grid.affine, code=1)
+        out.set_qform(grid.affine, code=1)
     return out
