@@ -2,8 +2,12 @@
 
 >>> from nipype_xai.attribution import attribute, available_methods
 >>> maps = attribute(model, x, "smoothgrad", target=None, seed=0)   # doctest: +SKIP
+
+The model-free baselines a method must beat (sobel, laplace, random) are in the same registry,
+with kind ``"baseline"``: :func:`available_baselines`, :func:`is_baseline`.
 """
 
+from .baselines import available_baselines, is_baseline
 from .engine import (
     METHOD_NAMES,
     attribute,
@@ -19,7 +23,9 @@ __all__ = [
     "TargetError",
     "attribute",
     "attribute_many",
+    "available_baselines",
     "available_methods",
+    "is_baseline",
     "method_defaults",
     "resolve_params",
 ]

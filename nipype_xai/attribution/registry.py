@@ -1,8 +1,12 @@
-"""The method registry: one entry per attribution method, its defaults stated once.
+"""The method registry: one entry per attribution method or baseline, its defaults stated once.
 
 Like zennit's composite registry, a name maps to an implementation. Methods that share forward /
 backward passes belong to a *family*; the family function computes any subset of its members
 from one set of passes, which is how :func:`nipype_xai.attribution.attribute_many` saves work.
+
+Each entry has a *kind*: ``"method"`` (an attribution method, ``fn(model, x, target, **params)``)
+or ``"baseline"`` (a model-free map a method must beat, ``fn(x, **params)``; SPEC §3). Every
+list of methods or baselines in the package is read from here.
 
 This module imports no implementation (no cycle): the implementation modules import it and
 register themselves, and :mod:`nipype_xai.attribution.engine` imports them.
@@ -21,13 +25,20 @@ import torch
 MethodFunction = Callable[..., torch.Tensor]
 #: ``fn(model, x, target, names, **params) -> dict[name, Tensor]`` for a family of methods.
 FamilyFunction = Callable[..., "dict[str, torch.Tensor]"]
+#: ``fn(x, **params) -> Tensor``: a baseline map of the input alone, the shape of ``x``.
+BaselineFunction = Callable[..., torch.Tensor]
+
+#: The kinds of registry entry.
+KINDS: tuple[str, ...] = ("method", "baseline")
+_LABELS = {"method": "attribution method", "baseline": "baseline"}
 
 
 @dataclass(frozen=True)
 class Method:
-    """An attribution method as the registry knows it.
+    """An attribution method (or a baseline, ``kind="baseline"``) as the registry knows it.
 
-    ``row`` is the method's row in the SPEC §3 table: the order every list of methods follows.
+    ``row`` is the method's row in the SPEC §3 table: the order every list of methods follows
+    (baselines are numbered among themselves, in the order SPEC §3 lists them).
     ``defaults`` are read from the implementing function's signature (its keyword-only
     parameters), so each default is stated once, where the function is.
     """
@@ -40,6 +51,7 @@ class Method:
     stochastic: bool = False
     family: Optional[str] = None
     function: Optional[MethodFunction] = field(default=None, repr=False)
+    kind: str = "method"
 
 
 _METHODS: dict[str, Method] = {}
@@ -87,6 +99,26 @@ def register_method(
     return decorator
 
 
+def register_baseline(
+    name: str,
+    *,
+    row: int,
+    description: str,
+    reference: str,
+) -> Callable[[BaselineFunction], BaselineFunction]:
+    """Register the model-free baseline ``fn(x, *, **params) -> Tensor`` under ``name``.
+
+    Its keyword-only parameters and their defaults are the baseline's parameters, as for a method.
+    """
+
+    def decorator(fn: BaselineFunction) -> BaselineFunction:
+        _add(Method(name, row, signature_defaults(fn), description, reference, function=fn,
+                    kind="baseline"))
+        return fn
+
+    return decorator
+
+
 def register_family(
     family: str,
     members: Mapping[str, Mapping[str, Any]],
@@ -116,28 +148,33 @@ def register_family(
 
 
 def _add(method: Method) -> None:
+    if method.kind not in KINDS:
+        raise ValueError(f"{method.name!r}: kind {method.kind!r} is not one of {KINDS}")
     if method.name in _METHODS:
-        raise ValueError(f"attribution method {method.name!r} registered twice")
-    for other in _METHODS.values():
+        raise ValueError(f"{_LABELS[method.kind]} {method.name!r} registered twice")
+    for other in registered_methods(method.kind):
         if other.row == method.row:
-            raise ValueError(f"attribution methods {other.name!r} and {method.name!r} share "
+            raise ValueError(f"{_LABELS[method.kind]}s {other.name!r} and {method.name!r} share "
                              f"row {method.row}")
     _METHODS[method.name] = method
 
 
-def get_method(name: str) -> Method:
-    """Return the registry entry of ``name`` or raise a ``ValueError`` listing the known names."""
-    try:
-        return _METHODS[name]
-    except KeyError:
-        known = ", ".join(sorted(_METHODS))
-        raise ValueError(f"unknown attribution method {name!r}; available: {known}") from None
+def get_method(name: str, kind: str = "method") -> Method:
+    """Return the registry entry of ``name``, of ``kind``, or raise a ``ValueError`` listing the
+    known names of that kind."""
+    method = _METHODS.get(name)
+    if method is None or method.kind != kind:
+        known = ", ".join(sorted(m.name for m in registered_methods(kind)))
+        raise ValueError(f"unknown {_LABELS[kind]} {name!r}; available: {known}")
+    return method
 
 
 def get_family(family: str) -> FamilyFunction:
     return _FAMILIES[family]
 
 
-def registered_methods() -> Sequence[Method]:
-    """Every registered method, in the SPEC §3 order (``row``)."""
-    return tuple(sorted(_METHODS.values(), key=lambda method: method.row))
+def registered_methods(kind: str = "method") -> Sequence[Method]:
+    """Every registered entry of ``kind`` (attribution methods by default), in the SPEC §3 order
+    (``row``)."""
+    return tuple(sorted((m for m in _METHODS.values() if m.kind == kind),
+                        key=lambda method: method.row))

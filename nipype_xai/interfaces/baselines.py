@@ -19,6 +19,8 @@ from nipype.interfaces.base import (
 )
 from nipype.utils.filemanip import fname_presuffix
 
+from ..attribution.baselines import available_baselines
+from ..attribution.registry import get_method, registered_methods
 from ..bids import method_to_desc, write_json
 from ..images import load_volume, save_image
 from ..models.preprocessing import from_model_grid, to_model_grid
@@ -27,12 +29,9 @@ from .model import external_weights_input, trust_model_code_input
 
 __all__ = ["BASELINE_DESCRIPTIONS", "BaselineMaps"]
 
-#: What each baseline is, for its sidecar.
-BASELINE_DESCRIPTIONS = {
-    "sobel": "3D Sobel gradient magnitude of the model input (an edge map that ignores the model)",
-    "laplace": "discrete Laplacian of the model input (an edge map that ignores the model)",
-    "random": "standard normal noise (the chance level of every metric)",
-}
+#: What each baseline is, for its sidecar (the registry's descriptions, in its order).
+BASELINE_DESCRIPTIONS = {baseline.name: baseline.description
+                         for baseline in registered_methods("baseline")}
 
 
 class _BaselineMapsInputSpec(BaseInterfaceInputSpec):
@@ -42,8 +41,8 @@ class _BaselineMapsInputSpec(BaseInterfaceInputSpec):
     model_spec = File(exists=True, mandatory=True,
                       desc="model spec JSON: its grid and normalisation define the model input")
     baselines = traits.List(
-        traits.Enum(*BASELINE_DESCRIPTIONS), mandatory=True, minlen=1,
-        desc="baselines to compute: sobel, laplace, random",
+        traits.Enum(*available_baselines()), mandatory=True, minlen=1,
+        desc=f"baselines to compute: {', '.join(available_baselines())}",
     )
     seed = traits.Int(0, usedefault=True, desc="seed of the random baseline")
     # The model is never imported here, so trust_model_code has no effect; it is an input so that
@@ -61,25 +60,25 @@ class BaselineMaps(SimpleInterface):
     """Baseline maps of one image, computed on the model's input as the methods see it.
 
     The image is resampled to the model grid and normalised as the spec says (the very tensor the
-    attribution methods explain), each baseline of :mod:`nipype_xai.metrics.baselines` runs on it,
-    and the maps are put back on ``in_file``'s grid. The model itself is not loaded: only its spec's
-    grid and normalisation are used.
+    attribution methods explain), each registered baseline asked for
+    (:mod:`nipype_xai.attribution.baselines`) runs on it, and the maps are put back on ``in_file``'s
+    grid. The model itself is not loaded: only its spec's grid and normalisation are used.
     """
 
     input_spec = _BaselineMapsInputSpec
     output_spec = _BaselineMapsOutputSpec
 
     def _run_interface(self, runtime):
-        from ..metrics.baselines import BASELINES
-
         img = load_volume(self.inputs.in_file)
         spec = load_model_spec(self.inputs.model_spec,
                                external_weights=self.inputs.external_weights)
         x, grid = to_model_grid(img, spec)
         out_files, out_sidecars = [], []
         for name in dict.fromkeys(self.inputs.baselines):
-            params: dict[str, Any] = {"seed": int(self.inputs.seed)} if name == "random" else {}
-            tensor = BASELINES[name](x, **params)
+            baseline = get_method(name, kind="baseline")
+            params: dict[str, Any] = ({"seed": int(self.inputs.seed)}
+                                      if "seed" in baseline.defaults else {})
+            tensor = baseline.function(x, **params)
             # Channels are copies of one volume: sum them, as explain_image does for the methods.
             map_img = from_model_grid(tensor[0].sum(dim=0), grid, img)
             out_file = Path(fname_presuffix(
@@ -91,7 +90,7 @@ class BaselineMaps(SimpleInterface):
             write_json(sidecar, {
                 "Method": name,
                 "Baseline": True,
-                "Description": BASELINE_DESCRIPTIONS[name],
+                "Description": baseline.description,
                 "Parameters": params,
                 "ModelSpec": spec.name,
                 "Space": spec.input.space,

@@ -1,114 +1,20 @@
-"""Baselines an attribution method must beat (SPEC §3).
+"""Model randomisation (Adebayo et al. 2018, *Sanity Checks for Saliency Maps*, NeurIPS): a copy
+of the model whose weights were re-initialised, for the sanity checks and the
+``random_model_<method>`` baselines. Any method run on it shows what the method produces when the
+model has learned nothing.
 
-Two kinds, following Adebayo et al. 2018, *Sanity Checks for Saliency Maps* (NeurIPS):
-
-* maps that ignore the model: ``sobel`` and ``laplace`` edge filters of the input, and ``random``
-  noise. They share the signature of an attribution map (a (B, C, X, Y, Z) tensor in, the same
-  shape out), so they go through the metrics exactly like a method;
-* a model whose weights were re-initialised (:func:`randomize_model`): any method run on it shows
-  what the method produces when the model has learned nothing.
+The model-free baselines (``sobel``, ``laplace``, ``random``) are maps, not metrics: they are
+registered in the attribution registry, :mod:`nipype_xai.attribution.baselines`.
 """
 
 from __future__ import annotations
 
 import copy
 import zlib
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
-import numpy as np
 import torch
-from scipy import ndimage
 from torch import nn
-
-# The 3D Sobel kernel is a central difference [-1, 0, 1] times the smoothing [1, 2, 1] along each
-# other axis, so a unit-slope ramp gives 2 * 4 * 4: dividing by it makes the map a gradient
-# magnitude in intensity units per voxel.
-_SOBEL_GAIN = 32.0
-
-
-def _check_batch(x: torch.Tensor) -> None:
-    if not isinstance(x, torch.Tensor) or x.ndim != 5:
-        shape = tuple(x.shape) if hasattr(x, "shape") else type(x).__name__
-        raise ValueError(f"expected a (B, C, X, Y, Z) tensor, got {shape}")
-
-
-def _per_volume(x: torch.Tensor, filter_volume: Callable[[np.ndarray], np.ndarray]) -> torch.Tensor:
-    """Apply a numpy filter to every (X, Y, Z) volume of ``x``; result on x's device and dtype."""
-    _check_batch(x)
-    volumes = x.detach().to("cpu", torch.float64).numpy()
-    out = np.empty_like(volumes)
-    for b in range(volumes.shape[0]):
-        for c in range(volumes.shape[1]):
-            out[b, c] = filter_volume(volumes[b, c])
-    return torch.from_numpy(out).to(device=x.device, dtype=x.dtype)
-
-
-def sobel(x: torch.Tensor) -> torch.Tensor:
-    """3D Sobel gradient magnitude of the input: an edge map that knows nothing of the model.
-
-    Parameters
-    ----------
-    x
-        Input batch (B, C, X, Y, Z).
-
-    Returns
-    -------
-    torch.Tensor
-        ``sqrt(sum_axis sobel_axis(x)^2) / 32`` per volume (scipy.ndimage.sobel, edges reflected),
-        same shape, dtype and device as ``x``. The 1/32 makes a ramp of slope g map to g.
-    """
-
-    def magnitude(volume: np.ndarray) -> np.ndarray:
-        squared = sum(ndimage.sobel(volume, axis=axis) ** 2 for axis in range(3))
-        return np.sqrt(squared) / _SOBEL_GAIN
-
-    return _per_volume(x, magnitude)
-
-
-def laplace(x: torch.Tensor) -> torch.Tensor:
-    """Discrete Laplacian of the input (scipy.ndimage.laplace, edges reflected), signed.
-
-    Parameters
-    ----------
-    x
-        Input batch (B, C, X, Y, Z).
-
-    Returns
-    -------
-    torch.Tensor
-        Sum of the second differences along the three axes, same shape, dtype and device as ``x``.
-    """
-    return _per_volume(x, ndimage.laplace)
-
-
-def random(x: torch.Tensor, seed: int = 0) -> torch.Tensor:
-    """Standard normal noise of the shape of ``x``: the chance level of every metric.
-
-    Parameters
-    ----------
-    x
-        Input batch (B, C, X, Y, Z); only its shape, dtype and device are used.
-    seed
-        Seed of a private CPU generator: the same seed gives the same map on every device, and the
-        global torch RNG is left untouched.
-
-    Returns
-    -------
-    torch.Tensor
-        Noise, same shape, dtype and device as ``x``.
-    """
-    _check_batch(x)
-    generator = torch.Generator().manual_seed(int(seed))
-    noise = torch.randn(tuple(x.shape), generator=generator, dtype=torch.float64)
-    return noise.to(device=x.device, dtype=x.dtype)
-
-
-#: The model-free baselines by name, each ``fn(x, **params) -> map``.
-BASELINES: dict[str, Callable[..., torch.Tensor]] = {
-    "sobel": sobel,
-    "laplace": laplace,
-    "random": random,
-}
 
 
 def parameter_layers(model: nn.Module) -> list[str]:

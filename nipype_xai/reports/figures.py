@@ -31,6 +31,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ..atomic import atomic_write
+from ..attribution.baselines import available_baselines, is_baseline
 from ..metrics.group import LOWER_IS_BETTER, SUMMARY_COLUMNS
 
 __all__ = [
@@ -52,8 +53,9 @@ ImageLike = Union[str, os.PathLike, nib.spatialimages.SpatialImage]
 SCALE_PERCENTILE = 99.0
 #: Default display threshold, on the scaled ``|map|`` (0.1 = a tenth of the 99th percentile).
 DEFAULT_THRESHOLD = 0.1
-#: Baseline method names (SPEC §3); any method whose name contains ``random_model`` is one too.
-BASELINES: frozenset[str] = frozenset({"sobel", "laplace", "random"})
+#: The model-free baselines' names (the attribution registry's, SPEC §3); see :func:`is_baseline`
+#: for the maps of a weight-randomised model.
+BASELINES: frozenset[str] = frozenset(available_baselines())
 
 _DPI = 100
 _ROW_HEIGHT_IN = 2.3
@@ -65,11 +67,6 @@ _CMAP = "hot"
 _GT_COLOR = "cyan"
 _METHOD_COLOR = "#1f77b4"
 _BASELINE_COLOR = "#9a9a9a"
-
-
-def is_baseline(method: str) -> bool:
-    """True for the baselines of SPEC §3: ``sobel``, ``laplace``, ``random``, ``*random_model*``."""
-    return method in BASELINES or "random_model" in method
 
 
 # --------------------------------------------------------------------------------------------
