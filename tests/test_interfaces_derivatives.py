@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+from nipype_xai.attribution.baselines import sobel
 from nipype_xai.bids import read_dataset_links
 from nipype_xai.interfaces import (
     BaselineMaps,
@@ -24,7 +25,7 @@ from nipype_xai.interfaces import (
     ReportsSink,
 )
 from nipype_xai.interfaces.bids import SOURCE_FILE
-from nipype_xai.metrics import MetricsError, overlap_metrics, sobel
+from nipype_xai.metrics import MetricsError, overlap_metrics
 from nipype_xai.models import TinyCNN3D, load_model_spec, to_model_grid
 
 AFFINE = np.array([[4.0, 0, 0, -30], [0, 4, 0, -40], [0, 0, 4, -20], [0, 0, 0, 1]])
