@@ -24,6 +24,7 @@ __all__ = [
     "ImageError",
     "check_affine",
     "check_header_size",
+    "check_not_constant",
     "check_volume",
     "format_bytes",
     "image_like",
@@ -236,6 +237,32 @@ def check_affine(affine: np.ndarray, name: str) -> None:
         sizes = "x".join(f"{z:.4g}" for z in zooms)
         raise ImageError(f"{name}: the affine (voxel to world) is singular (voxel sizes {sizes} "
                          f"mm, determinant {det:.3g}); the header's sform/qform is corrupt")
+
+
+def check_not_constant(image: Union[nib.spatialimages.SpatialImage, np.ndarray], name: str, *,
+                       role: str = "image") -> None:
+    """Refuse an image whose voxels all hold one value: it carries nothing to predict from or to
+    register (an empty T1w, a failed conversion, a mask that lost its brain).
+
+    Parameters
+    ----------
+    image
+        A nibabel image (its stored voxels are read) or its data array.
+    name
+        The file (or a description of the image) for the message.
+    role
+        What the image is, for the message (``"image"``, ``"T1w"``, ``"brain mask"``).
+
+    Raises
+    ------
+    ImageError
+        ``"<name>: the <role> is empty (all voxels 0)"`` or ``"... constant (all voxels <v>)"``.
+    """
+    data = np.asanyarray(image.dataobj if hasattr(image, "dataobj") else image)
+    low, high = float(data.min()), float(data.max())
+    if low == high:
+        fact = "empty (all voxels 0)" if low == 0 else f"constant (all voxels {low:g})"
+        raise ImageError(f"{name}: the {role} is {fact}")
 
 
 def usable_memory_bytes() -> int | None:

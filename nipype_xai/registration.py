@@ -18,6 +18,11 @@ Conventions are ANTs' own, so transforms from fMRIPrep/sMRIPrep
 
 nibabel's affines map voxels to RAS+ millimetres, ITK's images live in LPS+ millimetres; the
 conversion here flips the first two axes and is checked against world coordinates in the tests.
+
+One module, a little over 500 lines, on purpose: the image checks at the boundary, the
+registration and the transform application share one thing that must not drift apart, the
+RAS <-> LPS conversion and ITK's affine limits (:func:`to_ants`), and each part is a few short
+functions around one ANTsPy call.
 """
 
 from __future__ import annotations

@@ -19,7 +19,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from scipy import ndimage
 
 pytest.importorskip("ants")
 
@@ -33,22 +32,10 @@ from nipype_xai.anatomy import (  # noqa: E402
     qc_passed,
     registration_qc,
 )
+from geometry import dice, rotation  # noqa: E402
 from real_data import real_brain_mask, real_t1w  # noqa: E402,F401 - real_t1w is a fixture
 
 deepbet = pytest.importorskip("deepbet")
-
-
-def dice(a, b) -> float:
-    a, b = np.asarray(a) > 0.5, np.asarray(b) > 0.5
-    return float(2 * (a & b).sum() / (a.sum() + b.sum()))
-
-
-def rotation(axis: int, degrees: float) -> np.ndarray:
-    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
-    i, j = [k for k in range(3) if k != axis]
-    out = np.eye(4)
-    out[i, i], out[i, j], out[j, i], out[j, j] = c, -s, s, c
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -324,7 +311,8 @@ def qc_inputs(tmp_path_factory, real_extraction, template):
     crop = np.eye(4)
     crop[2, 3] = middle
     # A head in scanner orientation: turned 15 and 10 degrees, 50 mm away from MNI's origin.
-    pose = rotation(0, 15) @ rotation(2, -10)
+    pose = np.eye(4)
+    pose[:3, :3] = rotation(0, 15) @ rotation(2, -10)
     pose[:3, 3] = [12.0, -25.0, 40.0]
     cases = {
         "good": (brain, brain_mask, affine, True),
@@ -371,7 +359,7 @@ def test_registration_qc_passes_a_good_registration_of_the_real_head(qc_inputs, 
     with tsv.open() as handle:
         rows = list(csv.DictReader(handle, delimiter="\t"))
     assert len(rows) == 1 and list(rows[0]) == ["dice", "ncc", "volume_ratio", "passed", "reasons"]
-    assert rows[0]["passed"] == "True" and rows[0]["reasons"] == "n/a"
+    assert rows[0]["passed"] == "true" and rows[0]["reasons"] == "n/a"
     assert float(rows[0]["dice"]) == pytest.approx(outputs.metrics["dice"], abs=1e-6)
     sidecar = json.loads(Path(outputs.out_json).read_text())
     assert sidecar["dice"]["PassRange"] == f">= {QC_THRESHOLDS['dice'][0]:g}"
@@ -391,7 +379,7 @@ def test_registration_qc_flags_failed_registrations_without_raising(qc_inputs, t
     assert any(reason.startswith("ncc") for reason in outputs.reasons)
     with Path(outputs.out_tsv).open() as handle:
         row = next(csv.DictReader(handle, delimiter="\t"))
-    assert row["passed"] == "False" and "ncc" in row["reasons"]
+    assert row["passed"] == "false" and "ncc" in row["reasons"]
 
 
 def test_check_registration_qc_stops_a_failed_subject_unless_kept(tmp_path):

@@ -364,9 +364,10 @@ def test_unknown_template_is_refused_up_front(tmp_path, capsys, no_run):
 def test_check_template(monkeypatch):
     pytest.importorskip("templateflow")
     import nipype_xai.templates as templates
+    import nipype_xai.templates.lookup as lookup
 
     asked = []
-    monkeypatch.setattr(templates, "_from_user_templateflow",
+    monkeypatch.setattr(lookup, "_from_user_templateflow",
                         lambda template, query: asked.append((template, query)) or (
                             None, "TemplateFlow could not fetch it (no network?)"))
     templates.check_template(templates.FALLBACK_TEMPLATE, resolution=2)  # always deliverable

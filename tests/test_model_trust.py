@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+import nipype_xai.models.build as build_module
 import nipype_xai.models.spec as spec_module
 from nipype_xai.interfaces import Attribution, ModelInference
 from nipype_xai.interfaces.baselines import BaselineMaps
@@ -219,8 +220,9 @@ def shadowed_package(tmp_path, monkeypatch, forget_modules):
     """``shadowpkg_xai`` installed under tmp/site (an absolute sys.path entry, and added to the
     allow-list) and a shadow copy in tmp/cwd whose import leaves a marker."""
     forget_modules.append("shadowpkg_xai")
-    monkeypatch.setattr(spec_module, "TRUSTED_ARCHITECTURE_MODULES",
-                        (*spec_module.TRUSTED_ARCHITECTURE_MODULES, "shadowpkg_xai"))
+    # The allow-list is read where the trust boundary is enforced (models.build).
+    monkeypatch.setattr(build_module, "TRUSTED_ARCHITECTURE_MODULES",
+                        (*build_module.TRUSTED_ARCHITECTURE_MODULES, "shadowpkg_xai"))
     installed = tmp_path / "site" / "shadowpkg_xai"
     installed.mkdir(parents=True)
     (installed / "__init__.py").write_text("")

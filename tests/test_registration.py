@@ -22,6 +22,7 @@ from scipy import ndimage
 
 ants = pytest.importorskip("ants")
 
+from geometry import dice, rotation  # noqa: E402
 from voxel_order import permuted  # noqa: E402
 from nipype_xai.registration import (  # noqa: E402
     RegistrationError,
@@ -35,23 +36,10 @@ from nipype_xai.registration import (  # noqa: E402
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.asarray(a) > 0.5, np.asarray(b) > 0.5
-    return float(2 * (a & b).sum() / (a.sum() + b.sum()))
-
-
 def ncc(a: np.ndarray, b: np.ndarray) -> float:
     """Normalised cross-correlation over the whole grid."""
     a, b = a - a.mean(), b - b.mean()
     return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
-
-
-def rotation(axis: int, degrees: float) -> np.ndarray:
-    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
-    i, j = [k for k in range(3) if k != axis]
-    out = np.eye(3)
-    out[i, i], out[i, j], out[j, i], out[j, j] = c, -s, s, c
-    return out
 
 
 # --- a template and a subject made from it by a known warp ----------------------------------

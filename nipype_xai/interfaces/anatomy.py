@@ -26,7 +26,6 @@ from nipype.interfaces.base import (
     isdefined,
     traits,
 )
-from nipype.utils.filemanip import fname_presuffix
 
 from ..anatomy import (
     QC_THRESHOLDS,
@@ -43,6 +42,7 @@ from ..images import load_volume, save_image
 from ..registration import apply_transforms
 from ..tables import write_tsv
 from .model import resolve_device
+from .registration import nifti_name
 
 __all__ = [
     "BrainExtraction",
@@ -51,14 +51,6 @@ __all__ = [
     "N4BiasFieldCorrection",
     "RegistrationQC",
 ]
-
-
-def _nifti_name(in_file: str, suffix: str, newpath: str) -> str:
-    """``<in_file stem><suffix>.nii.gz`` in ``newpath`` (keeps ``.nii``/``.nii.gz``)."""
-    out = fname_presuffix(in_file, suffix=suffix, newpath=newpath)
-    if not out.endswith((".nii", ".nii.gz")):
-        out = str(Path(out).with_suffix("")) + ".nii.gz"
-    return out
 
 
 def _stem(in_file: str) -> str:
@@ -95,7 +87,7 @@ class N4BiasFieldCorrection(SimpleInterface):
         corrected = n4_bias_correct(load_volume(inputs.in_file), mask=mask,
                                     shrink_factor=inputs.shrink_factor,
                                     iterations=inputs.n_iterations)
-        out_file = _nifti_name(inputs.in_file, "_n4", runtime.cwd)
+        out_file = nifti_name(inputs.in_file, "_n4", runtime.cwd)
         self._results["out_file"] = str(save_image(corrected, out_file))
         return runtime
 
@@ -131,9 +123,9 @@ class BrainExtraction(SimpleInterface):
         result = extract_brain(load_volume(inputs.in_file), device=resolve_device(inputs),
                                threshold=inputs.threshold, n_dilate=inputs.n_dilate)
         self._results["out_brain"] = str(save_image(
-            result.brain, _nifti_name(inputs.in_file, "_brain", runtime.cwd)))
+            result.brain, nifti_name(inputs.in_file, "_brain", runtime.cwd)))
         self._results["out_mask"] = str(save_image(
-            result.mask, _nifti_name(inputs.in_file, "_brainmask", runtime.cwd)))
+            result.mask, nifti_name(inputs.in_file, "_brainmask", runtime.cwd)))
         self._results["volume_cm3"] = result.volume_cm3
         return runtime
 
@@ -155,7 +147,7 @@ class MaskImage(SimpleInterface):
 
     def _run_interface(self, runtime):
         brain = apply_brain_mask(load_volume(self.inputs.in_file), load_volume(self.inputs.mask))
-        out_file = _nifti_name(self.inputs.in_file, "_brain", runtime.cwd)
+        out_file = nifti_name(self.inputs.in_file, "_brain", runtime.cwd)
         self._results["out_file"] = str(save_image(brain, out_file))
         return runtime
 
@@ -239,9 +231,9 @@ class RegistrationQC(SimpleInterface):
         self._results.update(
             out_tsv=str(out_tsv), out_json=str(out_json), passed=passed, reasons=reasons,
             metrics=metrics,
-            warped_mask=str(save_image(warped_mask, _nifti_name(inputs.brain_mask, "_tpl",
+            warped_mask=str(save_image(warped_mask, nifti_name(inputs.brain_mask, "_tpl",
                                                                 runtime.cwd))),
-            warped_brain=str(save_image(warped_brain, _nifti_name(inputs.brain_file, "_tpl",
+            warped_brain=str(save_image(warped_brain, nifti_name(inputs.brain_file, "_tpl",
                                                                   runtime.cwd))),
         )
         if inputs.plot:

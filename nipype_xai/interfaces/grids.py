@@ -20,8 +20,7 @@ from nipype.interfaces.base import (
 
 from ..images import load_volume, save_image
 from ..models.preprocessing import model_grid_for
-from ..models.spec import load_model_spec
-from .model import external_weights_input, trust_model_code_input
+from .model import external_weights_input, read_model_spec, trust_model_code_input
 
 __all__ = ["ModelGridReference"]
 
@@ -54,8 +53,7 @@ class ModelGridReference(SimpleInterface):
         from nilearn.image import resample_img
 
         template = load_volume(self.inputs.template)
-        spec = load_model_spec(self.inputs.model_spec,
-                               external_weights=self.inputs.external_weights)
+        spec = read_model_spec(self.inputs)
         grid = model_grid_for(template, spec)
         resampled = resample_img(
             template, target_affine=grid.affine, target_shape=grid.shape,

@@ -23,12 +23,13 @@ from nipype.interfaces.base import (
 )
 from nipype.utils.filemanip import fname_presuffix
 
-from ..images import load_volume
+from ..images import check_not_constant, load_volume
 from ..models.domain import input_distance
-from ..models.inference import _check_not_constant, predict
+from ..models.inference import predict
 from ..models.preprocessing import to_model_grid
 from ..models.spec import (
     TRUSTED_ARCHITECTURE_MODULES,
+    ModelSpec,
     ModelSpecError,
     load_model,
     load_model_spec,
@@ -42,34 +43,31 @@ __all__ = ["ModelInference"]
 _LOGGER = logging.getLogger(__name__)
 
 
-def trust_model_code_input():
-    """The ``trust_model_code`` input of every interface that reads a model spec (SPEC §10).
+def _trust_boundary_opt_in(desc: str):
+    # Not hashed: an opt-in decides whether the node may run, not what it computes.
+    return traits.Bool(False, usedefault=True, nohash=True, desc=desc)
 
-    Not hashed: it decides whether the node may run, not what it computes.
-    """
-    return traits.Bool(
-        False,
-        usedefault=True,
-        nohash=True,
-        desc="import the spec's architecture even from outside the packages nipype-xai imports by "
+
+def trust_model_code_input():
+    """The ``trust_model_code`` input of every interface that reads a model spec (SPEC §10)."""
+    return _trust_boundary_opt_in(
+        "import the spec's architecture even from outside the packages nipype-xai imports by "
         f"default ({', '.join(TRUSTED_ARCHITECTURE_MODULES)}) or from the current directory; only "
-        "for a model spec whose code you trust (--trust-model-code)",
-    )
+        "for a model spec whose code you trust (--trust-model-code)")
 
 
 def external_weights_input():
-    """The ``external_weights`` input of every interface that reads a model spec (SPEC §10).
+    """The ``external_weights`` input of every interface that reads a model spec (SPEC §10)."""
+    return _trust_boundary_opt_in(
+        "accept a spec whose weights lie outside its folder (an absolute path, '~', or '..' or a "
+        "symbolic link leading out); only if you trust where the spec points "
+        "(--allow-external-weights)")
 
-    Not hashed: it decides whether the node may run, not what it computes.
-    """
-    return traits.Bool(
-        False,
-        usedefault=True,
-        nohash=True,
-        desc="accept a spec whose weights lie outside its folder (an absolute path, '~', or '..' "
-        "or a symbolic link leading out); only if you trust where the spec points "
-        "(--allow-external-weights)",
-    )
+
+def read_model_spec(inputs) -> ModelSpec:
+    """The model spec of an interface's ``model_spec`` input, read under its ``external_weights``
+    opt-in (:func:`nipype_xai.models.spec.load_model_spec`)."""
+    return load_model_spec(inputs.model_spec, external_weights=inputs.external_weights)
 
 
 class _ModelInputSpec(BaseInterfaceInputSpec):
@@ -160,14 +158,13 @@ class ModelInference(SimpleInterface):
 
     def _run_interface(self, runtime):
         img = load_volume(self.inputs.in_file)
-        spec = load_model_spec(self.inputs.model_spec,
-                               external_weights=self.inputs.external_weights)
+        spec = read_model_spec(self.inputs)
         # The output count is checked on the real prediction (no separate shape-only pass).
         model = load_model(spec, device=resolve_device(self.inputs), check_outputs=False,
                            trust_code=self.inputs.trust_model_code)
         name = Path(self.inputs.in_file).name
         # predict_image's steps, with the model's input kept for the input-domain check.
-        _check_not_constant(img, name)
+        check_not_constant(img, name)
         x, _ = to_model_grid(img, spec)
         prediction = predict(model, x, spec, names=[name])[0]
         row = prediction.as_row()

@@ -31,6 +31,15 @@ from ..templates import DEFAULT_TEMPLATE, get_template
 __all__ = ["ApplyTransforms", "RegisterToTemplate", "TemplateFlowSelect"]
 
 
+def nifti_name(in_file: str, suffix: str, newpath: str) -> str:
+    """``<in_file stem><suffix>.nii.gz`` in ``newpath`` (keeps ``.nii``/``.nii.gz``): where an
+    interface writes the image it derives from ``in_file``."""
+    out = fname_presuffix(in_file, suffix=suffix, newpath=newpath)
+    if not out.endswith((".nii", ".nii.gz")):
+        out = str(Path(out).with_suffix("")) + ".nii.gz"
+    return out
+
+
 class _TemplateFlowSelectInputSpec(BaseInterfaceInputSpec):
     template = traits.Str(DEFAULT_TEMPLATE, usedefault=True, desc="TemplateFlow identifier")
     resolution = traits.Int(1, usedefault=True,
@@ -106,13 +115,11 @@ class RegisterToTemplate(SimpleInterface):
             fixed_mask=inputs.fixed_mask if isdefined(inputs.fixed_mask) else None,
             seed=inputs.seed, out_dir=runtime.cwd,
         )
-        warped = fname_presuffix(inputs.moving_image, suffix="_warped", newpath=runtime.cwd)
-        if not warped.endswith((".nii", ".nii.gz")):
-            warped += ".nii.gz"
         # HDF5 stamps objects with their write time: strip it, so equal transforms are equal files.
         self._results["forward_transform"] = str(strip_hdf5_timestamps(result.forward_transform))
         self._results["inverse_transform"] = str(strip_hdf5_timestamps(result.inverse_transform))
-        self._results["warped_image"] = str(save_image(result.warped, warped))
+        self._results["warped_image"] = str(save_image(
+            result.warped, nifti_name(inputs.moving_image, "_warped", runtime.cwd)))
         return runtime
 
 
@@ -144,8 +151,6 @@ class ApplyTransforms(SimpleInterface):
         invert = inputs.invert_transform_flags if isdefined(inputs.invert_transform_flags) else False
         out = apply_transforms(inputs.in_file, inputs.reference_image, inputs.transforms,
                                interpolation=inputs.interpolation, invert=invert)
-        out_file = fname_presuffix(inputs.in_file, suffix="_trans", newpath=runtime.cwd)
-        if not out_file.endswith((".nii", ".nii.gz")):
-            out_file = str(Path(out_file).with_suffix("")) + ".nii.gz"
-        self._results["out_file"] = str(save_image(out, out_file))
+        self._results["out_file"] = str(save_image(
+            out, nifti_name(inputs.in_file, "_trans", runtime.cwd)))
         return runtime

@@ -41,6 +41,11 @@ figures; the bundled model's spec records the false-flag rate on its fresh cohor
 
 Memory does not grow with the number of inputs: one image-sized running sum, running moments of a
 few numbers, and one float per input for the distances' quantiles.
+
+One module of about 560 lines (a quarter of them this note and the summary's JSON form), on
+purpose: the features are defined once (:func:`_histogram_features`, :func:`_dissimilarity`) and
+the summary, its prequential threshold and the check of a new input must use them identically;
+split apart, a change to one feature could reach the summary but not the check.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..attribution import TargetError, attribute_many, method_defaults, resolve_params
 from ..attribution.model_state import forward, model_device
-from ..images import ImageError, format_bytes, usable_memory_bytes
+from ..images import check_not_constant, format_bytes, usable_memory_bytes
 from .preprocessing import ModelGrid, from_model_grid, to_model_grid
 from .spec import ModelSpec, ModelSpecError, check_output_count
 
@@ -98,15 +98,6 @@ def _image_name(img: nib.spatialimages.SpatialImage, name: Optional[str]) -> str
         return name
     filename = img.get_filename()  # load_volume keeps it
     return Path(filename).name if filename else "the image"
-
-
-def _check_not_constant(img: nib.spatialimages.SpatialImage, name: str) -> None:
-    """A constant image carries nothing to predict from (an empty T1w, a failed conversion)."""
-    data = np.asanyarray(img.dataobj)
-    low, high = float(data.min()), float(data.max())
-    if low == high:
-        fact = "empty (all voxels 0)" if low == 0 else f"constant (all voxels {low:g})"
-        raise ImageError(f"{name}: the image is {fact}")
 
 
 def _not_finite(values: torch.Tensor) -> str:
@@ -246,7 +237,7 @@ def predict_image(
     for an empty or constant image and :class:`ModelOutputError` for a NaN or infinite output.
     """
     name = _image_name(img, name)
-    _check_not_constant(img, name)
+    check_not_constant(img, name)
     x, _ = to_model_grid(img, spec)
     return predict(model, x, spec, names=[name])[0]
 
@@ -348,7 +339,7 @@ def explain_image(
         The model's output, or a map, is NaN or infinite.
     """
     name = _image_name(img, name)
-    _check_not_constant(img, name)
+    check_not_constant(img, name)
     x, grid = to_model_grid(img, spec)
     x = x.to(model_device(model))
     prediction = predict(model, x, spec, names=[name])[0]
