@@ -79,6 +79,20 @@ def dice(a, b):
     return 2.0 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
 
 
+def assert_same_mask(warped, native, label):
+    """The template mask pulled by nearest neighbour is the native mask. A lesion mask in the T1w
+    samples the lesion at each voxel's own template point rather than at the nearest template
+    voxel, so on the 4 mm grid the two differ at the border: each within a voxel of the other."""
+    if label == CAUDATE.name:
+        assert dice(warped, native) >= 0.9
+        return
+    warped, native = np.asarray(warped) > 0, np.asarray(native) > 0
+    cube = np.ones((3, 3, 3), dtype=bool)
+    assert dice(warped, native) >= 0.7
+    assert not (warped & ~ndimage.binary_dilation(native, cube)).any()
+    assert not (native & ~ndimage.binary_dilation(warped, cube)).any()
+
+
 def pull_through_itk_field(moving_img, field_path, order=0):
     """Resample ``moving_img`` onto a field's grid, reading the ITK convention from scratch:
     5D (X, Y, Z, 1, 3) LPS vectors; the point p of the field grid takes the value at p + u(p)."""
@@ -202,9 +216,8 @@ def test_lesions_are_the_only_difference_from_the_lesion_free_twin(lesion_root, 
         clean = np.asarray(twin.t1w.dataobj)
         mask = load(gt_dir(lesion_root, subject) / f"sub-{subject}_label-lesion_mask.nii.gz") > 0
         changed = np.abs(t1w.astype(float) - clean) > 0
-        # Linear interpolation from the template grid spreads the soft border by up to a voxel.
-        near = ndimage.binary_dilation(mask, structure=np.ones((3, 3, 3)), iterations=2)
-        assert changed.any() and not changed[~near].any()
+        # The lesions are drawn where each voxel samples the template: nothing outside the mask.
+        assert changed.any() and not changed[~mask].any()
         relative = np.abs(t1w[mask].astype(float) - clean[mask]) / clean[mask]
         assert np.median(relative) > 0.15
 
@@ -221,7 +234,7 @@ def test_stored_transforms_map_template_groundtruth_onto_native(lesion_root, atr
                 nib.load(str(template_path)),
                 folder / f"sub-{subject}_from-{TPL}_to-T1w_mode-image_xfm.nii.gz")
             native = load(folder / f"sub-{subject}_label-{label}_mask.nii.gz")
-            assert dice(warped, native) >= 0.9
+            assert_same_mask(warped, native, label)
 
 
 def test_inverse_transform_brings_native_images_into_the_template(atrophy_root, anatomy):
@@ -279,7 +292,7 @@ def test_stored_transforms_agree_with_ants(lesion_root, atrophy_root):
                 transformlist=[str(folder / f"sub-{subject}_from-{TPL}_to-T1w_mode-image_xfm"
                                             f".nii.gz")],
                 interpolator="nearestNeighbor")
-            assert dice(warped.numpy(), load(native_path)) >= 0.9
+            assert_same_mask(warped.numpy(), load(native_path), label)
             back = ants.apply_transforms(
                 fixed=ants.image_read(str(template_path)),
                 moving=ants.image_read(str(folder / f"sub-{subject}_desc-brain_mask.nii.gz")),

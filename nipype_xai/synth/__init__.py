@@ -5,7 +5,9 @@ kind of data and model. Following Siegel et al. (2025; tasks from localized anat
 subject-specific lesions) and Oliveira et al. (lesion masks on real brain scans, explanations
 scored against them), this package builds such tasks from real anatomy:
 
-* :func:`generate_cohort` writes a BIDS dataset with ground truth in ``derivatives/groundtruth``;
+* :func:`generate_cohort` writes a BIDS dataset with ground truth in ``derivatives/groundtruth``:
+  the anatomical region of each task (:func:`groundtruth_label`) and the exact ground truth, where
+  the signal changes the image (:func:`signal_label`; for lesions the two are the same mask);
 * :func:`make_subject` is its in-memory core, one subject at a time;
 * ``lesion``: white-matter lesions in positives (:mod:`.lesion`); ``atrophy``: a contracted
   caudate in positives, intensities untouched (:mod:`.atrophy`), checked against intensity
@@ -15,11 +17,18 @@ scored against them), this package builds such tasks from real anatomy:
 """
 
 from .anatomy import TEMPLATE_SPACE, TemplateAnatomy, load_template_anatomy, native_grid
-from .atrophy import CAUDATE, AtrophyRegion, atrophy_point_map, region_mask
+from .atrophy import CAUDATE, AtrophyRegion, atrophy_point_map, atrophy_signal_mask, region_mask
 from .cohort import cohort_labels, generate_cohort, subject_seed
 from .lesion import Lesion, lesion_mask, sample_lesions
 from .shortcuts import histogram_classifier_accuracy, intensity_histograms
-from .subject import TASKS, SubjectData, class_label, groundtruth_label, make_subject
+from .subject import (
+    TASKS,
+    SubjectData,
+    class_label,
+    groundtruth_label,
+    make_subject,
+    signal_label,
+)
 from .warps import (
     apply_displacement_field,
     displacement_field_image,
@@ -37,6 +46,7 @@ __all__ = [
     "TemplateAnatomy",
     "apply_displacement_field",
     "atrophy_point_map",
+    "atrophy_signal_mask",
     "class_label",
     "cohort_labels",
     "displacement_field_image",
@@ -52,5 +62,6 @@ __all__ = [
     "native_grid",
     "region_mask",
     "sample_lesions",
+    "signal_label",
     "subject_seed",
 ]

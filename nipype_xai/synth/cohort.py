@@ -10,14 +10,20 @@ Layout (``XX`` zero-padded to at least two digits)::
         sub-XX/anat/sub-XX_desc-brain_mask.nii.gz                      native brain mask
         sub-XX/anat/sub-XX_label-<gt>_mask.nii.gz (+ .json)             native ground truth
         sub-XX/anat/sub-XX_space-MNI152NLin2009aSym[_res-<r>]_label-<gt>_mask.nii.gz (+ .json)
+        sub-XX/anat/sub-XX[_space-MNI152NLin2009aSym[_res-<r>]]_label-atrophy_mask.nii.gz (+ .json)
         sub-XX/anat/sub-XX_from-MNI152NLin2009aSym_to-T1w_mode-image_xfm.nii.gz (+ .json)
         sub-XX/anat/sub-XX_from-T1w_to-MNI152NLin2009aSym_mode-image_xfm.nii.gz (+ .json)
 
 ``<gt>`` is ``lesion`` (lesion task) or ``caudate`` (atrophy task). Controls of the lesion task have
 no lesion mask (``groundtruth_mask`` is ``no`` in ``participants.tsv``): an empty mask would make
-every overlap metric undefined. Template-space files on a grid other than the template's 1 mm grid
-carry ``res-<r>`` (SPEC §6), e.g. ``res-2``: nilearn's MNI152NLin2009aSym grid resampled to 2 mm
-with the same origin and axes (``nilearn.datasets.load_mni152_template(resolution=2)``'s grid).
+every overlap metric undefined. ``label-caudate`` is the anatomical region; ``label-atrophy``
+(atrophy positives only) is the exact ground truth, where the contraction changes the image
+(:mod:`nipype_xai.synth.atrophy`): on the T1w grid, and on the template grid for the T1w moved by
+the affine component alone (a full registration would undo the contraction). A control's exact
+ground truth is empty, so it has no ``label-atrophy`` file. Template-space files on a grid other
+than the template's 1 mm grid carry ``res-<r>`` (SPEC §6), e.g. ``res-2``: nilearn's
+MNI152NLin2009aSym grid resampled to 2 mm with the same origin and axes
+(``nilearn.datasets.load_mni152_template(resolution=2)``'s grid).
 
 Reproducibility: subject ``k`` is drawn from ``SeedSequence(seed, spawn_key=(0, k))`` and the
 labels of subjects ``2j`` and ``2j + 1`` from ``SeedSequence(seed, spawn_key=(1, j))`` (one of
@@ -40,8 +46,15 @@ from .. import __version__
 from ..bids import atomic_write, derivative_path, resolution_label, write_json
 from ..images import save_image
 from .anatomy import TEMPLATE_SPACE, TemplateAnatomy, load_template_anatomy
-from .atrophy import CAUDATE
-from .subject import TASKS, SubjectData, class_label, groundtruth_label, make_subject
+from .atrophy import CAUDATE, SIGNAL_MIN_DISPLACEMENT_VOXELS, SIGNAL_MIN_LOG_JACOBIAN
+from .subject import (
+    TASKS,
+    SubjectData,
+    class_label,
+    groundtruth_label,
+    make_subject,
+    signal_label,
+)
 
 __all__ = ["BIDS_VERSION", "cohort_labels", "generate_cohort", "subject_seed"]
 
@@ -194,14 +207,20 @@ def _write_subject(root: Path, groundtruth_root: Path, subject: str, data: Subje
         save_image(data.groundtruth, derivative_path(native, groundtruth_root))
         write_json(derivative_path({**native, "extension": ".json"}, groundtruth_root), {
             "Type": kind, "RawSources": [raw_source],
-            "Description": f"Ground truth ({what}) on the T1w grid: the template-space mask pulled "
-                           f"through the from-{TEMPLATE_SPACE}_to-T1w transform, nearest "
-                           f"neighbour."})
+            "Description": f"Ground truth ({what}) on the T1w grid: "
+                           + (f"the lesions sampled where each voxel sees the template (through "
+                              f"the from-{TEMPLATE_SPACE}_to-T1w transform), i.e. the voxels "
+                              f"whose intensity the lesions change."
+                              if data.task == "lesion" else
+                              f"the template-space mask pulled through the "
+                              f"from-{TEMPLATE_SPACE}_to-T1w transform, nearest neighbour.")})
         in_template = {"subject": subject, **template, "label": label, "suffix": "mask"}
         save_image(data.groundtruth_template, derivative_path(in_template, groundtruth_root))
         write_json(derivative_path({**in_template, "extension": ".json"}, groundtruth_root), {
             "Type": kind, "RawSources": [raw_source], "Resolution": _resolution_text(anatomy),
             "Description": f"Ground truth ({what}) in {TEMPLATE_SPACE}, where it is defined."})
+    if data.signal_mask is not None:
+        _write_signal(groundtruth_root, subject, data, anatomy, raw_source)
 
     convention = ("ITK/ANTs displacement field: NIfTI (X, Y, Z, 1, 3), intent vector, float32 "
                   "vectors in LPS mm. A point p of this file's grid maps to p + u(p) in the "
@@ -226,6 +245,45 @@ def _write_subject(root: Path, groundtruth_root: Path, subject: str, data: Subje
             "Description": f"Known ground-truth transform. {direction}.",
             "FromSpace": source, "ToSpace": target, "Grid": grid,
             "Convention": convention, "Composition": composition, **data.transform})
+
+
+def _write_signal(groundtruth_root: Path, subject: str, data: SubjectData,
+                  anatomy: TemplateAnatomy, raw_source: str) -> None:
+    """The exact ground truth of an atrophy positive, beside the anatomical ROI masks."""
+    label = signal_label(data.task)
+    fraction = data.parameters["atrophy_fraction"]
+    definition = {
+        "Definition": "Voxels whose content the atrophy changes: the contraction c moves the "
+                      "template point p the voxel samples without atrophy (the same subject "
+                      "generated as a control from the same draw) by more than "
+                      "MinDisplacementVoxels of a voxel, or changes the volume there by more "
+                      "than MinAbsLogJacobian (|log det Dc(p)|). Controls have no such mask: "
+                      "their ground truth is empty (nothing differs).",
+        "MinDisplacementVoxels": SIGNAL_MIN_DISPLACEMENT_VOXELS,
+        "MinAbsLogJacobian": SIGNAL_MIN_LOG_JACOBIAN,
+        "VoxelSizeMm": anatomy.resolution_mm,
+        "AtrophyFraction": fraction,
+        "AnatomicalROI": f"label-{groundtruth_label(data.task)}",
+    }
+    native = {"subject": subject, "label": label, "suffix": "mask"}
+    save_image(data.signal_mask, derivative_path(native, groundtruth_root))
+    write_json(derivative_path({**native, "extension": ".json"}, groundtruth_root), {
+        "Type": "ROI", "RawSources": [raw_source],
+        "Description": "Exact ground truth of the atrophy signal on the T1w grid: where this "
+                       "T1w differs from the same subject without atrophy.", **definition})
+    in_template = {"subject": subject, **_template_entities(anatomy), "label": label,
+                   "suffix": "mask"}
+    save_image(data.signal_mask_template, derivative_path(in_template, groundtruth_root))
+    write_json(derivative_path({**in_template, "extension": ".json"}, groundtruth_root), {
+        "Type": "ROI", "RawSources": [raw_source], "Resolution": _resolution_text(anatomy),
+        "Description": f"Exact ground truth of the atrophy signal on the {TEMPLATE_SPACE} grid, "
+                       f"for the T1w brought into the template by the affine component A of the "
+                       f"from-T1w_to-{TEMPLATE_SPACE} transform alone (the LinearComponent; "
+                       f"nipype_xai.synth.train's 'affine'), linear interpolation: the voxels "
+                       f"whose interpolation reads a voxel of the T1w-grid mask. The whole "
+                       f"transform would undo the contraction, leaving no signal; A alone keeps "
+                       f"the subject's own warp, so this mask is not the template-space "
+                       f"{groundtruth_label(data.task)} mask moved.", **definition})
 
 
 def _participant_row(subject: str, data: SubjectData) -> dict[str, Any]:
@@ -269,7 +327,10 @@ def _participants_sidecar(task: str) -> dict[str, Any]:
                                         f"contracted {label} region (volume loss)")}},
         "groundtruth_mask": {
             "Description": f"Whether derivatives/groundtruth holds a label-{label} mask for the "
-                           f"subject (controls of the lesion task have none: there is no lesion)",
+                           f"subject (controls of the lesion task have none: there is no lesion)"
+                           + ("" if task == "lesion" else
+                              f"; positives also have label-{signal_label(task)}, the exact "
+                              f"ground truth (a control's is empty: no file)"),
             "Levels": {"yes": "mask present", "no": "no mask"}},
         "brain_volume_mm3": {"Description": "Volume of the native brain mask", "Units": "mm^3"},
         "intensity_scale": {"Description": "Global intensity factor of the T1w"},
@@ -348,8 +409,11 @@ and Rician noise. T1w images share one axis-aligned grid, wider on every side th
 template's (so a T1w-space map and a template-space mask never share a grid by accident).
 
 Ground truth (derivatives/groundtruth): masks with label-{label}, in {space} (where they are
-defined; {resolution}) and on the T1w grid (pulled through phi with nearest neighbour); the native
-brain mask (desc-brain); and phi in both directions as ITK/ANTs displacement fields
+defined; {resolution}) and on the T1w grid (the lesions sampled at phi of each voxel; the caudate
+pulled through phi with nearest neighbour); the native brain mask (desc-brain); for positives of
+the atrophy task, label-atrophy, the exact ground truth (where the contraction changes the image:
+the same subject generated without atrophy differs from it only there; the sidecars state the
+thresholds; on the template grid it is for the T1w moved by the affine component alone); and phi in both directions as ITK/ANTs displacement fields
 (5D NIfTI, LPS vectors): from-{space}_to-T1w lives on the T1w grid and maps T1w points to
 template points (it resamples template images onto the T1w), from-T1w_to-{space} lives on the
 template grid and maps template points to T1w points. Each has a JSON sidecar with the affine

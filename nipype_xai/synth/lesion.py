@@ -9,8 +9,14 @@ same mask can be read in template and native space:
   low-frequency lobes, so lesions are blobby rather than perfect ellipsoids;
 * place: centred in deep white matter (WM probability >= 0.9) and kept only when at least
   ``min_wm_fraction`` of its voxels lie in white matter (probability > 0.5); lesions do not touch;
-* contrast: hypo- or hyper-intense by 30-60 % at the core with a soft border (a 2 mm cosine ramp)
-  whose half-height is the mask boundary.
+* contrast: hypo- or hyper-intense by 30-60 % at the core with a soft border (a 2 mm cosine ramp
+  centred on the modulated ellipsoid's surface).
+
+The mask (the ground truth) is where a lesion changes the intensity at all: the ramp's support,
+out to its outer end (``Lesion.profile > 0``), so the whole border lies inside it and the lesions
+change nothing outside it (a mask ending at the ramp's half-height leaves the outer ~1 mm of the
+border, up to half the contrast, outside the ground truth). Placement (white-matter share) is
+decided on the ellipsoid itself (``radius <= 1``); masks are kept from touching.
 
 A lesion's shape is analytic in world mm, so it is drawn the same on any grid; where lesions are
 placed depends on the grid's WM map (the acceptance tests run on it).
@@ -27,7 +33,14 @@ from scipy import ndimage
 from .anatomy import TemplateAnatomy
 from .warps import transform_points
 
-__all__ = ["Lesion", "lesion_intensity_factor", "lesion_mask", "sample_lesions"]
+__all__ = [
+    "Lesion",
+    "lesion_intensity_factor",
+    "lesion_intensity_factor_at",
+    "lesion_mask",
+    "lesion_mask_at",
+    "sample_lesions",
+]
 
 #: Sum of the lobe amplitudes stays below this, so the modulated radius stays positive.
 MAX_LOBE_AMPLITUDE = 0.3
@@ -86,9 +99,9 @@ class Lesion:
         return r.reshape(points.shape[1:])
 
     def profile(self, points: np.ndarray) -> np.ndarray:
-        """Soft lesion weight in [0, 1] at ``points`` ``(3, ...)``: 1 at the core, 0.5 on the mask
-        boundary, exactly 0 beyond the border (a cosine ramp over ``edge_mm``), so nothing
-        outside the lesion and its border is touched."""
+        """Soft lesion weight in [0, 1] at ``points`` ``(3, ...)``: 1 at the core, 0.5 on the
+        ellipsoid's surface (``radius == 1``), exactly 0 beyond the border (a cosine ramp over
+        ``edge_mm``), so nothing outside the lesion's mask (``profile > 0``) is touched."""
         h = self.border
         ramp = np.clip((self.radius(points) - (1.0 - h)) / (2.0 * h), 0.0, 1.0)
         return 0.5 * (1.0 + np.cos(np.pi * ramp))
@@ -120,11 +133,12 @@ def _box_points(box: tuple[slice, ...], affine: np.ndarray) -> np.ndarray:
 
 
 def lesion_mask(lesions: Sequence[Lesion], shape: Sequence[int], affine: np.ndarray) -> np.ndarray:
-    """Boolean mask of the union of ``lesions`` on a grid (voxel centres inside a lesion)."""
+    """Boolean mask of the union of ``lesions`` on a grid: the voxel centres where a lesion
+    changes the intensity (``profile > 0``, the soft border included)."""
     mask = np.zeros(tuple(shape), dtype=bool)
     for lesion in lesions:
         box = _box(lesion, shape, affine)
-        mask[box] |= lesion.radius(_box_points(box, affine)) <= 1.0
+        mask[box] |= lesion.profile(_box_points(box, affine)) > 0.0
     return mask
 
 
@@ -137,6 +151,35 @@ def lesion_intensity_factor(lesions: Sequence[Lesion], shape: Sequence[int],
         factor[box] += np.float32(lesion.contrast) * lesion.profile(
             _box_points(box, affine)).astype(np.float32)
     return factor
+
+
+def _near(lesion: Lesion, points: np.ndarray) -> np.ndarray:
+    """Which of ``points`` ``(3, N)`` lie within the lesion's extent."""
+    offset = points - lesion.centre_mm[:, np.newaxis]
+    return np.einsum("ij,ij->j", offset, offset) < lesion.extent_mm**2
+
+
+def lesion_intensity_factor_at(lesions: Sequence[Lesion], points: np.ndarray) -> np.ndarray:
+    """:func:`lesion_intensity_factor` at arbitrary template points ``(3, ...)`` (RAS mm), e.g.
+    where a subject's voxels sample the template (float32)."""
+    flat = np.asarray(points, dtype=np.float64).reshape(3, -1)
+    factor = np.ones(flat.shape[1], dtype=np.float32)
+    for lesion in lesions:
+        near = _near(lesion, flat)
+        factor[near] += np.float32(lesion.contrast) * lesion.profile(flat[:, near]).astype(
+            np.float32)
+    return factor.reshape(np.shape(points)[1:])
+
+
+def lesion_mask_at(lesions: Sequence[Lesion], points: np.ndarray) -> np.ndarray:
+    """:func:`lesion_mask` at arbitrary template points ``(3, ...)``: where a lesion changes the
+    intensity."""
+    flat = np.asarray(points, dtype=np.float64).reshape(3, -1)
+    mask = np.zeros(flat.shape[1], dtype=bool)
+    for lesion in lesions:
+        near = np.flatnonzero(_near(lesion, flat))
+        mask[near[lesion.profile(flat[:, near]) > 0.0]] = True
+    return mask.reshape(np.shape(points)[1:])
 
 
 def sample_lesions(
@@ -182,8 +225,8 @@ def sample_lesions(
     if len(deep) == 0:
         raise RuntimeError("the white-matter map has no voxel with probability >= 0.9")
     count = int(rng.integers(n_lesions[0], n_lesions[1] + 1))
-    # Voxels taken by earlier lesions, grown by one voxel: lesions never touch, so the count in
-    # participants.tsv is the number of separate blobs.
+    # Voxels taken by earlier lesions' masks, grown by one voxel: masks never touch, so the count
+    # in participants.tsv is the number of separate blobs.
     blocked = np.zeros(shape, dtype=bool)
     lesions: list[Lesion] = []
     for _ in range(count):
@@ -207,16 +250,18 @@ def sample_lesions(
                     lobe_phases=rng.uniform(0.0, 2.0 * np.pi, n_lobes),
                 )
                 box = _box(candidate, shape, affine)
-                inside = candidate.radius(_box_points(box, affine)) <= 1.0
+                box_points = _box_points(box, affine)
+                inside = candidate.radius(box_points) <= 1.0
                 if not inside.any():
                     continue
-                if blocked[box][inside].any():
+                footprint = candidate.profile(box_points) > 0.0
+                if blocked[box][footprint].any():
                     continue
                 if np.mean(wm[box][inside] > 0.5) < min_wm_fraction:
                     continue
                 placed = candidate
                 grown = np.zeros(shape, dtype=bool)
-                grown[box] = inside
+                grown[box] = footprint
                 blocked |= ndimage.binary_dilation(grown)
                 break
             else:

@@ -11,13 +11,19 @@ affine (head position and size) and ``c`` the task's contraction of the atrophy 
 unless the subject is a positive of the ``atrophy`` task). Then come a smooth multiplicative bias
 field, a random global intensity scale and Rician noise (the magnitude of complex Gaussian noise, as
 in magnitude MR images). Lesions and the atrophy region are defined in template space, so the
-template-space ground truth is exact and the native one is the template mask pulled through
-``phi`` with nearest-neighbour interpolation: exactly what ``antsApplyTransforms -n
-NearestNeighbor`` does with the stored transform, and what SPEC §5 prescribes for masks.
+template-space ground truth is exact. The native atrophy region is the template mask pulled
+through ``phi`` with nearest-neighbour interpolation: exactly what ``antsApplyTransforms -n
+NearestNeighbor`` does with the stored transform, and what SPEC §5 prescribes for masks. Lesions
+are analytic in template mm, so they are drawn, and their native mask sampled, at the very point
+``phi(x)`` each native voxel ``x`` sees: the T1w changes exactly inside that mask (a lesion drawn
+on the template grid and then interpolated would spread a voxel beyond it), and the mask differs
+from the nearest-neighbour pull of the template mask only at the border.
 
 Randomness comes from two streams derived from the subject's seed: a *nuisance* stream (warp,
 affine, bias, intensity, noise) and a *task* stream (lesions, atrophy fraction). The same seed with
-the other label therefore gives the same person with or without the signal.
+the other label therefore gives the same person with or without the signal: only the signal
+differs between the two, which is how the atrophy task's exact ground truth is defined (the voxels
+where the twins differ, :func:`nipype_xai.synth.atrophy.atrophy_signal_mask`).
 """
 
 from __future__ import annotations
@@ -30,8 +36,14 @@ import numpy as np
 from numpy.polynomial import legendre
 
 from .anatomy import TemplateAnatomy, native_grid
-from .atrophy import CAUDATE, AtrophyRegion, atrophy_point_map, region_mask
-from .lesion import Lesion, lesion_intensity_factor, lesion_mask, sample_lesions
+from .atrophy import (
+    CAUDATE,
+    AtrophyRegion,
+    atrophy_point_map,
+    atrophy_signal_mask,
+    region_mask,
+)
+from .lesion import Lesion, lesion_intensity_factor_at, lesion_mask, lesion_mask_at, sample_lesions
 from .warps import (
     WARP_LATTICE,
     displacement_field_image,
@@ -55,6 +67,7 @@ __all__ = [
     "class_label",
     "groundtruth_label",
     "make_subject",
+    "signal_label",
 ]
 
 #: The synthetic tasks.
@@ -79,6 +92,14 @@ def groundtruth_label(task: str) -> str:
     """BIDS ``label-`` of the task's ground-truth mask: ``lesion`` or ``caudate``."""
     _check_task(task)
     return "lesion" if task == "lesion" else CAUDATE.name
+
+
+def signal_label(task: str) -> str:
+    """BIDS ``label-`` of the task's exact ground truth, the mask of where the signal changes the
+    image: ``lesion`` (the lesion mask is that already) or ``atrophy`` (beside the anatomical
+    ``caudate`` mask of :func:`groundtruth_label`; see :mod:`nipype_xai.synth.atrophy`)."""
+    _check_task(task)
+    return task
 
 
 def class_label(task: str, label: int) -> str:
@@ -116,6 +137,12 @@ class SubjectData:
         Scalars for ``participants.tsv``.
     transform
         Parameters of ``phi`` for the transforms' JSON sidecars.
+    signal_mask, signal_mask_template
+        Exact ground truth of an ``atrophy`` positive (uint8): where the contraction changes the
+        image (:func:`nipype_xai.synth.atrophy.atrophy_signal_mask`), on the native grid and on
+        the template grid for the T1w brought into the template by ``A`` alone. ``None``
+        otherwise: a control has no signal (the empty set), and the lesion mask already is
+        where the lesions change the image.
     """
 
     task: str
@@ -130,6 +157,8 @@ class SubjectData:
     lesions: list[Lesion] = field(default_factory=list)
     parameters: dict[str, Any] = field(default_factory=dict)
     transform: dict[str, Any] = field(default_factory=dict)
+    signal_mask: Optional[nib.Nifti1Image] = None
+    signal_mask_template: Optional[nib.Nifti1Image] = None
 
 
 def _check_task(task: str) -> None:
@@ -302,7 +331,10 @@ def make_subject(
     points = native_points + sample_field_on_grid(forward, WARP_LATTICE, native_shape,
                                                   native_affine)
     points = transform_points(linear, points)
+    exact: Optional[np.ndarray] = None
     if fraction:
+        # Exact ground truth, from the points the control twin (same draw, no atrophy) samples.
+        exact = atrophy_signal_mask(points, fraction, anatomy.resolution_mm, region)
         points = atrophy_point_map(points, fraction, region)
     # Stored displacements are rounded to 2**-10 mm (exact in float32, and a third smaller once
     # gzipped than raw float noise), and the image is made with the rounded field, so applying
@@ -327,6 +359,14 @@ def make_subject(
     coarse_points = np.stack(np.meshgrid(*coarse_axes, indexing="ij"))
     coarse_warp = sample_field(backward, WARP_LATTICE, before_warp(coarse_points))
     template_points = voxel_centres(anatomy.shape, anatomy.affine)
+    exact_template: Optional[np.ndarray] = None
+    if exact is not None:
+        # On the template grid as the atrophy model sees its input: the T1w moved by A alone (a
+        # nonlinear registration would undo the contraction) and resampled linearly, so template
+        # point y differs from the twin's where its interpolation reads a native voxel that does.
+        exact_template = _pull_mask(exact, native_affine,
+                                    transform_points(inverse_linear, template_points),
+                                    order=1) > 0
     to_template = _quantize(before_warp(template_points)
                             + resample_separable(coarse_warp, coarse_axes, template_axes)
                             - template_points)
@@ -335,14 +375,19 @@ def make_subject(
     tissue = anatomy.array("t1w")
     groundtruth_template: Optional[np.ndarray] = None
     if lesions:
-        tissue = tissue * lesion_intensity_factor(lesions, anatomy.shape, anatomy.affine)
         groundtruth_template = lesion_mask(lesions, anatomy.shape, anatomy.affine)
     elif task == "atrophy":
         groundtruth_template = np.asarray(region_mask(anatomy, region).dataobj) > 0
     signal = pull_image(tissue, anatomy.affine, points, order=1)
     brain = pull_image(anatomy.array("brain_mask"), anatomy.affine, points, order=0)
     groundtruth = None
-    if groundtruth_template is not None:
+    if lesions:
+        # The lesions are drawn where each voxel samples the template, as the scanner would see
+        # them, not interpolated from the template grid (which spreads them by a voxel beyond
+        # any mask): the T1w then differs from its lesion-free twin exactly inside the mask.
+        signal *= lesion_intensity_factor_at(lesions, points)
+        groundtruth = lesion_mask_at(lesions, points)
+    elif groundtruth_template is not None:
         groundtruth = _pull_mask(groundtruth_template, anatomy.affine, points)
 
     signal *= np.float32(INTENSITY_UNIT * scale)
@@ -428,6 +473,9 @@ def make_subject(
         lesions=lesions,
         parameters=parameters,
         transform=transform,
+        signal_mask=None if exact is None else image(exact.astype(np.uint8), native_affine, 1),
+        signal_mask_template=None if exact_template is None else image(
+            exact_template.astype(np.uint8), anatomy.affine, 4),
     )
 
 
