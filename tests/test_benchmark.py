@@ -293,7 +293,8 @@ def test_cascade_steps_keep_first_and_last():
 
 
 def test_subject_maps_yields_methods_and_baselines(tiny_net):
-    from nipype_xai.metrics import randomize_model, sobel
+    from nipype_xai.attribution.baselines import sobel
+    from nipype_xai.metrics import randomize_model
 
     x = torch.randn(1, 1, 12, 12, 12, generator=torch.Generator().manual_seed(0))
     randomized = randomize_model(tiny_net, 0)

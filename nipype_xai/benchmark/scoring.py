@@ -123,7 +123,7 @@ def subject_maps(
         summed), and the wall time of the call that produced it (shared by the members of a
         family, which come from one call).
     """
-    from ..metrics import laplace, random, sobel
+    from ..attribution.registry import get_method
 
     method_params = dict(method_params or {})
     jobs: list[tuple[nn.Module, list[list[str]], str]] = [(model, _method_groups(methods), "")]
@@ -133,10 +133,11 @@ def subject_maps(
         for group, maps, seconds in _family_maps(net, x, groups, target, method_params, seed):
             for name in group:
                 yield prefix + name, _volume(maps.pop(name)), seconds
-    for name, baseline in (("sobel", sobel), ("laplace", laplace),
-                           ("random", lambda v: random(v, seed=random_seed))):
+    for name in BASELINES:
+        baseline = get_method(name, kind="baseline")
+        params = {"seed": int(random_seed)} if "seed" in baseline.defaults else {}
         started = time.perf_counter()
-        volume = _volume(baseline(x))
+        volume = _volume(baseline.function(x, **params))
         yield name, volume, time.perf_counter() - started
 
 
@@ -229,6 +230,7 @@ def _score_subject(model: nn.Module, random_model: Optional[nn.Module], x: np.nd
     ``weights`` and ``version`` are not used here: they are the cache key's name for ``model``
     (and ``random_model``, made from it) and for the code.
     """
+    from ..attribution import is_baseline
     from ..metrics import overlap_metrics_report
 
     rows = []
@@ -240,8 +242,7 @@ def _score_subject(model: nn.Module, random_model: Optional[nn.Module], x: np.nd
         values, notes = overlap_metrics_report(volume, groundtruth, brain, score="abs",
                                                affine=affine)
         rows.append({**identity, "method": name,
-                     "kind": "baseline" if name in BASELINES or name.startswith(
-                         "random_model_") else "method",
+                     "kind": "baseline" if is_baseline(name) else "method",
                      **{metric: values.get(metric, float("nan")) for metric in METRICS},
                      "emd_method": notes.get("emd_method"), "seconds": round(seconds, 3)})
     return rows

@@ -14,6 +14,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional, Union
 
+from ..attribution.baselines import available_baselines
 from ..synth.train import TASK_TO_TEMPLATE
 
 PathLike = Union[str, os.PathLike]
@@ -24,8 +25,10 @@ METRICS: tuple[str, ...] = (
     "dice_at_k", "emd", "emd_score",
 )
 
-#: The model-free baselines (SPEC §3); ``random_model_<method>`` are added per method.
-BASELINES: tuple[str, ...] = ("sobel", "laplace", "random")
+#: The model-free baselines (SPEC §3), as the attribution registry lists them
+#: (:func:`~nipype_xai.attribution.available_baselines`); ``random_model_<method>`` are added per
+#: method.
+BASELINES: tuple[str, ...] = tuple(available_baselines())
 
 #: Methods run on the fully randomised model by default (``random_model_<method>``).
 DEFAULT_RANDOM_MODEL_METHODS: tuple[str, ...] = ("gradient", "smoothgrad")
