@@ -21,14 +21,7 @@ from .atrophy import CAUDATE, AtrophyRegion, atrophy_point_map, atrophy_signal_m
 from .cohort import cohort_labels, generate_cohort, subject_seed
 from .lesion import Lesion, lesion_mask, sample_lesions
 from .shortcuts import histogram_classifier_accuracy, intensity_histograms
-from .subject import (
-    TASKS,
-    SubjectData,
-    class_label,
-    groundtruth_label,
-    make_subject,
-    signal_label,
-)
+from .subject import TASKS, SubjectData, class_label, groundtruth_label, make_subject, signal_label
 from .warps import (
     apply_displacement_field,
     displacement_field_image,

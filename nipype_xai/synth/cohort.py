@@ -47,14 +47,7 @@ from ..bids import atomic_write, derivative_path, resolution_label, write_json
 from ..images import save_image
 from .anatomy import TEMPLATE_SPACE, TemplateAnatomy, load_template_anatomy
 from .atrophy import CAUDATE, SIGNAL_MIN_DISPLACEMENT_VOXELS, SIGNAL_MIN_LOG_JACOBIAN
-from .subject import (
-    TASKS,
-    SubjectData,
-    class_label,
-    groundtruth_label,
-    make_subject,
-    signal_label,
-)
+from .subject import TASKS, SubjectData, class_label, groundtruth_label, make_subject, signal_label
 
 __all__ = ["BIDS_VERSION", "cohort_labels", "generate_cohort", "subject_seed"]
 
