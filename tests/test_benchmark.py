@@ -16,6 +16,7 @@ import torch
 
 from nipype_xai.benchmark import (
     BASELINES,
+    GROUNDTRUTHS,
     METRICS,
     BenchmarkSettings,
     cohort_seeds,
@@ -32,8 +33,8 @@ from nipype_xai.metrics.sanity import cascade_steps, cascading_randomization
 
 METHODS = ["gradient", "smoothgrad", "gradcam"]
 PARAMS = {"smoothgrad": {"n_samples": 4}}
-SUMMARY_COLUMNS = ["task", "architecture", "label", "correct", "method", "metric", "mean", "sd",
-                   "ci_low", "ci_high", "n", "rank"]
+SUMMARY_COLUMNS = ["task", "groundtruth", "architecture", "label", "correct", "method", "metric",
+                   "mean", "sd", "ci_low", "ci_high", "n", "rank"]
 #: The tiny run's settings, also those of its resumed re-runs.
 TINY = {"tasks": ("lesion", "atrophy"), "n_train": 12, "n_test": 8, "n_easy": 4,
         "architectures": ("tinycnn",), "methods": METHODS, "method_params": PARAMS, "seed": 3,
@@ -60,6 +61,11 @@ def test_tiny_benchmark_writes_every_output(tiny_run):
     assert "task-atrophy_model-tinycnn_desc-sanity_plot.png" in figures
     assert any("task-lesion_model-tinycnn_label-lesion_desc-ranking_metric-precisionAtK" in f
                for f in figures)
+    # The exact ground truth keeps the figures' names; the anatomical ROI is named in its own.
+    assert "task-atrophy_model-tinycnn_label-atrophy_desc-ranking_metric-auroc_plot.png" in figures
+    assert ("task-atrophy_groundtruth-roi_model-tinycnn_label-atrophy_desc-ranking_metric-auroc_"
+            "plot.png") in figures
+    assert not any("groundtruth-roi" in f and "task-lesion" in f for f in figures)
 
     provenance = json.loads((out / "provenance.json").read_text())
     assert provenance["command"] == "pytest"
@@ -68,8 +74,18 @@ def test_tiny_benchmark_writes_every_output(tiny_run):
     assert provenance["settings"]["model_resolution_mm"] == 8.0
     assert provenance["versions"]["torch"] == torch.__version__
     assert {"platform", "cpu_count", "torch_threads"} <= set(provenance["machine"])
+    assert provenance["settings"]["groundtruths"] == {
+        "lesion": {"signal": "label-lesion"},
+        "atrophy": {"signal": "label-atrophy", "roi": "label-caudate"}}
     html = (out / "benchmark.html").read_text()
     assert "data:image/png;base64," in html and "random_model_gradient" in html
+    # The exact ground truth's tables first, each section saying which definition it is.
+    assert html.index("<h2>Ground truth: signal</h2>") < html.index("<h2>Ground truth: roi</h2>")
+    assert "groundtruth = roi: anatomical region" in html
+    markdown = (out / "benchmark.md").read_text()
+    assert markdown.index("## Ground truth: signal") < markdown.index("## Ground truth: roi")
+    assert markdown.index("### atrophy / GT signal / tinycnn") < markdown.index(
+        "### atrophy / GT roi / tinycnn")
 
 
 def test_models_train_on_the_training_and_the_easy_cohort(tiny_run):
@@ -103,9 +119,14 @@ def test_benchmark_table_has_every_column_method_and_baseline(tiny_run):
     assert set(summary["metric"]) == set(METRICS)
     expected = set(METHODS) | set(BASELINES) | {"random_model_gradient",
                                                 "random_model_smoothgrad"}
-    for (task, _arch, _label, _correct), group in summary.groupby(
-            ["task", "architecture", "label", "correct"]):
+    for (task, _gt, _arch, _label, _correct), group in summary.groupby(
+            ["task", "groundtruth", "architecture", "label", "correct"]):
         assert set(group["method"]) == expected, task
+    # Both definitions for atrophy, the exact one alone for lesions; the exact one's rows first.
+    assert set(zip(summary["task"], summary["groundtruth"])) == {
+        ("lesion", "signal"), ("atrophy", "signal"), ("atrophy", "roi")}
+    assert list(dict.fromkeys(summary["groundtruth"])) == ["signal", "roi"]
+    assert list(read_table(out / "subjects.tsv").columns[:2]) == ["task", "groundtruth"]
     with_values = summary[summary["n"] > 0]
     assert len(with_values) and np.isfinite(with_values["mean"]).all()
     spread = with_values[with_values["n"] > 1]
@@ -120,35 +141,94 @@ def test_correct_and_incorrect_subjects_are_kept_apart(tiny_run):
     summary = read_table(out / "benchmark.tsv")
     # The flag is the model's decision against the truth, per subject.
     assert (subjects["correct"] == (subjects["predicted"] == subjects["label"])).all()
-    for (task, label, correct), group in subjects.groupby(["task", "label", "correct"]):
-        rows = summary[(summary["task"] == task) & (summary["label"] == label)
-                       & (summary["correct"] == correct) & (summary["metric"] == "auroc")]
+    keys = ["task", "groundtruth", "label"]
+    for (task, gt, label, correct), group in subjects.groupby([*keys, "correct"]):
+        rows = summary[(summary["task"] == task) & (summary["groundtruth"] == gt)
+                       & (summary["label"] == label) & (summary["correct"] == correct)
+                       & (summary["metric"] == "auroc")]
         assert set(rows["n"]) == {group["subject"].nunique()}
-    # No summary row mixes both: each (task, label) has one group per correct value present.
-    counts = summary.groupby(["task", "label", "method", "metric"])["correct"].nunique()
-    observed = subjects.groupby(["task", "label"])["correct"].nunique()
-    for (task, label, _m, _metric), n in counts.items():
-        assert n == observed[(task, label)]
+    # No summary row mixes both: each (task, groundtruth, label) has one group per correct value.
+    counts = summary.groupby([*keys, "method", "metric"])["correct"].nunique()
+    observed = subjects.groupby(keys)["correct"].nunique()
+    for (task, gt, label, _m, _metric), n in counts.items():
+        assert n == observed[(task, gt, label)]
 
 
-def test_lesion_controls_skipped_atrophy_controls_scored(tiny_run):
+def test_controls_skipped_under_the_signal_scored_under_the_atrophy_roi(tiny_run):
     out, _ = tiny_run
     subjects = read_table(out / "subjects.tsv")
     models = pd.read_csv(out / "models.tsv", sep="\t")
+    provenance = json.loads((out / "provenance.json").read_text())
     participants = {
         task: pd.read_csv(next((out / "cohorts").glob(f"{task}_test_*")) / "participants.tsv",
                           sep="\t")
         for task in ("lesion", "atrophy")
     }
     lesion = subjects[subjects["task"] == "lesion"]
-    assert set(lesion["label"]) == {"lesion"}
+    assert set(lesion["label"]) == {"lesion"} and set(lesion["groundtruth"]) == {"signal"}
     n_controls = int((participants["lesion"]["label"] == "control").sum())
     row = models[models["task"] == "lesion"].iloc[0]
     assert row["n_skipped"] == n_controls
     assert row["n_scored"] == 8 - n_controls
     atrophy = subjects[subjects["task"] == "atrophy"]
-    assert set(atrophy["label"]) == {"control", "atrophy"}
-    assert atrophy["subject"].nunique() == 8
+    signal = atrophy[atrophy["groundtruth"] == "signal"]
+    roi = atrophy[atrophy["groundtruth"] == "roi"]
+    # A control's exact ground truth is empty: only the positives are scored against it.
+    cohort = participants["atrophy"]
+    positives = set(cohort.loc[cohort["label"] == "atrophy", "participant_id"])
+    assert set(signal["subject"]) == positives and set(signal["label"]) == {"atrophy"}
+    assert set(roi["label"]) == {"control", "atrophy"} and roi["subject"].nunique() == 8
+    assert models[models["task"] == "atrophy"].iloc[0]["n_skipped"] == 0
+    skipped = [item for item in provenance["skipped_subjects"] if item["task"] == "atrophy"]
+    assert {item["groundtruth"] for item in skipped} == {"signal"}
+    assert {item["subject"] for item in skipped} == set(roi["subject"]) - positives
+    assert all(item["reason"] == "no label-atrophy mask (control)" for item in skipped)
+
+
+def test_atrophy_maps_are_scored_against_the_exact_signal(tiny_run, tmp_path, monkeypatch):
+    """A map that equals a subject's label-atrophy mask has all its mass in the ``signal`` ground
+    truth and only part of it in the caudate ``roi``: each row is scored against its own mask."""
+    import nibabel as nib
+
+    from nipype_xai.benchmark import scoring
+    from nipype_xai.models import load_model_spec
+    from nipype_xai.synth.train import load_cohort_arrays
+
+    out, _ = tiny_run
+    rerun = tmp_path / "rerun"  # the same cohorts and models, no cached scores
+    for name in ("cohorts", "models"):
+        shutil.copytree(out / name, rerun / name)
+    test_root = next((rerun / "cohorts").glob("atrophy_test_*"))
+    spec = load_model_spec(rerun / "models" / "atrophy_tinycnn.json")
+    X, _, subjects = load_cohort_arrays(test_root, spec, to_template="affine", progress=False)
+    masks = {}
+    for i, subject in enumerate(subjects):
+        anat = test_root / "derivatives" / "groundtruth" / subject / "anat"
+        found = list(anat.glob(f"{subject}_space-MNI152NLin2009aSym_res-8_label-atrophy_mask.nii*"))
+        if found:  # positives only; the cohort's 8 mm grid is the model grid
+            masks[X[i].numpy().tobytes()] = np.asarray(nib.load(found[0]).dataobj, float)
+            assert masks[X[i].numpy().tobytes()].shape == tuple(X.shape[2:])
+    assert len(masks) == 4
+    noise = np.random.default_rng(0).random(tuple(X.shape[2:]))
+
+    def oracle(model, x, *args, **kwargs):
+        yield "oracle", masks.get(x.cpu().numpy()[0].tobytes(), noise), 0.0
+
+    monkeypatch.setattr(scoring, "subject_maps", oracle)
+    run_validation_benchmark(rerun, **{**TINY, "tasks": ("atrophy",), "n_sanity": 0})
+    rows = read_table(rerun / "subjects.tsv")
+    positives = rows[rows["label"] == "atrophy"].set_index(["groundtruth", "subject"])
+    signal = positives.loc["signal", "relevance_mass_accuracy"]
+    roi = positives.loc["roi", "relevance_mass_accuracy"]
+    assert len(signal) == len(roi) == 4
+    np.testing.assert_allclose(signal, 1.0, rtol=0, atol=1e-12)
+    assert (roi < 0.9).all() and (roi > 0).all()  # the caudate is a small part of the signal
+    summary = read_table(rerun / "benchmark.tsv")
+    rma = summary[(summary["metric"] == "relevance_mass_accuracy")
+                  & (summary["label"] == "atrophy")]
+    assert set(rma["groundtruth"]) == {"signal", "roi"}
+    assert np.allclose(rma.loc[rma["groundtruth"] == "signal", "mean"], 1.0)
+    assert (rma.loc[rma["groundtruth"] == "roi", "mean"] < 0.9).all()
 
 
 def test_sanity_table(tiny_run):
@@ -228,9 +308,10 @@ def test_summarize_benchmark_matches_direct_bootstrap():
                               (False, ["sub-09", "sub-10", "sub-11"])):
         for method in ("gradient", "smoothgrad", "sobel"):
             for subject in subjects:
-                rows.append({"task": "lesion", "architecture": "tinycnn", "label": "lesion",
-                             "correct": correct, "subject": subject, "method": method,
-                             "precision_at_k": rng.uniform(), "emd": rng.uniform(5, 50)})
+                rows.append({"task": "lesion", "groundtruth": "signal", "architecture": "tinycnn",
+                             "label": "lesion", "correct": correct, "subject": subject,
+                             "method": method, "precision_at_k": rng.uniform(),
+                             "emd": rng.uniform(5, 50)})
     table = pd.DataFrame(rows).sample(frac=1.0, random_state=1)  # order must not matter
     summary = summarize_benchmark(table, n_boot=500, seed=11)
     assert list(summary.columns) == SUMMARY_COLUMNS
@@ -255,9 +336,26 @@ def test_summarize_benchmark_matches_direct_bootstrap():
 
 def test_summarize_benchmark_requires_the_group_columns():
     with pytest.raises(ValueError, match="correct"):
+        summarize_benchmark(pd.DataFrame({"task": ["lesion"], "groundtruth": ["signal"],
+                                          "architecture": ["x"], "label": ["lesion"],
+                                          "subject": ["sub-01"], "method": ["gradient"],
+                                          "auroc": [0.5]}))
+    with pytest.raises(ValueError, match="groundtruth"):
         summarize_benchmark(pd.DataFrame({"task": ["lesion"], "architecture": ["x"],
-                                          "label": ["lesion"], "subject": ["sub-01"],
-                                          "method": ["gradient"], "auroc": [0.5]}))
+                                          "label": ["lesion"], "correct": [True],
+                                          "subject": ["sub-01"], "method": ["gradient"],
+                                          "auroc": [0.5]}))
+
+
+def test_summary_groups_by_ground_truth_exact_signal_first():
+    rows = [{"task": "atrophy", "groundtruth": gt, "architecture": "tinycnn", "label": "atrophy",
+             "correct": True, "subject": f"sub-0{i}", "method": "gradient",
+             "auroc": value + 0.01 * i}
+            for gt, value in (("roi", 0.6), ("signal", 0.9)) for i in range(1, 4)]
+    summary = summarize_benchmark(pd.DataFrame(rows), n_boot=50)
+    assert list(summary["groundtruth"]) == ["signal", "roi"]  # not as first seen
+    assert summary["mean"].tolist() == pytest.approx([0.92, 0.62])
+    assert set(summary["n"]) == {3}
 
 
 # --------------------------------------------------------------------------------------------
@@ -328,6 +426,10 @@ def test_subject_maps_yields_methods_and_baselines(tiny_net):
     ({"n_easy": 1}, "n_easy"),
     ({"train_options": {"epochs": 3}}, "not accepted"),
     ({"sanity_max_steps": 1}, "sanity_max_steps"),
+    ({"groundtruths": ["signal", "caudate"]}, "unknown definition"),
+    ({"groundtruths": []}, "unknown definition"),
+    ({"tasks": ["lesion", "atrophy"], "groundtruths": ["roi"]},
+     r"none applies to task\(s\) \['lesion'\]"),
     ({"n_sanity": -1}, "n_sanity"),
 ])
 def test_bad_arguments_fail_before_any_work(tmp_path, kwargs, message):
@@ -390,6 +492,9 @@ def test_settings_resolve_their_defaults_once(tmp_path):
     settings = BenchmarkSettings(n_train=10, methods=["gradient", "gradient", "smoothgrad"])
     assert settings.methods == ("gradient", "smoothgrad") == settings.sanity_methods
     assert (settings.n_easy, settings.model_resolution_mm) == (5, 4.0)
+    assert settings.groundtruths == GROUNDTRUTHS == ("signal", "roi")
+    assert BenchmarkSettings(groundtruths=["roi", "roi"], tasks=["atrophy"]).groundtruths == (
+        "roi",)
     assert BenchmarkSettings().methods == tuple(available_methods())
     assert settings.training == {"epochs": 30, "batch_size": 4, "lr": None,
                                  "weight_decay": None, "seed": 0, "augment": True,
@@ -421,7 +526,8 @@ def _two_architecture_summary() -> pd.DataFrame:
         for metric, offset in (("precision_at_k", 0.0), ("auroc", 0.5)):
             for correct, n in ((True, 7), (False, 2)):
                 mean = value + offset
-                rows.append({"task": "lesion", "architecture": architecture, "label": "lesion",
+                rows.append({"task": "lesion", "groundtruth": "signal",
+                             "architecture": architecture, "label": "lesion",
                              "correct": correct, "method": method, "metric": metric,
                              "mean": mean, "sd": 0.1, "ci_low": mean - 0.05,
                              "ci_high": mean + 0.05, "n": n + (architecture == "resnet"),
@@ -447,10 +553,11 @@ def test_architecture_comparison_table_figure_and_report(tmp_path):
 
     figures = write_figures(summary, pd.DataFrame(), tmp_path / "figures")
     for metric in ("precision_at_k", "auroc"):
-        paths = figures[f"compare/lesion/lesion/{metric}"]
+        paths = figures[f"compare/lesion/signal/lesion/{metric}"]
         assert paths["png"].is_file() and paths["svg"].is_file()
     text = markdown_tables(summary)
-    assert text.index("precision_at_k by architecture") < text.index("### lesion / tinycnn")
+    assert text.index("precision_at_k by architecture") < text.index(
+        "### lesion / GT signal / tinycnn")
     assert "| smoothgrad | 0.4 [0.35, 0.45] | 0.5 [0.45, 0.55] |" in text
     page = write_report(tmp_path / "b.html", summary=summary, models=pd.DataFrame(),
                         sanity=pd.DataFrame(), figures=figures, provenance={})
@@ -460,6 +567,29 @@ def test_architecture_comparison_table_figure_and_report(tmp_path):
     assert not any(k.startswith("compare/") for k in write_figures(single, pd.DataFrame(),
                                                                  tmp_path / "f1"))
     assert "by architecture" not in markdown_tables(single)
+
+
+def test_report_shows_the_exact_ground_truth_first_and_names_each(tmp_path):
+    from nipype_xai.benchmark.report import markdown_tables, write_figures, write_report
+
+    signal = _two_architecture_summary()
+    summary = pd.concat([signal.assign(groundtruth="roi"), signal], ignore_index=True)
+    figures = write_figures(summary, pd.DataFrame(), tmp_path / "figures")
+    assert figures["compare/lesion/signal/lesion/auroc"]["png"].name == (
+        "task-lesion_label-lesion_desc-architectures_metric-auroc_plot.png")
+    assert figures["compare/lesion/roi/lesion/auroc"]["png"].name == (
+        "task-lesion_groundtruth-roi_label-lesion_desc-architectures_metric-auroc_plot.png")
+    assert figures["ranking/lesion/roi/resnet/lesion/auroc"]["png"].name == (
+        "task-lesion_groundtruth-roi_model-resnet_label-lesion_desc-ranking_metric-auroc_plot.png")
+    text = markdown_tables(summary)
+    assert text.index("## Ground truth: signal") < text.index("## Ground truth: roi")
+    assert "groundtruth = signal: exact ground truth, where the signal changes the image" in text
+    assert text.index("### lesion / GT signal / resnet") < text.index(
+        "### lesion / GT roi / tinycnn")
+    page = write_report(tmp_path / "b.html", summary=summary, models=pd.DataFrame(),
+                        sanity=pd.DataFrame(), figures=figures, provenance={}).read_text()
+    assert page.index("<h2>Ground truth: signal</h2>") < page.index("<h2>Ground truth: roi</h2>")
+    assert page.index("lesion / GT signal / tinycnn") < page.index("lesion / GT roi / tinycnn")
 
 
 def test_task_settings_fill_only_what_was_not_given():

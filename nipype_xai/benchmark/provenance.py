@@ -24,7 +24,13 @@ from torch import nn
 from .. import __version__
 from ..atomic import atomic_write
 from ..synth.train import EASY_COHORT_OPTIONS
-from .settings import ARCHITECTURES, BASELINES, TO_TEMPLATE, BenchmarkSettings
+from .settings import (
+    ARCHITECTURES,
+    BASELINES,
+    TO_TEMPLATE,
+    BenchmarkSettings,
+    groundtruth_mask_label,
+)
 
 
 def write_json(path: Path, content: Mapping[str, Any]) -> Path:
@@ -122,6 +128,10 @@ def provenance_record(settings: BenchmarkSettings, *, seeds: tuple[int, int, int
             "n_easy": s.n_easy, "easy_cohort_options": {t: EASY_COHORT_OPTIONS[t] for t in s.tasks},
             "resolution_mm": s.resolution_mm, "model_resolution_mm": s.model_resolution_mm,
             "to_template": {t: TO_TEMPLATE[t] for t in s.tasks},
+            # Which mask each ground-truth definition is, per task (groundtruth column).
+            "groundtruths": {t: {g: f"label-{groundtruth_mask_label(t, g)}"
+                                 for g in s.groundtruths if groundtruth_mask_label(t, g)}
+                             for t in s.tasks},
             "methods": list(s.methods), "method_params": s.method_params,
             "random_model_methods": list(s.random_model_methods), "baselines": list(BASELINES),
             "n_sanity": s.n_sanity, "sanity_methods": list(s.sanity_methods),

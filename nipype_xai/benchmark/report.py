@@ -3,6 +3,11 @@
 Figures are drawn on ``matplotlib.figure.Figure`` objects (no pyplot, as in
 :mod:`nipype_xai.reports.figures`) and written as PNG + SVG; the page embeds the PNGs, so it is one
 file that opens offline.
+
+Every table and figure is of one ground-truth definition (the ``groundtruth`` column,
+:data:`~nipype_xai.benchmark.settings.GROUNDTRUTHS`); the pages show them in that order, the exact
+``signal`` first, each under a heading that says what it is
+(:data:`~nipype_xai.benchmark.settings.GROUNDTRUTH_DESCRIPTIONS`).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from ..bids import method_to_desc
 from ..metrics.group import LOWER_IS_BETTER, SUMMARY_COLUMNS
 from ..reports import figure_name, format_value, is_baseline, plot_method_ranking
 from ..reports.figures import save_reproducibly
+from .settings import GROUNDTRUTH_DESCRIPTIONS, GROUNDTRUTHS
 
 __all__ = [
     "COMPARISON_METRICS",
@@ -48,6 +54,27 @@ HEADLINE_METRICS = ("precision_at_k", "auroc", "relevance_mass_accuracy", "emd")
 COMPARISON_METRICS = ("precision_at_k", "auroc")
 
 
+def _groundtruth_parts(summary: pd.DataFrame):
+    """``(groundtruth, rows)`` in the order of :data:`GROUNDTRUTHS` (unknown names last)."""
+    names = sorted(dict.fromkeys(summary["groundtruth"]),
+                   key=lambda g: GROUNDTRUTHS.index(g) if g in GROUNDTRUTHS else len(GROUNDTRUTHS))
+    for name in names:
+        yield name, summary[summary["groundtruth"] == name]
+
+
+def _groundtruth_entity(groundtruth: str) -> list[str]:
+    # The exact ground truth (the first definition) keeps the file names the figures always had;
+    # another definition is named in them.
+    return [] if groundtruth == GROUNDTRUTHS[0] else [f"groundtruth-{_label(groundtruth)}"]
+
+
+def _groundtruth_heading(groundtruth: str) -> tuple[str, str]:
+    """A definition's section heading and what it is, in words."""
+    return (f"Ground truth: {groundtruth}",
+            f"groundtruth = {groundtruth}: "
+            f"{GROUNDTRUTH_DESCRIPTIONS.get(groundtruth, 'not described')}.")
+
+
 def _correct_rows(summary: pd.DataFrame) -> pd.DataFrame:
     return summary[summary["correct"].astype(str).str.lower().isin(("true", "1"))]
 
@@ -55,7 +82,7 @@ def _correct_rows(summary: pd.DataFrame) -> pd.DataFrame:
 def architecture_table(summary: pd.DataFrame, metric: str) -> pd.DataFrame:
     """One metric per method (rows) and architecture (columns), correctly classified subjects.
 
-    ``summary`` is one task and class (``label``) of ``benchmark.tsv``. Cells are
+    ``summary`` is one task, ground truth and class (``label``) of ``benchmark.tsv``. Cells are
     ``mean [ci_low, ci_high]``; the ``n`` row gives the subjects per architecture. Methods are
     ordered by their mean over the architectures (best first), so a method whose place depends on
     the model stands out.
@@ -86,7 +113,7 @@ def plot_architecture_comparison(summary: pd.DataFrame, metric: str, out_base: P
                                  title: Optional[str] = None) -> dict[str, Path]:
     """Mean and CI of one metric per method, one colour per architecture (correct subjects).
 
-    ``summary`` is one task and class of ``benchmark.tsv``; methods are ordered as in
+    ``summary`` is one task, ground truth and class of ``benchmark.tsv``; methods are ordered as in
     :func:`architecture_table`. Shows at a glance whether the verdict depends on the model.
 
     Returns
@@ -216,23 +243,28 @@ def _short(layer: str) -> str:
 
 def write_figures(summary: pd.DataFrame, sanity: pd.DataFrame,
                   fig_dir: PathLike) -> dict[str, dict[str, Path]]:
-    """Ranking figures per task x architecture x class, and a sanity figure per model.
+    """Ranking figures per task x ground truth x architecture x class, and a sanity figure per
+    model.
 
     The rankings are of the correctly classified subjects (the decisions a lab would act on; the
-    incorrectly classified are in the tables), for :data:`HEADLINE_METRICS`.
+    incorrectly classified are in the tables), for :data:`HEADLINE_METRICS`. File names of the
+    exact ``signal`` ground truth carry no ground-truth entity; the others carry
+    ``groundtruth-<name>``.
 
-    With more than one architecture, also one comparison figure per task x class x
+    With more than one architecture, also one comparison figure per task x ground truth x class x
     :data:`COMPARISON_METRICS` (:func:`plot_architecture_comparison`).
 
     Returns
     -------
     dict
-        ``"ranking/<task>/<architecture>/<label>/<metric>"``, ``"sanity/<task>/<architecture>"``
-        and ``"compare/<task>/<label>/<metric>"`` -> ``{"png": Path, "svg": Path}``.
+        ``"ranking/<task>/<groundtruth>/<architecture>/<label>/<metric>"``,
+        ``"sanity/<task>/<architecture>"`` and ``"compare/<task>/<groundtruth>/<label>/<metric>"``
+        -> ``{"png": Path, "svg": Path}``.
     """
     fig_dir = Path(fig_dir)
     figures: dict[str, dict[str, Path]] = {}
-    for (task, name), part in summary.groupby(["task", "architecture"], sort=False):
+    for (task, gt, name), part in summary.groupby(["task", "groundtruth", "architecture"],
+                                                  sort=False):
         for label, group in part.groupby("label", sort=False):
             correct = group["correct"].astype(bool)
             chosen, which = group[correct], "correctly classified"
@@ -244,22 +276,25 @@ def write_figures(summary: pd.DataFrame, sanity: pd.DataFrame,
                 if metric not in set(ranking["metric"]):
                     continue
                 base = fig_dir / figure_name(
-                    f"task-{task}", f"model-{_label(name)}", f"label-{_label(label)}",
-                    "desc-ranking", f"metric-{method_to_desc(metric)}", "plot")
-                figures[f"ranking/{task}/{name}/{label}/{metric}"] = plot_method_ranking(
-                    ranking, metric, base, title=f"{task} / {name} / {label} ({which}): {metric}")
-    for (task, label), part in summary.groupby(["task", "label"], sort=False):
+                    f"task-{task}", *_groundtruth_entity(gt), f"model-{_label(name)}",
+                    f"label-{_label(label)}", "desc-ranking",
+                    f"metric-{method_to_desc(metric)}", "plot")
+                figures[f"ranking/{task}/{gt}/{name}/{label}/{metric}"] = plot_method_ranking(
+                    ranking, metric, base,
+                    title=f"{task} / GT {gt} / {name} / {label} ({which}): {metric}")
+    for (task, gt, label), part in summary.groupby(["task", "groundtruth", "label"], sort=False):
         if part["architecture"].nunique() < 2 or _correct_rows(part).empty:
             continue
         for metric in COMPARISON_METRICS:
             if metric not in set(_correct_rows(part)["metric"]):
                 continue
-            base = fig_dir / figure_name(f"task-{task}", f"label-{_label(label)}",
-                                         "desc-architectures",
+            base = fig_dir / figure_name(f"task-{task}", *_groundtruth_entity(gt),
+                                         f"label-{_label(label)}", "desc-architectures",
                                          f"metric-{method_to_desc(metric)}", "plot")
-            figures[f"compare/{task}/{label}/{metric}"] = plot_architecture_comparison(
+            figures[f"compare/{task}/{gt}/{label}/{metric}"] = plot_architecture_comparison(
                 part, metric, base,
-                title=f"{task} / {label}, correctly classified: {metric} by architecture")
+                title=f"{task} / GT {gt} / {label}, correctly classified: {metric} by "
+                      "architecture")
     if len(sanity):
         for (task, name), part in sanity.groupby(["task", "architecture"], sort=False):
             base = fig_dir / figure_name(f"task-{task}", f"model-{_label(name)}", "desc-sanity",
@@ -272,9 +307,9 @@ def write_figures(summary: pd.DataFrame, sanity: pd.DataFrame,
 def wide_table(summary: pd.DataFrame, metrics=HEADLINE_METRICS) -> pd.DataFrame:
     """``mean [ci_low, ci_high]`` per method (rows) and metric (columns), best first.
 
-    ``summary`` is one group of subjects of ``benchmark.tsv`` (one task, architecture, label and
-    ``correct`` value). Rows are ordered by the first metric (lower first for
-    :data:`~nipype_xai.metrics.group.LOWER_IS_BETTER`); ``n`` is the number of subjects.
+    ``summary`` is one group of subjects of ``benchmark.tsv`` (one task, ground truth,
+    architecture, label and ``correct`` value). Rows are ordered by the first metric (lower first
+    for :data:`~nipype_xai.metrics.group.LOWER_IS_BETTER`); ``n`` is the number of subjects.
     """
     metrics = [m for m in metrics if m in set(summary["metric"])]
     rows = {}
@@ -299,44 +334,46 @@ def wide_table(summary: pd.DataFrame, metrics=HEADLINE_METRICS) -> pd.DataFrame:
     return frame[["method", *metrics, "n"]].reset_index(drop=True)
 
 
+def _markdown_table(table: pd.DataFrame, columns: list[str]) -> list[str]:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for _, row in table.iterrows():
+        method = str(row["method"])
+        shown = f"*{method}*" if is_baseline(method) else method
+        lines.append("| " + " | ".join([shown, *[str(row[c]) for c in columns[1:]]]) + " |")
+    return [*lines, ""]
+
+
 def markdown_tables(summary: pd.DataFrame, metrics=HEADLINE_METRICS) -> str:
-    """The headline tables as Markdown: one per task x architecture x class x correct, preceded
-    (with several architectures) by :func:`architecture_table` per task x class.
+    """The headline tables as Markdown, one section per ground-truth definition (the exact
+    ``signal`` first, its heading saying what it is): a table per task x architecture x class x
+    correct, preceded (with several architectures) by :func:`architecture_table` per task x class.
 
     Each row is a method, each cell ``mean [ci_low, ci_high]`` (:func:`wide_table`); baselines
     are in italics. Written next to ``benchmark.tsv`` as ``benchmark.md`` for documentation.
     """
     lines = []
-    for (task, label), part in summary.groupby(["task", "label"], sort=False):
-        if part["architecture"].nunique() < 2 or _correct_rows(part).empty:
-            continue
-        for metric in COMPARISON_METRICS:
-            table = architecture_table(part, metric)
-            if len(table) <= 1:
+    for gt, rows in _groundtruth_parts(summary):
+        heading, description = _groundtruth_heading(gt)
+        lines += [f"## {heading}", "", description, ""]
+        for (task, label), part in rows.groupby(["task", "label"], sort=False):
+            if part["architecture"].nunique() < 2 or _correct_rows(part).empty:
                 continue
-            lines += [f"### {task} / {label}, correctly classified: {metric} by architecture", ""]
-            lines.append("| " + " | ".join(table.columns) + " |")
-            lines.append("|" + "|".join("---" for _ in table.columns) + "|")
-            for _, row in table.iterrows():
-                method = str(row["method"])
-                shown = f"*{method}*" if is_baseline(method) else method
-                lines.append("| " + " | ".join([shown, *[str(row[c]) for c in table.columns[1:]]])
-                             + " |")
-            lines.append("")
-    for (task, name, label, correct), group in summary.groupby(
-            ["task", "architecture", "label", "correct"], sort=False):
-        wide = wide_table(group, metrics)
-        which = "correctly" if bool(correct) else "incorrectly"
-        n = int(wide["n"].max()) if len(wide) else 0
-        lines += [f"### {task} / {name} / {label}, {which} classified (n = {n})", ""]
-        columns = ["method", *[c for c in wide.columns if c not in ("method", "n")]]
-        lines.append("| " + " | ".join(columns) + " |")
-        lines.append("|" + "|".join("---" for _ in columns) + "|")
-        for _, row in wide.iterrows():
-            method = str(row["method"])
-            shown = f"*{method}*" if is_baseline(method) else method
-            lines.append("| " + " | ".join([shown, *[str(row[c]) for c in columns[1:]]]) + " |")
-        lines.append("")
+            for metric in COMPARISON_METRICS:
+                table = architecture_table(part, metric)
+                if len(table) <= 1:
+                    continue
+                lines += [f"### {task} / GT {gt} / {label}, correctly classified: {metric} by "
+                          "architecture", ""]
+                lines += _markdown_table(table, list(table.columns))
+        for (task, name, label, correct), group in rows.groupby(
+                ["task", "architecture", "label", "correct"], sort=False):
+            wide = wide_table(group, metrics)
+            which = "correctly" if bool(correct) else "incorrectly"
+            n = int(wide["n"].max()) if len(wide) else 0
+            lines += [f"### {task} / GT {gt} / {name} / {label}, {which} classified (n = {n})",
+                      ""]
+            lines += _markdown_table(
+                wide, ["method", *[c for c in wide.columns if c not in ("method", "n")]])
     return "\n".join(lines)
 
 
@@ -363,6 +400,38 @@ th{background:#f2f2f2} tr.baseline td{color:#777;font-style:italic}
 img{max-width:100%;margin:.5em 0} .note{color:#555;font-size:.9em}
 details{margin:1em 0}
 """
+
+
+def _groundtruth_sections(gt: str, summary: pd.DataFrame,
+                          figures: Mapping[str, Mapping[str, Path]]) -> list[str]:
+    """The page's tables and figures of one ground-truth definition (``summary``'s rows of it)."""
+    body = []
+    for (task, label), part in summary.groupby(["task", "label"], sort=False):
+        keys = [f"compare/{task}/{gt}/{label}/{metric}" for metric in COMPARISON_METRICS]
+        if not any(key in figures for key in keys):
+            continue
+        body.append(f"<h3>{html.escape(str(task))} / GT {html.escape(gt)} / "
+                    f"{html.escape(str(label))}: how much the verdict depends on the model</h3>")
+        for metric, key in zip(COMPARISON_METRICS, keys):
+            if key in figures:
+                body.append(_table(architecture_table(part, metric)))
+                body.append(_img(figures[key], f"{task} {gt} {label}: {metric} by architecture"))
+    for (task, name), part in summary.groupby(["task", "architecture"], sort=False):
+        body.append(f"<h3>{html.escape(str(task))} / GT {html.escape(gt)} / "
+                    f"{html.escape(str(name))}</h3>")
+        for label, by_label in part.groupby("label", sort=False):
+            for correct, group in by_label.groupby("correct", sort=False):
+                n = int(group["n"].max()) if len(group) else 0
+                which = "correctly" if bool(correct) else "incorrectly"
+                body.append(f"<h4>{html.escape(str(label))}, {which} classified "
+                            f"({n} subjects)</h4>")
+                body.append(_table(wide_table(group)))
+            for metric in HEADLINE_METRICS:
+                key = f"ranking/{task}/{gt}/{name}/{label}/{metric}"
+                if key in figures:
+                    body.append(_img(figures[key],
+                                     f"{task} {gt} {name} {label}: ranking by {metric}"))
+    return body
 
 
 def write_report(out_html: PathLike, *, summary: pd.DataFrame, models: pd.DataFrame,
@@ -397,44 +466,31 @@ def write_report(out_html: PathLike, *, summary: pd.DataFrame, models: pd.DataFr
          f"{', '.join(settings.get('baselines', []))} and {random_models}, scored against the "
          "known ground truth of synthetic cohorts (SPEC §8).</p>"),
         ('<p class="note">Maps explain the predicted class, in template space on the model grid, '
-         "scored as |map| inside the template brain mask. Only subjects with a ground-truth mask are "
-         "scored (lesion task: controls have no lesion and are skipped; atrophy task: both classes "
-         "have the caudate mask and are scored, kept apart by <code>label</code>). Correctly and "
-         "incorrectly classified subjects are summarised apart (<code>correct</code>). Intervals: "
+         "scored as |map| inside the template brain mask, against each ground-truth definition "
+         "(<code>groundtruth</code>; each has its section, the exact <code>signal</code> first). "
+         "Only subjects with a mask of the definition are scored (controls have no signal and are "
+         "skipped under <code>signal</code>; under the atrophy task's <code>roi</code> both "
+         "classes have the caudate mask and are scored, kept apart by <code>label</code>). "
+         "Correctly and incorrectly classified subjects are summarised apart "
+         "(<code>correct</code>). Intervals: "
          f"{settings.get('ci', 0.95):.0%} percentile bootstrap over subjects, "
          f"{settings.get('n_boot', '')} replicates, paired across methods. Baselines in grey "
          "italics. Lower is better for emd, higher for the other metrics.</p>"),
         "<h2>Models</h2>", _table(models, method_column=None),
     ]
-    for (task, label), part in summary.groupby(["task", "label"], sort=False):
-        keys = [f"compare/{task}/{label}/{metric}" for metric in COMPARISON_METRICS]
-        if not any(key in figures for key in keys):
-            continue
-        body.append(f"<h2>{html.escape(str(task))} / {html.escape(str(label))}: how much the "
-                    "verdict depends on the model</h2>")
-        for metric, key in zip(COMPARISON_METRICS, keys):
+    for gt, rows in _groundtruth_parts(summary):
+        heading, description = _groundtruth_heading(gt)
+        body += [f"<h2>{html.escape(heading)}</h2>",
+                 f'<p class="note">{html.escape(description)}</p>',
+                 *_groundtruth_sections(gt, rows, figures)]
+    if len(sanity):
+        for (task, name), part in sanity.groupby(["task", "architecture"], sort=False):
+            key = f"sanity/{task}/{name}"
             if key in figures:
-                body.append(_table(architecture_table(part, metric)))
-                body.append(_img(figures[key], f"{task} {label}: {metric} by architecture"))
-    for (task, name), part in summary.groupby(["task", "architecture"], sort=False):
-        body.append(f"<h2>{html.escape(str(task))} / {html.escape(str(name))}</h2>")
-        for label, by_label in part.groupby("label", sort=False):
-            for correct, group in by_label.groupby("correct", sort=False):
-                n = int(group["n"].max()) if len(group) else 0
-                which = "correctly" if bool(correct) else "incorrectly"
-                body.append(f"<h3>{html.escape(str(label))}, {which} classified "
-                            f"({n} subjects)</h3>")
-                body.append(_table(wide_table(group)))
-            for metric in HEADLINE_METRICS:
-                key = f"ranking/{task}/{name}/{label}/{metric}"
-                if key in figures:
-                    body.append(_img(figures[key], f"{task} {name} {label}: ranking by {metric}"))
-        key = f"sanity/{task}/{name}"
-        if key in figures:
-            subjects = sanity.loc[(sanity["task"] == task) & (sanity["architecture"] == name),
-                                  "n_subjects"]
-            body.append(f"<h3>Cascading randomisation ({int(subjects.max())} subjects)</h3>")
-            body.append(_img(figures[key], f"{task} {name}: sanity check"))
+                body.append(f"<h2>{html.escape(str(task))} / {html.escape(str(name))}: "
+                            f"cascading randomisation ({int(part['n_subjects'].max())} "
+                            "subjects)</h2>")
+                body.append(_img(figures[key], f"{task} {name}: sanity check"))
     body.append("<details><summary>All statistics (benchmark.tsv)</summary>"
                 + _table(summary) + "</details>")
     body.append("<h2>Provenance</h2>")

@@ -1,13 +1,17 @@
-"""One model's scores: every test subject's maps against its ground truth, and the sanity check.
+"""One model's scores: every test subject's maps against its ground truths, and the sanity check.
+
+Each map is scored against every ground-truth definition of the run that applies to the subject
+(:data:`~nipype_xai.benchmark.settings.GROUNDTRUTHS`: the exact ``signal`` mask, and for the atrophy
+task also the anatomical ``roi``), one row per definition; the maps are computed once.
 
 Resume: the results of one (model, task, subject) -- its maps scored with every metric -- and of
 one model's randomisation check are cached with :class:`joblib.Memory` under ``OUTPUT_DIR/work``,
 so a killed run starts again from the last finished subject. The cache key is what decides a
-result: the subject's model-grid input, ground truth and brain mask (their values, so a different
-cohort can never match), the model's weights (a digest: :func:`joblib.hash` of a ``torch.nn.Module``
-goes through pickle, whose bytes are not a stable name for the weights, so the model itself is not
-hashed, its weights digest is), methods, parameters, seeds and the package version. The models
-themselves, the device and progress reporting are left out of the key.
+result: the subject's model-grid input, ground-truth masks and brain mask (their values, so a
+different cohort can never match), the model's weights (a digest: :func:`joblib.hash` of a
+``torch.nn.Module`` goes through pickle, whose bytes are not a stable name for the weights, so the
+model itself is not hashed, its weights digest is), methods, parameters, seeds and the package
+version. The models themselves, the device and progress reporting are left out of the key.
 """
 
 from __future__ import annotations
@@ -27,7 +31,14 @@ from torch import nn
 from .. import __version__
 from ..bids import derivative_path, resolution_label
 from .provenance import state_digest
-from .settings import BASELINES, DEFAULT_RANDOM_MODEL_METHODS, METRICS, TO_TEMPLATE
+from .settings import (
+    BASELINES,
+    DEFAULT_RANDOM_MODEL_METHODS,
+    GROUNDTRUTHS,
+    METRICS,
+    TO_TEMPLATE,
+    groundtruth_mask_label,
+)
 
 _GROUNDTRUTH = Path("derivatives", "groundtruth")
 
@@ -219,13 +230,14 @@ def model_randomization_check(
 
 
 def _score_subject(model: nn.Module, random_model: Optional[nn.Module], x: np.ndarray,
-                   target: int, groundtruth: np.ndarray, brain: np.ndarray, affine: np.ndarray,
-                   identity: Mapping[str, Any], *, methods: Sequence[str],
+                   target: int, groundtruths: Mapping[str, np.ndarray], brain: np.ndarray,
+                   affine: np.ndarray, identity: Mapping[str, Any], *, methods: Sequence[str],
                    method_params: Mapping[str, Mapping[str, Any]], seed: int,
                    random_model_methods: Sequence[str], random_seed: int, weights: str,
                    version: str, device: str,
                    on_map: Callable[[str], None]) -> list[dict[str, Any]]:
-    """``subjects.tsv``'s rows of one subject: every map scored with every metric.
+    """``subjects.tsv``'s rows of one subject: every map scored with every metric against each of
+    ``groundtruths`` (definition -> mask on the model grid), definition by definition.
 
     ``weights`` and ``version`` are not used here: they are the cache key's name for ``model``
     (and ``random_model``, made from it) and for the code.
@@ -233,19 +245,21 @@ def _score_subject(model: nn.Module, random_model: Optional[nn.Module], x: np.nd
     from ..attribution import is_baseline
     from ..metrics import overlap_metrics_report
 
-    rows = []
+    rows: dict[str, list[dict[str, Any]]] = {groundtruth: [] for groundtruth in groundtruths}
     for name, volume, seconds in subject_maps(
             model, torch.from_numpy(x).to(device), target, methods, method_params=method_params,
             seed=seed, random_model=random_model, random_model_methods=random_model_methods,
             random_seed=random_seed):
         on_map(name)
-        values, notes = overlap_metrics_report(volume, groundtruth, brain, score="abs",
-                                               affine=affine)
-        rows.append({**identity, "method": name,
-                     "kind": "baseline" if is_baseline(name) else "method",
-                     **{metric: values.get(metric, float("nan")) for metric in METRICS},
-                     "emd_method": notes.get("emd_method"), "seconds": round(seconds, 3)})
-    return rows
+        for groundtruth, mask in groundtruths.items():
+            values, notes = overlap_metrics_report(volume, mask, brain, score="abs",
+                                                   affine=affine)
+            rows[groundtruth].append({
+                "task": identity["task"], "groundtruth": groundtruth, **identity, "method": name,
+                "kind": "baseline" if is_baseline(name) else "method",
+                **{metric: values.get(metric, float("nan")) for metric in METRICS},
+                "emd_method": notes.get("emd_method"), "seconds": round(seconds, 3)})
+    return [row for part in rows.values() for row in part]
 
 
 def _sanity_rows(model: nn.Module, x: np.ndarray, methods: Sequence[str], *,
@@ -264,12 +278,13 @@ def _sanity_rows(model: nn.Module, x: np.ndarray, methods: Sequence[str], *,
 # --------------------------------------------------------------------------------------------
 
 
-def _groundtruth_path(cohort: Path, participant_id: str, task: str,
+def _groundtruth_path(cohort: Path, participant_id: str, label: str,
                       resolution_mm: float) -> Path:
-    from ..synth import TEMPLATE_SPACE, groundtruth_label
+    """A template-space ``label-<label>`` mask of the cohort's ground truth."""
+    from ..synth import TEMPLATE_SPACE
 
     entities = {"subject": participant_id.removeprefix("sub-"), "space": TEMPLATE_SPACE,
-                "label": groundtruth_label(task), "suffix": "mask", "extension": ".nii.gz"}
+                "label": label, "suffix": "mask", "extension": ".nii.gz"}
     if float(resolution_mm) != 1.0:
         entities["res"] = resolution_label(resolution_mm)
     return derivative_path(entities, cohort / _GROUNDTRUTH)
@@ -285,9 +300,60 @@ def _mask_on_grid(image: nib.spatialimages.SpatialImage, grid) -> np.ndarray:
     return np.asarray(resampled.dataobj) > 0.5
 
 
+def groundtruth_masks(cohort: Path, participant_id: str, task: str, groundtruths: Sequence[str],
+                      resolution_mm: float, grid, brain: np.ndarray,
+                      ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """One test subject's ground-truth masks on the model grid, per definition.
+
+    Parameters
+    ----------
+    cohort
+        The test cohort (its ``derivatives/groundtruth``).
+    participant_id
+        ``sub-XX``.
+    task
+        The cohort's task.
+    groundtruths
+        Definitions (:data:`~nipype_xai.benchmark.settings.GROUNDTRUTHS`); one that does not
+        apply to the task (:func:`~nipype_xai.benchmark.settings.groundtruth_mask_label`) is
+        left out silently.
+    resolution_mm
+        The cohort's voxel size (which ``res-`` the template-space masks carry).
+    grid, brain
+        The model grid and the brain mask on it: a mask is resampled there (nearest neighbour)
+        and restricted to the brain.
+
+    Returns
+    -------
+    tuple
+        ``{definition: boolean mask}`` of the definitions the subject is scored against, and
+        ``{definition: reason}`` of those it is not (no mask file: a control has no signal; or
+        a mask empty on the model grid).
+    """
+    from ..images import load_volume
+
+    masks: dict[str, np.ndarray] = {}
+    missing: dict[str, str] = {}
+    for groundtruth in groundtruths:
+        label = groundtruth_mask_label(task, groundtruth)
+        if label is None:
+            continue
+        path = _groundtruth_path(cohort, participant_id, label, resolution_mm)
+        if not path.is_file():
+            missing[groundtruth] = f"no label-{label} mask"
+            continue
+        mask = _mask_on_grid(load_volume(path), grid) & brain
+        if mask.any():
+            masks[groundtruth] = mask
+        else:
+            missing[groundtruth] = f"label-{label} mask empty on the model grid"
+    return masks, missing
+
+
 def score_model(bundle, task: str, test_root: Path, settings,
                 memory) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    """Score every test subject with a ground truth, and run the sanity check, for one model.
+    """Score every test subject against its ground truths, and run the sanity check, for one
+    model.
 
     Parameters
     ----------
@@ -305,12 +371,14 @@ def score_model(bundle, task: str, test_root: Path, settings,
     Returns
     -------
     tuple
-        ``subjects.tsv``'s and ``sanity.tsv``'s rows of this model, and ``{"summary": its
-        models.tsv row, "skipped": the subjects not scored, with the reason}``.
+        ``subjects.tsv``'s rows of this model (definition by definition, in the order of
+        :data:`~nipype_xai.benchmark.settings.GROUNDTRUTHS`) and ``sanity.tsv``'s, and
+        ``{"summary": its models.tsv row, "skipped": (subject, groundtruth) pairs not scored,
+        with the reason}``. ``models.tsv`` counts a subject as scored when it is scored against
+        at least one definition.
     """
     from tqdm.auto import tqdm
 
-    from ..images import load_volume
     from ..metrics import randomize_model
     from ..models.preprocessing import model_grid_for
     from ..synth import load_template_anatomy
@@ -328,7 +396,8 @@ def score_model(bundle, task: str, test_root: Path, settings,
            "version": __version__}
 
     # The test images are on the cohort's template grid (load_cohort_arrays took them from there
-    # to the model grid), as are the template brain mask and the ground-truth masks.
+    # to the model grid), as are the template brain mask and the ground-truth masks (the atrophy
+    # signal's for the T1w moved by the affine alone, as TO_TEMPLATE["atrophy"] moves it).
     template_mask = load_template_anatomy(s.resolution_mm).brain_mask
     grid = model_grid_for(template_mask, spec)
     brain = _mask_on_grid(template_mask, grid)
@@ -343,14 +412,12 @@ def score_model(bundle, task: str, test_root: Path, settings,
                disable=not s.progress)
     for i in bar:
         subject = subjects[i]
-        path = _groundtruth_path(test_root, subject, task, s.resolution_mm)
-        if not path.is_file():
-            skipped.append({"subject": subject, "reason": f"no ground-truth mask "
-                                                          f"({labels[subject]})"})
-            continue
-        gt = _mask_on_grid(load_volume(path), grid) & brain
-        if not gt.any():
-            skipped.append({"subject": subject, "reason": "ground truth empty on the model grid"})
+        masks, missing = groundtruth_masks(test_root, subject, task, s.groundtruths,
+                                           s.resolution_mm, grid, brain)
+        skipped += [{"subject": subject, "groundtruth": groundtruth,
+                     "reason": f"{reason} ({labels[subject]})"}
+                    for groundtruth, reason in missing.items()]
+        if not masks:
             continue
         scored.append(i)
         target = int(predicted[i])
@@ -358,8 +425,8 @@ def score_model(bundle, task: str, test_root: Path, settings,
                     "label": labels[subject], "predicted": spec.outputs[target],
                     "correct": bool(target == int(y[i]))}
         rows += score_subject(
-            model, random_model, X[i:i + 1].numpy(), target, gt, brain, grid.affine, identity,
-            methods=s.methods, method_params=s.method_params, seed=s.seed,
+            model, random_model, X[i:i + 1].numpy(), target, masks, brain, grid.affine,
+            identity, methods=s.methods, method_params=s.method_params, seed=s.seed,
             random_model_methods=s.random_model_methods, random_seed=s.seed + i,
             device=s.device, on_map=bar.set_postfix_str, **key)
 
@@ -375,6 +442,8 @@ def score_model(bundle, task: str, test_root: Path, settings,
             sanity_rows.append({"task": task, "architecture": bundle.name, **row,
                                 "n_subjects": len(chosen)})
 
+    # Definition by definition (a stable sort keeps the subjects' order within each).
+    rows.sort(key=lambda row: GROUNDTRUTHS.index(row["groundtruth"]))
     n_correct = sum(1 for i in scored if int(predicted[i]) == int(y[i]))
     summary = {
         "task": task, "architecture": bundle.name, "spec": spec.name,
@@ -382,7 +451,7 @@ def score_model(bundle, task: str, test_root: Path, settings,
         "test_balanced_accuracy": scores["balanced_accuracy"], "test_accuracy": scores["accuracy"],
         "n_test": scores["n"], "confusion": json.dumps(scores["confusion"]),
         "n_scored": len(scored), "n_scored_correct": n_correct,
-        "n_scored_incorrect": len(scored) - n_correct, "n_skipped": len(skipped),
+        "n_scored_incorrect": len(scored) - n_correct, "n_skipped": len(subjects) - len(scored),
         "sanity_subjects": ",".join(subjects[i] for i in chosen),
     }
     return pd.DataFrame(rows), pd.DataFrame(sanity_rows), {"summary": summary,

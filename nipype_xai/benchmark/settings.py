@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Optional, Union
 
 from ..attribution.baselines import available_baselines
+from ..synth import groundtruth_label, signal_label
+from ..synth.atrophy import SIGNAL_MIN_DISPLACEMENT_VOXELS, SIGNAL_MIN_LOG_JACOBIAN
 from ..synth.train import TASK_TO_TEMPLATE
 
 PathLike = Union[str, os.PathLike]
@@ -32,6 +34,49 @@ BASELINES: tuple[str, ...] = tuple(available_baselines())
 
 #: Methods run on the fully randomised model by default (``random_model_<method>``).
 DEFAULT_RANDOM_MODEL_METHODS: tuple[str, ...] = ("gradient", "smoothgrad")
+
+#: The ground-truth definitions every map is scored against, in the order of the reports (the
+#: ``groundtruth`` column of ``subjects.tsv`` and ``benchmark.tsv``):
+#:
+#: * ``signal``: the exact ground truth, where the task's signal changes the image
+#:   (:func:`~nipype_xai.synth.signal_label`: the lesion mask, soft border included; for atrophy
+#:   ``label-atrophy``, where the contraction moves tissue or changes its volume, positives only:
+#:   a control's is empty, so controls are not scored against it);
+#: * ``roi``: the anatomical region the signal is placed in (:func:`~nipype_xai.synth.
+#:   groundtruth_label`: the caudate for atrophy, in every subject). Only for tasks where it is
+#:   not the signal mask already: the lesion task has ``signal`` alone.
+GROUNDTRUTHS: tuple[str, ...] = ("signal", "roi")
+
+#: What each ground-truth definition is, in words (the reports' legend).
+GROUNDTRUTH_DESCRIPTIONS: dict[str, str] = {
+    "signal": (f"exact ground truth, where the signal changes the image: lesion task, the lesion "
+               f"mask with its soft border (label-{signal_label('lesion')}); atrophy task, "
+               f"label-{signal_label('atrophy')}, where the contraction moves tissue by more than "
+               f"{SIGNAL_MIN_DISPLACEMENT_VOXELS:g} voxel or changes |log det| of its Jacobian by "
+               f"more than {SIGNAL_MIN_LOG_JACOBIAN:g} (positives only: a control's is empty)"),
+    "roi": (f"anatomical region the signal is placed in: atrophy task, the caudate mask "
+            f"(label-{groundtruth_label('atrophy')}) in every subject, while the signal reaches "
+            f"well beyond it; the lesion task has none (its lesion mask is the signal's)"),
+}
+
+
+def groundtruth_mask_label(task: str, groundtruth: str) -> Optional[str]:
+    """The ``label-`` of the mask a ground-truth definition names for a task, or None when the
+    definition does not apply (``roi`` of the lesion task: the lesion mask is the signal's).
+
+    Raises
+    ------
+    ValueError
+        An unknown definition (see :data:`GROUNDTRUTHS`).
+    """
+    if groundtruth == "signal":
+        return signal_label(task)
+    if groundtruth == "roi":
+        region = groundtruth_label(task)
+        return None if region == signal_label(task) else region
+    raise ValueError(f"unknown ground truth {groundtruth!r}; choose among "
+                     f"{', '.join(GROUNDTRUTHS)}")
+
 
 #: How each task's T1w images reach template space (see :mod:`nipype_xai.synth.train`): lesions
 #: survive any warp, so the full known transform; the atrophy task's signal *is* a deformation,
@@ -148,6 +193,9 @@ class BenchmarkSettings:
     method_params
         Per-method parameter overrides, e.g. ``{"shapley_sampling": {"n_samples": 2}}``; also
         used for the sanity check and the ``random_model_`` baselines.
+    groundtruths
+        The ground-truth definitions each map is scored against (:data:`GROUNDTRUTHS`; a
+        definition that does not apply to a task, ``roi`` for lesions, is left out there).
     random_model_methods
         Methods run on the fully randomised model as baselines (``random_model_<method>``).
     n_sanity
@@ -184,6 +232,7 @@ class BenchmarkSettings:
     external_weights: bool = False
     method_params: Optional[Mapping[str, Mapping[str, Any]]] = dataclasses.field(
         default=None, hash=False)
+    groundtruths: Sequence[str] = GROUNDTRUTHS
     random_model_methods: Sequence[str] = DEFAULT_RANDOM_MODEL_METHODS
     n_sanity: int = 2
     sanity_methods: Optional[Sequence[str]] = None
@@ -205,6 +254,17 @@ class BenchmarkSettings:
         if unknown or not tasks:
             raise ValueError(f"unknown task(s) {unknown}; choose among {', '.join(TASKS)}")
         self._set("tasks", tasks)
+        groundtruths = _unique(self.groundtruths)
+        unknown = [g for g in groundtruths if g not in GROUNDTRUTHS]
+        if unknown or not groundtruths:
+            raise ValueError(f"groundtruths: unknown definition(s) {unknown}; choose among "
+                             f"{', '.join(GROUNDTRUTHS)}")
+        self._set("groundtruths", groundtruths)
+        bare = [t for t in tasks
+                if all(groundtruth_mask_label(t, g) is None for g in groundtruths)]
+        if bare:
+            raise ValueError(f"groundtruths {list(groundtruths)}: none applies to task(s) {bare} "
+                             f"(the lesion task has 'signal' only)")
 
         known = available_methods()
         methods = _unique(self.methods if self.methods is not None else known)

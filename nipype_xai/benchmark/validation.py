@@ -3,8 +3,10 @@
 For each synthetic task (:mod:`nipype_xai.synth`) it generates a training and a test cohort, trains
 (or loads) each architecture, runs every attribution method and the baselines on every test
 subject that has a ground-truth mask, scores each map against that mask with every overlap metric
-of :func:`nipype_xai.metrics.overlap_metrics`, and summarises over subjects with paired bootstrap
-confidence intervals (:func:`nipype_xai.metrics.group.summarize_methods`). A cascading
+of :func:`nipype_xai.metrics.overlap_metrics` -- against each ground-truth definition that applies
+(the ``groundtruth`` column, :data:`~nipype_xai.benchmark.settings.GROUNDTRUTHS`) -- and summarises
+over subjects with paired bootstrap confidence intervals
+(:func:`nipype_xai.metrics.group.summarize_methods`). A cascading
 model-randomisation check (Adebayo et al. 2018) runs on a few test subjects per method.
 
 Design decisions (each is reported in ``provenance.json`` and the HTML report)
@@ -14,11 +16,19 @@ Design decisions (each is reported in ``provenance.json`` and the HTML report)
   load_cohort_arrays`, the same loader as training), the template-space ground-truth mask and the
   template brain mask are resampled onto the model grid with nearest-neighbour interpolation. No
   registration error enters the scores; it is a benchmark of the explanation, not of ANTs.
-* **Which subjects are scored.** Only subjects with a ground-truth mask. Lesion task: the
-  controls have no lesion, so no metric is defined for them and they are skipped (counted in
-  ``models.tsv``). Atrophy task: every subject has the caudate region mask, and both classes are
-  scored -- a correct "control" decision also rests on the (normal) caudate -- but the ``label``
-  column keeps the classes apart in every summary.
+* **Which ground truth.** Every map is scored against the *exact* ground truth, where the signal
+  changes the image (``groundtruth = signal``: the lesion mask; the atrophy task's
+  ``label-atrophy``, which reaches far beyond the caudate), and for the atrophy task also against
+  the anatomical region the signal is placed in (``groundtruth = roi``: ``label-caudate``), the
+  definition used before the exact one existed. Each is summarised on its own; the reports show
+  the ``signal`` tables first.
+* **Which subjects are scored.** Only subjects with a ground-truth mask of that definition.
+  Controls have no signal (lesion controls no lesion, atrophy controls no ``label-atrophy``), so
+  no ``signal`` metric is defined for them and they are skipped there (listed in
+  ``provenance.json``; ``models.tsv`` counts the subjects scored against no definition).
+  ``roi``: every atrophy subject has the caudate mask, and both classes are scored -- a correct
+  "control" decision also rests on the (normal) caudate -- but the ``label`` column keeps the
+  classes apart in every summary.
 * **Correct and incorrect predictions are kept apart** (the ``correct`` column; as Oliveira et al.
   did): a map of a misclassified subject explains a wrong decision, and pooling it with the
   correct ones would blur both.
@@ -41,8 +51,9 @@ Design decisions (each is reported in ``provenance.json`` and the HTML report)
 
 Output layout (``OUTPUT_DIR``)::
 
-    benchmark.tsv   task x architecture x label x correct x method x metric: mean, sd, CI, n, rank
-    subjects.tsv    one row per task x architecture x subject x method: every metric
+    benchmark.tsv   task x groundtruth x architecture x label x correct x method x metric: mean,
+                    sd, CI, n, rank
+    subjects.tsv    one row per task x groundtruth x architecture x subject x method: every metric
     sanity.tsv      task x architecture x method x randomised layers: Spearman
     models.tsv      per task x architecture: test balanced accuracy, subjects scored / skipped
     provenance.json command, seeds, versions, machine, settings
@@ -73,7 +84,7 @@ from ..atomic import atomic_write
 from ..tables import read_tsv, write_tsv
 from .provenance import provenance_record, write_json
 from .scoring import score_model
-from .settings import METRICS, BenchmarkSettings
+from .settings import GROUNDTRUTHS, METRICS, BenchmarkSettings
 from .training import (
     BenchmarkModel,
     architecture_spec,
@@ -87,7 +98,7 @@ from .training import (
 PathLike = Union[str, os.PathLike]
 
 # Columns that identify one summarised group of subjects in benchmark.tsv.
-_SUBSET_COLUMNS = ("task", "architecture", "label", "correct")
+_SUBSET_COLUMNS = ("task", "groundtruth", "architecture", "label", "correct")
 
 
 def run_validation_benchmark(output_dir: PathLike, settings: Optional[BenchmarkSettings] = None,
@@ -225,15 +236,18 @@ def summarize_benchmark(
 ) -> pd.DataFrame:
     """``benchmark.tsv`` from ``subjects.tsv``: per group of subjects, per method and metric.
 
-    Each group of subjects -- one task, architecture, class ``label`` and ``correct`` value -- is
-    summarised on its own with :func:`~nipype_xai.metrics.group.summarize_methods`: the bootstrap
-    resamples exactly that group's subjects, with the same resamples for every method (paired).
+    Each group of subjects -- one task, ground-truth definition, architecture, class ``label``
+    and ``correct`` value -- is summarised on its own with
+    :func:`~nipype_xai.metrics.group.summarize_methods`: the bootstrap resamples exactly that
+    group's subjects, with the same resamples for every method (paired). Groups come in the order
+    of :data:`~nipype_xai.benchmark.settings.GROUNDTRUTHS` (the exact ``signal`` first), then as
+    first seen in ``table``.
 
     Parameters
     ----------
     table
-        One row per subject x method with the columns ``task``, ``architecture``, ``label``,
-        ``correct``, ``subject``, ``method`` and the metric columns.
+        One row per subject x definition x method with the columns ``task``, ``groundtruth``,
+        ``architecture``, ``label``, ``correct``, ``subject``, ``method`` and the metric columns.
     metrics
         Metric columns to summarise (those absent from ``table`` are left out).
     n_boot, ci, seed
@@ -242,9 +256,9 @@ def summarize_benchmark(
     Returns
     -------
     pandas.DataFrame
-        Columns ``task, architecture, label, correct, method, metric, mean, sd, ci_low, ci_high,
-        n, rank`` (rank within the group and metric; 1 = best). ``attrs`` hold ``ci``, ``n_boot``
-        and ``seed``.
+        Columns ``task, groundtruth, architecture, label, correct, method, metric, mean, sd,
+        ci_low, ci_high, n, rank`` (rank within the group and metric; 1 = best). ``attrs`` hold
+        ``ci``, ``n_boot`` and ``seed``.
     """
     from ..metrics.group import SUMMARY_COLUMNS, summarize_methods
 
@@ -261,6 +275,9 @@ def summarize_benchmark(
             summary[column] = value
         parts.append(summary[columns])
     out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
+    rank = {name: i for i, name in enumerate(GROUNDTRUTHS)}
+    out = out.sort_values("groundtruth", key=lambda c: c.map(rank).fillna(len(rank)),
+                          kind="stable", ignore_index=True)
     out.attrs.update(ci=float(ci), n_boot=int(n_boot), seed=int(seed))
     return out
 
