@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, Callable, Iterator, Optional, Union
 
 import torch
@@ -66,6 +66,43 @@ def _seeded(seed: int, device: torch.device) -> Iterator[None]:
             with torch.cuda.device(index):
                 torch.cuda.manual_seed(int(seed))
         yield
+
+
+def _attribute_in_chunks(
+    explainer: Any,
+    x: torch.Tensor,
+    target: Optional[torch.Tensor],
+    chunk: int,
+    arguments: Callable[[slice], dict[str, Any]] = lambda rows: {},
+    *,
+    inputs: Callable[[torch.Tensor], torch.Tensor] = lambda chunk_x: chunk_x,
+    seed: Optional[int] = None,
+) -> torch.Tensor:
+    """captum's ``explainer.attribute`` against a zero baseline, ``chunk`` samples per call.
+
+    ``arguments(rows)`` gives the call's other keyword arguments for the samples ``rows``;
+    ``inputs`` prepares their slice of ``x`` (a clone where captum would otherwise write to or
+    flag the caller's tensor). With ``seed``, each call runs under :func:`_seeded`, so a chunk's
+    draws do not depend on the chunks before it.
+    """
+    maps = []
+    for rows in _chunks(x.shape[0], chunk):
+        with nullcontext() if seed is None else _seeded(seed, x.device):
+            maps.append(explainer.attribute(inputs(x[rows]), baselines=0.0,
+                                            target=_captum_target(target, rows),
+                                            **arguments(rows)))
+    return torch.cat(maps).detach()
+
+
+def _copies_per_sample(batch_size: int, rows: slice) -> int:
+    """captum's ``perturbations_per_eval`` (copies of each sample of the chunk ``rows`` per
+    forward pass) keeping every pass within ``batch_size`` rows."""
+    return max(1, batch_size // (rows.stop - rows.start))
+
+
+def _mask_rows(masks: torch.Tensor, rows: slice) -> torch.Tensor:
+    """The feature mask of the samples ``rows``: a per-sample mask's rows, or the shared one."""
+    return masks[rows] if masks.shape[0] > 1 else masks
 
 
 def _feature_mask_or_grid(

@@ -29,19 +29,25 @@ children of an ``nn.Sequential``, the known MONAI blocks).
 
 Every canonizer here is a zennit ``Canonizer``: it changes the model when a composite registers it
 and restores it exactly (the same parameter tensors, the same modules) when the composite is
-removed.
+removed. The MONAI ResNet residual canonizers are in :mod:`.residual` (re-exported here).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
-from zennit.canonizers import AttributeCanonizer, Canonizer, NamedMergeBatchNorm
-from zennit.layer import Sum
+from zennit.canonizers import Canonizer, NamedMergeBatchNorm
 from zennit.types import ConvolutionTranspose, Linear
+
+from .residual import (
+    MonaiResNetBlockCanonizer,
+    MonaiResNetBottleneckCanonizer,
+    monai_residual_block_types,
+    monai_resnet_type,
+)
 
 __all__ = [
     "BatchNormAffine1d",
@@ -184,8 +190,8 @@ def _traced_merge_pairs(model: nn.Module, graph: torch.fx.Graph) -> list[tuple[s
 def _structural_merge_pairs(model: nn.Module) -> list[tuple[str, str]]:
     """Adjacencies that hold by construction, for models ``torch.fx`` cannot trace."""
     pairs = []
-    monai_blocks = _monai_residual_block_types()
-    monai_resnet = _monai_resnet_type()
+    monai_blocks = monai_residual_block_types()
+    monai_resnet = monai_resnet_type()
     for name, module in model.named_modules():
         prefix = f"{name}." if name else ""
         if isinstance(module, nn.Sequential):
@@ -271,6 +277,12 @@ class MergeFollowingBatchNorm(NamedMergeBatchNorm):
 class _AffineFromBatchNorm:
     """Mixin: a depthwise 1×…×1 convolution computing an inference-mode batch norm exactly."""
 
+    def __init__(self, batch_norm: nn.modules.batchnorm._BatchNorm):
+        n = batch_norm.num_features
+        super().__init__(n, n, 1, groups=n, bias=True, device=batch_norm.running_mean.device,
+                         dtype=batch_norm.running_mean.dtype)
+        self._load_batch_norm(batch_norm)
+
     def _load_batch_norm(self, batch_norm: nn.modules.batchnorm._BatchNorm) -> None:
         scale, shift = batch_norm_affine(batch_norm)
         with torch.no_grad():
@@ -283,12 +295,6 @@ class _AffineFromBatchNorm:
 class BatchNormAffine1d(_AffineFromBatchNorm, nn.Conv1d):
     """``BatchNorm1d`` as a depthwise 1-wide convolution; accepts (N, C) and (N, C, L) inputs."""
 
-    def __init__(self, batch_norm: nn.BatchNorm1d):
-        n = batch_norm.num_features
-        super().__init__(n, n, 1, groups=n, bias=True, device=batch_norm.running_mean.device,
-                         dtype=batch_norm.running_mean.dtype)
-        self._load_batch_norm(batch_norm)
-
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if input.ndim == 2:
             return super().forward(input.unsqueeze(-1)).squeeze(-1)
@@ -298,21 +304,9 @@ class BatchNormAffine1d(_AffineFromBatchNorm, nn.Conv1d):
 class BatchNormAffine2d(_AffineFromBatchNorm, nn.Conv2d):
     """``BatchNorm2d`` as a depthwise 1×1 convolution."""
 
-    def __init__(self, batch_norm: nn.BatchNorm2d):
-        n = batch_norm.num_features
-        super().__init__(n, n, 1, groups=n, bias=True, device=batch_norm.running_mean.device,
-                         dtype=batch_norm.running_mean.dtype)
-        self._load_batch_norm(batch_norm)
-
 
 class BatchNormAffine3d(_AffineFromBatchNorm, nn.Conv3d):
     """``BatchNorm3d`` as a depthwise 1×1×1 convolution."""
-
-    def __init__(self, batch_norm: nn.BatchNorm3d):
-        n = batch_norm.num_features
-        super().__init__(n, n, 1, groups=n, bias=True, device=batch_norm.running_mean.device,
-                         dtype=batch_norm.running_mean.dtype)
-        self._load_batch_norm(batch_norm)
 
 
 _AFFINE_TYPES: dict[type, type] = {
@@ -378,88 +372,6 @@ class BatchNormAsAffine(Canonizer):
 
     def copy(self) -> "BatchNormAsAffine":
         return self.__class__(self.names)
-
-
-# --------------------------------------------------------------------------------------------
-# MONAI 3D ResNet blocks: residual addition through zennit's Sum layer
-# --------------------------------------------------------------------------------------------
-
-
-def _monai_residual_block_types() -> tuple[type, ...]:
-    try:
-        from monai.networks.nets.resnet import ResNetBlock, ResNetBottleneck
-    except ImportError:
-        return ()
-    return (ResNetBlock, ResNetBottleneck)
-
-
-def _monai_resnet_type() -> Optional[type]:
-    try:
-        from monai.networks.nets.resnet import ResNet
-    except ImportError:
-        return None
-    return ResNet
-
-
-class _SumResidualCanonizer(AttributeCanonizer):
-    """Overload ``forward`` of one block type so the residual addition is a ``Sum`` module."""
-
-    block_type_name: str = ""
-    block_forward: Callable[..., torch.Tensor]
-
-    def __init__(self):
-        super().__init__(self._attribute_map)
-
-    @classmethod
-    def block_type(cls) -> Optional[type]:
-        """The MONAI block class this canonizer rewrites (None when MONAI is not installed)."""
-        types = {t.__name__: t for t in _monai_residual_block_types()}
-        return types.get(cls.block_type_name)
-
-    def _attribute_map(self, name: str, module: nn.Module) -> Optional[dict]:
-        block_type = self.block_type()
-        # Exact type: a subclass may have changed forward, which this canonizer would undo.
-        if block_type is not None and type(module) is block_type:
-            return {"forward": self.block_forward.__get__(module), "canonizer_sum": Sum()}
-        return None
-
-    def copy(self) -> "_SumResidualCanonizer":
-        return self.__class__()
-
-
-def _add_residual(block: nn.Module, out: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-    return block.canonizer_sum(torch.stack([residual, out], dim=-1))
-
-
-class MonaiResNetBlockCanonizer(_SumResidualCanonizer):
-    """``monai.networks.nets.resnet.ResNetBlock`` (basic block) with its addition as ``Sum``."""
-
-    block_type_name = "ResNetBlock"
-
-    @staticmethod
-    def block_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        residual = x
-        out = self.act(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        if self.downsample is not None:
-            residual = self.downsample(x)
-        return self.act(_add_residual(self, out, residual))
-
-
-class MonaiResNetBottleneckCanonizer(_SumResidualCanonizer):
-    """``monai.networks.nets.resnet.ResNetBottleneck`` with its addition as ``Sum``."""
-
-    block_type_name = "ResNetBottleneck"
-
-    @staticmethod
-    def block_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        residual = x
-        out = self.act(self.bn1(self.conv1(x)))
-        out = self.act(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        if self.downsample is not None:
-            residual = self.downsample(x)
-        return self.act(_add_residual(self, out, residual))
 
 
 # --------------------------------------------------------------------------------------------

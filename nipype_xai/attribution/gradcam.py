@@ -17,7 +17,7 @@ repeated over input channels. No normalisation: that is a separate, named post-p
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -142,26 +142,28 @@ def _cam(model, x, target, layer, batch_size, map_fn) -> torch.Tensor:
     return torch.cat(maps)
 
 
-@register_method(
-    "gradcam",
-    row=14,
-    description="Grad-CAM on the last convolutional stage (layer=None) or a named module",
-    reference="MONAI GradCAM (after min-max normalisation) / hand computation",
-)
-def gradcam(model, x, target, *, layer=None, batch_size=16):
-    layer = layer or default_gradcam_layer(model, x)
-    return _cam(model, x, target, layer, batch_size, gradcam_map)
+def _register_cam(name: str, row: int, map_fn: Callable, description: str, reference: str
+                  ) -> Callable[..., torch.Tensor]:
+    """Register the class activation map ``map_fn(activation, gradient)`` as method ``name``."""
+
+    def method(model, x, target, *, layer=None, batch_size=16):
+        layer = layer or default_gradcam_layer(model, x)
+        return _cam(model, x, target, layer, batch_size, map_fn)
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = (f"{description}: :func:`{map_fn.__name__}` of ``layer`` (default: "
+                      ":func:`default_gradcam_layer`), upsampled trilinearly to x.")
+    return register_method(name, row=row, description=description, reference=reference)(method)
 
 
-@register_method(
-    "gradcam_pp",
-    row=15,
-    description="Grad-CAM++ on the last convolutional stage (layer=None) or a named module",
-    reference="hand computation of Chattopadhay et al. eq. 19",
-)
-def gradcam_pp(model, x, target, *, layer=None, batch_size=16):
-    layer = layer or default_gradcam_layer(model, x)
-    return _cam(model, x, target, layer, batch_size, gradcam_pp_map)
+gradcam = _register_cam(
+    "gradcam", 14, gradcam_map,
+    "Grad-CAM on the last convolutional stage (layer=None) or a named module",
+    "MONAI GradCAM (after min-max normalisation) / hand computation")
+gradcam_pp = _register_cam(
+    "gradcam_pp", 15, gradcam_pp_map,
+    "Grad-CAM++ on the last convolutional stage (layer=None) or a named module",
+    "hand computation of Chattopadhay et al. eq. 19")
 
 
 @register_method(

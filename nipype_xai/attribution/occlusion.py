@@ -12,10 +12,11 @@ import torch
 from torch import nn
 
 from ._captum import (
-    _captum_target,
-    _chunks,
+    _attribute_in_chunks,
+    _copies_per_sample,
     _feature_mask_or_grid,
     _forward_function,
+    _mask_rows,
     _positive_int,
 )
 from .feature_masks import FeatureMaskLike, GridLike, _label_volume
@@ -93,21 +94,12 @@ def occlusion(
                 f"occlusion: stride {stride3} larger than window {window3} would leave voxels "
                 "never occluded"
             )
-    explainer = Occlusion(_forward_function(model))
-    chunk = min(n_samples, batch_size)
-    maps = []
-    for rows in _chunks(n_samples, chunk):
-        maps.append(
-            explainer.attribute(
-                x[rows],
-                sliding_window_shapes=(channels,) + window3,
-                strides=(1,) + stride3,
-                baselines=0.0,
-                target=_captum_target(target, rows),
-                perturbations_per_eval=max(1, batch_size // (rows.stop - rows.start)),
-            )
-        )
-    return torch.cat(maps).detach()
+    return _attribute_in_chunks(
+        Occlusion(_forward_function(model)), x, target, min(n_samples, batch_size),
+        lambda rows: {"sliding_window_shapes": (channels,) + window3,
+                      "strides": (1,) + stride3,
+                      "perturbations_per_eval": _copies_per_sample(batch_size, rows)},
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -168,21 +160,11 @@ def atlas_occlusion(
         if ignore_background:
             background = raw == 0
     masks = _feature_mask_or_grid(feature_mask, grid, x)
-    explainer = FeatureAblation(_forward_function(model))
-    n_samples = x.shape[0]
-    chunk = min(n_samples, batch_size)
-    maps = []
-    for rows in _chunks(n_samples, chunk):
-        maps.append(
-            explainer.attribute(
-                x[rows],
-                baselines=0.0,
-                target=_captum_target(target, rows),
-                feature_mask=masks[rows] if masks.shape[0] > 1 else masks,
-                perturbations_per_eval=max(1, batch_size // (rows.stop - rows.start)),
-            )
-        )
-    result = torch.cat(maps).detach()
+    result = _attribute_in_chunks(
+        FeatureAblation(_forward_function(model)), x, target, min(x.shape[0], batch_size),
+        lambda rows: {"feature_mask": _mask_rows(masks, rows),
+                      "perturbations_per_eval": _copies_per_sample(batch_size, rows)},
+    )
     if background is not None:
         # The background parcel was occluded too (captum ablates every label); its drop is
         # discarded rather than relabelling, which keeps the other parcels' numbers identical.

@@ -19,7 +19,7 @@ from captum.attr._core.deep_lift import SUPPORTED_NON_LINEAR
 import torch
 from torch import nn
 
-from ._captum import _captum_target, _chunks, _forward_function, _positive_int
+from ._captum import _attribute_in_chunks, _forward_function, _positive_int
 from .model_state import forward
 from .registry import register_method
 
@@ -65,23 +65,15 @@ def integrated_gradients(
     """
     n_steps = _positive_int(n_steps, "n_steps")
     batch_size = _positive_int(batch_size, "batch_size")
-    explainer = IntegratedGradients(_forward_function(model))
     # captum's internal_batch_size puts (internal_batch_size // n_chunk_samples) path points of
     # every sample in one forward, and never fewer than 2: chunks of batch_size // 2 samples keep
     # each forward within batch_size rows.
-    maps = []
-    for rows in _chunks(x.shape[0], max(1, batch_size // 2)):
-        maps.append(
-            explainer.attribute(
-                x[rows].clone(),
-                baselines=0.0,
-                target=_captum_target(target, rows),
-                n_steps=n_steps,
-                method=integration_method,
-                internal_batch_size=batch_size,
-            )
-        )
-    return torch.cat(maps).detach()
+    return _attribute_in_chunks(
+        IntegratedGradients(_forward_function(model)), x, target, max(1, batch_size // 2),
+        lambda rows: {"n_steps": n_steps, "method": integration_method,
+                      "internal_batch_size": batch_size},
+        inputs=torch.Tensor.clone,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -218,20 +210,12 @@ def deeplift(
         every nonlinearity is a supported module.
     """
     batch_size = _positive_int(batch_size, "batch_size")
-    network = _deeplift_copy(model, x[:1])
-    explainer = DeepLift(network)
-    maps = []
+    explainer = DeepLift(_deeplift_copy(model, x[:1]))
     with warnings.catch_warnings():
         # captum announces that it sets hooks; they are on our private copy.
         warnings.filterwarnings("ignore", message="Setting forward, backward hooks")
-        for rows in _chunks(x.shape[0], max(1, batch_size // 2)):
-            maps.append(
-                explainer.attribute(
-                    # A fresh leaf requiring grad: captum would otherwise set the flag itself
-                    # and warn about it.
-                    x[rows].clone().requires_grad_(True),
-                    baselines=0.0,
-                    target=_captum_target(target, rows),
-                )
-            )
-    return torch.cat(maps).detach()
+        return _attribute_in_chunks(
+            explainer, x, target, max(1, batch_size // 2),
+            # A fresh leaf requiring grad: captum would otherwise set the flag itself and warn.
+            inputs=lambda chunk_x: chunk_x.clone().requires_grad_(True),
+        )

@@ -185,36 +185,44 @@ def _chunk_bounds(view: _ChunkView, low: Bound, high: Bound) -> tuple[torch.Tens
 _ZENNIT = "zennit (Anders et al. 2021)"
 
 
-@register_method(
-    "guided_backprop",
-    row=8,
-    description="guided backpropagation of y_t (Springenberg et al. 2015)",
-    reference=f"captum GuidedBackprop; {_ZENNIT} GuidedBackprop composite",
-)
-def guided_backprop(
-    model: nn.Module, x: torch.Tensor, target: Optional[torch.Tensor], *, batch_size: int = 16
-) -> torch.Tensor:
-    """Guided backpropagation: ReLUs pass gradient only where both input and gradient are > 0."""
-    return _propagate(
-        model, x, target, lambda view, canonizers: GuidedBackprop(),
-        relevance=False, canonize=False, batch_size=batch_size,
-    )
+#: The modified gradients: name -> (row in SPEC §3, zennit composite, description, reference).
+#: Each takes ``batch_size`` only (:func:`_modified_gradient_method`); no canonizers, the
+#: composites change only the ReLUs' backward pass.
+_MODIFIED_GRADIENTS: dict[str, tuple[int, Callable[[], Composite], str, str]] = {
+    # ReLUs pass gradient only where both their input and the gradient are > 0.
+    "guided_backprop": (
+        8, GuidedBackprop,
+        "guided backpropagation of y_t (Springenberg et al. 2015)",
+        f"captum GuidedBackprop; {_ZENNIT} GuidedBackprop composite"),
+    # ReLUs pass the positive part of the gradient, whatever their input was.
+    "deconvnet": (
+        9, DeconvNet,
+        "DeconvNet backward pass of y_t (Zeiler & Fergus 2014)",
+        f"captum Deconvolution; {_ZENNIT} DeconvNet composite"),
+}
 
 
-@register_method(
-    "deconvnet",
-    row=9,
-    description="DeconvNet backward pass of y_t (Zeiler & Fergus 2014)",
-    reference=f"captum Deconvolution; {_ZENNIT} DeconvNet composite",
-)
-def deconvnet(
-    model: nn.Module, x: torch.Tensor, target: Optional[torch.Tensor], *, batch_size: int = 16
-) -> torch.Tensor:
-    """DeconvNet: ReLUs pass the positive part of the gradient, whatever their input was."""
-    return _propagate(
-        model, x, target, lambda view, canonizers: DeconvNet(),
-        relevance=False, canonize=False, batch_size=batch_size,
-    )
+def _modified_gradient_method(composite: Callable[[], Composite]) -> Callable[..., torch.Tensor]:
+    """The method function of one :data:`_MODIFIED_GRADIENTS` entry."""
+
+    def method(
+        model: nn.Module, x: torch.Tensor, target: Optional[torch.Tensor], *, batch_size: int = 16
+    ) -> torch.Tensor:
+        return _propagate(model, x, target, lambda view, canonizers: composite(),
+                          relevance=False, canonize=False, batch_size=batch_size)
+
+    return method
+
+
+def _register_table(table: dict[str, tuple], method_for: Callable[..., Callable]) -> None:
+    """Register every ``name: (row, composite, description, reference)`` entry of ``table``, its
+    method function made by ``method_for(composite)``."""
+    for name, (row, composite, description, reference) in table.items():
+        register_method(name, row=row, description=description,
+                        reference=reference)(method_for(composite))
+
+
+_register_table(_MODIFIED_GRADIENTS, _modified_gradient_method)
 
 
 # --------------------------------------------------------------------------------------------
@@ -308,9 +316,19 @@ def _epsilon_lrp_method(
     return method
 
 
-for _name, (_row, _composite, _description, _reference) in _EPSILON_LRP.items():
-    register_method(_name, row=_row, description=_description,
-                    reference=_reference)(_epsilon_lrp_method(_composite))
+_register_table(_EPSILON_LRP, _epsilon_lrp_method)
+
+
+def _box_lrp(model, x, target, low: Bound, high: Bound, composite: Callable[..., Composite],
+             canonize: bool, batch_size: int) -> torch.Tensor:
+    """LRP with a composite bounded by the input domain, ``composite(low, high, canonizers)``
+    built per chunk from that chunk's bounds (see :func:`input_bounds`)."""
+
+    def make(view: _ChunkView, canonizers: list) -> Composite:
+        return composite(*_chunk_bounds(view, low, high), canonizers)
+
+    input_bounds(x, low, high)  # fail on bad bounds before any pass
+    return _lrp(model, x, target, make, canonize, batch_size)
 
 
 @register_method(
@@ -331,13 +349,7 @@ def deep_taylor(
     batch_size: int = 16,
 ) -> torch.Tensor:
     """Deep Taylor decomposition; see :func:`input_bounds` for ``low`` / ``high``."""
-
-    def make(view: _ChunkView, canonizers: list) -> Composite:
-        low_t, high_t = _chunk_bounds(view, low, high)
-        return deep_taylor_composite(low_t, high_t, canonizers)
-
-    input_bounds(x, low, high)  # fail on bad bounds before any pass
-    return _lrp(model, x, target, make, canonize, batch_size)
+    return _box_lrp(model, x, target, low, high, deep_taylor_composite, canonize, batch_size)
 
 
 @register_method(
@@ -360,11 +372,9 @@ def lrp_epsilon_gamma_box(
 ) -> torch.Tensor:
     """zennit's EpsilonGammaBox composite; see :func:`input_bounds` for ``low`` / ``high``."""
 
-    def make(view: _ChunkView, canonizers: list) -> Composite:
-        low_t, high_t = _chunk_bounds(view, low, high)
+    def composite(low_t: torch.Tensor, high_t: torch.Tensor, canonizers: list) -> Composite:
         return EpsilonGammaBox(
             low=low_t, high=high_t, epsilon=epsilon, gamma=gamma, canonizers=canonizers
         )
 
-    input_bounds(x, low, high)
-    return _lrp(model, x, target, make, canonize, batch_size)
+    return _box_lrp(model, x, target, low, high, composite, canonize, batch_size)

@@ -15,11 +15,11 @@ import torch
 from torch import nn
 
 from ._captum import (
-    _captum_target,
+    _attribute_in_chunks,
     _feature_mask_or_grid,
     _forward_function,
+    _mask_rows,
     _positive_int,
-    _seeded,
 )
 from .feature_masks import FeatureMaskLike, GridLike, relabel_consecutive
 from .model_state import forward
@@ -31,9 +31,28 @@ from .registry import register_method
 # --------------------------------------------------------------------------------------------
 
 
+class _OneFeatureExact:
+    """KernelShap, answering exactly where it cannot: captum samples coalitions of 1..n-1
+    features, none when there is n = 1 feature, and fails; with one player the Shapley value is
+    exactly y_t(x) - y_t(0)."""
+
+    def __init__(self, explainer: KernelShap, model: nn.Module):
+        self.explainer, self.model = explainer, model
+
+    def attribute(self, inputs: torch.Tensor, *, target, feature_mask: torch.Tensor,
+                  **arguments: Any) -> torch.Tensor:
+        if int(feature_mask.max()) != 0:
+            return self.explainer.attribute(inputs, target=target, feature_mask=feature_mask,
+                                            **arguments)
+        column = target if isinstance(target, int) else int(target[0])
+        with torch.no_grad():
+            full = forward(self.model, inputs)[0, column]
+            empty = forward(self.model, torch.zeros_like(inputs))[0, column]
+        return torch.full_like(inputs, float(full - empty))
+
+
 def _per_sample_feature_attribution(
     explainer: Any,
-    model: nn.Module,
     x: torch.Tensor,
     target: Optional[torch.Tensor],
     *,
@@ -42,44 +61,26 @@ def _per_sample_feature_attribution(
     n_samples: int,
     batch_size: int,
     seed: int,
-    single_feature_exact: bool = False,
 ) -> torch.Tensor:
     n_samples = _positive_int(n_samples, "n_samples")
     batch_size = _positive_int(batch_size, "batch_size")
     masks = _feature_mask_or_grid(feature_mask, grid, x)
-    maps = []
-    # One sample at a time: captum's Lime / KernelShap fit one surrogate per call and Shapley
-    # sampling would share its permutations across the batch; per sample, each seeded with the
-    # same ``seed``, a sample's map does not depend on the rest of the batch.
-    for index in range(x.shape[0]):
-        rows = slice(index, index + 1)
-        mask = masks[rows] if masks.shape[0] > 1 else masks
+
+    def arguments(rows: slice) -> dict[str, Any]:
+        mask = _mask_rows(masks, rows)
         if masks.shape[0] > 1:
             # captum needs labels 0..n-1 per call; a per-sample parcellation may miss some.
             mask = relabel_consecutive(mask)
-        if single_feature_exact and int(mask.max()) == 0:
-            # captum's KernelShap samples coalitions of 1..n-1 features, none when n = 1, and
-            # fails; with one player the Shapley value is exactly y_t(x) - y_t(0).
-            column = 0 if target is None else int(target[index])
-            with torch.no_grad():
-                full = forward(model, x[rows])[0, column]
-                empty = forward(model, torch.zeros_like(x[rows]))[0, column]
-            maps.append(torch.full_like(x[rows], float(full - empty)))
-            continue
-        with _seeded(seed, x.device):
-            maps.append(
-                explainer.attribute(
-                    x[rows],
-                    baselines=0.0,
-                    target=_captum_target(target, rows),
-                    feature_mask=mask,
-                    n_samples=n_samples,
-                    perturbations_per_eval=batch_size,
-                )
-            )
-    return torch.cat(maps).detach()
+        return {"feature_mask": mask, "n_samples": n_samples,
+                "perturbations_per_eval": batch_size}
+
+    # One sample at a time: captum's Lime / KernelShap fit one surrogate per call and Shapley
+    # sampling would share its permutations across the batch; per sample, each seeded with the
+    # same ``seed``, a sample's map does not depend on the rest of the batch.
+    return _attribute_in_chunks(explainer, x, target, 1, arguments, seed=seed)
 
 
+# The parameters and result every surrogate method shares, documented once ({mask}, {common}).
 _FEATURE_MASK_DOC = """
     feature_mask
         Parcellation (numpy or torch, integer labels; see
@@ -87,6 +88,15 @@ _FEATURE_MASK_DOC = """
         accepted). ``None``: cubic supervoxels of ``grid`` voxels.
     grid
         Supervoxel edge in voxels when no ``feature_mask`` is given."""
+_COMMON_DOC = """batch_size
+        Largest number of perturbed copies per forward pass.
+    seed
+        Seed of the random draws (each sample uses the same seed).
+
+    Returns
+    -------
+    torch.Tensor
+        Map of x's shape, constant over each feature."""
 
 
 @register_method(
@@ -126,27 +136,11 @@ def shapley_sampling(
         As every registered method.{mask}
     n_samples
         Number of random feature permutations.
-    batch_size
-        Largest number of perturbed copies per forward pass.
-    seed
-        Seed of the permutations (each sample uses the same seed).
-
-    Returns
-    -------
-    torch.Tensor
-        Map of x's shape, constant over each feature.
+    {common}
     """
     return _per_sample_feature_attribution(
-        ShapleyValueSampling(_forward_function(model)),
-        model,
-        x,
-        target,
-        feature_mask=feature_mask,
-        grid=grid,
-        n_samples=n_samples,
-        batch_size=batch_size,
-        seed=seed,
-    )
+        ShapleyValueSampling(_forward_function(model)), x, target, feature_mask=feature_mask,
+        grid=grid, n_samples=n_samples, batch_size=batch_size, seed=seed)
 
 
 @register_method(
@@ -184,28 +178,12 @@ def kernel_shap(
         As every registered method.{mask}
     n_samples
         Number of coalitions evaluated (forward passes) per sample.
-    batch_size
-        Largest number of perturbed copies per forward pass.
-    seed
-        Seed of the coalitions (each sample uses the same seed).
-
-    Returns
-    -------
-    torch.Tensor
-        Map of x's shape, constant over each feature.
+    {common}
     """
     return _per_sample_feature_attribution(
-        KernelShap(_forward_function(model)),
-        model,
-        x,
-        target,
-        feature_mask=feature_mask,
-        grid=grid,
-        n_samples=n_samples,
-        batch_size=batch_size,
-        seed=seed,
-        single_feature_exact=True,
-    )
+        _OneFeatureExact(KernelShap(_forward_function(model)), model), x, target,
+        feature_mask=feature_mask, grid=grid, n_samples=n_samples, batch_size=batch_size,
+        seed=seed)
 
 
 @register_method(
@@ -257,35 +235,21 @@ def lime(
         ``"ridge"`` (L2 penalty) or ``"lasso"`` (L1 penalty).
     alpha
         Penalty weight of the surrogate (> 0).
-    batch_size
-        Largest number of perturbed copies per forward pass.
-    seed
-        Seed of the perturbations (each sample uses the same seed).
-
-    Returns
-    -------
-    torch.Tensor
-        Map of x's shape, constant over each feature.
+    {common}
     """
     if isinstance(alpha, bool) or not float(alpha) > 0:
         raise ValueError(f"lime: alpha must be a positive number, got {alpha!r}")
     surrogates = {"ridge": SkLearnRidge, "lasso": SkLearnLasso}
     if surrogate not in surrogates:
         raise ValueError(f"lime: surrogate must be 'ridge' or 'lasso', got {surrogate!r}")
+    explainer = Lime(_forward_function(model),
+                     interpretable_model=surrogates[surrogate](alpha=float(alpha)))
     return _per_sample_feature_attribution(
-        Lime(_forward_function(model),
-             interpretable_model=surrogates[surrogate](alpha=float(alpha))),
-        model,
-        x,
-        target,
-        feature_mask=feature_mask,
-        grid=grid,
-        n_samples=n_samples,
-        batch_size=batch_size,
-        seed=seed,
-    )
+        explainer, x, target, feature_mask=feature_mask, grid=grid, n_samples=n_samples,
+        batch_size=batch_size, seed=seed)
 
 
 for _function in (shapley_sampling, kernel_shap, lime):
     if _function.__doc__:  # None under python -OO
-        _function.__doc__ = _function.__doc__.replace("{mask}", _FEATURE_MASK_DOC)
+        _function.__doc__ = _function.__doc__.replace("{mask}", _FEATURE_MASK_DOC).replace(
+            "{common}", _COMMON_DOC)

@@ -11,11 +11,10 @@ derivatives, linked relatively from its place in the dataset (``derivatives=``, 
 
 from __future__ import annotations
 
+from ..attribution.baselines import available_baselines, is_baseline
 from .figures import (
-    BASELINES,
     DEFAULT_THRESHOLD,
     SCALE_PERCENTILE,
-    is_baseline,
     plot_anatomy,
     plot_attribution_panel,
     plot_glass_brains,
@@ -31,6 +30,10 @@ from .html import (
     redundant_metrics,
     subject_report,
 )
+
+#: The model-free baselines' names, from the attribution registry (SPEC §3); :func:`is_baseline`
+#: also knows the maps of a weight-randomised model.
+BASELINES: frozenset[str] = frozenset(available_baselines())
 
 __all__ = [
     "BASELINES",

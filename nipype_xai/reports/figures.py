@@ -31,11 +31,10 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ..atomic import atomic_write
-from ..attribution.baselines import available_baselines, is_baseline
+from ..attribution.baselines import is_baseline
 from ..metrics.group import LOWER_IS_BETTER, SUMMARY_COLUMNS
 
 __all__ = [
-    "BASELINES",
     "DEFAULT_THRESHOLD",
     "SCALE_PERCENTILE",
     "is_baseline",
@@ -48,14 +47,13 @@ __all__ = [
 
 PathLike = Union[str, os.PathLike]
 ImageLike = Union[str, os.PathLike, nib.spatialimages.SpatialImage]
+#: What every ``plot_*`` function returns: the two files written, ``{"png": Path, "svg": Path}``.
+FigureFiles = dict[str, Path]
 
 #: Percentile of the nonzero ``|map|`` values that maps to 1 on the colour scale.
 SCALE_PERCENTILE = 99.0
 #: Default display threshold, on the scaled ``|map|`` (0.1 = a tenth of the 99th percentile).
 DEFAULT_THRESHOLD = 0.1
-#: The model-free baselines' names (the attribution registry's, SPEC §3); see :func:`is_baseline`
-#: for the maps of a weight-randomised model.
-BASELINES: frozenset[str] = frozenset(available_baselines())
 
 _DPI = 100
 _ROW_HEIGHT_IN = 2.3
@@ -157,7 +155,7 @@ def _shared_cut_coords(scaled: Sequence[nib.Nifti1Image], ground_truth: Optional
 # --------------------------------------------------------------------------------------------
 
 
-def _save(figure: Figure, out_base: PathLike) -> dict[str, Path]:
+def _save(figure: Figure, out_base: PathLike) -> FigureFiles:
     out_base = Path(out_base)
     written = {}
     for fmt in ("png", "svg"):
@@ -256,7 +254,7 @@ def plot_attribution_panel(
     cut_coords=None,
     ground_truth: Optional[ImageLike] = None,
     display_mask: Optional[ImageLike] = None,
-) -> dict[str, Path]:
+) -> FigureFiles:
     """One row per method: ``|map|`` over the background, the ground-truth outline on top.
 
     Parameters
@@ -288,8 +286,8 @@ def plot_attribution_panel(
 
     Returns
     -------
-    dict
-        ``{"png": Path, "svg": Path}``.
+    FigureFiles
+        The panel, one row per map.
 
     Raises
     ------
@@ -330,13 +328,13 @@ def plot_attribution_panel(
     return _save(figure, out_base)
 
 
-def plot_anatomy(img: ImageLike, out_base: PathLike, *, title: Optional[str] = None) -> dict[str, Path]:
+def plot_anatomy(img: ImageLike, out_base: PathLike, *, title: Optional[str] = None) -> FigureFiles:
     """The input image alone (nilearn ``plot_anat``, ortho), as ``.png`` and ``.svg``.
 
     Returns
     -------
-    dict
-        ``{"png": Path, "svg": Path}``.
+    FigureFiles
+        The image in three orthogonal cuts.
     """
     from nilearn.plotting import plot_anat
 
@@ -364,7 +362,7 @@ def plot_glass_brains(
     title: Optional[str] = None,
     threshold: Optional[float] = None,
     display_mask: Optional[ImageLike] = None,
-) -> dict[str, Path]:
+) -> FigureFiles:
     """One row per method: maximum-intensity projection of the scaled ``|map|`` (glass brain).
 
     The glass brain outline is MNI152's, so the maps must be in an MNI space. Scaling,
@@ -372,8 +370,8 @@ def plot_glass_brains(
 
     Returns
     -------
-    dict
-        ``{"png": Path, "svg": Path}``.
+    FigureFiles
+        The glass brains, one row per map.
     """
     from nilearn.plotting import plot_glass_brain
 
@@ -413,7 +411,7 @@ def plot_method_ranking(
     out_base: PathLike,
     *,
     title: Optional[str] = None,
-) -> dict[str, Path]:
+) -> FigureFiles:
     """Mean and bootstrap CI of one metric per method, best on top; baselines in grey.
 
     Parameters
@@ -430,8 +428,8 @@ def plot_method_ranking(
 
     Returns
     -------
-    dict
-        ``{"png": Path, "svg": Path}``.
+    FigureFiles
+        The chart of ``metric``, one bar per method.
 
     Raises
     ------
