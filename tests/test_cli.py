@@ -13,28 +13,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from nipype_xai import __version__
 from nipype_xai.bids import group_metrics_path
 from nipype_xai.cli import main
-from nipype_xai.models import TinyCNN3D
 from nipype_xai.synth import generate_cohort
 
-TPL = "MNI152NLin2009aSym"
-
-
-def _tiny_model(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    torch.save(TinyCNN3D(n_outputs=2, width=4).state_dict(), folder / "tiny.pt")
-    spec = {"name": "tiny", "architecture": "nipype_xai.models.architectures:TinyCNN3D",
-            "kwargs": {"n_outputs": 2, "width": 4}, "weights": "tiny.pt",
-            "input": {"space": TPL, "resolution_mm": 8, "shape": [24, 28, 24],
-                      "normalization": "zscore", "mask": "nonzero"},
-            "outputs": ["control", "lesion"], "task": "classification"}
-    (folder / "tiny.json").write_text(json.dumps(spec))
-    return folder / "tiny.json"
+from tiny_model import TPL, write_tiny_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +27,7 @@ def cohort(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     bids_dir = generate_cohort(root / "bids", "lesion", 4, seed=0, resolution_mm=4.0,
                                progress=False)
-    return {"root": root, "bids": bids_dir, "model": _tiny_model(root / "model"),
+    return {"root": root, "bids": bids_dir, "model": write_tiny_model(root / "model"),
             "gt": bids_dir / "derivatives" / "groundtruth"}
 
 
@@ -278,15 +263,23 @@ class _Terminal(io.StringIO):
         return True
 
 
-def _node(name: str, workflow: str = "", base_dir: str = ""):
+def _node(name: str, workflow: str = "", base_dir: str = "", interface=None):
     from types import SimpleNamespace
 
     fullname = f"participant_wf.{workflow}.{name}" if workflow else f"participant_wf.{name}"
-    return SimpleNamespace(name=name, fullname=fullname, base_dir=base_dir)
+    return SimpleNamespace(name=name, fullname=fullname, base_dir=base_dir, interface=interface)
+
+
+def _commit(workflow: str):
+    """A subject's last node, as Nipype reports it: the one that runs CommitDerivatives."""
+    from nipype_xai.cli.execution import SUBJECT_DONE_NODE
+    from nipype_xai.interfaces.bids import CommitDerivatives
+
+    return _node(SUBJECT_DONE_NODE, workflow, interface=CommitDerivatives())
 
 
 def test_progress_counts_subjects_done_failed_and_remaining():
-    from nipype_xai.cli.execution import SUBJECT_DONE_NODE, RunProgress, progress_wanted
+    from nipype_xai.cli.execution import RunProgress, progress_wanted
     from nipype_xai.workflows import subject_workflow_name
 
     assert progress_wanted(stream=_Terminal())
@@ -302,9 +295,11 @@ def test_progress_counts_subjects_done_failed_and_remaining():
     progress(_node("_maps_to_native0", base_dir="/w/participant_wf/sub_02_wf/maps_to_native"),
              "start")
     assert progress.running == {"sub-01": "register", "sub-02": "_maps_to_native0"}
-    progress(_node(SUBJECT_DONE_NODE, "sub_01_wf"), "end")
+    progress(_node("commit_derivatives", "sub_01_wf"), "end")  # named so, but no commit: not done
+    assert progress.done == set()
+    progress(_commit("sub_01_wf"), "end")
     progress(_node("attribution", "sub_02_wf"), "exception")
-    progress(_node("commit_derivatives", "sub_02_wf"), "end")  # MultiProc ends it after too
+    progress(_commit("sub_02_wf"), "end")  # MultiProc ends it after too
     progress(_node("select_template"), "start")  # shared: no subject's
     assert progress.done == {"sub-01"} and progress.failed == {"sub-02"}
     assert progress.status_text() == "done 1, failed 1, remaining 1"
@@ -317,7 +312,7 @@ def test_progress_counts_subjects_done_failed_and_remaining():
     # Disabled: nothing drawn, the counts kept all the same.
     silent = io.StringIO()
     quiet = RunProgress(labels, enabled=False, stream=silent)
-    quiet(_node(SUBJECT_DONE_NODE, "sub_03_wf"), "end")
+    quiet(_commit("sub_03_wf"), "end")
     quiet.close()
     assert quiet.done == {"sub-03"} and silent.getvalue() == ""
 
@@ -325,7 +320,7 @@ def test_progress_counts_subjects_done_failed_and_remaining():
     import pickle
 
     copy = pickle.loads(pickle.dumps(RunProgress(labels, stream=_Terminal())))
-    copy(_node(SUBJECT_DONE_NODE, "sub_01_wf"), "end")
+    copy(_commit("sub_01_wf"), "end")
     copy.close()
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
 from nipype_xai.bids import (
     OutputFolderError,
@@ -28,23 +27,9 @@ from nipype_xai.bids import (
     write_dataset_description,
 )
 from nipype_xai.cli import main
-from nipype_xai.models import TinyCNN3D
 from nipype_xai.synth import generate_cohort
 
-TPL = "MNI152NLin2009aSym"
-
-
-def _tiny_model(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    torch.save(TinyCNN3D(n_outputs=2, width=4).state_dict(), folder / "tiny.pt")
-    spec = {"name": "tiny", "architecture": "nipype_xai.models.architectures:TinyCNN3D",
-            "kwargs": {"n_outputs": 2, "width": 4}, "weights": "tiny.pt",
-            "input": {"space": TPL, "resolution_mm": 8, "shape": [24, 28, 24],
-                      "normalization": "zscore", "mask": "nonzero"},
-            "outputs": ["control", "lesion"], "task": "classification"}
-    (folder / "tiny.json").write_text(json.dumps(spec))
-    return folder / "tiny.json"
+from tiny_model import write_tiny_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +37,7 @@ def cohort(tmp_path_factory):
     root = tmp_path_factory.mktemp("reliability")
     bids_dir = generate_cohort(root / "bids", "lesion", 2, seed=0, resolution_mm=4.0,
                                progress=False)
-    return {"root": root, "bids": bids_dir, "model": _tiny_model(root / "model"),
+    return {"root": root, "bids": bids_dir, "model": write_tiny_model(root / "model"),
             "gt": bids_dir / "derivatives" / "groundtruth"}
 
 

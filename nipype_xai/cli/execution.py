@@ -2,10 +2,14 @@
 
 A subject fails when any node of its workflow crashes. Nipype (``stop_on_first_crash`` off) then
 skips that node's dependents -- the subject's sinks among them, so it gets no derivative -- and
-runs every other subject to the end. Each run writes its crash files (plain text) to a fresh
-folder in the work directory; each crash file names the failing node, whose workflow names the
-subject, and ends with the error. Those become ``failures.tsv`` at the output root, which the
-group report lists.
+runs every other subject to the end. Each run writes its crash files (pickled, readable with
+``nipypecli crash``) to a fresh folder in the work directory; each holds the failing node, whose
+workflow names the subject, and the node's result file holds the error. Those become
+``failures.tsv`` at the output root, which the group report lists.
+
+One module, longer than most (about 730 lines), because its parts are one run: the Nipype
+configuration, the progress callback, the crash records and the two levels share the run's state
+(its crash folder, the subject workflows' names) and are used only together.
 """
 
 from __future__ import annotations
@@ -15,21 +19,29 @@ import io
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
 
 import pandas as pd
 
 from ..atomic import atomic_write, dataset_lock
-from ..bids import check_output_folder, input_dataset_links, write_dataset_description
+from ..bids import (
+    FAILURES_FILE,
+    check_output_folder,
+    collect_data,
+    input_dataset_links,
+    write_dataset_description,
+)
 from ..tables import read_tsv, write_tsv
 from .parser import UsageError
+
+if TYPE_CHECKING:  # the workflows import Nipype's engine: not at the command line's start
+    from ..workflows.options import PipelineOptions
 
 __all__ = [
     "Failure",
@@ -215,7 +227,8 @@ def _workflow_config(work_dir: Path) -> tuple[dict[str, Any], Path]:
     return {
         "execution": {
             "crashdump_dir": str(crash_dir),
-            "crashfile_format": "txt",
+            # Pickled: the failing node and its traceback come back as data (loadcrash).
+            "crashfile_format": "pklz",
             "stop_on_first_crash": False,
             # Large images are hashed by size and modification time, never re-read to hash.
             "hash_method": "timestamp",
@@ -227,9 +240,31 @@ def _workflow_config(work_dir: Path) -> tuple[dict[str, Any], Path]:
     }, crash_dir
 
 
-#: The last node of a subject's workflow (:func:`nipype_xai.workflows.init_xai_wf`): it moves
-#: the subject's derivatives into place, so the subject is done when it ends.
+#: The name of the last node of a subject's workflow (``CommitDerivatives``, in
+#: :func:`nipype_xai.workflows.init_xai_derivatives_wf`): it moves the subject's derivatives into
+#: place, so the subject is done when it ends.
 SUBJECT_DONE_NODE = "commit_derivatives"
+
+
+def commits_a_subject(node) -> bool:
+    """Whether ``node`` is a subject's last one: it runs ``CommitDerivatives`` (by its type)."""
+    from ..interfaces.bids import CommitDerivatives
+
+    return isinstance(getattr(node, "interface", None), CommitDerivatives)
+
+
+def subject_of(node, workflows: Mapping[str, str]) -> Optional[str]:
+    """The label of the subject whose workflow holds ``node``, or None (a shared node).
+
+    ``workflows`` maps a subject workflow's name to the subject's label. A node's place is its
+    hierarchy (``participant_wf.sub_01_wf.registration_wf.register``); a MapNode's subnode knows
+    only its folder, whose parts are the same names.
+    """
+    parts = set(str(getattr(node, "fullname", "") or getattr(node, "name", "")).split("."))
+    base_dir = getattr(node, "base_dir", None)
+    if base_dir:
+        parts |= set(Path(str(base_dir)).parts)
+    return next((label for name, label in workflows.items() if name in parts), None)
 
 
 def progress_wanted(quiet: bool = False, stream=None) -> bool:
@@ -257,7 +292,7 @@ class RunProgress:
     Nipype calls it with ``(node, "start" | "end" | "exception")`` for every node it runs (the
     MultiProc and Linear plugins). A node belongs to the subject whose workflow
     (:func:`~nipype_xai.workflows.subject_workflow_name`) holds it; a subject has failed at its
-    first exception and is done when its :data:`SUBJECT_DONE_NODE` ends. Without subjects (the
+    first exception and is done when its last node (:func:`commits_a_subject`) ends. Without subjects (the
     group level) the units are the workflow's steps. The line is redrawn every second, so the
     elapsed time moves during a long node too; the ETA is the remaining units at the mean rate so
     far. Nipype pickles the plugin arguments with the nodes it sends to worker processes: a
@@ -273,12 +308,13 @@ class RunProgress:
         Draw at all (see :func:`progress_wanted`).
     stream
         Where to draw (default: stderr).
-    done_node
-        The node whose end marks a subject done.
+    done_when
+        Whether a node's end marks its subject done (default :func:`commits_a_subject`).
     """
 
     def __init__(self, subjects: Mapping[str, str] = (), *, total_steps: int = 0,
-                 enabled: bool = True, stream=None, done_node: str = SUBJECT_DONE_NODE,
+                 enabled: bool = True, stream=None,
+                 done_when: Callable[[Any], bool] = commits_a_subject,
                  level: str = "participant level"):
         import sys
         import threading
@@ -288,7 +324,7 @@ class RunProgress:
         self.failed: set[str] = set()
         self.running: dict[str, str] = {}  # subject (or "group") -> the node it runs now
         self._steps: set[str] = set()
-        self._done_node = done_node
+        self._done_when = done_when
         self._total = len(self.subjects) or max(int(total_steps), 1)
         self._unit = "subjects" if self.subjects else "steps"
         self._lock = threading.Lock()
@@ -310,13 +346,7 @@ class RunProgress:
 
     def subject_of(self, node) -> Optional[str]:
         """The label of the subject ``node`` belongs to, or None (a shared node)."""
-        where = [str(getattr(node, "fullname", "") or getattr(node, "name", ""))]
-        base_dir = getattr(node, "base_dir", None)
-        if base_dir:  # a MapNode's subnodes only know their folder
-            where.append(str(base_dir).replace(os.sep, "."))
-        text = "." + ".".join(where) + "."
-        return next((label for name, label in self.subjects.items() if f".{name}." in text),
-                    None)
+        return subject_of(node, self.subjects)
 
     def __call__(self, node, status: str) -> None:
         with self._lock:
@@ -328,7 +358,7 @@ class RunProgress:
                 if status == "exception":
                     self.failed.add(subject)
                     self.running.pop(subject, None)
-                elif status == "end" and name == self._done_node:
+                elif status == "end" and self._done_when(node):
                     self.done.add(subject)
                     self.running.pop(subject, None)
                 elif status == "start":
@@ -388,7 +418,7 @@ class RunProgress:
 
     def __getstate__(self) -> dict:
         return {"subjects": {}, "done": set(), "failed": set(), "running": {}, "_steps": set(),
-                "_done_node": self._done_node, "_total": self._total, "_unit": self._unit,
+                "_done_when": self._done_when, "_total": self._total, "_unit": self._unit,
                 "_level": "", "_bar": None, "_ticker": None}
 
     def __setstate__(self, state: dict) -> None:
@@ -451,22 +481,41 @@ def _run(workflow, work_dir: Path, plugin: str, plugin_args: dict[str, Any],
     return crash_dir, failed
 
 
-_ERROR_LINE = re.compile(r"^\s*(?:[A-Za-z_][\w.]*\.)?([A-Za-z_]\w*(?:Error|Exception|"
-                         r"NotAvailable|Exit))\s*:\s*(.+?)\s*$")
-_GENERIC = ("Exception raised while executing Node", "raised. Re-raising first")
+def _reason(crash: Mapping[str, Any]) -> str:
+    """The error of a crash, in one line (``Type: message``).
 
+    From the failing node's result file, where the interface's exception is kept as data
+    (``runtime.traceback_args``: its message, then Nipype's sentence naming its type); a node that
+    failed before its interface ran (no result) falls back to the crash's own traceback, whose
+    last line is the exception.
+    """
+    from nipype.interfaces.base.support import InterfaceResult
 
-def _reason(text: str) -> str:
-    """The error a crash file ends with, in one line (``Type: message``)."""
-    found = None
-    for line in text.splitlines():
-        match = _ERROR_LINE.match(line)
-        if match and not any(g in match.group(2) for g in _GENERIC):
-            found = f"{match.group(1)}: {match.group(2)}"
-    if found:
-        return found
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else "unknown error (empty crash file)"
+    node = crash.get("node")
+    try:
+        result = node.result if node is not None else None
+    except Exception:  # noqa: BLE001 - no (readable) result file: the node never ran
+        result = None
+    runtime = getattr(result, "runtime", None) if isinstance(result, InterfaceResult) else None
+    args = getattr(runtime, "traceback_args", None)
+    if args:
+        *message, sentence = str(args[0]).splitlines() or [""]
+        kind = sentence.removeprefix("An exception of type ").partition(" occurred")[0]
+        # The exception as Python printed it (str(error), not only its first argument): the
+        # last line of the interface's traceback that starts with that type.
+        for line in reversed(str(getattr(runtime, "traceback", "")).splitlines()):
+            head, separator, text = line.partition(": ")
+            if separator and head.strip().rsplit(".", 1)[-1] == kind and text.strip():
+                return f"{kind}: {text.strip()}"
+        text = next((line.strip() for line in message if line.strip()), "")
+        if kind and text:
+            return f"{kind}: {text}"
+    lines = [line.strip() for line in "".join(crash.get("traceback") or []).splitlines()
+             if line.strip()]
+    if not lines:
+        return "unknown error (empty crash file)"
+    kind, _, text = lines[-1].partition(": ")
+    return f"{kind.rsplit('.', 1)[-1]}: {text}" if text else lines[-1]
 
 
 def _crash_failures(crash_dir: Path, workflows: Mapping[str, str]) -> dict[str, Failure]:
@@ -476,18 +525,22 @@ def _crash_failures(crash_dir: Path, workflows: Mapping[str, str]) -> dict[str, 
     subject workflow (the shared template selection) fails every subject; with no subject
     workflows (the group level) it is recorded under ``group``.
     """
+    from nipype.utils.filemanip import loadcrash
+
     failures: dict[str, Failure] = {}
     if not crash_dir.is_dir():
         return failures
-    for path in sorted(crash_dir.glob("crash-*"), key=lambda p: p.stat().st_mtime):
-        text = path.read_text(errors="replace")
-        first = text.splitlines()[0] if text else ""
-        node = first[len("Node: "):].strip() if first.startswith("Node: ") else path.name
-        subject = next((label for name, label in workflows.items()
-                        if f".{name}." in f".{node}."), None)
+    for path in sorted(crash_dir.glob("crash-*.pklz"), key=lambda p: p.stat().st_mtime):
+        try:
+            crash = loadcrash(str(path))
+        except Exception:  # noqa: BLE001 - an unreadable crash file is still a failure
+            crash = {}
+        node = crash.get("node")
+        subject = subject_of(node, workflows) if node is not None else None
         affected = [subject] if subject else (list(workflows.values()) or ["group"])
+        where = str(getattr(node, "fullname", "") or path.name)
         for label in affected:
-            failures.setdefault(label, Failure(label, _reason(text), node, str(path)))
+            failures.setdefault(label, Failure(label, _reason(crash), where, str(path)))
     return failures
 
 
@@ -504,8 +557,6 @@ def _write_failures(output_dir: Path, failures: Sequence[Failure],
 
 def _update_failures(output_dir: Path, failures: Sequence[Failure],
                      processed: Sequence[str]) -> Path:
-    from ..workflows.group import FAILURES_FILE
-
     path = output_dir / FAILURES_FILE
     rows = []
     if path.is_file():
@@ -576,47 +627,36 @@ def run_participant_level(
     bids_dir: Path,
     output_dir: Path,
     work_dir: Path,
-    model_spec: Path,
-    methods: Sequence[str],
-    template: Optional[str],
+    options: Optional[PipelineOptions] = None,
     participant_labels: Optional[Sequence[str]] = None,
     ground_truth_dir: Optional[Path] = None,
     gt_label: str = "lesion",
     transforms_dir: Optional[Path] = None,
     anat_dir: Optional[Path] = None,
-    registration: str = "affine",
-    brain_extraction: str = "deepbet",
-    bias_correction: bool = True,
-    keep_failed_qc: bool = False,
-    restrict_maps: bool = True,
-    method_params: Optional[Mapping[str, Mapping[str, Any]]] = None,
-    seed: int = 0,
-    deterministic: bool = True,
-    device: str = "cpu",
-    trust_model_code: bool = False,
-    external_weights: bool = False,
-    reports: bool = True,
     plugin: str = "MultiProc",
     plugin_args: Optional[Mapping[str, Any]] = None,
     progress: bool = False,
+    **option_values: Any,
 ) -> RunSummary:
     """Query the dataset, build one workflow per subject, run them, record the failures.
+
+    ``options``: the pipeline options (:class:`~nipype_xai.workflows.options.PipelineOptions`),
+    passed down to every subject's workflow; keyword arguments of the same names (``methods=``,
+    ``seed=``, ...) replace or give them. With ``deterministic`` (the default), a ``seed`` gives
+    byte-identical derivatives (the HTML reports' "generated" time aside, which
+    ``SOURCE_DATE_EPOCH`` fixes): the registration runs on one ITK thread.
 
     ``progress``: draw the subjects done, failed and remaining, the elapsed time and an ETA on
     stderr while the subjects run (:class:`RunProgress`; see :func:`progress_wanted`).
 
-    With ``deterministic`` (the default), a ``seed`` gives byte-identical derivatives (the HTML
-    reports' "generated" time aside, which ``SOURCE_DATE_EPOCH`` fixes): the registration runs
-    on one ITK thread. ``trust_model_code`` / ``external_weights``: the model spec's opt-ins
-    (:mod:`nipype_xai.models.spec`).
-
     Raises
     ------
-    nipype_xai.workflows.BIDSInputError
+    nipype_xai.bids.BIDSInputError
         The dataset (or a derivatives folder) cannot be used at all: nothing is run.
     """
-    from ..workflows import collect_data, init_participant_wf, subject_workflow_name
+    from ..workflows import init_participant_wf, pipeline_options, subject_workflow_name
 
+    options = pipeline_options(options, **option_values)
     started = time.perf_counter()
     # Resolved and checked here too (the CLI checks first): an embedding script must not be able
     # to write into the raw dataset either.
@@ -624,33 +664,24 @@ def run_participant_level(
     subjects, problems = collect_data(
         bids_dir, participant_labels, ground_truth_dir=ground_truth_dir, gt_label=gt_label,
         transforms_dir=transforms_dir, anat_dir=anat_dir,
-        template=template or "MNI152NLin2009aSym",
+        **({"template": options.template} if options.template else {}),
     )
     with dataset_lock(output_dir):  # it rewrites .bidsignore too
         write_dataset_description(output_dir, dataset_links=input_dataset_links(
             bids_dir, ground_truth_dir, transforms_dir, anat_dir))
-    _add_to_bidsignore(output_dir, "failures.tsv")
+    _add_to_bidsignore(output_dir, FAILURES_FILE)
 
     failures = [Failure(f"sub-{p.subject}" + (f"_ses-{p.session}" if p.session else ""),
                         p.problem, "inputs") for p in problems]
     labels = {subject_workflow_name(s.subject, s.session): s.label for s in subjects}
+    crashed: dict[str, Failure] = {}
     if subjects:
-        workflow = init_participant_wf(
-            subjects=subjects, output_dir=output_dir, model_spec=model_spec, methods=methods,
-            template=template, registration=registration, brain_extraction=brain_extraction,
-            bias_correction=bias_correction, keep_failed_qc=keep_failed_qc,
-            restrict_maps=restrict_maps,
-            method_params=method_params, seed=seed, deterministic=deterministic, device=device,
-            trust_model_code=trust_model_code, external_weights=external_weights,
-            reports=reports,
-        )
+        workflow = init_participant_wf(subjects=subjects, output_dir=output_dir, options=options)
         crash_dir, _ = _run(workflow, work_dir, plugin, dict(plugin_args or {}), labels,
-                            deterministic=deterministic, progress=progress,
+                            deterministic=options.deterministic, progress=progress,
                             level="participant level")
         crashed = _crash_failures(crash_dir, labels)
         failures += list(crashed.values())
-    else:
-        crashed = {}
     processed = list(labels.values()) + [f.subject for f in failures]
     _write_failures(output_dir, failures, processed)
     return RunSummary(

@@ -127,8 +127,23 @@ def _check_space(model_spec: Path, template: Optional[str], external_weights: bo
         _say(f"note: the model expects {space} images; they will be in {template} (--template)")
 
 
+def _pipeline_options(args, model_spec: Path, methods: Sequence[str],
+                      template: Optional[str]):
+    """The participant level's options from the parsed command line (BIDS-App or demo)."""
+    from ..workflows.options import PipelineOptions
+
+    return PipelineOptions(
+        model_spec=model_spec, methods=methods, template=template,
+        registration=args.registration, brain_extraction=args.brain_extraction,
+        bias_correction=args.bias_correction, keep_failed_qc=args.keep_failed_qc,
+        restrict_maps=args.restrict_maps, seed=args.seed, deterministic=args.deterministic,
+        device=args.device, trust_model_code=args.trust_model_code,
+        external_weights=args.external_weights, reports=args.reports,
+    )
+
+
 def _report_run(summary, output_dir: Path) -> int:
-    from ..workflows.group import FAILURES_FILE
+    from ..bids import FAILURES_FILE
 
     total = len(summary.succeeded) + len(summary.failures)
     for failure in summary.failures:
@@ -147,8 +162,7 @@ def _check_dirs(bids_dir: Path, output_dir: Path, work_dir: Path) -> tuple[Path,
     Paths are resolved (symlinks, ``..``) before they are compared: ``BIDS/sub-01/..`` is the
     input dataset, and a raw dataset is never written to.
     """
-    from ..bids import OutputFolderError, check_output_folder
-    from ..workflows.base import BIDSInputError
+    from ..bids import BIDSInputError, OutputFolderError, check_output_folder
 
     if not bids_dir.is_dir():
         raise BIDSInputError(f"{bids_dir}: BIDS_DIR is not a folder")
@@ -211,16 +225,11 @@ def _bids_app_run(args, work_dir: Path, plugin: str, plugin_args: dict, progress
     _check_space(model_spec, args.template, args.external_weights)
     summary = run_participant_level(
         bids_dir=args.bids_dir.absolute(), output_dir=output_dir, work_dir=work_dir,
-        model_spec=model_spec, methods=methods, template=args.template,
+        options=_pipeline_options(args, model_spec, methods, args.template),
         participant_labels=args.participant_label, ground_truth_dir=args.ground_truth,
         gt_label=args.gt_label, transforms_dir=args.transforms_from,
-        anat_dir=args.anat_derivatives, brain_extraction=args.brain_extraction,
-        bias_correction=args.bias_correction, keep_failed_qc=args.keep_failed_qc,
-        restrict_maps=args.restrict_maps,
-        registration=args.registration, seed=args.seed, deterministic=args.deterministic,
-        device=args.device, trust_model_code=args.trust_model_code,
-        external_weights=args.external_weights, reports=args.reports, plugin=plugin,
-        plugin_args=plugin_args, progress=progress,
+        anat_dir=args.anat_derivatives, plugin=plugin, plugin_args=plugin_args,
+        progress=progress,
     )
     return _report_run(summary, output_dir)
 
@@ -266,14 +275,10 @@ def _demo(argv: list[str]) -> int:
 
     print(f"nipype-xai demo: participant level ({', '.join(methods)}; model {spec.name})")
     summary = run_participant_level(
-        bids_dir=bids_dir, output_dir=output_dir, work_dir=work_dir, model_spec=model_spec,
-        methods=methods, template=None, ground_truth_dir=bids_dir / "derivatives" / "groundtruth",
-        gt_label="lesion", registration=args.registration, seed=args.seed,
-        brain_extraction=args.brain_extraction, bias_correction=args.bias_correction,
-        keep_failed_qc=args.keep_failed_qc, restrict_maps=args.restrict_maps,
-        deterministic=args.deterministic, device=args.device,
-        trust_model_code=args.trust_model_code, external_weights=args.external_weights,
-        reports=args.reports, plugin=plugin, plugin_args=plugin_args, progress=progress,
+        bids_dir=bids_dir, output_dir=output_dir, work_dir=work_dir,
+        options=_pipeline_options(args, model_spec, methods, None),
+        ground_truth_dir=bids_dir / "derivatives" / "groundtruth", gt_label="lesion",
+        plugin=plugin, plugin_args=plugin_args, progress=progress,
     )
     code = _report_run(summary, output_dir)
     if not summary.succeeded:

@@ -76,6 +76,16 @@ def _write_json_if_changed(path: Path, content: dict[str, Any]) -> Path:
     return write_json(path, content)
 
 
+def _dataset_folder(base_directory: str, describe: bool = True,
+                    links: Optional[Mapping[str, str]] = None) -> Path:
+    """The sink's dataset folder, absolute and created; described when ``describe``."""
+    base = Path(base_directory).absolute()
+    base.mkdir(parents=True, exist_ok=True)
+    if describe:
+        _dataset_description_if_missing(base, links)
+    return base
+
+
 def _dataset_description_if_missing(base_directory: Path,
                                     links: Optional[Mapping[str, str]] = None) -> None:
     # The first sink of the first subject writes it, under the dataset's lock (the .bidsignore
@@ -308,10 +318,7 @@ class ReportsSink(SimpleInterface):
     _always_run = True
 
     def _run_interface(self, runtime):
-        base = Path(self.inputs.base_directory).absolute()
-        base.mkdir(parents=True, exist_ok=True)
-        if self.inputs.dataset_description:
-            _dataset_description_if_missing(base)
+        base = _dataset_folder(self.inputs.base_directory, self.inputs.dataset_description)
         figures = []
         if isdefined(self.inputs.in_figures):
             folder = base / self.inputs.figures_dir
@@ -359,10 +366,8 @@ class CommitDerivatives(SimpleInterface):
     _always_run = True
 
     def _run_interface(self, runtime):
-        base = Path(self.inputs.base_directory).absolute()
-        base.mkdir(parents=True, exist_ok=True)
         links = dict(self.inputs.dataset_links) if isdefined(self.inputs.dataset_links) else {}
-        _dataset_description_if_missing(base, links)
+        base = _dataset_folder(self.inputs.base_directory, links=links)
         files = commit_subject(base, self.inputs.label, self.inputs.in_files)
         self._results["out_files"] = [str(f) for f in files]
         self._results["out_record"] = str(completion_record_path(base, self.inputs.label))

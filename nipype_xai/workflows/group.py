@@ -16,14 +16,8 @@ from typing import Any, Mapping, Optional, Union
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from ..bids import (
-    FAILURES_FILE,
-    bids_uri,
-    figures_dir,
-    group_metrics_path,
-    report_path,
-    template_spatial_reference,
-)
+from ..bids import FAILURES_FILE, bids_uri, figures_dir, group_metrics_path, report_path
+from ..bids import template_spatial_reference
 from ..bids.query import GroupInputs, collect_group_inputs
 from ..interfaces.bids import DerivativesDataSink, ReportsSink
 from ..interfaces.metrics import GroupMeanMaps, GroupOverlapTable, MethodRanking

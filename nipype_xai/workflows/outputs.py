@@ -16,24 +16,10 @@ from typing import Any, Mapping, Optional, Sequence, Union
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from ..bids import (
-    bids_uri,
-    derivative_path,
-    figures_dir,
-    input_dataset_links,
-    method_to_desc,
-    read_dataset_links,
-    report_path,
-    staging_folder,
-    template_spatial_reference,
-)
-from ..interfaces.bids import (
-    SOURCE_FILE,
-    CommitDerivatives,
-    DerivativesDataSink,
-    ReportsSink,
-    mentions_source_file,
-)
+from ..bids import bids_uri, derivative_path, figures_dir, input_dataset_links, method_to_desc
+from ..bids import read_dataset_links, report_path, staging_folder, template_spatial_reference
+from ..interfaces.bids import SOURCE_FILE, CommitDerivatives, DerivativesDataSink, ReportsSink
+from ..interfaces.bids import mentions_source_file
 from ..models.spec import ModelSpec
 from .options import PipelineOptions
 

@@ -157,23 +157,18 @@ def init_registration_wf(
         ]
         forward_source, forward_field = register, "forward_transform"
 
-    if apply_to_maps:
-        maps = pe.MapNode(ApplyTransforms(interpolation="linear"), iterfield=["in_file"],
-                          name="maps_to_template")
+    # Maps linearly, masks nearest-neighbour (a 0/1 image is never interpolated).
+    for field, interpolation, wanted in (("maps", "linear", apply_to_maps),
+                                         ("masks", "nearest", apply_to_masks)):
+        if not wanted:
+            continue
+        apply = pe.MapNode(ApplyTransforms(interpolation=interpolation), iterfield=["in_file"],
+                           name=f"{field}_to_template")
         connections += [
-            (inputnode, maps, [("maps", "in_file")]),
-            (template_source, maps, [(t1w_file, "reference_image")]),
-            (forward_source, maps, [(forward_field, "transforms")]),
-            (maps, outputnode, [("out_file", "maps")]),
-        ]
-    if apply_to_masks:
-        masks = pe.MapNode(ApplyTransforms(interpolation="nearest"), iterfield=["in_file"],
-                           name="masks_to_template")
-        connections += [
-            (inputnode, masks, [("masks", "in_file")]),
-            (template_source, masks, [(t1w_file, "reference_image")]),
-            (forward_source, masks, [(forward_field, "transforms")]),
-            (masks, outputnode, [("out_file", "masks")]),
+            (inputnode, apply, [(field, "in_file")]),
+            (template_source, apply, [(t1w_file, "reference_image")]),
+            (forward_source, apply, [(forward_field, "transforms")]),
+            (apply, outputnode, [("out_file", field)]),
         ]
     workflow.connect(connections)
     return workflow
