@@ -70,7 +70,6 @@ This module is the one place to import the spec's names from; each concern has i
 
 from __future__ import annotations
 
-from . import build, spec_json
 from .build import (
     TRUSTED_ARCHITECTURE_MODULES,
     build_architecture,
@@ -88,14 +87,9 @@ from .spec_json import (
     load_model_spec,
     mean_image_name,
     save_model_spec,
+    write_mean_image,
 )
 from .weights import weights_sha256
-
-# nipype_xai.synth.train imports these private helpers from here (its build_model could call
-# build_architecture instead).
-_import_class = import_architecture
-_instantiate = build._instantiate
-_write_mean_image = spec_json._write_mean_image
 
 __all__ = [
     "InputSpec",
@@ -113,4 +107,5 @@ __all__ = [
     "model_output_count",
     "save_model_spec",
     "weights_sha256",
+    "write_mean_image",
 ]

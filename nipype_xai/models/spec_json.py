@@ -33,6 +33,7 @@ __all__ = [
     "load_model_spec",
     "mean_image_name",
     "save_model_spec",
+    "write_mean_image",
 ]
 
 #: Intensity normalisations a spec can ask for.
@@ -253,13 +254,13 @@ def save_model_spec(spec: ModelSpec, path: PathLike) -> Path:
     """
     path = Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    spec = _write_mean_image(spec, path.parent)
+    spec = write_mean_image(spec, path.parent)
     text = json.dumps(spec.to_dict(relative_to=path.parent), indent=2) + "\n"
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return path
 
 
-def _write_mean_image(spec: ModelSpec, folder: Path) -> ModelSpec:
+def write_mean_image(spec: ModelSpec, folder: Path) -> ModelSpec:
     """Write the summary's mean image into ``folder`` if it has no file yet; the spec with it."""
     if spec.input_summary is None or spec.input_summary_file is not None:
         return spec
