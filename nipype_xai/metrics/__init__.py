@@ -19,18 +19,23 @@ from .overlap import (
     AFFINE_ATOL_MM,
     EMD_MAX_PAIRS,
     EMD_MAX_POINTS,
+    OVERLAP_METRICS,
     SCORES,
     MetricsError,
     brain_diameter_mm,
     overlap_metrics,
     overlap_metrics_report,
 )
+from .scoring import score_maps
 
 _LAZY = {
     "parameter_layers": "baselines",
     "randomize_model": "baselines",
+    "cascade_steps": "sanity",
     "cascading_randomization": "sanity",
     "forward_order": "sanity",
+    "predicted_target": "sanity",
+    "randomization_similarities": "sanity",
     "spearman": "sanity",
     "ssim": "sanity",
 }
@@ -42,11 +47,13 @@ __all__ = [
     "AFFINE_ATOL_MM",
     "EMD_MAX_PAIRS",
     "EMD_MAX_POINTS",
+    "OVERLAP_METRICS",
     "SCORES",
     "MetricsError",
     "brain_diameter_mm",
     "overlap_metrics",
     "overlap_metrics_report",
+    "score_maps",
     *sorted(_LAZY),
 ]
 
