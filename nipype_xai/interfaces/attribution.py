@@ -24,8 +24,8 @@ from ..attribution.restriction import restrict_to_mask
 from ..bids import method_to_desc, write_json
 from ..images import ImageError, image_like, load_volume, save_image
 from ..models.inference import Explanation, explain_image
-from ..models.spec import ModelSpec, load_model, load_model_spec, weights_sha256
-from .model import _ModelInputSpec, resolve_device
+from ..models.spec import ModelSpec, load_model, weights_sha256
+from .model import _ModelInputSpec, read_model_spec, resolve_device
 
 __all__ = ["Attribution", "RestrictMaps"]
 
@@ -88,7 +88,7 @@ class Attribution(SimpleInterface):
     def _run_interface(self, runtime):
         inputs = self.inputs
         img = load_volume(inputs.in_file)
-        spec = load_model_spec(inputs.model_spec, external_weights=inputs.external_weights)
+        spec = read_model_spec(inputs)
         # The output count is checked on the real prediction (no separate shape-only pass).
         model = load_model(spec, device=resolve_device(inputs), check_outputs=False,
                            trust_code=inputs.trust_model_code)

@@ -24,8 +24,7 @@ from ..attribution.registry import get_method, registered_methods
 from ..bids import method_to_desc, write_json
 from ..images import load_volume, save_image
 from ..models.preprocessing import from_model_grid, to_model_grid
-from ..models.spec import load_model_spec
-from .model import external_weights_input, trust_model_code_input
+from .model import external_weights_input, read_model_spec, trust_model_code_input
 
 __all__ = ["BASELINE_DESCRIPTIONS", "BaselineMaps"]
 
@@ -70,8 +69,7 @@ class BaselineMaps(SimpleInterface):
 
     def _run_interface(self, runtime):
         img = load_volume(self.inputs.in_file)
-        spec = load_model_spec(self.inputs.model_spec,
-                               external_weights=self.inputs.external_weights)
+        spec = read_model_spec(self.inputs)
         x, grid = to_model_grid(img, spec)
         out_files, out_sidecars = [], []
         for name in dict.fromkeys(self.inputs.baselines):
