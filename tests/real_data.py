@@ -166,15 +166,13 @@ def head_in_scanner_pose(voxel_mm: float = 1.0) -> tuple[nib.Nifti1Image, nib.Ni
     """
     from scipy import ndimage
 
+    from geometry import rotation
+
     head_path, _ = real_head()
     head = nib.load(head_path)
     motion = np.eye(4)
     for axis, degrees in enumerate(POSE_DEGREES):
-        c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
-        i, j = [k for k in range(3) if k != axis]
-        turn = np.eye(4)
-        turn[i, i], turn[i, j], turn[j, i], turn[j, j] = c, -s, s, c
-        motion = motion @ turn
+        motion[:3, :3] = motion[:3, :3] @ rotation(axis, degrees)
     motion[:3, 3] = POSE_SHIFT_MM
     corners = np.array([[i, j, k, 1] for i in (0, SHAPE[0] - 1) for j in (0, SHAPE[1] - 1)
                         for k in (0, SHAPE[2] - 1)]).T
