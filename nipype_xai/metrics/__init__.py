@@ -15,17 +15,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .overlap import (
-    AFFINE_ATOL_MM,
-    EMD_MAX_PAIRS,
-    EMD_MAX_POINTS,
-    OVERLAP_METRICS,
-    SCORES,
-    MetricsError,
-    brain_diameter_mm,
-    overlap_metrics,
-    overlap_metrics_report,
-)
+from . import overlap
+from .overlap import *  # noqa: F401,F403 -- the overlap metrics' public names
 from .scoring import score_maps
 
 _LAZY = {
@@ -43,19 +34,7 @@ _LAZY = {
 # import them from nipype_xai.attribution.baselines; ``random`` is ``random_map`` there.
 _MOVED = {"laplace": "laplace", "random": "random_map", "sobel": "sobel"}
 
-__all__ = [
-    "AFFINE_ATOL_MM",
-    "EMD_MAX_PAIRS",
-    "EMD_MAX_POINTS",
-    "OVERLAP_METRICS",
-    "SCORES",
-    "MetricsError",
-    "brain_diameter_mm",
-    "overlap_metrics",
-    "overlap_metrics_report",
-    "score_maps",
-    *sorted(_LAZY),
-]
+__all__ = [*overlap.__all__, "score_maps", *sorted(_LAZY)]
 
 
 def __getattr__(name: str) -> Any:

@@ -70,42 +70,10 @@ This module is the one place to import the spec's names from; each concern has i
 
 from __future__ import annotations
 
-from .build import (
-    TRUSTED_ARCHITECTURE_MODULES,
-    build_architecture,
-    check_output_count,
-    import_architecture,
-    load_model,
-    model_output_count,
-)
-from .spec_json import (
-    NORMALIZATIONS,
-    TASKS,
-    InputSpec,
-    ModelSpec,
-    ModelSpecError,
-    load_model_spec,
-    mean_image_name,
-    save_model_spec,
-    write_mean_image,
-)
+# The parts' public names, re-exported: this module is the spec's documented entry point.
+from . import build, spec_json
+from .build import *  # noqa: F401,F403
+from .spec_json import *  # noqa: F401,F403
 from .weights import weights_sha256
 
-__all__ = [
-    "InputSpec",
-    "ModelSpec",
-    "ModelSpecError",
-    "NORMALIZATIONS",
-    "TASKS",
-    "TRUSTED_ARCHITECTURE_MODULES",
-    "build_architecture",
-    "check_output_count",
-    "import_architecture",
-    "load_model",
-    "load_model_spec",
-    "mean_image_name",
-    "model_output_count",
-    "save_model_spec",
-    "weights_sha256",
-    "write_mean_image",
-]
+__all__ = [*spec_json.__all__, *build.__all__, "weights_sha256"]
