@@ -144,7 +144,7 @@ def group_derivatives(
 ) -> dict[str, Any]:
     """Dataset-relative names of the files the group report links, as the group workflow's sinks
     (and the participant level, for the reports and ``failures.tsv``) name them."""
-    from ..workflows.group import FAILURES_FILE
+    from ..bids import FAILURES_FILE
 
     names: dict[str, Any] = {}
     if space:
