@@ -11,6 +11,11 @@ subject with; :func:`train_on_cohort` chains them.
 
 Loading a cohort onto the model grid, balanced batches and augmentation are in
 :mod:`nipype_xai.synth.training_data` (re-exported here).
+
+Why one module of ~560 lines: the training loop, the summary of the inputs it fed the model and the
+saved spec share :func:`train_model`'s settings (:func:`augmentation_settings` reads its signature,
+so the summary can never describe other inputs than those trained on); apart, they would have to
+restate those defaults.
 """
 
 from __future__ import annotations
