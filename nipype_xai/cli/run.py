@@ -344,18 +344,9 @@ def _train(argv: list[str]) -> int:
 
 
 def _benchmark(argv: list[str]) -> int:
-    import argparse
-    import shlex
+    from .benchmark import run_from_argv
 
-    from ..benchmark.command import add_arguments, run
-
-    parser = argparse.ArgumentParser(
-        prog="nipype-xai benchmark",
-        description="Score every attribution method against the known ground truth of synthetic "
-                    "cohorts, with baselines and a model-randomisation check.")
-    args = add_arguments(parser).parse_args(argv)
-    args.command = "nipype-xai benchmark " + shlex.join(argv)
-    return run(args)
+    return run_from_argv(argv)
 
 
 if __name__ == "__main__":  # pragma: no cover
