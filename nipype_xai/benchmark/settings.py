@@ -139,6 +139,15 @@ def _unique(values: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(values))
 
 
+def _chosen(values: Sequence[str], allowed: Sequence[str], what: str) -> tuple[str, ...]:
+    """``values`` without repeats; a ``ValueError`` when empty or one is not ``allowed``."""
+    chosen = _unique(values)
+    unknown = [v for v in chosen if v not in allowed]
+    if unknown or not chosen:
+        raise ValueError(f"unknown {what}(s) {unknown}; choose among {', '.join(allowed)}")
+    return chosen
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class BenchmarkSettings:
     """The settings of one benchmark run, checked when made (a ``ValueError`` per bad value).
@@ -249,16 +258,9 @@ class BenchmarkSettings:
         from ..attribution import available_methods
         from ..synth import TASKS
 
-        tasks = _unique(self.tasks)
-        unknown = [t for t in tasks if t not in TASKS]
-        if unknown or not tasks:
-            raise ValueError(f"unknown task(s) {unknown}; choose among {', '.join(TASKS)}")
+        tasks = _chosen(self.tasks, TASKS, "task")
         self._set("tasks", tasks)
-        groundtruths = _unique(self.groundtruths)
-        unknown = [g for g in groundtruths if g not in GROUNDTRUTHS]
-        if unknown or not groundtruths:
-            raise ValueError(f"groundtruths: unknown definition(s) {unknown}; choose among "
-                             f"{', '.join(GROUNDTRUTHS)}")
+        groundtruths = _chosen(self.groundtruths, GROUNDTRUTHS, "ground-truth definition")
         self._set("groundtruths", groundtruths)
         bare = [t for t in tasks
                 if all(groundtruth_mask_label(t, g) is None for g in groundtruths)]
@@ -290,12 +292,8 @@ class BenchmarkSettings:
             if len(tasks) > 1:
                 raise ValueError("--model gives one trained model: benchmark one task with it")
         else:
-            architectures = _unique(self.architectures)
-            bad = [a for a in architectures if a not in ARCHITECTURES]
-            if bad or not architectures:
-                raise ValueError(f"unknown architecture(s) {bad}; choose among "
-                                 f"{', '.join(ARCHITECTURES)}")
-            self._set("architectures", architectures)
+            self._set("architectures", _chosen(self.architectures, ARCHITECTURES,
+                                               "architecture"))
         extra = sorted(set(self.train_options or {}) - set(TRAIN_OPTIONS))
         if extra:
             raise ValueError(f"train_options: {extra} not accepted; accepted: "
