@@ -30,9 +30,6 @@ _LAZY = {
     "spearman": "sanity",
     "ssim": "sanity",
 }
-# Old import paths of the model-free baselines, kept (outside __all__) until their last users
-# import them from nipype_xai.attribution.baselines; ``random`` is ``random_map`` there.
-_MOVED = {"laplace": "laplace", "random": "random_map", "sobel": "sobel"}
 
 __all__ = [*overlap.__all__, "score_maps", *sorted(_LAZY)]
 
@@ -43,7 +40,4 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
         globals()[name] = value
         return value
-    if name in _MOVED:
-        module = importlib.import_module("..attribution.baselines", __name__)
-        return getattr(module, _MOVED[name])
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
