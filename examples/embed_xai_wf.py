@@ -146,12 +146,13 @@ def init_lab_subject_wf(*, subject: str, bids_dir: Path, model: Path, methods: S
     preproc = pe.Node(niu.Function(function=skull_strip, input_names=["t1w", "brain_mask"],
                                    output_names=["t1w_preproc"]), name="preproc")
 
-    # nipype-xai: t1w=None, and t1w_mask, ground_truth and transforms set to True, mean
-    # "connected at inputnode".
+    # nipype-xai: the T1w, the brain mask, the lesion mask and (without registration) the
+    # transforms are connected at its inputnode below, not given as files.
+    connected = ["t1w_mask"] + (["ground_truth"] if has_lesion else [])
+    if not register:
+        connected.append("transforms")
     xai_wf = init_xai_wf(subject=subject, methods=methods, model_spec=model,
-                         output_dir=derivatives, t1w=None, t1w_mask=True,
-                         ground_truth=True if has_lesion else None,
-                         transforms=None if register else True)
+                         output_dir=derivatives, connected=connected)
 
     summary = pe.Node(niu.Function(
         function=summarize, output_names=["out_file"],

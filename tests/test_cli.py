@@ -138,7 +138,10 @@ def test_failing_subjects_do_not_stop_the_others(tmp_path, capsys, cohort):
     assert not (out / "sub-03").exists() and not (out / "sub-03.html").exists()
     assert not (out / "sub-04").exists()
 
-    failures = pd.read_csv(out / "failures.tsv", sep="\t").set_index("subject")
+    failures = pd.read_csv(out / "failures.tsv", sep="\t", keep_default_na=False)
+    assert list(failures.columns) == ["participant_id", "session_id", "reason", "node", "crashfile"]
+    assert set(failures["session_id"]) == {"n/a"}
+    failures = failures.set_index("participant_id")
     assert list(failures.index) == ["sub-03", "sub-04"]
     assert "sub-03_T1w.nii.gz" in failures.loc["sub-03", "reason"]
     assert "truncated" in failures.loc["sub-03", "reason"]

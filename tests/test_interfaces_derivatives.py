@@ -4,6 +4,7 @@ BaselineMaps, ModelGridReference and the group-level table and map interfaces.""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import nibabel as nib
@@ -164,10 +165,12 @@ def test_derivatives_data_sink_names_a_connected_source(tmp_path, volumes):
     out = tmp_path / "derivatives"
     common = {"base_directory": str(out), "in_file": str(volumes["perfect"]), "subject": "01",
               "suffix": "attribution", "source_file": "/lab/work/t1w_preproc.nii.gz"}
-    # A file of no BIDS dataset (a lab's intermediate): a file URI.
+    # A file of no BIDS dataset (a lab's intermediate): its path relative to the output dataset,
+    # as DatasetLinks are, never an absolute file:// URL of one machine.
     DerivativesDataSink(desc="a", meta_dict={"Type": "x"}, **common).run(cwd=str(tmp_path))
     written = json.loads((out / "sub-01/anat/sub-01_desc-a_attribution.json").read_text())
-    assert written["Sources"] == ["file:///lab/work/t1w_preproc.nii.gz"]
+    relative = Path(os.path.relpath("/lab/work/t1w_preproc.nii.gz", out)).as_posix()
+    assert written["Sources"] == [relative] and not relative.startswith("file:")
     # Sources known when the workflow was built win.
     DerivativesDataSink(desc="b", meta_dict={"Sources": ["bids:raw:sub-01/anat/sub-01_T1w.nii.gz"]},
                         **common).run(cwd=str(tmp_path))

@@ -135,7 +135,7 @@ def test_concurrent_runs_lose_no_failure_record(tmp_path):
         process.join(120)
         assert process.exitcode == 0
     table = pd.read_csv(tmp_path / "failures.tsv", sep="\t", dtype=str)
-    assert len(table) == workers * n and table["subject"].is_unique
+    assert len(table) == workers * n and table["participant_id"].is_unique
     ignored = (tmp_path / ".bidsignore").read_text().splitlines()
     assert {f"w{w}x{i}.tsv" for w in range(workers) for i in range(n)} <= set(ignored)
 
@@ -323,3 +323,20 @@ def test_group_level_leaves_out_a_subject_without_its_record(tmp_path, reference
     assert all("sub-02" not in str(p) for p in [*inputs.maps, *inputs.metrics_tsvs])
     assert [label for label, _ in inputs.incomplete] == ["sub-02"]
     assert "no completion record" in inputs.incomplete[0][1]
+
+
+def test_failures_table_is_bids_shaped_and_upgrades_an_old_one(tmp_path):
+    # participant_id / session_id as BIDS spells them; a table from before (a `subject` column)
+    # is read, its rows kept or replaced, and rewritten in the new shape.
+    from nipype_xai.cli.execution import Failure, _write_failures
+
+    (tmp_path / "failures.tsv").write_text("subject\treason\tnode\tcrashfile\n"
+                                           "sub-01\told\tn1\t\nsub-02\tkept\tn2\t\n")
+    _write_failures(tmp_path, [Failure("sub-01_ses-2", "new", "n3")], ["sub-01"])
+    table = pd.read_csv(tmp_path / "failures.tsv", sep="\t", dtype=str, keep_default_na=False)
+    assert table.to_dict("records") == [
+        {"participant_id": "sub-01", "session_id": "ses-2", "reason": "new", "node": "n3",
+         "crashfile": ""},
+        {"participant_id": "sub-02", "session_id": "n/a", "reason": "kept", "node": "n2",
+         "crashfile": ""},
+    ]

@@ -15,6 +15,7 @@ configuration, the progress callback, the crash records and the two levels share
 from __future__ import annotations
 
 import gc
+import getpass
 import io
 import json
 import logging
@@ -57,7 +58,8 @@ __all__ = [
 
 LOGGER = logging.getLogger("nipype_xai")
 
-FAILURES_COLUMNS = ("subject", "reason", "node", "crashfile")
+#: failures.tsv's columns: the BIDS identifiers (session_id ``n/a`` without sessions), then why.
+FAILURES_COLUMNS = ("participant_id", "session_id", "reason", "node", "crashfile")
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,12 @@ class Failure:
     reason: str
     node: str = ""
     crashfile: str = ""
+
+    def row(self) -> dict[str, str]:
+        """failures.tsv's row: ``sub-01_ses-2`` -> participant_id ``sub-01``, session_id ``ses-2``."""
+        participant, _, session = self.subject.partition("_ses-")
+        return {"participant_id": participant, "session_id": f"ses-{session}" if session else "n/a",
+                "reason": self.reason, "node": self.node, "crashfile": self.crashfile}
 
 
 @dataclass
@@ -141,6 +149,10 @@ def plugin_settings(plugin: Optional[str], plugin_args: Optional[str], nprocs: O
         # several threads (OpenMP) hangs at its first parallel region, and the CLI's own checks,
         # or a host application embedding it, may well have.
         args.setdefault("mp_context", "spawn")
+    if plugin == "SLURM":
+        # Nipype's SLURM plugin names each job after $LOGNAME and raises KeyError without it, as
+        # in containers and on CI runners, where no login shell set it.
+        os.environ.setdefault("LOGNAME", getpass.getuser())
     if device.startswith("cuda"):
         import torch
 
@@ -561,15 +573,26 @@ def _update_failures(output_dir: Path, failures: Sequence[Failure],
     rows = []
     if path.is_file():
         previous = read_tsv(path, all_text=True)
-        rows = [row for row in previous.to_dict("records") if row.get("subject") not in processed]
-    rows += [{"subject": f.subject, "reason": f.reason, "node": f.node, "crashfile": f.crashfile}
-             for f in failures]
+        # Rebuilt through Failure, so a table written before 0.2 (a ``subject`` column) is upgraded.
+        rows = [Failure(_label(row), row.get("reason", ""), row.get("node", ""),
+                        row.get("crashfile", "")).row()
+                for row in previous.to_dict("records") if _label(row) not in processed]
+    rows += [failure.row() for failure in failures]
     if not rows:
         path.unlink(missing_ok=True)
         return path
-    table = pd.DataFrame(rows, columns=list(FAILURES_COLUMNS)).sort_values("subject")
+    table = pd.DataFrame(rows, columns=list(FAILURES_COLUMNS)).sort_values(
+        ["participant_id", "session_id"])
     write_tsv(table, path)
     return path
+
+
+def _label(row: Mapping[str, str]) -> str:
+    """``sub-01[_ses-2]`` of a failures.tsv row (a table from before 0.2 has ``subject``)."""
+    if "participant_id" not in row:
+        return str(row.get("subject", ""))
+    session = row.get("session_id", "n/a")
+    return row["participant_id"] + (f"_{session}" if session not in ("", "n/a") else "")
 
 
 def _add_to_bidsignore(output_dir: Path, *entries: str) -> None:
