@@ -12,7 +12,6 @@ Every table and figure is of one ground-truth definition (the ``groundtruth`` co
 
 from __future__ import annotations
 
-import base64
 import html
 import os
 from collections.abc import Mapping
@@ -28,7 +27,8 @@ from ..atomic import atomic_write
 from ..bids import method_to_desc
 from ..metrics.group import LOWER_IS_BETTER, SUMMARY_COLUMNS
 from ..reports import figure_name, format_value, is_baseline, plot_method_ranking
-from ..reports.figures import save_reproducibly
+from ..reports.figures import save_figure
+from ..reports.page import embedded_png, html_table
 from .settings import GROUNDTRUTH_DESCRIPTIONS, GROUNDTRUTHS
 
 __all__ = [
@@ -156,21 +156,12 @@ def plot_architecture_comparison(summary: pd.DataFrame, metric: str, out_base: P
     axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
     if title:
         axes.set_title(title, fontsize=9)
-    return _save(figure, Path(out_base))
+    return save_figure(figure, out_base, bbox_inches="tight")
 
 
 def _label(text: Any) -> str:
     cleaned = "".join(ch for ch in str(text) if ch.isalnum())
     return cleaned or "model"
-
-
-def _save(figure: Figure, out_base: Path) -> dict[str, Path]:
-    written = {}
-    for fmt in ("png", "svg"):
-        path = out_base.with_name(f"{out_base.name}.{fmt}")
-        written[fmt] = atomic_write(path, lambda tmp, fmt=fmt: save_reproducibly(
-            figure, tmp, format=fmt, dpi=100, bbox_inches="tight"))
-    return written
 
 
 def plot_sanity_check(sanity: pd.DataFrame, out_base: PathLike, *,
@@ -224,7 +215,7 @@ def plot_sanity_check(sanity: pd.DataFrame, out_base: PathLike, *,
     axes.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7, frameon=False)
     if title:
         axes.set_title(title)
-    return _save(figure, Path(out_base))
+    return save_figure(figure, out_base, bbox_inches="tight")
 
 
 def figure_color(i: int) -> tuple:
@@ -378,18 +369,13 @@ def markdown_tables(summary: pd.DataFrame, metrics=HEADLINE_METRICS) -> str:
 
 
 def _table(frame: pd.DataFrame, method_column: Optional[str] = "method") -> str:
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
-    body = []
-    for _, row in frame.iterrows():
-        baseline = method_column in frame.columns and is_baseline(str(row[method_column]))
-        cells = "".join(f"<td>{html.escape(format_value(row[c]))}</td>" for c in frame.columns)
-        body.append(f'<tr class="{"baseline" if baseline else ""}">{cells}</tr>')
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    """A table of the page; rows of a baseline in grey when ``method_column`` names them."""
+    column = method_column if method_column in frame.columns else None
+    return html_table(frame, baseline_column=column)
 
 
 def _img(paths: Mapping[str, Path], alt: str) -> str:
-    data = base64.b64encode(Path(paths["png"]).read_bytes()).decode("ascii")
-    return f'<img alt="{html.escape(alt, quote=True)}" src="data:image/png;base64,{data}">'
+    return embedded_png(paths["png"], alt)
 
 
 _CSS = """

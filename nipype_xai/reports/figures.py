@@ -23,7 +23,7 @@ import os
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import nibabel as nib
 import numpy as np
@@ -42,6 +42,8 @@ __all__ = [
     "plot_attribution_panel",
     "plot_glass_brains",
     "plot_method_ranking",
+    "save_figure",
+    "save_reproducibly",
     "scale_abs",
 ]
 
@@ -155,13 +157,18 @@ def _shared_cut_coords(scaled: Sequence[nib.Nifti1Image], ground_truth: Optional
 # --------------------------------------------------------------------------------------------
 
 
-def _save(figure: Figure, out_base: PathLike) -> FigureFiles:
+def save_figure(figure: Figure, out_base: PathLike, **savefig_kwargs: Any) -> FigureFiles:
+    """Write ``figure`` as ``<out_base>.png`` and ``.svg``, atomically and reproducibly.
+
+    ``savefig_kwargs`` go to ``Figure.savefig`` (default: the figure's own face colour, 100 dpi).
+    """
     out_base = Path(out_base)
+    options = {"dpi": _DPI, "facecolor": figure.get_facecolor(), **savefig_kwargs}
     written = {}
     for fmt in ("png", "svg"):
         path = out_base.with_name(f"{out_base.name}.{fmt}")
         written[fmt] = atomic_write(path, lambda tmp, fmt=fmt: save_reproducibly(
-            figure, tmp, format=fmt, dpi=_DPI, facecolor=figure.get_facecolor()))
+            figure, tmp, format=fmt, **options))
     return written
 
 
@@ -325,7 +332,7 @@ def plot_attribution_panel(
             _annotate(display, positions=cuts is None)
             if gt is not None:
                 display.add_contours(gt, levels=[0.5], colors=[_GT_COLOR], linewidths=1.0)
-    return _save(figure, out_base)
+    return save_figure(figure, out_base)
 
 
 def plot_anatomy(img: ImageLike, out_base: PathLike, *, title: Optional[str] = None) -> FigureFiles:
@@ -352,7 +359,7 @@ def plot_anatomy(img: ImageLike, out_base: PathLike, *, title: Optional[str] = N
                             display_mode="ortho", cut_coords=cut_coords, black_bg=True,
                             draw_cross=False, colorbar=False, dim=-0.5, annotate=False)
         _annotate(display, positions=False)
-    return _save(figure, out_base)
+    return save_figure(figure, out_base)
 
 
 def plot_glass_brains(
@@ -394,7 +401,7 @@ def plot_glass_brains(
                 annotate=False,
             )
             _annotate(display, positions=False)
-    return _save(figure, out_base)
+    return save_figure(figure, out_base)
 
 
 def _group_labels(summary: pd.DataFrame) -> tuple[list[str], pd.Series]:
@@ -498,4 +505,4 @@ def plot_method_ranking(
 
     axes.set_title("\n".join(textwrap.wrap(title or metric, width=60)), fontsize=10)
     figure.tight_layout()
-    return _save(figure, out_base)
+    return save_figure(figure, out_base)
