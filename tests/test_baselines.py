@@ -290,3 +290,14 @@ def test_cascading_randomization_inside_mask(tiny_net, volume):
     with pytest.raises(ValueError, match="empty"):
         cascading_randomization(tiny_net, volume, "gradient", attribute_fn=gradient_map,
                                 mask=np.zeros_like(mask))
+
+
+def test_split_methods_keeps_order_and_names_the_unknown():
+    from nipype_xai.attribution import split_methods
+
+    assert split_methods(["sobel", "gradient", "random", "gradient", "gradcam"]) == (
+        ["gradient", "gradcam"], ["sobel", "random"])
+    with pytest.raises(ValueError, match=r"unknown method\(s\) \['nope'\]; methods: gradient"):
+        split_methods(["gradient", "nope"])
+    with pytest.raises(ValueError, match="no attribution method requested"):
+        split_methods([])

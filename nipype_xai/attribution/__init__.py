@@ -15,6 +15,7 @@ from .engine import (
     available_methods,
     method_defaults,
     resolve_params,
+    split_methods,
 )
 from .model_state import TargetError
 
@@ -28,4 +29,5 @@ __all__ = [
     "is_baseline",
     "method_defaults",
     "resolve_params",
+    "split_methods",
 ]

@@ -9,6 +9,7 @@ from torch import nn
 
 # The implementations register themselves on import (the registry imports none of them).
 from . import gradcam, gradient, occlusion, path, propagation, surrogate  # noqa: F401
+from .baselines import available_baselines
 from .model_state import TargetLike, model_guard, resolve_target
 from .registry import get_family, get_method, registered_methods
 
@@ -19,6 +20,26 @@ METHOD_NAMES: tuple[str, ...] = tuple(method.name for method in registered_metho
 def available_methods() -> list[str]:
     """Names of every attribution method, in the SPEC §3 order."""
     return list(METHOD_NAMES)
+
+
+def split_methods(names: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Requested names -> ``(attribution methods, model-free baselines)``, each in the order
+    given, repeats dropped.
+
+    Raises
+    ------
+    ValueError
+        An unknown name (the message lists the valid ones), or no name at all.
+    """
+    requested = list(dict.fromkeys(names))
+    if not requested:
+        raise ValueError("no attribution method requested")
+    methods, baselines = available_methods(), available_baselines()
+    unknown = [name for name in requested if name not in methods and name not in baselines]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; methods: {', '.join(methods)}; "
+                         f"baselines: {', '.join(baselines)}")
+    return ([n for n in requested if n in methods], [n for n in requested if n in baselines])
 
 
 def method_defaults(method: str) -> dict[str, Any]:

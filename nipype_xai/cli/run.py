@@ -99,10 +99,10 @@ def _model_spec(path: Optional[Path], args) -> Path:
 
 
 def _check_methods(methods: Sequence[str]) -> list[str]:
-    from ..workflows.xai import check_methods
+    from ..attribution import split_methods
 
     try:
-        model_methods, baselines = check_methods(methods)
+        model_methods, baselines = split_methods(methods)
     except ValueError as error:
         raise UsageError(f"--methods: {error}") from None
     return model_methods + baselines

@@ -6,16 +6,16 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Collection, Optional, Sequence, Union
+from typing import Any, Collection, Optional, Union
 
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from ..attribution import available_methods
+from ..attribution import split_methods
 from ..bids import resolution_label
 from ..interfaces.anatomy import CheckRegistrationQC, RegistrationQC
 from ..interfaces.attribution import Attribution, RestrictMaps
-from ..interfaces.baselines import BASELINE_DESCRIPTIONS, BaselineMaps
+from ..interfaces.baselines import BaselineMaps
 from ..interfaces.grids import ModelGridReference
 from ..interfaces.metrics import GroundTruthOverlap
 from ..interfaces.model import ModelInference
@@ -29,7 +29,6 @@ from .registration import init_registration_wf
 
 __all__ = [
     "CONNECTABLE_INPUTS",
-    "check_methods",
     "init_xai_wf",
     "model_label",
     "model_resolution_label",
@@ -38,27 +37,6 @@ __all__ = [
 ]
 
 PathLike = Union[str, os.PathLike]
-
-
-def check_methods(methods: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Split requested names into attribution methods and model-free baselines, in order.
-
-    Raises
-    ------
-    ValueError
-        An unknown name (the message lists the valid ones), or no name at all.
-    """
-    names = list(dict.fromkeys(methods))
-    if not names:
-        raise ValueError("no attribution method requested")
-    known = available_methods()
-    unknown = [name for name in names if name not in known and name not in BASELINE_DESCRIPTIONS]
-    if unknown:
-        raise ValueError(
-            f"unknown method(s) {unknown}; methods: {', '.join(known)}; baselines: "
-            f"{', '.join(BASELINE_DESCRIPTIONS)}"
-        )
-    return ([n for n in names if n in known], [n for n in names if n in BASELINE_DESCRIPTIONS])
 
 
 def model_label(spec: ModelSpec) -> str:
@@ -188,7 +166,7 @@ def init_xai_wf(
         The subject's HTML report (in the work directory; the sink copies it).
     """
     options = pipeline_options(options, **option_values)
-    model_methods, baselines = check_methods(options.methods)
+    model_methods, baselines = split_methods(options.methods)
     all_methods = model_methods + baselines
     connected = _connected_inputs(connected, t1w_mask=t1w_mask, ground_truth=ground_truth,
                                   transforms=transforms)
