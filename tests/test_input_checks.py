@@ -322,7 +322,7 @@ def test_subject_failures_say_what_is_wrong(tmp_path, capsys):
     assert code == 2
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err
-    failures = pd.read_csv(out / "failures.tsv", sep="\t").set_index("subject")
+    failures = pd.read_csv(out / "failures.tsv", sep="\t").set_index("participant_id")
     # N4, the first step on the raw T1w, is the first to see it.
     assert failures.loc["sub-01", "reason"] == (
         f"AnatomyError: {bids}/sub-01/anat/sub-01_T1w.nii.gz: the image to bias-correct is empty "

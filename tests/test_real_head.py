@@ -116,7 +116,7 @@ def test_failed_registration_is_flagged_and_others_go_on(raw_run):
     out = raw_run["out"]
     assert raw_run["code"] == 2  # some subjects failed (EXIT_SUBJECTS_FAILED)
     failures = pd.read_csv(out / "failures.tsv", sep="\t")
-    row = failures[failures["subject"].astype(str).str.contains("02")]
+    row = failures[failures["participant_id"] == "sub-02"]
     print("\n" + failures.to_string())
     assert len(row) == 1 and "failed QC" in " ".join(str(v) for v in row.iloc[0].values)
     assert not list((out / "sub-02").glob("**/*_attribution.nii.gz"))
