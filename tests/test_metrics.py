@@ -25,7 +25,8 @@ from nipype_xai.metrics.overlap import OVERLAP_METRICS
 from nipype_xai.metrics.scoring import score_maps
 
 RANK_KEYS = ("precision_at_k", "pointing_game", "auroc", "average_precision", "dice_at_k")
-ALL_KEYS = RANK_KEYS + ("relevance_mass_accuracy", "emd", "emd_score")
+MASS_SHARES = ("relevance_mass_accuracy", "relevance_mass_accuracy_siegel")
+ALL_KEYS = RANK_KEYS + MASS_SHARES + ("emd", "emd_score")
 
 
 def _ball(shape, centre, radius):
@@ -55,10 +56,10 @@ def test_ground_truth_as_map_is_perfect(case):
     brain, gt, _ = case
     scores, notes = overlap_metrics_report(gt.astype(float), gt, brain, voxel_size=(1.0, 2.0, 1.5))
     assert list(scores) == [
-        "precision_at_k", "relevance_mass_accuracy", "pointing_game", "auroc",
-        "average_precision", "dice_at_k", "emd", "emd_score",
+        "precision_at_k", "relevance_mass_accuracy", "relevance_mass_accuracy_siegel",
+        "pointing_game", "auroc", "average_precision", "dice_at_k", "emd", "emd_score",
     ]
-    for key in RANK_KEYS + ("relevance_mass_accuracy",):
+    for key in RANK_KEYS + MASS_SHARES:
         assert scores[key] == pytest.approx(1.0, abs=1e-12), key
     assert scores["emd"] == pytest.approx(0.0, abs=1e-9)
     assert scores["emd_score"] == pytest.approx(1.0, abs=1e-12)
@@ -127,7 +128,9 @@ def test_hand_computed_abs():
     assert scores["pointing_game"] == 1.0
     assert scores["auroc"] == pytest.approx((13 + 12 + 12) / 39)
     assert scores["average_precision"] == pytest.approx((1 + 2 / 3 + 3 / 4) / 3)
-    assert scores["relevance_mass_accuracy"] == pytest.approx(1.9 / 3.0)
+    # Relevance mass accuracy is Arras et al.'s whatever the score: the positive part's share,
+    # .9 + .3 of 2.3 (|a| would give 1.9 of 3).
+    assert scores["relevance_mass_accuracy"] == pytest.approx(1.2 / 2.3)
 
 
 def test_hand_computed_pos_and_raw():
@@ -139,9 +142,9 @@ def test_hand_computed_pos_and_raw():
     # raw ranks the signed value: -0.7 is below every negative voxel.
     raw = overlap_metrics(HAND_MAP, HAND_GT, score="raw")
     assert raw["auroc"] == pytest.approx((13 + 12 + 0) / 39)
-    # ... while mass metrics use the positive part, as "pos".
-    assert raw["relevance_mass_accuracy"] == pytest.approx(1.2 / 2.3)
+    # ... while emd uses the positive part, as "pos" (and relevance mass accuracy always does).
     assert raw["emd"] == pytest.approx(pos["emd"])
+    assert raw["relevance_mass_accuracy"] == pytest.approx(1.2 / 2.3)
 
 
 def test_tie_at_the_top_k_cut_counts_expected_hits():
@@ -247,7 +250,7 @@ def test_coarsened_emd_agrees_with_exact_within_its_error_bound(case):
     # ... and the estimate is in practice much closer: within 10 % here.
     assert approx["emd"] == pytest.approx(exact["emd"], rel=0.10)
     # Coarsening never touches the other metrics.
-    for key in RANK_KEYS + ("relevance_mass_accuracy",):
+    for key in RANK_KEYS + MASS_SHARES:
         assert approx[key] == exact[key]
 
 
@@ -267,11 +270,13 @@ def test_brain_diameter(monkeypatch, brute_force_limit):
 
 
 # ---------------------------------------------------------------------------------------------
-# Brain mask, UK-Biobank variant, parcels
+# Brain mask, parcels
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("extra", [{}, {"fwhm_mm": 3.0, "percentile": 50.0}])
+@pytest.mark.parametrize("extra", [
+    {}, {"siegel_fwhm_voxels": 3.0, "siegel_percentile": 50.0, "siegel_dilation_voxels": 1},
+])
 def test_voxels_outside_the_brain_are_ignored(case, extra):
     brain, gt, noise = case
     a = noise + 0.5 * gt
@@ -287,34 +292,6 @@ def test_voxels_outside_the_brain_are_ignored(case, extra):
     assert overlap_metrics(a, gt_out, brain, **extra) == reference
     # Without the mask, the spike wins the pointing game against the GT.
     assert overlap_metrics(spiked, gt)["pointing_game"] == 0.0
-
-
-def test_fwhm_smoothing_hand_case():
-    # One unit of mass at the centre of a 5-voxel line, GT = the centre voxel, 2 mm voxels along
-    # the line and FWHM = 2 mm * 2 sqrt(2 ln 2): sigma = 1 voxel. scipy's kernel is exp(-d^2/2),
-    # and mass smoothed off the 5-voxel volume is lost, so
-    # relevance mass accuracy = 1 / (1 + 2 e^-1/2 + 2 e^-2).
-    a = np.array([0.0, 0.0, 4.0, 0.0, 0.0])[:, None, None]
-    gt = np.array([0, 0, 1, 0, 0])[:, None, None]
-    fwhm = 2.0 * 2.0 * math.sqrt(2.0 * math.log(2.0))
-    scores = overlap_metrics(a, gt, voxel_size=(2.0, 1.0, 1.0), fwhm_mm=fwhm)
-    expected = 1.0 / (1.0 + 2.0 * math.exp(-0.5) + 2.0 * math.exp(-2.0))
-    assert scores["relevance_mass_accuracy"] == pytest.approx(expected, rel=1e-9)
-    # Rank metrics stay on the unsmoothed map.
-    assert scores["precision_at_k"] == 1.0
-    assert overlap_metrics(a, gt)["relevance_mass_accuracy"] == 1.0
-
-
-def test_percentile_hand_case():
-    a = np.array([1.0, 2.0, 3.0, 4.0])[:, None, None]
-    gt_top = np.array([0, 0, 0, 1])[:, None, None]
-    gt_bottom = np.array([1, 0, 0, 0])[:, None, None]
-    assert overlap_metrics(a, gt_top)["relevance_mass_accuracy"] == pytest.approx(4 / 10)
-    # The 50th percentile of 1..4 is 2.5: only 3 and 4 keep their mass.
-    top_half = overlap_metrics(a, gt_top, percentile=50)
-    assert top_half["relevance_mass_accuracy"] == pytest.approx(4 / 7)
-    assert overlap_metrics(a, gt_bottom, percentile=50)["relevance_mass_accuracy"] == 0.0
-    assert overlap_metrics(a, gt_top, percentile=0)["relevance_mass_accuracy"] == pytest.approx(0.4)
 
 
 def test_roi_rank_three_parcels():
@@ -408,7 +385,8 @@ def test_errors(case):
 def test_no_score_mass_gives_nan_mass_metrics(case):
     brain, gt, noise = case
     scores, notes = overlap_metrics_report(-np.abs(noise) - 1.0, gt, brain, score="pos")
-    assert math.isnan(scores["relevance_mass_accuracy"])
+    assert math.isnan(scores["relevance_mass_accuracy"])  # no positive part, whatever the score
+    assert 0 < scores["relevance_mass_accuracy_siegel"] <= 1  # |a|: defined
     assert math.isnan(scores["emd"]) and math.isnan(scores["emd_score"])
     assert notes["mass_total"] == 0.0
     # Rank metrics remain defined: a constant map (all zeros after "pos") is at chance.
@@ -476,11 +454,12 @@ def test_score_maps_rows_match_the_core_and_resample_onto_the_gt_grid(case):
     )
     assert [row["method"] for row in rows] == ["random", "oracle"]
     assert list(rows[0]) == [
-        "method", "score", "precision_at_k", "relevance_mass_accuracy", "pointing_game", "auroc",
-        "average_precision", "dice_at_k", "emd", "emd_score", "emd_method", "n_gt_voxels",
-        "n_brain_voxels", "resampled",
+        "method", "score", "precision_at_k", "relevance_mass_accuracy",
+        "relevance_mass_accuracy_siegel", "pointing_game", "auroc", "average_precision",
+        "dice_at_k", "emd", "emd_score", "emd_method", "n_gt_voxels", "n_brain_voxels",
+        "resampled",
     ]
-    assert list(rows[0])[2:10] == list(OVERLAP_METRICS[:8])
+    assert list(rows[0])[2:11] == list(OVERLAP_METRICS[:9])
     expected = overlap_metrics(noise.astype(np.float32), gt, brain, "pos", affine=GT_AFFINE)
     assert {key: rows[0][key] for key in expected} == pytest.approx(expected)
     assert rows[0]["resampled"] == "no" and rows[0]["score"] == "pos"

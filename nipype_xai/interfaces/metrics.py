@@ -59,7 +59,8 @@ class _GroundTruthOverlapInputSpec(BaseInterfaceInputSpec):
     brain_mask = File(exists=True, desc="brain mask: voxels outside it are ignored by every metric")
     score = traits.Enum(
         *SCORES, usedefault=True,
-        desc="how maps are read: 'abs' |a| (default), 'pos' max(a, 0), 'raw' signed a",
+        desc="how the rank metrics and emd read maps: 'abs' |a| (default), 'pos' max(a, 0), "
+             "'raw' signed a; the relevance mass accuracies read maps as their papers define",
     )
     subject = traits.Str(desc="subject label (without 'sub-'): 'participant_id' = sub-<label>")
     session = traits.Str(desc="session label (without 'ses-'): 'session_id' column = ses-<label>")
@@ -80,10 +81,12 @@ class GroundTruthOverlap(SimpleInterface):
 
     Columns: ``participant_id`` (``sub-<label>``; and ``session_id``), ``method``, ``score``, the
     metrics of :func:`~nipype_xai.metrics.overlap_metrics` (``precision_at_k``,
-    ``relevance_mass_accuracy``, ``pointing_game``, ``auroc``, ``average_precision``,
-    ``dice_at_k``, ``emd``, ``emd_score``), then ``emd_method`` (exact, or the coarsening used),
-    ``n_gt_voxels`` (= k), ``n_brain_voxels`` and ``resampled`` (``no``, or how the map was
-    resampled). Undefined values are ``n/a``.
+    ``relevance_mass_accuracy`` (positive part, Arras et al.), ``relevance_mass_accuracy_siegel``
+    (the Siegel et al. procedure), ``pointing_game``, ``auroc``, ``average_precision``,
+    ``dice_at_k``, ``emd``, ``emd_score``; what each measures:
+    :data:`~nipype_xai.metrics.overlap.METRIC_CONVENTIONS`), then ``emd_method`` (exact, or the
+    coarsening used), ``n_gt_voxels`` (= k), ``n_brain_voxels`` and ``resampled`` (``no``, or how
+    the map was resampled). Undefined values are ``n/a``.
 
     Raises
     ------

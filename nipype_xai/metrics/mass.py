@@ -1,10 +1,29 @@
-"""Mass metrics -- where does the map put its evidence? Relevance mass accuracy, EMD (mm).
+"""Mass metrics -- where does the map put its evidence? Two relevance mass accuracies, EMD (mm).
 
-``relevance_mass_accuracy`` (Arras et al. 2022) is the share of the score mass inside the ground
-truth; ``emd`` is the Wasserstein-1 distance (mm) from the normalised score mass to the uniform mass
-on the ground truth, and ``emd_score`` scales it by the brain's diameter
-(:func:`brain_diameter_mm`). Pure numpy / scipy / POT; the public entry point is
-:func:`nipype_xai.metrics.overlap.overlap_metrics`.
+Two published definitions of *relevance mass accuracy* (RMA) differ in how the map is read and
+which region counts, so each has its own name and neither depends on the ``score`` the rank
+metrics use:
+
+``relevance_mass_accuracy``
+    Arras, Osman & Samek 2022, *CLEVR-XAI: A benchmark dataset for the ground truth evaluation of
+    neural network explanations*, Information Fusion 81, and Quantus's ``RelevanceMassAccuracy``:
+    the share of the **positive part** of the signed map, ``max(a, 0)``, that lies in the ground
+    truth. Negative evidence is not mass: a map that is strongly negative on the lesion is not
+    rewarded for it. (Quantus's code divides the sums of whatever map it is given; its docstring,
+    like the paper, speaks of positive attributions, so the caller passes ``max(a, 0)``: the test
+    compares with Quantus that way.)
+``relevance_mass_accuracy_siegel``
+    The procedure of the code released with Siegel et al. 2025: ``|a|``, smoothed with a Gaussian
+    of FWHM :data:`SIEGEL_FWHM_VOXELS` voxels, values below the map's
+    percentile :data:`SIEGEL_PERCENTILE` set to 0, scored against the ground truth dilated by
+    :data:`SIEGEL_DILATION_VOXELS` voxels. Our choices where the description leaves one are those
+    of :func:`_siegel_mass` and :func:`_dilated`: everything in voxels, the percentile over brain
+    voxels, face-connected dilation.
+
+``emd`` is the Wasserstein-1 distance (mm) from the normalised score mass (``|a|`` for
+``score="abs"``, ``max(a, 0)`` otherwise) to the uniform mass on the ground truth, and
+``emd_score`` scales it by the brain's diameter (:func:`brain_diameter_mm`). Pure numpy / scipy /
+POT; the public entry point is :func:`nipype_xai.metrics.overlap.overlap_metrics`.
 """
 
 from __future__ import annotations
@@ -19,7 +38,14 @@ from scipy.spatial.distance import cdist
 
 from .inputs import MetricsError
 
-__all__ = ["EMD_MAX_PAIRS", "EMD_MAX_POINTS", "brain_diameter_mm"]
+__all__ = [
+    "EMD_MAX_PAIRS",
+    "EMD_MAX_POINTS",
+    "SIEGEL_DILATION_VOXELS",
+    "SIEGEL_FWHM_VOXELS",
+    "SIEGEL_PERCENTILE",
+    "brain_diameter_mm",
+]
 
 #: Exact optimal transport is solved when neither support has more points than this ...
 EMD_MAX_POINTS = 4000
@@ -30,7 +56,16 @@ EMD_MAX_POINTS = 4000
 #: a 900-voxel lesion the defaults coarsen the score mass to 6x6x6 blocks and solve in ~0.4 s.
 EMD_MAX_PAIRS = 2_000_000
 
-# Gaussian FWHM = 2 sqrt(2 ln 2) sigma.
+#: The Siegel et al. 2025 procedure's defaults (the keyword defaults of
+#: :func:`~nipype_xai.metrics.overlap.overlap_metrics`): Gaussian FWHM in voxels (0 = no
+#: smoothing), ...
+SIEGEL_FWHM_VOXELS = 2.0
+#: ... the percentile (0-100, over brain voxels) below which the smoothed map is set to 0, ...
+SIEGEL_PERCENTILE = 99.0
+#: ... and the dilation of the ground truth, in voxels (face-connected steps; 0 = none).
+SIEGEL_DILATION_VOXELS = 2
+
+# Gaussian FWHM = 2 sqrt(2 ln 2) sigma (= 2.3548 sigma).
 _FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 
 # Below this many candidate points the brain diameter is found by brute force; above, the
@@ -39,11 +74,78 @@ _DIAMETER_BRUTE_FORCE = 3000
 
 
 def _mass_score(attribution: np.ndarray, score: str) -> np.ndarray:
-    # Mass must be non-negative to be a distribution: "raw" contributes its positive part, so
-    # "raw" and "pos" agree on mass metrics and differ on rank metrics only.
+    # The emd mass must be non-negative to be a distribution: "raw" contributes its positive
+    # part, so "raw" and "pos" agree on emd and differ on rank metrics only.
     if score == "abs":
         return np.abs(attribution)
     return np.maximum(attribution, 0.0)
+
+
+def _mass_share(mass: np.ndarray, region: np.ndarray) -> float:
+    """Share of the (non-negative) ``mass`` inside ``region``; NaN when there is no mass."""
+    total = float(mass.sum())
+    return float(mass[region].sum() / total) if total > 0 else float("nan")
+
+
+def _bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...]:
+    """Slices of the smallest box holding ``mask``'s voxels, widened by ``margin`` (clipped)."""
+    box = []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        hit = np.flatnonzero(mask.any(axis=other))
+        box.append(slice(max(int(hit[0]) - margin, 0),
+                         min(int(hit[-1]) + 1 + margin, mask.shape[axis])))
+    return tuple(box)
+
+
+def _siegel_mass(
+    values: np.ndarray, brain: np.ndarray, *, fwhm_voxels: float, percentile: float
+) -> tuple[np.ndarray, float]:
+    """The map as the Siegel et al. 2025 procedure scores it, and its percentile cutoff.
+
+    ``|a|`` inside the brain (0 outside, so out-of-brain values neither bleed in nor count, as
+    for every metric here), smoothed with ``scipy.ndimage.gaussian_filter`` of sigma =
+    ``fwhm_voxels / 2.3548`` voxels on every axis (the procedure is stated in voxels, so
+    anisotropic voxels are smoothed anisotropically in mm; ``truncate=4`` sigma, scipy's default;
+    ``mode="constant"``: mass smoothed past the volume's edge is lost, as past the brain's), set
+    to 0 outside the brain again, then every value below the ``percentile``-th percentile of the
+    brain voxels' values set to 0 (ties at the cutoff kept). The percentile is over brain voxels,
+    not over the whole volume: over the volume the cutoff would move with the field of view (a
+    padded volume holds more zeros), which says nothing about the map.
+    """
+    if not (np.isfinite(fwhm_voxels) and fwhm_voxels >= 0):
+        raise MetricsError(f"siegel_fwhm_voxels must be >= 0 (0: no smoothing), got {fwhm_voxels}")
+    if not 0 <= percentile <= 100:
+        raise MetricsError(f"siegel_percentile must be in [0, 100], got {percentile}")
+    mass = np.where(brain, np.abs(values), 0.0)
+    if fwhm_voxels > 0:
+        # Outside the brain's bounding box everything is 0, which mode="constant" pads with
+        # anyway: smoothing the box alone gives the same values, faster on a head-sized grid.
+        box = _bounding_box(brain)
+        mass[box] = ndimage.gaussian_filter(mass[box], fwhm_voxels / _FWHM_PER_SIGMA,
+                                            mode="constant")
+        mass = np.where(brain, mass, 0.0)
+    cutoff = float(np.percentile(mass[brain], percentile))
+    return np.where(mass >= cutoff, mass, 0.0), cutoff
+
+
+def _dilated(mask: np.ndarray, voxels: int) -> np.ndarray:
+    """``mask`` grown by ``voxels`` face-connected steps (scipy's default 6-neighbourhood).
+
+    ``scipy.ndimage.binary_dilation(mask, iterations=voxels)``: every voxel within city-block
+    distance ``voxels`` of the mask. Face connectivity is scipy's default and so the most likely
+    reading of "dilated by 2 voxels"; a full (26-) neighbourhood would grow a cube instead.
+    """
+    if isinstance(voxels, bool) or int(voxels) != voxels or voxels < 0:
+        raise MetricsError(f"siegel_dilation_voxels must be an integer >= 0, got {voxels!r}")
+    voxels = int(voxels)
+    if voxels == 0:
+        return mask.copy()
+    # The dilation cannot reach past the mask's box widened by `voxels`: work on that box only.
+    box = _bounding_box(mask, margin=voxels)
+    grown = np.zeros_like(mask)
+    grown[box] = ndimage.binary_dilation(mask[box], iterations=voxels)
+    return grown
 
 
 def _mass_metrics(
@@ -53,48 +155,45 @@ def _mass_metrics(
     brain: np.ndarray,
     linear: np.ndarray,
     *,
-    fwhm_mm: Optional[float],
-    percentile: Optional[float],
+    siegel_fwhm_voxels: float,
+    siegel_percentile: float,
+    siegel_dilation_voxels: int,
     max_points: int,
     max_pairs: int,
 ) -> tuple[dict[str, float], dict[str, Any]]:
-    """``relevance_mass_accuracy``, ``emd`` and ``emd_score``, and notes on how they were computed.
+    """The mass metrics (module docstring) and notes on how they were computed.
 
-    The score mass is non-negative and zero outside the brain before any smoothing, so that
-    out-of-brain values can neither bleed in nor count; then optionally smoothed (Gaussian of
-    ``fwhm_mm``) and thresholded (kept at or above the brain voxels' ``percentile``). Without
-    any mass left the three metrics are NaN.
+    Each metric reads the map its own way: ``max(a, 0)`` for ``relevance_mass_accuracy``, the
+    Siegel procedure on ``|a|`` for ``relevance_mass_accuracy_siegel``, and ``score`` for
+    ``emd``/``emd_score``; all are zero outside the brain. A metric whose mass is zero is NaN.
     """
-    mass = np.where(brain, _mass_score(values, score), 0.0)
-    if fwhm_mm is not None:
-        if not fwhm_mm > 0:
-            raise MetricsError(f"fwhm_mm must be positive, got {fwhm_mm}")
-        voxel_mm = np.linalg.norm(linear, axis=0)
-        sigma = fwhm_mm / _FWHM_PER_SIGMA / voxel_mm
-        # mode="constant": mass smoothed past the volume's edge is lost, as past the brain's edge.
-        mass = np.where(brain, ndimage.gaussian_filter(mass, sigma, mode="constant"), 0.0)
-    if percentile is not None:
-        if not 0 <= percentile <= 100:
-            raise MetricsError(f"percentile must be in [0, 100], got {percentile}")
-        threshold = np.percentile(mass[brain], percentile)
-        mass = np.where(mass >= threshold, mass, 0.0)
-    total = float(mass.sum())
+    positive = np.where(brain, np.maximum(values, 0.0), 0.0)
+    siegel, cutoff = _siegel_mass(values, brain, fwhm_voxels=siegel_fwhm_voxels,
+                                  percentile=siegel_percentile)
+    siegel_region = _dilated(ground_truth, siegel_dilation_voxels) & brain
+    scores = {
+        "relevance_mass_accuracy": _mass_share(positive, ground_truth),
+        "relevance_mass_accuracy_siegel": _mass_share(siegel, siegel_region),
+    }
 
+    mass = np.where(brain, _mass_score(values, score), 0.0)
+    total = float(mass.sum())
     diameter = brain_diameter_mm(brain, linear)
-    notes: dict[str, Any] = {"mass_total": total, "brain_diameter_mm": diameter}
+    notes: dict[str, Any] = {
+        "mass_total": total, "positive_mass_total": float(positive.sum()),
+        "siegel_mass_total": float(siegel.sum()), "siegel_cutoff": cutoff,
+        "siegel_region_voxels": int(siegel_region.sum()), "brain_diameter_mm": diameter,
+    }
     if not total > 0:
-        # No positive evidence anywhere (e.g. score="pos" on a negative map): mass is undefined.
+        # No score mass anywhere (e.g. score="pos" on a negative map): emd is undefined.
         notes.update(emd_method="undefined (no score mass)", emd_block_factors=(0, 0),
                      emd_error_bound_mm=float("nan"),
                      emd_support_sizes=(0, int(ground_truth.sum())))
-        return dict.fromkeys(("relevance_mass_accuracy", "emd", "emd_score"), float("nan")), notes
+        scores.update(emd=float("nan"), emd_score=float("nan"))
+        return scores, notes
     emd, emd_notes = _earth_movers_distance(mass, ground_truth, linear, max_points, max_pairs)
     notes.update(emd_notes)
-    scores = {
-        "relevance_mass_accuracy": float(mass[ground_truth].sum() / total),
-        "emd": emd,
-        "emd_score": 1.0 - emd / diameter if diameter > 0 else float("nan"),
-    }
+    scores.update(emd=emd, emd_score=1.0 - emd / diameter if diameter > 0 else float("nan"))
     return scores, notes
 
 

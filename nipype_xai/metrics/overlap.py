@@ -8,9 +8,16 @@ Two families of metrics answer different questions, each computed in its own mod
   voxels first? ``precision_at_k``, ``dice_at_k``, ``pointing_game``, ``auroc``,
   ``average_precision`` and, with a parcellation, ``roi_rank``;
 * **mass metrics** (:mod:`nipype_xai.metrics.mass`) -- where does the map put its evidence?
-  ``relevance_mass_accuracy`` and the earth mover's distance ``emd`` / ``emd_score``.
+  ``relevance_mass_accuracy`` (Arras et al. 2022 and Quantus: the positive part of the signed
+  map), ``relevance_mass_accuracy_siegel`` (the procedure of the code released with Siegel et al.
+  2025: ``|a|`` smoothed, thresholded at a high percentile, against the dilated ground truth) and
+  the earth mover's distance ``emd`` / ``emd_score``.
 
-Voxels outside the brain mask take no part in either. The inputs are read and checked in
+Rank metrics and ``emd`` read the map as the caller's ``score`` says; the two relevance mass
+accuracies read it as their papers define them, whatever ``score`` is.
+:data:`METRIC_CONVENTIONS` states, per ``score``, how every metric reads the map, what it measures
+and which direction is better: the text of a table header. Voxels outside the brain mask take no
+part in any metric. The inputs are read and checked in
 :mod:`nipype_xai.metrics.inputs`; :func:`nipype_xai.metrics.scoring.score_maps` scores maps on any
 grid (nibabel images) into table rows. The names of those modules that callers use are importable
 from here, as before the split.
@@ -34,15 +41,27 @@ from .inputs import (
     _linear_map,
     _resolve_affine,
 )
-from .mass import EMD_MAX_PAIRS, EMD_MAX_POINTS, _mass_metrics, brain_diameter_mm
+from .mass import (
+    EMD_MAX_PAIRS,
+    EMD_MAX_POINTS,
+    SIEGEL_DILATION_VOXELS,
+    SIEGEL_FWHM_VOXELS,
+    SIEGEL_PERCENTILE,
+    _mass_metrics,
+    brain_diameter_mm,
+)
 from .ranking import _parcel_labels, _rank_score, _ranking_metrics, _roi_metrics
 
 __all__ = [
     "AFFINE_ATOL_MM",
     "EMD_MAX_PAIRS",
     "EMD_MAX_POINTS",
+    "METRIC_CONVENTIONS",
     "OVERLAP_METRICS",
     "SCORES",
+    "SIEGEL_DILATION_VOXELS",
+    "SIEGEL_FWHM_VOXELS",
+    "SIEGEL_PERCENTILE",
     "MetricsError",
     "brain_diameter_mm",
     "overlap_metrics",
@@ -52,9 +71,45 @@ __all__ = [
 #: Every metric :func:`overlap_metrics` can return, in the order it returns them (the order of the
 #: columns of every overlap table and of the group summaries).
 OVERLAP_METRICS: tuple[str, ...] = (
-    "precision_at_k", "relevance_mass_accuracy", "pointing_game", "auroc", "average_precision",
-    "dice_at_k", "emd", "emd_score", "roi_rank", "roi_top1", "roi_top3",
+    "precision_at_k", "relevance_mass_accuracy", "relevance_mass_accuracy_siegel",
+    "pointing_game", "auroc", "average_precision", "dice_at_k", "emd", "emd_score",
+    "roi_rank", "roi_top1", "roi_top3",
 )
+
+# How each score reads the signed map a: the rank score s, and the mass emd transports.
+_RANK_READING = {"abs": "|a|", "pos": "max(a, 0)", "raw": "signed a"}
+_EMD_READING = {"abs": "|a|", "pos": "max(a, 0)", "raw": "max(a, 0)"}
+
+
+def _conventions(score: str) -> dict[str, str]:
+    s, mass = _RANK_READING[score], _EMD_READING[score]
+    fwhm, pct, dil = SIEGEL_FWHM_VOXELS, SIEGEL_PERCENTILE, SIEGEL_DILATION_VOXELS
+    return {
+        "precision_at_k": f"{s}; share of the k = |GT| top brain voxels in GT; higher is better",
+        "relevance_mass_accuracy": ("max(a, 0) (Arras et al.; Quantus); share of the positive "
+                                    "mass in GT; higher is better"),
+        "relevance_mass_accuracy_siegel": (
+            f"|a| smoothed (FWHM {fwhm:g} voxels), values below its {pct:g}th percentile in "
+            f"the brain set to 0 (Siegel et al.); share in GT dilated by {dil:g} voxels; "
+            f"higher is better"),
+        "pointing_game": f"{s}; 1 if the top brain voxel is in GT; higher is better",
+        "auroc": f"{s}; AUROC of GT vs. other brain voxels, 0.5 = chance; higher is better",
+        "average_precision": (f"{s}; average precision of GT, chance = |GT| / |brain|; "
+                              f"higher is better"),
+        "dice_at_k": f"{s}; Dice of the top k = |GT| voxels and GT; higher is better",
+        "emd": f"{mass}; Wasserstein-1 distance to GT, mm; lower is better",
+        "emd_score": f"{mass}; 1 - emd / brain diameter, 1 = perfect; higher is better",
+        "roi_rank": f"{s}; rank of the GT parcel by mean, 1 = best; lower is better",
+        "roi_top1": f"{s}; 1 if the GT parcel ranks first by mean; higher is better",
+        "roi_top3": f"{s}; 1 if the GT parcel ranks in the top 3 by mean; higher is better",
+    }
+
+
+#: What every metric of :data:`OVERLAP_METRICS` measures, per ``score`` (:data:`SCORES`):
+#: ``METRIC_CONVENTIONS[score][metric]`` is a table header's text, "how the map is read; what is
+#: measured; which direction is better". The two relevance mass accuracies read the map their
+#: own way, so their text is the same under every score.
+METRIC_CONVENTIONS: dict[str, dict[str, str]] = {score: _conventions(score) for score in SCORES}
 
 
 def overlap_metrics_report(
@@ -69,8 +124,9 @@ def overlap_metrics_report(
     voxel_size: Optional[Union[float, Sequence[float]]] = None,
     parcellation: Optional[ArrayLike] = None,
     parcellation_affine: Optional[ArrayLike] = None,
-    fwhm_mm: Optional[float] = None,
-    percentile: Optional[float] = None,
+    siegel_fwhm_voxels: float = SIEGEL_FWHM_VOXELS,
+    siegel_percentile: float = SIEGEL_PERCENTILE,
+    siegel_dilation_voxels: int = SIEGEL_DILATION_VOXELS,
     emd_max_points: int = EMD_MAX_POINTS,
     emd_max_pairs: int = EMD_MAX_PAIRS,
 ) -> tuple[dict[str, float], dict[str, Any]]:
@@ -85,7 +141,10 @@ def overlap_metrics_report(
         ``emd_block_factors`` (score, GT; 1 = not coarsened), ``emd_error_bound_mm`` (a guaranteed
         bound on ``|emd - exact emd|``, 0 when exact), ``emd_support_sizes``;
         ``n_brain_voxels``, ``n_gt_voxels`` (= k), ``brain_diameter_mm``; ``mass_total`` (the
-        score mass after smoothing/thresholding; 0 means the mass metrics are NaN);
+        mass ``emd`` transports; 0 means ``emd``/``emd_score`` are NaN); ``positive_mass_total``
+        (that of ``relevance_mass_accuracy``); ``siegel_mass_total``, ``siegel_cutoff`` (the
+        percentile's value) and ``siegel_region_voxels`` (the dilated GT inside the brain), those
+        of ``relevance_mass_accuracy_siegel``;
         ``gt_parcel`` (label of the ground-truth region) when a parcellation was given.
 
     See :func:`overlap_metrics` for the parameters.
@@ -135,7 +194,8 @@ def overlap_metrics_report(
         "score": score, "n_brain_voxels": int(brain.sum()), "n_gt_voxels": n_gt,
     }
     mass_scores, mass_notes = _mass_metrics(
-        values, score, gt, brain, linear, fwhm_mm=fwhm_mm, percentile=percentile,
+        values, score, gt, brain, linear, siegel_fwhm_voxels=siegel_fwhm_voxels,
+        siegel_percentile=siegel_percentile, siegel_dilation_voxels=siegel_dilation_voxels,
         max_points=emd_max_points, max_pairs=emd_max_pairs,
     )
     scores.update(mass_scores)
@@ -166,9 +226,10 @@ def overlap_metrics(*args: Any, **kwargs: Any) -> dict[str, float]:
         3D binary mask; voxels outside it are ignored by every metric (GT outside it too).
         None: the whole volume.
     score
-        How the map is read. Rank metrics rank ``|a|`` ("abs"), ``max(a, 0)`` ("pos") or the signed
-        ``a`` ("raw"). Mass metrics need non-negative mass: ``|a|`` for "abs", ``max(a, 0)`` for
-        both "pos" and "raw".
+        How the rank metrics and ``emd`` read the map. Rank metrics rank ``|a|`` ("abs"),
+        ``max(a, 0)`` ("pos") or the signed ``a`` ("raw"); ``emd`` needs non-negative mass:
+        ``|a|`` for "abs", ``max(a, 0)`` for both "pos" and "raw". The two relevance mass
+        accuracies ignore it: each reads the map as its definition says (``max(a, 0)``; ``|a|``).
     affine, gt_affine, mask_affine, parcellation_affine
         4x4 voxel-to-mm affines. Taken from nibabel images when those are given. Every affine that
         is known must match the attribution's within :data:`AFFINE_ATOL_MM` mm per entry; the
@@ -178,12 +239,13 @@ def overlap_metrics(*args: Any, **kwargs: Any) -> dict[str, float]:
         affine when both are given.
     parcellation
         3D integer label image (0 = background). Adds ``roi_rank``, ``roi_top1``, ``roi_top3``.
-    fwhm_mm
-        Smooth the score mass with a Gaussian of this FWHM (mm) before the mass metrics: the
-        relevance-mass variant used at UK-Biobank scale (with ``score="abs"``).
-    percentile
-        Keep only score mass at or above this percentile (0-100, over brain voxels, after
-        smoothing) for the mass metrics.
+    siegel_fwhm_voxels, siegel_percentile, siegel_dilation_voxels
+        The three steps of ``relevance_mass_accuracy_siegel``: Gaussian FWHM of the smoothing of
+        ``|a|`` in voxels (0: none), the percentile (0-100, over brain voxels) below which the
+        smoothed map is set to 0, and the dilation of the GT in face-connected voxel steps (0:
+        none). Defaults: the Siegel et al. 2025 procedure (:data:`SIEGEL_FWHM_VOXELS`,
+        :data:`SIEGEL_PERCENTILE`, :data:`SIEGEL_DILATION_VOXELS`). Rank metrics, ``emd`` and
+        ``relevance_mass_accuracy`` never see them.
     emd_max_points, emd_max_pairs
         Size limits of the exact transport problem (points per distribution; cost-matrix
         entries). Beyond them the grid is coarsened; :func:`overlap_metrics_report` says how and
@@ -197,7 +259,16 @@ def overlap_metrics(*args: Any, **kwargs: Any) -> dict[str, float]:
         ``precision_at_k``
             Fraction of the k highest-scoring voxels inside GT.
         ``relevance_mass_accuracy``
-            Share of the score mass inside GT.
+            Arras et al. 2022 (CLEVR-XAI) and Quantus's ``RelevanceMassAccuracy``: share of the
+            positive part of the map, ``max(a, 0)``, inside GT (brain voxels only). NaN when the
+            map has no positive value in the brain.
+        ``relevance_mass_accuracy_siegel``
+            The procedure of the code released with Siegel et al. 2025: ``|a|`` in the brain,
+            smoothed (Gaussian, ``siegel_fwhm_voxels`` FWHM, in voxels), values below the brain
+            voxels' ``siegel_percentile``-th percentile set to 0; the share of what is left
+            inside GT dilated by ``siegel_dilation_voxels`` voxels. NaN when the map is 0 in the
+            brain. Dilation credits mass next to the GT: it is more lenient than
+            ``relevance_mass_accuracy`` and rewards a map that is near, not only in, the GT.
         ``pointing_game``
             1.0 if the highest-scoring voxel is in GT (the fraction of GT voxels among voxels tied
             at the maximum, if several are).
@@ -222,7 +293,7 @@ def overlap_metrics(*args: Any, **kwargs: Any) -> dict[str, float]:
 
         Ties in s are never broken by voxel order: top-k metrics count the *expected* hits under a
         random tie break, AUROC uses average ranks, average precision steps over distinct values.
-        The mass metrics are NaN when there is no score mass (e.g. "pos" of a negative map).
+        ``emd``/``emd_score`` are NaN when there is no score mass (e.g. "pos" of a negative map).
 
     Raises
     ------

@@ -65,8 +65,10 @@ def score_maps(
     brain_mask
         3D mask; voxels outside it are ignored by every metric. None: the whole volume.
     score
-        How maps are read (:data:`~nipype_xai.metrics.overlap.SCORES`): ``"abs"`` ``|a|``,
-        ``"pos"`` ``max(a, 0)``, ``"raw"`` signed ``a``.
+        How the rank metrics and ``emd`` read maps (:data:`~nipype_xai.metrics.overlap.SCORES`):
+        ``"abs"`` ``|a|``, ``"pos"`` ``max(a, 0)``, ``"raw"`` signed ``a``. The two relevance mass
+        accuracies read maps as their definitions say, whatever ``score`` is
+        (:data:`~nipype_xai.metrics.overlap.METRIC_CONVENTIONS`).
 
     Returns
     -------
