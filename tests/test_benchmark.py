@@ -34,12 +34,13 @@ from nipype_xai.metrics.sanity import cascade_steps, cascading_randomization
 METHODS = ["gradient", "smoothgrad", "gradcam"]
 PARAMS = {"smoothgrad": {"n_samples": 4}}
 SUMMARY_COLUMNS = ["task", "groundtruth", "architecture", "label", "correct", "method", "metric",
-                   "mean", "sd", "ci_low", "ci_high", "n", "rank"]
+                   "mean", "sd", "ci_low", "ci_high", "n", "rank", "n_subjects", "n_seeds"]
 #: The tiny run's settings, also those of its resumed re-runs.
 TINY = {"tasks": ("lesion", "atrophy"), "n_train": 12, "n_test": 8, "n_easy": 4,
         "architectures": ("tinycnn",), "methods": METHODS, "method_params": PARAMS, "seed": 3,
         "resolution_mm": 8.0, "epochs": 2, "n_sanity": 1, "sanity_max_steps": 3, "n_boot": 200,
-        "progress": False, "command": "pytest"}
+        # Two epochs at 8 mm learn nothing: keep the models in the summaries all the same.
+        "min_balanced_accuracy": 0.0, "progress": False, "command": "pytest"}
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +94,8 @@ def test_models_train_on_the_training_and_the_easy_cohort(tiny_run):
     train_seed, _, easy_seed = cohort_seeds(3)
     for task, column, default_high in (("lesion", "lesion_volume_mm3", None),
                                        ("atrophy", "atrophy_fraction", 0.3)):
-        record = json.loads((out / "models" / f"{task}_tinycnn.json").read_text())["training"]
+        record = json.loads((out / "models" / f"{task}_tinycnn_seed-3.json").read_text())[
+            "training"]
         assert record["train_cohorts"] == [f"{task}_train_seed-{train_seed}_n-12_res-8",
                                            f"{task}-easy_train_seed-{easy_seed}_n-4_res-8"]
         assert record["n_train"] == 16
@@ -199,7 +201,7 @@ def test_atrophy_maps_are_scored_against_the_exact_signal(tiny_run, tmp_path, mo
     for name in ("cohorts", "models"):
         shutil.copytree(out / name, rerun / name)
     test_root = next((rerun / "cohorts").glob("atrophy_test_*"))
-    spec = load_model_spec(rerun / "models" / "atrophy_tinycnn.json")
+    spec = load_model_spec(rerun / "models" / "atrophy_tinycnn_seed-3.json")
     X, _, subjects = load_cohort_arrays(test_root, spec, to_template="affine", progress=False)
     masks = {}
     for i, subject in enumerate(subjects):
@@ -334,6 +336,109 @@ def test_summarize_benchmark_matches_direct_bootstrap():
     assert emd.sort_values("mean")["rank"].tolist() == [1, 2, 3]
 
 
+def _crossed_table(n_seeds: int, n_subjects: int, seed_sd: float) -> pd.DataFrame:
+    """One group, two methods, scores = seed effect + subject effect + noise (crossed)."""
+    rng = np.random.default_rng(5)
+    seed_effect = rng.normal(0, seed_sd, n_seeds)
+    subject_effect = rng.normal(0, 0.1, n_subjects)
+    rows = []
+    for t in range(n_seeds):
+        for j in range(n_subjects):
+            for method, shift in (("gradient", 0.0), ("sobel", -0.2)):
+                rows.append({"task": "lesion", "groundtruth": "signal", "architecture": "tinycnn",
+                             "training_seed": t, "label": "lesion", "correct": True,
+                             "subject": f"sub-{j:02d}", "method": method,
+                             "auroc": 0.7 + shift + seed_effect[t] + subject_effect[j]
+                             + rng.normal(0, 0.02)})
+    return pd.DataFrame(rows)
+
+
+def test_confidence_intervals_resample_training_seeds_and_subjects():
+    """The summary's bootstrap is the crossed (pigeonhole) one over seeds and subjects, written
+    out here independently; seeds that disagree widen the interval."""
+    table = _crossed_table(3, 12, seed_sd=0.3)
+    summary = summarize_benchmark(table, metrics=["auroc"], n_boot=400, seed=2)
+    row = summary[summary["method"] == "gradient"].iloc[0]
+    assert (row["n"], row["n_subjects"], row["n_seeds"]) == (36, 12, 3)
+    part = table[table["method"] == "gradient"]
+    matrix = part.pivot(index="training_seed", columns="subject", values="auroc").to_numpy()
+    subject_draws = np.random.default_rng(2).integers(0, 12, size=(400, 12))
+    seed_draws = np.random.default_rng([2, 1]).integers(0, 3, size=(400, 3))
+    means = [matrix[np.ix_(seed_draws[b], subject_draws[b])].mean() for b in range(400)]
+    low, high = np.percentile(means, [2.5, 97.5])
+    assert row["mean"] == pytest.approx(matrix.mean(), abs=1e-12)
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((low, high), abs=1e-12)
+    # Against the subjects of one seed alone, the seeds' spread widens the interval.
+    one = summarize_benchmark(table[table["training_seed"] == 0], metrics=["auroc"], n_boot=400,
+                              seed=2)
+    one = one[one["method"] == "gradient"].iloc[0]
+    assert row["ci_high"] - row["ci_low"] > 1.5 * (one["ci_high"] - one["ci_low"])
+    assert one["n_seeds"] == 1
+
+
+def test_models_that_did_not_learn_are_left_out_of_the_summary():
+    table = _crossed_table(3, 6, seed_sd=0.0)
+    table["learned"] = table["training_seed"] != 1
+    summary = summarize_benchmark(table, metrics=["auroc"], n_boot=50)
+    assert set(summary["n_seeds"]) == {2} and set(summary["n"]) == {12}
+    kept = table[table["learned"] & (table["method"] == "sobel")]["auroc"].mean()
+    assert summary.loc[summary["method"] == "sobel", "mean"].item() == pytest.approx(kept)
+
+
+def test_parts_merge_into_the_tables_of_one_run(tiny_run, tmp_path):
+    """Two parts of the lesion task with two training seeds, merged: the seed-3 rows are the
+    tiny run's, each subject is scored in exactly one part, the models agree across parts, and
+    the summary counts both seeds."""
+    out, _ = tiny_run
+    split = tmp_path / "split"
+    for name in ("cohorts", "models"):  # the same cohorts; seed 3's model is reused
+        shutil.copytree(out / name, split / name)
+    settings = {**TINY, "tasks": ("lesion",), "training_seeds": (3, 4), "n_sanity": 2}
+    parts = [run_validation_benchmark(split, **settings, part=(k, 2)).parent for k in (1, 2)]
+    assert [p.name for p in parts] == ["part-1-of-2", "part-2-of-2"]
+    assert not (split / "benchmark.tsv").exists()  # a part is not summarised
+    first, second = (read_table(p / "subjects.tsv") for p in parts)
+    assert not set(first["subject"]) & set(second["subject"])
+
+    merged = tmp_path / "merged"
+    from nipype_xai.benchmark import merge_benchmark
+
+    merge_benchmark(merged, parts, n_boot=200, seed=3)
+    subjects = read_table(merged / "subjects.tsv")
+    assert set(subjects["training_seed"]) == {3, 4}
+    keys = ["groundtruth", "subject", "method"]
+    ours = subjects[subjects["training_seed"] == 3].drop(columns="seconds").sort_values(keys)
+    whole = read_table(out / "subjects.tsv")
+    whole = whole[whole["task"] == "lesion"].drop(columns="seconds").sort_values(keys)
+    pd.testing.assert_frame_equal(ours.reset_index(drop=True), whole.reset_index(drop=True))
+    models = read_table(merged / "models.tsv")
+    assert len(models) == 2 and set(models["training_seed"]) == {3, 4}
+    tiny_models = read_table(out / "models.tsv")
+    tiny_lesion = tiny_models[tiny_models["task"] == "lesion"].iloc[0]
+    seed3 = models[models["training_seed"] == 3].iloc[0]
+    assert (seed3["n_scored"], seed3["weights_sha256"]) == (tiny_lesion["n_scored"],
+                                                            tiny_lesion["weights_sha256"])
+    summary = read_table(merged / "benchmark.tsv")
+    assert set(summary["n_seeds"]) == {2}
+    # The sanity subjects are chosen once for all parts: two per model, one row per depth each.
+    sanity = read_table(merged / "sanity.tsv")
+    assert sanity.groupby("training_seed")["subject"].nunique().tolist() == [2, 2]
+    sanity_summary = read_table(merged / "sanity_summary.tsv")
+    assert set(sanity_summary["n"]) == {4}
+    assert (sanity_summary["ci_low"] <= sanity_summary["spearman"] + 1e-12).all()
+    provenance = json.loads((merged / "provenance.json").read_text())
+    assert [p["part"] for p in provenance["parts"]] == [[1, 2], [2, 2]]
+    assert (merged / "benchmark.html").is_file()
+    # A part of another cohort does not merge.
+    other = tmp_path / "other"
+    shutil.copytree(parts[0], other)
+    record = json.loads((other / "provenance.json").read_text())
+    record["cohort_seeds"]["test"] += 1
+    (other / "provenance.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="different test cohorts"):
+        merge_benchmark(tmp_path / "bad", [parts[1], other])
+
+
 def test_summarize_benchmark_requires_the_group_columns():
     with pytest.raises(ValueError, match="correct"):
         summarize_benchmark(pd.DataFrame({"task": ["lesion"], "groundtruth": ["signal"],
@@ -431,6 +536,9 @@ def test_subject_maps_yields_methods_and_baselines(tiny_net):
     ({"tasks": ["lesion", "atrophy"], "groundtruths": ["roi"]},
      r"none applies to task\(s\) \['lesion'\]"),
     ({"n_sanity": -1}, "n_sanity"),
+    ({"part": (3, 2)}, "part must be k/n"),
+    ({"training_seeds": []}, "training_seeds"),
+    ({"min_balanced_accuracy": 1.5}, "min_balanced_accuracy"),
 ])
 def test_bad_arguments_fail_before_any_work(tmp_path, kwargs, message):
     arguments = {"n_train": 4, "n_test": 2, "progress": False, **kwargs}

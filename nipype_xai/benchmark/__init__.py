@@ -18,7 +18,13 @@ from .settings import (
     BenchmarkSettings,
 )
 from .training import architecture_spec, cohort_seeds
-from .validation import read_table, run_validation_benchmark, summarize_benchmark
+from .validation import (
+    merge_benchmark,
+    read_table,
+    run_validation_benchmark,
+    summarize_benchmark,
+    summarize_sanity,
+)
 
 # The package's public names, listed once (the modules' other names are for each other).
 __all__ = [
@@ -31,9 +37,11 @@ __all__ = [
     "TO_TEMPLATE",
     "architecture_spec",
     "cohort_seeds",
+    "merge_benchmark",
     "model_randomization_check",
     "read_table",
     "run_validation_benchmark",
     "subject_maps",
     "summarize_benchmark",
+    "summarize_sanity",
 ]

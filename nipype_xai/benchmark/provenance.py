@@ -137,10 +137,40 @@ def provenance_record(settings: BenchmarkSettings, *, seeds: tuple[int, int, int
             "n_sanity": s.n_sanity, "sanity_methods": list(s.sanity_methods),
             "sanity_max_steps": s.sanity_max_steps, "n_boot": s.n_boot, "ci": 0.95,
             "score": "abs", "target": "predicted class", "training": s.training,
+            "training_seeds": list(s.training_seeds) if s.model_spec is None else None,
+            "min_balanced_accuracy": s.min_balanced_accuracy,
+            "part": list(s.part) if s.part is not None else None,
         },
         "architectures": ({name: {"architecture": ARCHITECTURES[name][0],
                                   "kwargs": ARCHITECTURES[name][1]} for name in names}
                           if s.model_spec is None else {names[0]: {"spec": str(s.model_spec)}}),
         "models": dict(models),
         "skipped_subjects": list(skipped),
+    }
+
+
+def merged_provenance(records: Sequence[tuple[Path, Mapping[str, Any]]]) -> dict[str, Any]:
+    """``provenance.json`` of merged parts: the first part's record, with the methods of all
+    parts, and every part's command, times, machine and versions under ``parts``."""
+    first = dict(records[0][1])
+    settings = dict(first.get("settings", {}))
+    for key in ("methods", "sanity_methods", "random_model_methods"):
+        settings[key] = list(dict.fromkeys(m for _, r in records
+                                           for m in r.get("settings", {}).get(key) or []))
+    settings["method_params"] = {k: v for _, r in records
+                                 for k, v in (r.get("settings", {}).get("method_params")
+                                              or {}).items()}
+    settings["part"] = None
+    models: dict[str, Any] = {}
+    for _, record in records:
+        models.update(record.get("models", {}))
+    return {
+        **first, "settings": settings, "models": models,
+        "command": " && ".join(dict.fromkeys(str(r.get("command")) for _, r in records)),
+        "seconds": round(sum(float(r.get("seconds") or 0) for _, r in records), 1),
+        "skipped_subjects": [item for _, r in records for item in r.get("skipped_subjects", [])],
+        "parts": [{"source": str(source), **{k: r.get(k) for k in (
+            "command", "started", "finished", "seconds", "machine", "versions")},
+            "part": r.get("settings", {}).get("part"),
+            "methods": r.get("settings", {}).get("methods")} for source, r in records],
     }

@@ -171,8 +171,9 @@ def plot_sanity_check(sanity: pd.DataFrame, out_base: PathLike, *,
     Parameters
     ----------
     sanity
-        Rows of :func:`~nipype_xai.benchmark.model_randomization_check` for one model:
-        ``method``, ``n_randomized``, ``layer``, ``spearman``.
+        One model's rows of :func:`~nipype_xai.benchmark.summarize_sanity` (``method``,
+        ``n_randomized``, ``layer``, ``spearman``, and ``ci_low`` / ``ci_high``, drawn as a band
+        when present), or of :func:`~nipype_xai.benchmark.model_randomization_check`.
     out_base
         Output path without extension.
     title
@@ -202,6 +203,10 @@ def plot_sanity_check(sanity: pd.DataFrame, out_base: PathLike, *,
         y = np.concatenate([[1.0], rows["spearman"].to_numpy(dtype=float)])
         axes.plot(x, y, styles[(i // 10) % len(styles)], marker="o", markersize=3,
                   color=colors[i], label=method, linewidth=1.4)
+        if {"ci_low", "ci_high"} <= set(rows.columns):
+            axes.fill_between(x[1:], rows["ci_low"].to_numpy(dtype=float),
+                              rows["ci_high"].to_numpy(dtype=float), color=colors[i],
+                              alpha=0.12, linewidth=0)
     axes.axhline(0.0, color="#888888", linewidth=0.8)
     axes.set_xticks([0, *steps])
     axes.set_xticklabels(["trained", *[_short(layer_of[s]) for s in steps]], rotation=60,
@@ -209,7 +214,8 @@ def plot_sanity_check(sanity: pd.DataFrame, out_base: PathLike, *,
     axes.set_xlabel("randomised from the output down to layer (cascade)")
     axes.set_ylabel("Spearman rank correlation of |map| with the trained model's")
     # Room for anti-correlated maps too (a Spearman can reach -1): no line leaves the plot.
-    lowest = np.nanmin(sanity["spearman"].to_numpy(dtype=float)) if len(sanity) else 0.0
+    low_column = "ci_low" if "ci_low" in sanity.columns else "spearman"
+    lowest = np.nanmin(sanity[low_column].to_numpy(dtype=float)) if len(sanity) else 0.0
     axes.set_ylim(min(-0.3, float(lowest) - 0.05) if np.isfinite(lowest) else -0.3, 1.05)
     axes.grid(alpha=0.3)
     axes.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7, frameon=False)
@@ -432,9 +438,11 @@ def write_report(out_html: PathLike, *, summary: pd.DataFrame, models: pd.DataFr
     summary
         ``benchmark.tsv`` as a frame (:func:`~nipype_xai.benchmark.validation.summarize_benchmark`).
     models
-        ``models.tsv``: per task x architecture, test accuracy and subjects scored / skipped.
+        ``models.tsv``: per task x architecture x training seed, test accuracy, whether it
+        learned, subjects scored / skipped.
     sanity
-        ``sanity.tsv`` (may be empty).
+        The randomisation check's summary (:func:`~nipype_xai.benchmark.summarize_sanity`;
+        may be empty).
     figures
         :func:`write_figures`' result.
     provenance
@@ -459,11 +467,21 @@ def write_report(out_html: PathLike, *, summary: pd.DataFrame, models: pd.DataFr
          "classes have the caudate mask and are scored, kept apart by <code>label</code>). "
          "Correctly and incorrectly classified subjects are summarised apart "
          "(<code>correct</code>). Intervals: "
-         f"{settings.get('ci', 0.95):.0%} percentile bootstrap over subjects, "
-         f"{settings.get('n_boot', '')} replicates, paired across methods. Baselines in grey "
+         f"{settings.get('ci', 0.95):.0%} percentile bootstrap over subjects and training "
+         f"seeds (crossed), {settings.get('n_boot', '')} replicates, paired across methods; "
+         "<code>n</code> counts subject &times; seed cells. Baselines in grey "
          "italics. Lower is better for emd, higher for the other metrics.</p>"),
         "<h2>Models</h2>", _table(models, method_column=None),
     ]
+    if "learned" in models.columns:
+        failed = models[~models["learned"].astype(str).str.lower().isin(["true", "1"])]
+        if len(failed):
+            names = ", ".join(f"{r.task}/{r.architecture} seed {r.training_seed} "
+                              f"({float(r.test_balanced_accuracy):.2f})"
+                              for r in failed.itertuples())
+            body.append(f'<p class="note">Did not learn (test balanced accuracy below '
+                        f"{settings.get('min_balanced_accuracy', 0.7)}), left out of every "
+                        f"summary: {html.escape(names)}.</p>")
     for gt, rows in _groundtruth_parts(summary):
         heading, description = _groundtruth_heading(gt)
         body += [f"<h2>{html.escape(heading)}</h2>",
@@ -474,8 +492,8 @@ def write_report(out_html: PathLike, *, summary: pd.DataFrame, models: pd.DataFr
             key = f"sanity/{task}/{name}"
             if key in figures:
                 body.append(f"<h2>{html.escape(str(task))} / {html.escape(str(name))}: "
-                            f"cascading randomisation ({int(part['n_subjects'].max())} "
-                            "subjects)</h2>")
+                            f"cascading randomisation ({int(part['n'].max())} "
+                            "subject &times; seed cells, mean and 95 % CI)</h2>")
                 body.append(_img(figures[key], f"{task} {name}: sanity check"))
     body.append("<details><summary>All statistics (benchmark.tsv)</summary>"
                 + _table(summary) + "</details>")

@@ -350,10 +350,11 @@ def groundtruth_masks(cohort: Path, participant_id: str, task: str, groundtruths
     return masks, missing
 
 
-def score_model(bundle, task: str, test_root: Path, settings,
-                memory) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+def score_model(bundle, task: str, test_root: Path, settings, memory,
+                training_seed: Optional[int] = None,
+                ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """Score every test subject against its ground truths, and run the sanity check, for one
-    model.
+    model (the subjects of ``settings.part`` only, when it is set).
 
     Parameters
     ----------
@@ -367,6 +368,9 @@ def score_model(bundle, task: str, test_root: Path, settings,
         The run's :class:`~nipype_xai.benchmark.BenchmarkSettings`.
     memory
         The :class:`joblib.Memory` of finished subjects and sanity checks.
+    training_seed
+        The seed the model was trained with (the ``training_seed`` column; None for a given
+        model).
 
     Returns
     -------
@@ -375,7 +379,9 @@ def score_model(bundle, task: str, test_root: Path, settings,
         :data:`~nipype_xai.benchmark.settings.GROUNDTRUTHS`) and ``sanity.tsv``'s, and
         ``{"summary": its models.tsv row, "skipped": (subject, groundtruth) pairs not scored,
         with the reason}``. ``models.tsv`` counts a subject as scored when it is scored against
-        at least one definition.
+        at least one definition. The sanity subjects are chosen among all test subjects with a
+        ground truth (correctly classified first, then in cohort order), so every part agrees on
+        them; a part checks those among its own subjects.
     """
     from tqdm.auto import tqdm
 
@@ -390,6 +396,8 @@ def score_model(bundle, task: str, test_root: Path, settings,
                                         progress=False)
     scores = evaluate(model, X, y, device=s.device)
     predicted = scores["predictions"]
+    learned = bool(scores["balanced_accuracy"] >= s.min_balanced_accuracy)
+    k, n_parts = s.part or (1, 1)
     labels = dict(read_participants(test_root))
     # The cache's name for the weights and the code (see the module docstring).
     key = {"weights": bundle.record.get("weights_sha256") or state_digest(model),
@@ -408,12 +416,18 @@ def score_model(bundle, task: str, test_root: Path, settings,
     rows: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
     scored: list[int] = []
-    bar = tqdm(range(len(subjects)), desc=f"{task}/{bundle.name}", unit="subject",
+    with_groundtruth: list[int] = []
+    ours = [i for i in range(len(subjects)) if i % n_parts == k - 1]
+    bar = tqdm(range(len(subjects)), desc=f"{task}/{spec.name}", unit="subject",
                disable=not s.progress)
     for i in bar:
         subject = subjects[i]
         masks, missing = groundtruth_masks(test_root, subject, task, s.groundtruths,
                                            s.resolution_mm, grid, brain)
+        if masks:
+            with_groundtruth.append(i)
+        if i not in ours:
+            continue
         skipped += [{"subject": subject, "groundtruth": groundtruth,
                      "reason": f"{reason} ({labels[subject]})"}
                     for groundtruth, reason in missing.items()]
@@ -421,38 +435,46 @@ def score_model(bundle, task: str, test_root: Path, settings,
             continue
         scored.append(i)
         target = int(predicted[i])
-        identity = {"task": task, "architecture": bundle.name, "subject": subject,
-                    "label": labels[subject], "predicted": spec.outputs[target],
-                    "correct": bool(target == int(y[i]))}
+        identity = {"task": task, "architecture": bundle.name, "training_seed": training_seed,
+                    "learned": learned, "subject": subject, "label": labels[subject],
+                    "predicted": spec.outputs[target], "correct": bool(target == int(y[i]))}
         rows += score_subject(
             model, random_model, X[i:i + 1].numpy(), target, masks, brain, grid.affine,
             identity, methods=s.methods, method_params=s.method_params, seed=s.seed,
             random_model_methods=s.random_model_methods, random_seed=s.seed + i,
             device=s.device, on_map=bar.set_postfix_str, **key)
 
-    # Sanity subjects: correctly classified first (a check of maps that explain a right decision).
-    chosen = sorted(scored, key=lambda i: (int(predicted[i]) != int(y[i]), i))[:s.n_sanity]
+    # Sanity subjects: correctly classified first (a check of maps that explain a right decision),
+    # chosen among all subjects so that every part agrees; each part checks its own, one subject
+    # at a time (one cached result each, one row per subject and depth).
+    chosen = sorted(with_groundtruth,
+                    key=lambda i: (int(predicted[i]) != int(y[i]), i))[:s.n_sanity]
     sanity_rows: list[dict[str, Any]] = []
-    if chosen and s.sanity_methods:
+    if s.sanity_methods:
         check = memory.cache(_sanity_rows, ignore=["model", "device", "progress"])
-        for row in check(model, X[chosen].numpy(), s.sanity_methods,
-                         method_params=s.method_params, seed=s.seed,
-                         max_steps=s.sanity_max_steps, mask=brain, device=s.device,
-                         progress=s.progress, **key):
-            sanity_rows.append({"task": task, "architecture": bundle.name, **row,
-                                "n_subjects": len(chosen)})
+        for i in (i for i in chosen if i in ours):
+            for row in check(model, X[i:i + 1].numpy(), s.sanity_methods,
+                             method_params=s.method_params, seed=s.seed,
+                             max_steps=s.sanity_max_steps, mask=brain, device=s.device,
+                             progress=s.progress, **key):
+                sanity_rows.append({
+                    "task": task, "architecture": bundle.name, "training_seed": training_seed,
+                    "learned": learned, "subject": subjects[i],
+                    "correct": bool(int(predicted[i]) == int(y[i])), **row})
 
     # Definition by definition (a stable sort keeps the subjects' order within each).
     rows.sort(key=lambda row: GROUNDTRUTHS.index(row["groundtruth"]))
     n_correct = sum(1 for i in scored if int(predicted[i]) == int(y[i]))
     summary = {
-        "task": task, "architecture": bundle.name, "spec": spec.name,
+        "task": task, "architecture": bundle.name, "training_seed": training_seed,
+        "spec": spec.name, "learned": learned,
+        "weights_sha256": key["weights"],
         "n_parameters": int(sum(p.numel() for p in model.parameters())),
         "test_balanced_accuracy": scores["balanced_accuracy"], "test_accuracy": scores["accuracy"],
         "n_test": scores["n"], "confusion": json.dumps(scores["confusion"]),
         "n_scored": len(scored), "n_scored_correct": n_correct,
-        "n_scored_incorrect": len(scored) - n_correct, "n_skipped": len(subjects) - len(scored),
-        "sanity_subjects": ",".join(subjects[i] for i in chosen),
+        "n_scored_incorrect": len(scored) - n_correct, "n_skipped": len(ours) - len(scored),
+        "sanity_subjects": ",".join(subjects[i] for i in chosen if i in ours),
     }
     return pd.DataFrame(rows), pd.DataFrame(sanity_rows), {"summary": summary,
                                                             "skipped": skipped}

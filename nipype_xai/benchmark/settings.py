@@ -32,6 +32,11 @@ METRICS: tuple[str, ...] = (
 #: method.
 BASELINES: tuple[str, ...] = tuple(available_baselines())
 
+#: A model whose test balanced accuracy is below this did not learn its task: it is reported
+#: (``models.tsv``, the report) and its maps are left out of every summary (``learned`` column):
+#: a map of a model that guesses explains nothing a lab would care about.
+MIN_BALANCED_ACCURACY: float = 0.7
+
 #: Methods run on the fully randomised model by default (``random_model_<method>``).
 DEFAULT_RANDOM_MODEL_METHODS: tuple[str, ...] = ("gradient", "smoothgrad")
 
@@ -173,8 +178,24 @@ class BenchmarkSettings:
     methods
         Attribution methods (default: :func:`~nipype_xai.attribution.available_methods`).
     seed
-        Master seed: the cohorts (:func:`~nipype_xai.benchmark.cohort_seeds`), the training,
-        every stochastic method, the baselines, the randomised models and the bootstrap.
+        Master seed: the cohorts (:func:`~nipype_xai.benchmark.cohort_seeds`), every stochastic
+        method, the baselines, the randomised models and the bootstrap.
+    training_seeds
+        One model is trained per seed and architecture (on the same cohorts; the seed sets the
+        initial weights, the batches and the augmentation), and every model is scored on the same
+        test subjects: the summaries' confidence intervals resample seeds and subjects (the
+        ``training_seed`` column; :func:`~nipype_xai.metrics.group.summarize_methods` with
+        ``cluster``). None: ``(seed,)``, one model.
+    min_balanced_accuracy
+        A model below this test balanced accuracy did not learn (:data:`MIN_BALANCED_ACCURACY`):
+        reported, and left out of the summaries.
+    part
+        ``(k, n)``: compute the k-th of n parts of the test subjects (those at positions
+        ``i % n == k - 1`` of the cohort), with the sanity subjects that fall in it, and write
+        that part's tables under ``OUTPUT_DIR/parts/part-<k>-of-<n>/`` without a summary; the
+        parts are merged by :func:`~nipype_xai.benchmark.merge_benchmark`
+        (``nipype-xai benchmark OUTPUT_DIR --merge PART_DIR...``). Every part trains (or reuses)
+        the same models and cohorts. None: the whole run, summarised.
     resolution_mm
         Voxel size of the generated cohorts (the images; 2 mm as the bundled model's recipe:
         small lesions generated directly at 4 mm look like grey matter).
@@ -208,7 +229,9 @@ class BenchmarkSettings:
     random_model_methods
         Methods run on the fully randomised model as baselines (``random_model_<method>``).
     n_sanity
-        Test subjects in the cascading randomisation check (correctly classified first).
+        Test subjects in the cascading randomisation check, per model: correctly classified
+        ones first, then in cohort order (one ``sanity.tsv`` row per subject and depth; the
+        summary's CIs resample them).
     sanity_methods
         Methods checked (default: ``methods``).
     sanity_max_steps
@@ -230,6 +253,9 @@ class BenchmarkSettings:
     architectures: Sequence[str] = ("tinycnn",)
     methods: Optional[Sequence[str]] = None
     seed: int = 0
+    training_seeds: Optional[Sequence[int]] = None
+    min_balanced_accuracy: float = MIN_BALANCED_ACCURACY
+    part: Optional[tuple[int, int]] = None
     resolution_mm: float = 2.0
     model_resolution_mm: Optional[float] = None
     epochs: int = 30
@@ -243,7 +269,7 @@ class BenchmarkSettings:
         default=None, hash=False)
     groundtruths: Sequence[str] = GROUNDTRUTHS
     random_model_methods: Sequence[str] = DEFAULT_RANDOM_MODEL_METHODS
-    n_sanity: int = 2
+    n_sanity: int = 10
     sanity_methods: Optional[Sequence[str]] = None
     sanity_max_steps: Optional[int] = None
     n_boot: int = 2000
@@ -288,6 +314,20 @@ class BenchmarkSettings:
         self._set("method_params", method_params)
 
         self._check_sizes()
+        seeds = _unique([int(t) for t in (self.training_seeds if self.training_seeds is not None
+                                          else (self.seed,))])
+        if not seeds:
+            raise ValueError("training_seeds: give at least one seed")
+        self._set("training_seeds", seeds)
+        if not 0.0 <= float(self.min_balanced_accuracy) <= 1.0:
+            raise ValueError(f"min_balanced_accuracy must be in [0, 1], got "
+                             f"{self.min_balanced_accuracy}")
+        self._set("min_balanced_accuracy", float(self.min_balanced_accuracy))
+        if self.part is not None:
+            k, n = (int(v) for v in self.part)
+            if not 1 <= k <= n:
+                raise ValueError(f"part must be k/n with 1 <= k <= n, got {k}/{n}")
+            self._set("part", (k, n))
         if self.model_spec is not None:
             if len(tasks) > 1:
                 raise ValueError("--model gives one trained model: benchmark one task with it")

@@ -69,6 +69,13 @@ def architecture_spec(architecture: str, task: str, resolution_mm: float):
     )
 
 
+def seeded_spec(spec, training_seed: int):
+    """``spec`` named for one training seed: ``<task>_<architecture>_seed-<t>`` (and its weights
+    file), so that the models of several seeds live side by side in ``models/``."""
+    name = f"{spec.name}_seed-{int(training_seed)}"
+    return dataclasses.replace(spec, name=name, weights=Path(f"{name}.pt"))
+
+
 def check_runs(spec, name: str) -> None:
     """Fail before any cohort is generated when the architecture cannot take the grid."""
     from ..synth.train import build_model

@@ -54,8 +54,11 @@ Output layout (``OUTPUT_DIR``)::
     benchmark.tsv   task x groundtruth x architecture x label x correct x method x metric: mean,
                     sd, CI, n, rank
     subjects.tsv    one row per task x groundtruth x architecture x subject x method: every metric
-    sanity.tsv      task x architecture x method x randomised layers: Spearman
-    models.tsv      per task x architecture: test balanced accuracy, subjects scored / skipped
+    sanity.tsv      task x architecture x training seed x subject x method x randomised
+                    layers: Spearman
+    sanity_summary.tsv  the same per task x architecture x method x depth: mean, 95 % CI
+    models.tsv      per task x architecture x training seed: test balanced accuracy, learned
+                    (>= min_balanced_accuracy), subjects scored / skipped
     provenance.json command, seeds, versions, machine, settings
     benchmark.html  the report (self-contained)
     benchmark.md    the headline tables (mean [95% CI]) as Markdown
@@ -64,6 +67,15 @@ Output layout (``OUTPUT_DIR``)::
     models/         trained weights + spec JSON (reused when trained with the same settings)
     work/           finished (model, task, subject) results and sanity checks (joblib.Memory),
                     reused by a re-run (see :mod:`nipype_xai.benchmark.scoring`)
+    parts/part-<k>-of-<n>/  with ``part``: that part's subjects.tsv, sanity.tsv, models.tsv and
+                    provenance.json, merged by :func:`merge_benchmark` (``--merge``)
+
+Long runs: ``part=(k, n)`` splits the test subjects round-robin into n parts that can run one
+after the other (or on several machines, each training or reusing the same models); each part's
+tables are small enough to commit, and :func:`merge_benchmark` makes the summary, figures and
+report of the whole from them, computing nothing again. Several training seeds per architecture
+(``training_seeds``) give crossed seed x subject confidence intervals; models below
+``min_balanced_accuracy`` are reported and left out of every summary.
 
 The parts: :mod:`.settings` (what is asked, checked), :mod:`.training` (cohorts and models),
 :mod:`.scoring` (maps, metrics, sanity check of one model), :mod:`.provenance` (what is recorded),
@@ -72,6 +84,7 @@ The parts: :mod:`.settings` (what is asked, checked), :mod:`.training` (cohorts 
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Sequence
@@ -91,6 +104,7 @@ from .training import (
     check_runs,
     cohort,
     cohort_seeds,
+    seeded_spec,
     task_settings,
     train_or_load,
 )
@@ -121,7 +135,7 @@ def run_validation_benchmark(output_dir: PathLike, settings: Optional[BenchmarkS
     Returns
     -------
     pathlib.Path
-        ``benchmark.tsv``.
+        ``benchmark.tsv`` (with ``settings.part``: the part's ``subjects.tsv``).
 
     Raises
     ------
@@ -132,7 +146,6 @@ def run_validation_benchmark(output_dir: PathLike, settings: Optional[BenchmarkS
     from joblib import Memory
 
     from ..models import load_model, load_model_spec
-    from .report import markdown_tables, write_figures, write_report
 
     if settings is None:
         settings = BenchmarkSettings(**options)
@@ -160,46 +173,207 @@ def run_validation_benchmark(output_dir: PathLike, settings: Optional[BenchmarkS
         test_root, train_roots = _cohorts(out / "cohorts", task, s, seeds)
         arrays: dict = {}
         for name in names:
-            if s.model_spec is not None:
-                bundle = BenchmarkModel(
-                    name, given, load_model(given, device=s.device, trust_code=s.trust_model_code),
-                    {"loaded_from": str(Path(s.model_spec).absolute()),
-                     "weights_sha256": given.weights_sha256})
-            else:
-                bundle = train_or_load(name, architecture_spec(name, task, s.model_resolution_mm),
-                                       train_roots, task, out / "models",
-                                       task_settings(s.training, task), arrays, s.device,
-                                       s.progress)
-            records[f"{task}/{name}"] = bundle.record
-            subjects, sanity, result = score_model(bundle, task, test_root, s, memory)
-            parts.append((subjects, sanity))
-            model_rows.append(result["summary"])
-            skipped += [{"task": task, "architecture": name, **item}
-                        for item in result["skipped"]]
-            bundle.model.cpu()
+            for training_seed in (s.training_seeds if s.model_spec is None else (None,)):
+                if s.model_spec is not None:
+                    bundle = BenchmarkModel(
+                        name, given,
+                        load_model(given, device=s.device, trust_code=s.trust_model_code),
+                        {"loaded_from": str(Path(s.model_spec).absolute()),
+                         "weights_sha256": given.weights_sha256})
+                else:
+                    spec = seeded_spec(architecture_spec(name, task, s.model_resolution_mm),
+                                       training_seed)
+                    bundle = train_or_load(name, spec, train_roots, task, out / "models",
+                                           {**task_settings(s.training, task),
+                                            "seed": training_seed},
+                                           arrays, s.device, s.progress)
+                records[f"{task}/{bundle.spec.name}"] = bundle.record
+                subjects, sanity, result = score_model(bundle, task, test_root, s, memory,
+                                                       training_seed=training_seed)
+                parts.append((subjects, sanity))
+                model_rows.append(result["summary"])
+                skipped += [{"task": task, "architecture": name, "training_seed": training_seed,
+                             **item} for item in result["skipped"]]
+                bundle.model.cpu()
 
     subjects = _concat([p[0] for p in parts])
+    sanity = _concat([p[1] for p in parts])
+    models = pd.DataFrame(model_rows)
+    provenance = provenance_record(s, seeds=seeds, names=names, models=records, skipped=skipped,
+                                   started=started, finished=time.time())
+    if s.part is not None:
+        return write_part(out / "parts" / part_label(*s.part), subjects=subjects, sanity=sanity,
+                          models=models, provenance=provenance)
     if subjects.empty:
         raise ValueError("no test subject had a ground-truth mask on the model grid; "
                          "increase --n-test or use a finer --resolution")
-    sanity = _concat([p[1] for p in parts])
-    summary = summarize_benchmark(subjects, n_boot=s.n_boot, seed=s.seed)
+    return write_results(out, subjects=subjects, sanity=sanity, models=models,
+                         provenance=provenance, n_boot=s.n_boot, seed=s.seed)
 
+
+def part_label(k: int, n: int) -> str:
+    """The directory name of part k of n (``part-02-of-08``; sorts in order)."""
+    width = len(str(int(n)))
+    return f"part-{int(k):0{width}d}-of-{int(n)}"
+
+
+def write_part(part_dir: Path, *, subjects: pd.DataFrame, sanity: pd.DataFrame,
+               models: pd.DataFrame, provenance: dict[str, Any]) -> Path:
+    """One part's tables (``subjects.tsv``, ``sanity.tsv``, ``models.tsv``) and provenance, without
+    a summary: what :func:`merge_benchmark` reads. Returns ``subjects.tsv``."""
+    part_dir.mkdir(parents=True, exist_ok=True)
+    if len(sanity):  # none when no sanity subject fell in this part
+        write_tsv(sanity, part_dir / "sanity.tsv")
+    else:
+        (part_dir / "sanity.tsv").unlink(missing_ok=True)
+    write_tsv(models, part_dir / "models.tsv")
+    write_json(part_dir / "provenance.json", provenance)
+    return write_tsv(subjects, part_dir / "subjects.tsv")
+
+
+def write_results(out: Path, *, subjects: pd.DataFrame, sanity: pd.DataFrame,
+                  models: pd.DataFrame, provenance: dict[str, Any], n_boot: int,
+                  seed: int) -> Path:
+    """Summarise and write everything of a finished run (or of merged parts): the tables, the
+    Markdown, the figures, ``provenance.json`` and the report. Returns ``benchmark.tsv``."""
+    from .report import markdown_tables, write_figures, write_report
+
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarize_benchmark(subjects, n_boot=n_boot, seed=seed)
+    sanity_summary = summarize_sanity(sanity, n_boot=n_boot, seed=seed)
     write_tsv(subjects, out / "subjects.tsv")
     if len(sanity):
         write_tsv(sanity, out / "sanity.tsv")
-    write_tsv(pd.DataFrame(model_rows), out / "models.tsv")
+        write_tsv(sanity_summary, out / "sanity_summary.tsv", float_format="%.6g")
+    write_tsv(models, out / "models.tsv")
     benchmark_tsv = write_tsv(summary, out / "benchmark.tsv", float_format="%.6g")
     text = markdown_tables(summary)
     atomic_write(out / "benchmark.md", lambda tmp: tmp.write_text(text, encoding="utf-8"))
-    figures = write_figures(summary, sanity, out / "figures")
-
-    provenance = provenance_record(s, seeds=seeds, names=names, models=records, skipped=skipped,
-                                   started=started, finished=time.time())
+    figures = write_figures(summary, sanity_summary, out / "figures")
     write_json(out / "provenance.json", provenance)
-    write_report(out / "benchmark.html", summary=summary, models=pd.DataFrame(model_rows),
-                 sanity=sanity, figures=figures, provenance=provenance)
+    write_report(out / "benchmark.html", summary=summary, models=models, sanity=sanity_summary,
+                 figures=figures, provenance=provenance)
     return benchmark_tsv
+
+
+#: Columns that name one (task, model) in models.tsv, and one score in subjects.tsv.
+_MODEL_COLUMNS = ("task", "architecture", "training_seed")
+_SCORE_COLUMNS = (*_MODEL_COLUMNS, "groundtruth", "subject", "method")
+
+
+def merge_benchmark(output_dir: PathLike, sources: Sequence[PathLike], *, n_boot: int = 2000,
+                    seed: int = 0) -> Path:
+    """Merge benchmark parts (or whole runs) into one summary, report and set of tables.
+
+    Each source is a directory with ``subjects.tsv``, ``models.tsv`` and ``provenance.json`` (and
+    ``sanity.tsv`` when it checked subjects): a part written with ``part`` (``OUTPUT_DIR/parts/
+    part-<k>-of-<n>``), or a whole run. Sources may run different methods (a costly method on
+    fewer subjects): each method is summarised over the subjects it has.
+
+    Parameters
+    ----------
+    output_dir
+        Where the merged tables, report and figures are written.
+    sources
+        The part directories.
+    n_boot, seed
+        The bootstrap of the summaries.
+
+    Returns
+    -------
+    pathlib.Path
+        The merged ``benchmark.tsv``.
+
+    Raises
+    ------
+    ValueError
+        A source without its tables; sources with different test cohorts; one model (task,
+        architecture, training seed) with different weights in two sources; one score
+        (model, ground truth, subject, method) with two different values.
+    """
+    from .provenance import merged_provenance
+
+    subjects, sanity, models, records = [], [], [], []
+    for source in sources:
+        source = Path(source)
+        missing = [n for n in ("subjects.tsv", "models.tsv", "provenance.json")
+                   if not (source / n).is_file()]
+        if missing:
+            raise ValueError(f"{source}: not a benchmark part (no {', '.join(missing)})")
+        subjects.append(read_tsv(source / "subjects.tsv"))
+        models.append(read_tsv(source / "models.tsv"))
+        if (source / "sanity.tsv").is_file():
+            sanity.append(read_tsv(source / "sanity.tsv"))
+        records.append((source, json.loads((source / "provenance.json").read_text("utf-8"))))
+    if not records:
+        raise ValueError("merge: no source given")
+    cohorts = {json.dumps(r.get("cohort_seeds"), sort_keys=True) for _, r in records}
+    tests = {(r["settings"]["n_test"], r["settings"]["resolution_mm"]) for _, r in records}
+    if len(cohorts) > 1 or len(tests) > 1:
+        raise ValueError(f"merge: the sources scored different test cohorts (cohort seeds "
+                         f"{sorted(cohorts)}, n_test/resolution {sorted(tests)})")
+
+    models_table = _concat(models)
+    by_model = models_table.groupby(list(_MODEL_COLUMNS), sort=False, dropna=False)
+    weights = by_model["weights_sha256"].nunique()
+    if (weights > 1).any():
+        raise ValueError(f"merge: model(s) {list(weights[weights > 1].index)} have different "
+                         "weights in different sources (retrained with other settings?)")
+    counts = ["n_scored", "n_scored_correct", "n_scored_incorrect", "n_skipped"]
+    merged_models = by_model.agg({
+        **{c: "first" for c in models_table.columns if c not in (*_MODEL_COLUMNS, *counts,
+                                                                 "sanity_subjects")},
+        **{c: "sum" for c in counts},
+        "sanity_subjects": lambda v: ",".join(x for x in v.astype(str) if x and x != "nan"),
+    }).reset_index()[list(models_table.columns)]
+
+    table = _concat(subjects)
+    table = table.drop_duplicates(ignore_index=True)
+    clash = table.duplicated(list(_SCORE_COLUMNS), keep=False)
+    if clash.any():
+        first = table.loc[clash, list(_SCORE_COLUMNS)].iloc[0].to_dict()
+        raise ValueError(f"merge: two different results for {first}")
+    provenance = merged_provenance(records)
+    return write_results(Path(output_dir).absolute(), subjects=table, sanity=_concat(sanity),
+                         models=merged_models, provenance=provenance, n_boot=n_boot, seed=seed)
+
+
+def summarize_sanity(sanity: pd.DataFrame, *, n_boot: int = 2000, ci: float = 0.95,
+                     seed: int = 0) -> pd.DataFrame:
+    """The randomisation check per task x architecture x method x depth: mean Spearman over the
+    sanity subjects (and training seeds) of the models that learned, with its bootstrap CI.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``task, architecture, method, n_randomized, layer, n_layers, spearman`` (the
+        mean), ``ci_low``, ``ci_high``, ``n`` (subject x seed cells) -- empty without rows.
+    """
+    from ..metrics.group import summarize_methods
+
+    columns = ["task", "architecture", "method", "n_randomized", "layer", "n_layers",
+               "spearman", "ci_low", "ci_high", "n"]
+    if sanity.empty:
+        return pd.DataFrame(columns=columns)
+    rows = sanity[_learned(sanity)]
+    if rows.empty:
+        return pd.DataFrame(columns=columns)
+    keys = ["task", "architecture", "method", "n_randomized", "layer", "n_layers"]
+    summary = summarize_methods(rows, metrics=["spearman"], n_boot=n_boot, ci=ci, seed=seed,
+                                group_by=keys, cluster="training_seed")
+    summary = summary.rename(columns={"mean": "spearman"})
+    order = {m: i for i, m in enumerate(dict.fromkeys(rows["method"]))}
+    summary = summary.sort_values(["task", "architecture", "method", "n_randomized"],
+                                  key=lambda c: c.map(order) if c.name == "method" else c,
+                                  kind="stable", ignore_index=True)
+    return summary[columns]
+
+
+def _learned(table: pd.DataFrame) -> pd.Series:
+    """Rows of models that learned their task (all rows of a table without the column)."""
+    if "learned" not in table.columns:
+        return pd.Series(True, index=table.index)
+    return table["learned"].astype(str).str.lower().isin(["true", "1"])
 
 
 def _cohorts(root: Path, task: str, s: BenchmarkSettings,
@@ -239,7 +413,9 @@ def summarize_benchmark(
     Each group of subjects -- one task, ground-truth definition, architecture, class ``label``
     and ``correct`` value -- is summarised on its own with
     :func:`~nipype_xai.metrics.group.summarize_methods`: the bootstrap resamples exactly that
-    group's subjects, with the same resamples for every method (paired). Groups come in the order
+    group's subjects and the architecture's training seeds (crossed: the same test subjects are
+    scored under every seed's model), with the same resamples for every method (paired). Rows
+    of models that did not learn (``learned`` false) are left out. Groups come in the order
     of :data:`~nipype_xai.benchmark.settings.GROUNDTRUTHS` (the exact ``signal`` first), then as
     first seen in ``table``.
 
@@ -257,7 +433,8 @@ def summarize_benchmark(
     -------
     pandas.DataFrame
         Columns ``task, groundtruth, architecture, label, correct, method, metric, mean, sd,
-        ci_low, ci_high, n, rank`` (rank within the group and metric; 1 = best). ``attrs`` hold
+        ci_low, ci_high, n, rank, n_subjects, n_seeds`` (rank within the group and metric;
+        1 = best; ``n``: subject x seed cells with a value). ``attrs`` hold
         ``ci``, ``n_boot`` and ``seed``.
     """
     from ..metrics.group import SUMMARY_COLUMNS, summarize_methods
@@ -266,13 +443,20 @@ def summarize_benchmark(
     if missing:
         raise ValueError(f"subjects table: missing column(s) {missing}")
     metrics = [m for m in metrics if m in table.columns]
-    columns = [*_SUBSET_COLUMNS, "method", *SUMMARY_COLUMNS]
+    columns = [*_SUBSET_COLUMNS, "method", *SUMMARY_COLUMNS, "n_subjects", "n_seeds"]
+    table = table[_learned(table)]
+    if "training_seed" not in table.columns:
+        table = table.assign(training_seed=pd.NA)
     parts = []
     for key, part in table.groupby(list(_SUBSET_COLUMNS), sort=False):
         summary = summarize_methods(part, metrics=metrics, n_boot=n_boot, ci=ci, seed=seed,
-                                    group_by=("method",))
+                                    group_by=("method",), cluster="training_seed")
         for column, value in zip(_SUBSET_COLUMNS, key):
             summary[column] = value
+        sizes = part.groupby("method").agg(
+            n_subjects=("subject", "nunique"),
+            n_seeds=("training_seed", lambda v: v.astype(str).nunique()))
+        summary = summary.join(sizes, on="method")
         parts.append(summary[columns])
     out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
     rank = {name: i for i, name in enumerate(GROUNDTRUTHS)}

@@ -52,6 +52,15 @@ def _json_object(text: str) -> dict[str, Any]:
     return value
 
 
+def _part(text: str) -> tuple[int, int]:
+    """``K/N`` -> ``(K, N)``."""
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected K/N (e.g. 2/8), got {text!r}") from None
+    return k, n
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the benchmark's arguments to ``parser``.
 
@@ -60,8 +69,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     argparse.ArgumentParser
         ``parser``, for chaining.
     """
-    from ..benchmark import ARCHITECTURES
+    import dataclasses
+
+    from ..benchmark import ARCHITECTURES, BenchmarkSettings
     from ..synth import TASKS
+
+    # The settings' own defaults, stated once (BenchmarkSettings).
+    default = {f.name: f.default for f in dataclasses.fields(BenchmarkSettings)}
 
     parser.add_argument("output_dir", type=Path, metavar="OUTPUT_DIR",
                         help="where cohorts, models, tables, figures and the report go "
@@ -95,7 +109,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--random-model-methods", nargs="*", default=["gradient", "smoothgrad"],
                         help="methods also run on the fully randomised model as baselines "
                              "(default: gradient smoothgrad)")
-    parser.add_argument("--seed", type=int, default=0, help="master seed (default: 0)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="master seed: cohorts, stochastic methods, bootstrap (default: 0)")
+    parser.add_argument("--training-seeds", nargs="+", type=int, default=None, metavar="SEED",
+                        help="train one model per seed and architecture; the confidence "
+                             "intervals resample seeds and subjects (default: --seed)")
+    parser.add_argument("--min-balanced-accuracy", type=float,
+                        default=default["min_balanced_accuracy"],
+                        help="a model below this test balanced accuracy did not learn: "
+                             "reported and left out of the summaries (default: %(default)s)")
+    parser.add_argument("--part", type=_part, default=None, metavar="K/N",
+                        help="compute part K of N of the test subjects into "
+                             "OUTPUT_DIR/parts/part-K-of-N/ (no summary; see --merge)")
+    parser.add_argument("--merge", nargs="+", type=Path, default=None, metavar="PART_DIR",
+                        help="merge finished parts (or runs) into OUTPUT_DIR's tables, figures "
+                             "and report; nothing is computed again")
     parser.add_argument("--resolution", type=float, default=2.0, metavar="MM",
                         help="voxel size of the generated cohorts (default: 2)")
     parser.add_argument("--model-resolution", type=float, default=None, metavar="MM",
@@ -110,8 +138,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--train-options", type=_json_object, default=None, metavar="JSON",
                         help="other training settings, e.g. '{\"weight_decay\": 0.001, "
                              "\"augment\": false}'")
-    parser.add_argument("--n-sanity", type=int, default=2,
-                        help="test subjects in the cascading randomisation check (default: 2)")
+    parser.add_argument("--n-sanity", type=int, default=default["n_sanity"],
+                        help="test subjects per model in the cascading randomisation check "
+                             "(default: %(default)s)")
     parser.add_argument("--sanity-methods", nargs="*", default=None,
                         help="methods in the randomisation check (default: --methods)")
     parser.add_argument("--sanity-max-steps", type=int, default=None,
@@ -143,14 +172,24 @@ def run(args: argparse.Namespace) -> int:
         A bad value (an unknown method, bad sizes, an architecture that cannot run on the grid),
         found before any cohort is generated.
     """
-    from ..benchmark import BenchmarkSettings, run_validation_benchmark
+    from ..benchmark import BenchmarkSettings, merge_benchmark, run_validation_benchmark
 
     # The nipype-xai command's argv starts with "benchmark"; run_from_argv records its own form.
     command = getattr(args, "command", None) or "nipype-xai " + shlex.join(sys.argv[1:])
+    if args.merge:
+        try:
+            table = merge_benchmark(args.output_dir, args.merge, n_boot=args.n_boot,
+                                    seed=args.seed)
+        except (ValueError, OSError) as error:
+            raise UsageError(str(error).splitlines()[0]) from error
+        print(f"benchmark table: {table}\nreport: {table.parent / 'benchmark.html'}")
+        return 0
     try:
         settings = BenchmarkSettings(
             tasks=args.task, n_train=args.n_train, n_test=args.n_test, n_easy=args.n_easy,
             architectures=args.architectures, methods=args.methods, seed=args.seed,
+            training_seeds=args.training_seeds, min_balanced_accuracy=args.min_balanced_accuracy,
+            part=args.part,
             resolution_mm=args.resolution, model_resolution_mm=args.model_resolution,
             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
             train_options=args.train_options, model_spec=args.model,
@@ -164,7 +203,11 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, TypeError) as error:
         lines = [line for line in str(error).splitlines() if line.strip()]
         raise UsageError(lines[0] if lines else type(error).__name__) from error
-    print(f"benchmark table: {table}\nreport: {table.parent / 'benchmark.html'}")
+    if settings.part is not None:
+        print(f"part table: {table}\nmerge the parts with: nipype-xai benchmark "
+              f"{args.output_dir} --merge {table.parent.parent}/part-*")
+    else:
+        print(f"benchmark table: {table}\nreport: {table.parent / 'benchmark.html'}")
     return 0
 
 

@@ -15,6 +15,14 @@ paired bootstrap of the difference. :func:`bootstrap_ci` is the one primitive: i
 :func:`summarize_methods` calls it on each method's column aligned to the table's full subject list,
 so the two always agree.
 
+Crossed designs (``cluster``): when the same subjects are scored under several settings drawn at
+random -- the benchmark's models trained with different seeds -- both are sources of variation.
+:func:`summarize_methods` then resamples the subjects *and* the clusters (seeds) independently, each
+with replacement, and a replicate is the mean over every drawn (cluster, subject) cell: the
+"pigeonhole" bootstrap for crossed random factors (Owen 2007, Ann. Appl. Stat. 1:1; McCullagh
+2000, Bernoulli 6:2). The subject draws are :func:`bootstrap_indices`'s, so with one cluster the
+intervals are those of the subject bootstrap.
+
 NaN values (a metric undefined for one subject, or a subject missing for one method) are left out of
 every mean -- the point estimate and each replicate -- but keep their position, so that aligned
 vectors stay aligned. With no NaN this is the textbook percentile bootstrap; a replicate that draws
@@ -107,6 +115,31 @@ def _bootstrap(values: np.ndarray, indices: np.ndarray, ci: float) -> tuple[floa
     return mean, float(low), float(high)
 
 
+def _counts(indices: np.ndarray, n: int) -> np.ndarray:
+    """``(n_boot, n)`` draw counts of each unit from ``(n_boot, m)`` resampling indices."""
+    counts = np.zeros((indices.shape[0], n), dtype=np.float64)
+    np.add.at(counts, (np.arange(indices.shape[0])[:, None], indices), 1.0)
+    return counts
+
+
+def _crossed_bootstrap(values: np.ndarray, cluster_counts: np.ndarray, unit_counts: np.ndarray,
+                       ci: float) -> tuple[float, float, float]:
+    """Mean and percentile CI of a ``(n_clusters, n_units)`` matrix (NaN: no cell), both factors
+    resampled: replicate b is ``sum_cu c_bc u_bu M_cu / sum_cu c_bc u_bu [M_cu not NaN]``."""
+    valid = ~np.isnan(values)
+    if not valid.any():
+        return float("nan"), float("nan"), float("nan")
+    mean = float(values[valid].mean())
+    filled = np.where(valid, values, 0.0)
+    sums = np.einsum("bc,cu,bu->b", cluster_counts, filled, unit_counts)
+    counts = np.einsum("bc,cu,bu->b", cluster_counts, valid.astype(np.float64), unit_counts)
+    keep = counts > 0
+    replicates = sums[keep] / counts[keep]
+    alpha = (1.0 - ci) / 2.0
+    low, high = np.percentile(replicates, [100.0 * alpha, 100.0 * (1.0 - alpha)])
+    return mean, float(low), float(high)
+
+
 def bootstrap_ci(
     values: Union[Sequence[float], np.ndarray, pd.Series],
     *,
@@ -178,6 +211,7 @@ def summarize_methods(
     ci: float = 0.95,
     seed: int = 0,
     group_by: Sequence[str] = ("method",),
+    cluster: Optional[str] = None,
 ) -> pd.DataFrame:
     """Mean, SD, bootstrap CI and rank of every metric for every method, over subjects.
 
@@ -196,6 +230,11 @@ def summarize_methods(
         by every method and metric, so the intervals of two methods are paired.
     group_by
         Columns that identify a method (e.g. ``("model", "method")``).
+    cluster
+        A column crossed with the subjects, e.g. ``"training_seed"``: the same subjects scored
+        under each of its values. Clusters and subjects are then both resampled (module
+        docstring: the pigeonhole bootstrap), the same draws for every method; the mean and
+        ``n`` are over (cluster, subject) cells. None: subjects alone.
 
     Returns
     -------
@@ -232,31 +271,56 @@ def summarize_methods(
             if not pd.api.types.is_numeric_dtype(table[metric]):
                 raise ValueError(f"metrics table: column {metric!r} is not numeric")
 
-    duplicated = table.duplicated([*unit_columns, *group_by], keep=False)
+    if cluster is not None and cluster not in table.columns:
+        raise ValueError(f"metrics table: no cluster column {cluster!r}")
+    identity = [*unit_columns, *([cluster] if cluster is not None else []), *group_by]
+    duplicated = table.duplicated(identity, keep=False)
     if duplicated.any():
-        first = table.loc[duplicated, [*unit_columns, *group_by]].iloc[0].to_dict()
+        first = table.loc[duplicated, identity].iloc[0].to_dict()
         raise ValueError(f"metrics table: more than one row for {first}")
 
     # Every group's values aligned on the full, sorted list of units: same indices for all.
     keys = table[unit_columns].astype(str)
     unit_index = pd.MultiIndex.from_frame(keys.drop_duplicates().sort_values(unit_columns))
     indices = bootstrap_indices(len(unit_index), n_boot=n_boot, seed=seed)
+    if cluster is not None:
+        cluster_keys = table[cluster].astype(str)
+        cluster_index = pd.Index(sorted(cluster_keys.unique()))
+        # The cluster draws come from their own stream, so the subject draws stay
+        # bootstrap_indices(seed)'s whatever the number of clusters.
+        cluster_draws = np.random.default_rng([int(seed), 1]).integers(
+            0, len(cluster_index), size=(int(n_boot), len(cluster_index)))
+        cluster_counts = _counts(cluster_draws, len(cluster_index))
+        unit_counts = _counts(indices, len(unit_index))
 
     rows = []
     for group, part in table.groupby(group_by, sort=True, dropna=False):
         group = group if isinstance(group, tuple) else (group,)
-        aligned = (
-            part[metrics].astype(np.float64)
-            .set_axis(pd.MultiIndex.from_frame(keys.loc[part.index]), axis=0)
-            .reindex(unit_index)
-        )
+        if cluster is None:
+            aligned = (
+                part[metrics].astype(np.float64)
+                .set_axis(pd.MultiIndex.from_frame(keys.loc[part.index]), axis=0)
+                .reindex(unit_index)
+            )
+        else:  # one (n_clusters, n_units) matrix per metric
+            cells = part[metrics].astype(np.float64).set_axis(
+                pd.MultiIndex.from_arrays([cluster_keys.loc[part.index],
+                                           keys.loc[part.index].apply(tuple, axis=1)]), axis=0)
         for metric in metrics:
-            values = aligned[metric].to_numpy(dtype=np.float64)
+            if cluster is None:
+                values = aligned[metric].to_numpy(dtype=np.float64)
+            else:
+                values = (cells[metric].unstack(level=1)
+                          .reindex(index=cluster_index, columns=list(unit_index))
+                          .to_numpy(dtype=np.float64))
             if np.isinf(values).any():
                 raise ValueError(
                     f"metrics table: infinite {metric!r} for {dict(zip(group_by, group))}"
                 )
-            mean, low, high = _bootstrap(values, indices, ci)
+            if cluster is None:
+                mean, low, high = _bootstrap(values, indices, ci)
+            else:
+                mean, low, high = _crossed_bootstrap(values, cluster_counts, unit_counts, ci)
             finite = values[~np.isnan(values)]
             rows.append({
                 **dict(zip(group_by, group)),
