@@ -21,15 +21,18 @@ def activation_and_gradient(model, x, layer, target):
     return store["a"].detach(), grad
 
 
-def test_default_layer_is_last_convolutional_stage(tiny_net, monai_resnet, monai_densenet):
+def test_default_layer_is_rectified_last_convolutional_stage(tiny_net, monai_resnet,
+                                                             monai_densenet):
     x = torch.zeros(1, 1, 32, 32, 32)
     assert default_gradcam_layer(tiny_net, x) == "features"
     assert default_gradcam_layer(monai_resnet, torch.zeros(1, 1, 64, 64, 64)) == "layer4"
-    assert default_gradcam_layer(monai_densenet, x) == "features"
+    # the ReLU after the final batch norm, as MONAI's examples (not "features", ending in BN)
+    assert default_gradcam_layer(monai_densenet, x) == "class_layers.relu"
     from nipype_xai.models.architectures import SFCN, TinyCNN3D
 
-    # the last Conv3d before its pooling; SFCN's last block, not its classifier convolution
-    assert default_gradcam_layer(TinyCNN3D(), x) == "features.8"
+    # the last block's ReLU, before its pooling (not the signed Conv3d "features.8");
+    # SFCN's last block, not its classifier convolution
+    assert default_gradcam_layer(TinyCNN3D(), x) == "features.10"
     sfcn = SFCN(channel_number=[4, 8, 8, 8, 8, 4])
     assert default_gradcam_layer(sfcn, torch.zeros(1, 1, 64, 64, 64)) == "feature_extractor"
 
@@ -77,13 +80,28 @@ def test_gradcam_pp_hand_computation(tiny_net, volume):
     torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-6)
 
 
-def test_smooth_gradcam_pp_is_mean_over_noise(tiny_net, volume):
-    plain = attribute(tiny_net, volume, "gradcam_pp")
-    smooth0 = attribute(tiny_net, volume, "smooth_gradcam_pp", noise_level=0.0, n_samples=4)
+def test_smooth_gradcam_pp_without_noise_is_gradcam_pp(tiny_net, volume):
+    plain = attribute(tiny_net, volume, "gradcam_pp", layer="features.2")
+    smooth0 = attribute(tiny_net, volume, "smooth_gradcam_pp", layer="features.2",
+                        noise_level=0.0, n_samples=4)
     torch.testing.assert_close(smooth0, plain, rtol=1e-5, atol=1e-7)
-    a = attribute(tiny_net, volume, "smooth_gradcam_pp", n_samples=5, seed=2)
-    assert torch.equal(a, attribute(tiny_net, volume, "smooth_gradcam_pp", n_samples=5, seed=2))
+    a = attribute(tiny_net, volume, "smooth_gradcam_pp", layer="features.2", n_samples=5, seed=2)
+    assert torch.equal(a, attribute(tiny_net, volume, "smooth_gradcam_pp", layer="features.2",
+                                    n_samples=5, seed=2))
     assert not torch.allclose(a, plain)
+    # Batching does not change the noise stream, hence the map.
+    split = attribute(tiny_net, volume, "smooth_gradcam_pp", layer="features.2", n_samples=5,
+                      seed=2, batch_size=3)
+    torch.testing.assert_close(split, a, rtol=1e-6, atol=1e-9)
+
+
+def test_smooth_gradcam_pp_equals_gradcam_pp_under_a_linear_head(tiny_net, volume):
+    # The default layer of tiny_net feeds global average pooling and a linear layer: its gradient
+    # is the same for every input, so the averaged terms equal the clean ones and Omeiza et al.'s
+    # map is the Grad-CAM++ map of x itself (a mean of noisy copies' maps is not).
+    plain = attribute(tiny_net, volume, "gradcam_pp")
+    smooth = attribute(tiny_net, volume, "smooth_gradcam_pp", n_samples=6, noise_level=0.3)
+    torch.testing.assert_close(smooth, plain, rtol=1e-5, atol=1e-7)
 
 
 def test_gradcam_multichannel_input_and_inplace_relu(monai_resnet):
