@@ -25,7 +25,11 @@ from zennit.types import Linear
 from conftest import TinyNet3D, randomize_batchnorm
 from nipype_xai.attribution import attribute, method_defaults
 from nipype_xai.attribution.canonizers import canonizers_for
-from nipype_xai.attribution.propagation import input_bounds, lrp_epsilon_composite
+from nipype_xai.attribution.propagation import (
+    input_bounds,
+    lrp_epsilon_composite,
+    relative_epsilon,
+)
 
 PROPAGATION_METHODS = [
     "guided_backprop", "deconvnet", "lrp_epsilon", "lrp_epsilon_plus_flat", "lrp_alpha2_beta1",
@@ -72,7 +76,8 @@ def zennit_reference(model, x, target, composite, relevance):
 
 def zennit_composite(method, x):
     """The composite each method should amount to, built from zennit directly, with zennit's own
-    batch-norm merge (correct for the sequential TinyNet3D)."""
+    batch-norm merge (correct for the sequential TinyNet3D, which has no stand-alone batch norm
+    or residual sum; its average pool reads ReLU outputs, where z⁺ and ``Norm`` agree)."""
     canonizers = [SequentialMergeBatchNorm()]
     low = x.amin(dim=(1, 2, 3, 4), keepdim=True).expand_as(x)
     high = x.amax(dim=(1, 2, 3, 4), keepdim=True).expand_as(x)
@@ -80,12 +85,13 @@ def zennit_composite(method, x):
         "guided_backprop": lambda: GuidedBackprop(),
         "deconvnet": lambda: DeconvNet(),
         "lrp_epsilon": lambda: LayerMapComposite(
-            layer_map_base() + [(Linear, Epsilon(epsilon=1e-6))], canonizers=canonizers
+            layer_map_base() + [(Linear, Epsilon(epsilon=relative_epsilon(0.25)))],
+            canonizers=canonizers,
         ),
         "lrp_epsilon_plus_flat": lambda: EpsilonPlusFlat(canonizers=canonizers),
         "lrp_alpha2_beta1": lambda: EpsilonAlpha2Beta1(canonizers=canonizers),
         "deep_taylor": lambda: SpecialFirstLayerMapComposite(
-            layer_map=layer_map_base() + [(Linear, ZPlus())],
+            layer_map=layer_map_base() + [(Linear, ZPlus(zero_params="bias"))],
             first_map=[(Linear, ZBox(low=low, high=high))],
             canonizers=canonizers,
         ),
@@ -260,7 +266,8 @@ def test_model_is_untouched(monai_resnet, volume, method):
 
 
 def test_lrp_defaults():
-    assert method_defaults("lrp_epsilon") == {"epsilon": 1e-6, "canonize": True, "batch_size": 16}
+    assert method_defaults("lrp_epsilon") == {"epsilon": 0.25, "canonize": True, "batch_size": 16}
+    assert method_defaults("lrp_alpha2_beta1")["epsilon"] == 1e-6
     assert method_defaults("deep_taylor")["low"] is None
     assert method_defaults("lrp_epsilon_gamma_box")["gamma"] == 0.25
 

@@ -10,10 +10,15 @@ CVPR workshops) picks one canonical, output-equivalent form:
 - batch norm that *follows* a convolution / linear layer is merged into that layer (the layer
   computes ``bn(conv(x))`` itself, the batch norm computes the identity);
 - batch norm that does not follow a linear layer (DenseNet's ``norm → relu → conv``, the
-  ``norm5`` after a concatenation) is made an explicit per-channel affine layer, a grouped
-  1×1×1 convolution, which the rules then treat like any other linear layer (batch norm as a
-  linear layer of its own: Hui & Binder 2019, "BatchNorm decomposition for deep neural network
-  interpretation", IWANN);
+  ``norm5`` after a concatenation) is made an explicit per-channel affine layer, a depthwise
+  1×1×1 convolution of type :class:`BatchNormAffine` (batch norm as a linear layer of its own:
+  Hui & Binder 2019, "BatchNorm decomposition for deep neural network interpretation", IWANN).
+  It cannot be merged into the convolution that follows it: a ReLU lies between them. Its rule is
+  the composite's choice (:mod:`nipype_xai.attribution.propagation`), *not* the convolution rule
+  its type would otherwise receive: a per-channel affine map has one input per output, and on
+  one input the z⁺ rule passes all or nothing and the α2β1 rule multiplies the relevance by α
+  (there are no negative contributions to take the −β share), so giving it the convolution rule
+  broke conservation on DenseNet (issue 15);
 - the residual addition of MONAI's 3D ResNet blocks goes through zennit's ``Sum`` layer, so the
   composites' ``Norm`` rule splits relevance between the two branches in proportion to their
   contributions (as ``zennit.torchvision`` does for torchvision's 2D ResNets); left as a plain
@@ -50,6 +55,7 @@ from .residual import (
 )
 
 __all__ = [
+    "BatchNormAffine",
     "BatchNormAffine1d",
     "BatchNormAffine2d",
     "BatchNormAffine3d",
@@ -274,8 +280,13 @@ class MergeFollowingBatchNorm(NamedMergeBatchNorm):
 # --------------------------------------------------------------------------------------------
 
 
-class _AffineFromBatchNorm:
-    """Mixin: a depthwise 1×…×1 convolution computing an inference-mode batch norm exactly."""
+class BatchNormAffine:
+    """Mixin and type of the canonized batch norms: a depthwise 1×…×1 convolution computing an
+    inference-mode batch norm exactly.
+
+    Composites map this type to a rule of its own, ahead of their convolution rule (a layer map
+    takes the first entry that matches; see the module notes).
+    """
 
     def __init__(self, batch_norm: nn.modules.batchnorm._BatchNorm):
         n = batch_norm.num_features
@@ -292,7 +303,7 @@ class _AffineFromBatchNorm:
         self.bias.requires_grad_(False)
 
 
-class BatchNormAffine1d(_AffineFromBatchNorm, nn.Conv1d):
+class BatchNormAffine1d(BatchNormAffine, nn.Conv1d):
     """``BatchNorm1d`` as a depthwise 1-wide convolution; accepts (N, C) and (N, C, L) inputs."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
@@ -301,11 +312,11 @@ class BatchNormAffine1d(_AffineFromBatchNorm, nn.Conv1d):
         return super().forward(input)
 
 
-class BatchNormAffine2d(_AffineFromBatchNorm, nn.Conv2d):
+class BatchNormAffine2d(BatchNormAffine, nn.Conv2d):
     """``BatchNorm2d`` as a depthwise 1×1 convolution."""
 
 
-class BatchNormAffine3d(_AffineFromBatchNorm, nn.Conv3d):
+class BatchNormAffine3d(BatchNormAffine, nn.Conv3d):
     """``BatchNorm3d`` as a depthwise 1×1×1 convolution."""
 
 
@@ -326,9 +337,11 @@ def _affine_for(batch_norm: nn.Module) -> Optional[nn.Module]:
 class BatchNormAsAffine(Canonizer):
     """Replace named batch norms by equivalent depthwise convolutions while registered.
 
-    Being ``nn.Conv*d`` instances, the replacements receive the composite's convolution rule (the
-    ε-rule for ``lrp_epsilon``), so the normalisation's shift absorbs its share of relevance
-    instead of being skipped by the ``Pass`` rule composites give batch norms.
+    The replacements are :class:`BatchNormAffine` instances; the composites of
+    :mod:`nipype_xai.attribution.propagation` give them LRP-0 (``lrp_epsilon``: the shift
+    absorbs its share of relevance, so LRP-0 equals gradient × input) or ``Pass`` (the other
+    composites, as zennit passes batch norms). Left to a composite's convolution rule they would
+    break conservation (see the module notes).
 
     Parameters
     ----------

@@ -16,9 +16,32 @@
 
 LRP maps are the relevance at the input with the relevance of the output set to y_t (the target
 score; Bach et al.'s R⁽ᴸ⁾ = f(x)): zennit propagates the output gradient it is given as relevance,
-so it is given y_t · one-hot(t). With ε → 0 on a network without biases (and canonized, see
-:mod:`nipype_xai.attribution.canonizers`) the map sums to y_t per sample (conservation).
-guided_backprop and deconvnet are modified gradients of y_t, given one-hot(t).
+so it is given y_t · one-hot(t). guided_backprop and deconvnet are modified gradients of y_t,
+given one-hot(t).
+
+Conservation (the map sums to y_t per sample) is what each rule promises on a canonized ReLU
+network (see :mod:`nipype_xai.attribution.canonizers`), and what the tests check:
+
+- the ε-rule keeps Σ_i R_i = z / (z + ε·sign z) · R at each neuron: biases and ε absorb relevance.
+  On a network without biases, LRP-ε conserves up to ε (exactly as ε → 0, where it is gradient ×
+  input); at the default ε it keeps a fraction of y_t (0.13–0.21 on the bias-free DenseNet121
+  and MonaiResNet of the tests). With biases the total can exceed y_t.
+- z⁺, z^B, flat and γ redistribute all of a neuron's relevance over its positive (z^B: bounded)
+  contributions: on a network without biases in which every neuron that receives relevance has
+  a positive pre-activation, they conserve exactly. A ReLU layer ensures that; a residual sum
+  or an average pool of unrectified values (MONAI's ResNet blocks, DenseNet's transitions) does
+  not, when zennit's ``Norm`` rule shares relevance there in proportion to signed inputs: a
+  branch neuron with a negative output then receives relevance and, with no positive
+  contribution, loses it. The z⁺ composites therefore apply z⁺ to sums and average pools too
+  (:class:`PositiveNorm`: shares in proportion to the inputs' positive parts), and conserve
+  exactly on bias-free ResNets; the γ composite keeps ``Norm`` (γ → 0 is LRP-0).
+- α2β1 conserves at a neuron that has both positive and negative contributions; one with only
+  positive ones passes on α = 2 times its relevance, which is why per-channel batch norms (one
+  input per output) must not get it (they get ``Pass``, as in zennit).
+
+Batch norms merged into the preceding convolution take that convolution's rule; batch norms made
+explicit affine layers (DenseNet's pre-activation ones) get ``Pass`` in every composite but
+``lrp_epsilon``, whose LRP-0 on them keeps LRP-0 equal to gradient × input.
 
 Every LRP method takes ``canonize`` (default True): batch norms merged into the convolution they
 follow or made explicit affine layers, MONAI ResNet residual additions routed through zennit's
@@ -43,11 +66,12 @@ from zennit.composites import (
     SpecialFirstLayerMapComposite,
     layer_map_base,
 )
-from zennit.core import Composite
-from zennit.rules import Epsilon, ZBox, ZPlus
-from zennit.types import Linear
+from zennit.core import BasicHook, Composite, stabilize
+from zennit.layer import Sum
+from zennit.rules import Epsilon, NoMod, Pass, ZBox, ZPlus
+from zennit.types import AvgPool, Linear
 
-from .canonizers import canonizers_for
+from .canonizers import BatchNormAffine, canonizers_for
 from .model_state import forward
 from .registry import register_method
 
@@ -230,28 +254,96 @@ _register_table(_MODIFIED_GRADIENTS, _modified_gradient_method)
 # --------------------------------------------------------------------------------------------
 
 
-def lrp_epsilon_composite(epsilon: float = 1e-6, canonizers: Optional[list] = None) -> Composite:
-    """The ε-rule on every convolution / linear layer.
+#: The denominator guard of rules where ε is no parameter (zennit's default stabilizer).
+_STABILIZER = 1e-6
 
-    Sums (the canonized residual additions) and average pools get zennit's ``Norm`` rule, batch
-    norms ``Pass`` and activations ``Pass``, as in zennit's base layer map; max pooling keeps its
-    gradient (winner takes all), which conserves relevance.
+
+def _batch_norm_pass() -> list:
+    """Layer-map entry giving canonized stand-alone batch norms ``Pass`` (zennit's rule for batch
+    norm): the convolution rules on a one-input-per-output map pass all or nothing (z⁺) or α
+    times the relevance (α2β1). Put first: a layer map takes the first entry that matches, and
+    :class:`BatchNormAffine` is also a convolution."""
+    return [(BatchNormAffine, Pass())]
+
+
+class PositiveNorm(BasicHook):
+    """The z⁺ rule on a layer without weights (a residual ``Sum``, an average pool): relevance
+    shared in proportion to the inputs' positive parts, R_i = x_i⁺ / Σ_k x_k⁺ · R.
+
+    These layers add their inputs with positive weights, so this is z⁺ with those weights, as
+    zennit's ``Norm`` is LRP-0 with them. zennit has no such rule (its ``ZPlus`` needs a weight),
+    hence this one, written as zennit's ``Norm`` is, on clamped inputs.
+    """
+
+    def __init__(self, stabilizer: float = 1e-6):
+        super().__init__(
+            input_modifiers=[lambda input: input.clamp(min=0)],
+            param_modifiers=[NoMod(param_keys=[])],
+            output_modifiers=[lambda output: output],
+            gradient_mapper=lambda out_grad, outputs: out_grad / stabilize(outputs[0], stabilizer),
+            reducer=lambda inputs, gradients: inputs[0] * gradients[0],
+        )
+
+
+def _z_plus_map() -> list:
+    """Layer-map entries of the z⁺ composites: :func:`_batch_norm_pass`, and z⁺ on sums and
+    average pools (:class:`PositiveNorm`), ahead of zennit's base map."""
+    return _batch_norm_pass() + [(Sum, PositiveNorm()), (AvgPool, PositiveNorm())]
+
+
+def relative_epsilon(epsilon: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The ε-rule's stabilizer with ε relative to the layer: z + sign(z)·(ε·RMS(z) + 10⁻⁶).
+
+    RMS(z) is the root mean square of the layer's outputs for that sample, so the rule does not
+    depend on the scale of the layer's weights or of the input (Montavon et al. 2019's overview
+    and its tutorial state ε as a multiple of this "std": 0.25 for VGG-16's middle layers). The
+    10⁻⁶ keeps a layer whose outputs are all zero from dividing by zero.
+
+    Parameters
+    ----------
+    epsilon
+        The multiple of RMS(z); 0 gives LRP-0.
+    """
+
+    def stabilizer(z: torch.Tensor) -> torch.Tensor:
+        # zennit's own stabilize: relative ε (norm_scale over all but the batch axis), then guard.
+        return stabilize(stabilize(z, epsilon, norm_scale=True), _STABILIZER)
+
+    return stabilizer
+
+
+def lrp_epsilon_composite(epsilon: float, canonizers: Optional[list] = None) -> Composite:
+    """The ε-rule, ε relative to each layer (:func:`relative_epsilon`), on every convolution /
+    linear layer.
+
+    Canonized stand-alone batch norms get LRP-0 (ε only as a guard): their shift absorbs its share
+    of relevance, as a bias does, so with ``epsilon`` → 0 the map is gradient × input; a relative
+    ε there would shrink the relevance at each of DenseNet's ~60 such layers without a
+    contribution to weigh against another (one input per output). Sums (the canonized residual
+    additions) and average pools get zennit's ``Norm`` rule, activations ``Pass``, as in zennit's
+    base layer map; max pooling keeps its gradient (winner takes all), which conserves relevance.
     """
     return LayerMapComposite(
-        layer_map=layer_map_base() + [(Linear, Epsilon(epsilon=epsilon))], canonizers=canonizers
+        layer_map=[(BatchNormAffine, Epsilon(epsilon=_STABILIZER))] + layer_map_base()
+        + [(Linear, Epsilon(epsilon=relative_epsilon(epsilon)))],
+        canonizers=canonizers,
     )
 
 
 def deep_taylor_composite(
     low: torch.Tensor, high: torch.Tensor, canonizers: Optional[list] = None
 ) -> Composite:
-    """Deep Taylor decomposition: z^B (ZBox) rule on the first linear layer, z⁺ on all others.
+    """Deep Taylor decomposition (Montavon et al. 2017): z^B (ZBox) on the first linear layer,
+    z⁺ without biases on all others.
 
-    ``low`` / ``high`` bound the input domain for the first layer (tensors shaped like the
-    input batch).
+    DTD derives the z⁺ rule, R_i = Σ_j x_i w⁺_ij / Σ_i x_i w⁺_ij · R_j, for ReLU layers whose
+    biases are not positive; it has no bias term, so biases (including the shifts of merged
+    batch norms) are zeroed for the rule (zennit's ``zero_params``), and relevance is not lost
+    to positive biases. z^B's own formula cancels the bias. ``low`` / ``high`` bound the input
+    domain for the first layer (tensors shaped like the input batch).
     """
     return SpecialFirstLayerMapComposite(
-        layer_map=layer_map_base() + [(Linear, ZPlus())],
+        layer_map=_z_plus_map() + layer_map_base() + [(Linear, ZPlus(zero_params="bias"))],
         first_map=[(Linear, ZBox(low=low, high=high))],
         canonizers=canonizers,
     )
@@ -273,25 +365,63 @@ def _lrp(
 
 _BOX_NOTE = "low/high default to each sample's min/max"
 
-#: The LRP methods that differ only in their composite: name -> (row in SPEC §3, the composite
-#: from (epsilon, canonizers), description, reference). Each takes ``epsilon``, ``canonize``
-#: and ``batch_size`` (:func:`_epsilon_lrp_method`).
+
+@register_method(
+    "lrp_epsilon",
+    row=10,
+    description="LRP-ε on every convolution / linear layer, ε = epsilon × the root mean square of "
+    "the layer's outputs per sample (0.25: Montavon et al. 2019), LRP-0 on stand-alone batch "
+    "norms, canonized (Bach et al. 2015); epsilon → 0 gives gradient × input",
+    reference=f"{_ZENNIT} Epsilon rule with a norm-scaled stabilizer",
+)
+def lrp_epsilon(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: Optional[torch.Tensor],
+    *,
+    epsilon: float = 0.25,
+    canonize: bool = True,
+    batch_size: int = 16,
+) -> torch.Tensor:
+    """LRP-ε; ``epsilon`` is relative to each layer's outputs (see :func:`relative_epsilon`).
+
+    An absolute ε of 10⁻⁶ (this method's old default) is LRP-0, which on ReLU networks is
+    gradient × input (Ancona et al. 2018): a second name for one map. ε = 0.25 RMS absorbs the
+    relevance of weak, cancelling contributions, which is what the ε-rule is for.
+    """
+    return _lrp(model, x, target,
+                lambda view, canonizers: lrp_epsilon_composite(epsilon, canonizers),
+                canonize, batch_size)
+
+
+def _zennit_composite(
+    composite_type: type, layer_map: Callable[[], list]
+) -> Callable[[float, list], Composite]:
+    """``(epsilon, canonizers) -> composite`` for a zennit composite, ``layer_map()`` put before
+    its own entries (:func:`_batch_norm_pass`, :func:`_z_plus_map`)."""
+    return lambda epsilon, canonizers: composite_type(
+        epsilon=epsilon, layer_map=layer_map(), canonizers=canonizers
+    )
+
+
+_DENSE_EPSILON = "ε dense layers (absolute ε, zennit's 1e-6: LRP-0)"
+
+#: The zennit composites that differ only in their type: name -> (row in SPEC §3, the composite
+#: from (epsilon, canonizers), description, reference). Each takes ``epsilon`` (of the ε-rule
+#: on their dense layers), ``canonize`` and ``batch_size`` (:func:`_epsilon_lrp_method`).
 _EPSILON_LRP: dict[str, tuple[int, Callable[[float, list], Composite], str, str]] = {
-    "lrp_epsilon": (
-        10, lrp_epsilon_composite,
-        "LRP-ε on every convolution / linear layer, canonized (Bach et al. 2015)",
-        f"{_ZENNIT} Epsilon rule; conservation on bias-free networks"),
     "lrp_epsilon_plus_flat": (
-        11, lambda epsilon, canonizers: EpsilonPlusFlat(epsilon=epsilon, canonizers=canonizers),
-        "LRP: flat first layer, z⁺ convolutions, ε dense layers (Kohlbrenner et al. 2020)",
+        11, _zennit_composite(EpsilonPlusFlat, _z_plus_map),
+        f"LRP: flat first layer, z⁺ convolutions, sums and average pools, {_DENSE_EPSILON}, "
+        "batch norms passed (Kohlbrenner et al. 2020)",
         f"{_ZENNIT} EpsilonPlusFlat composite"),
     "lrp_alpha2_beta1": (
-        12, lambda epsilon, canonizers: EpsilonAlpha2Beta1(epsilon=epsilon, canonizers=canonizers),
-        "LRP: α2β1 convolutions, ε dense layers (Bach et al. 2015)",
+        12, _zennit_composite(EpsilonAlpha2Beta1, _batch_norm_pass),
+        f"LRP: α2β1 convolutions, {_DENSE_EPSILON}, batch norms passed (Bach et al. 2015)",
         f"{_ZENNIT} EpsilonAlpha2Beta1 composite"),
     "lrp_epsilon_plus": (
-        24, lambda epsilon, canonizers: EpsilonPlus(epsilon=epsilon, canonizers=canonizers),
-        "LRP: z⁺ convolutions, ε dense layers",
+        24, _zennit_composite(EpsilonPlus, _z_plus_map),
+        f"LRP: z⁺ convolutions, sums and average pools, {_DENSE_EPSILON}, batch norms passed",
         f"{_ZENNIT} EpsilonPlus composite"),
 }
 
@@ -334,9 +464,10 @@ def _box_lrp(model, x, target, low: Bound, high: Bound, composite: Callable[...,
 @register_method(
     "deep_taylor",
     row=13,
-    description=f"deep Taylor decomposition: z⁺ rule, ZBox first layer ({_BOX_NOTE}; "
-    "Montavon et al. 2017)",
-    reference=f"{_ZENNIT} ZPlus / ZBox rules",
+    description=f"deep Taylor decomposition: z⁺ rule without biases (also on sums and "
+    f"average pools), ZBox first layer "
+    f"({_BOX_NOTE}), batch norms passed (Montavon et al. 2017)",
+    reference=f"{_ZENNIT} ZPlus (zero_params='bias') / ZBox rules",
 )
 def deep_taylor(
     model: nn.Module,
@@ -355,7 +486,8 @@ def deep_taylor(
 @register_method(
     "lrp_epsilon_gamma_box",
     row=23,
-    description=f"LRP: ZBox first layer, γ convolutions, ε dense layers ({_BOX_NOTE})",
+    description=f"LRP: ZBox first layer, γ convolutions, {_DENSE_EPSILON}, batch norms "
+    f"passed ({_BOX_NOTE})",
     reference=f"{_ZENNIT} EpsilonGammaBox composite",
 )
 def lrp_epsilon_gamma_box(
@@ -374,7 +506,8 @@ def lrp_epsilon_gamma_box(
 
     def composite(low_t: torch.Tensor, high_t: torch.Tensor, canonizers: list) -> Composite:
         return EpsilonGammaBox(
-            low=low_t, high=high_t, epsilon=epsilon, gamma=gamma, canonizers=canonizers
+            low=low_t, high=high_t, epsilon=epsilon, gamma=gamma,
+            layer_map=_batch_norm_pass(), canonizers=canonizers,
         )
 
     return _box_lrp(model, x, target, low, high, composite, canonize, batch_size)
