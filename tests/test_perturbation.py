@@ -38,6 +38,8 @@ STOCHASTIC = ("shapley_sampling", "kernel_shap", "lime")
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Setting forward, backward hooks:UserWarning"),
     pytest.mark.filterwarnings("ignore:Input Tensor 0 did not already require:UserWarning"),
+    # _SMALL's budgets are below the default supervoxels' count on purpose (speed): they warn.
+    pytest.mark.filterwarnings("ignore:.*is below the number of features:UserWarning"),
 ]
 
 
@@ -241,7 +243,9 @@ def test_deeplift_reused_module_equals_separate_modules(volume):
 
 def test_occlusion_matches_captum(tiny_net, volume):
     target = torch.tensor([0, 1])
-    ours = attribute(tiny_net, volume, "occlusion", target=target, window=5, stride=3, batch_size=7)
+    # The old setting (baseline 0, every window run) is exactly captum's Occlusion.
+    ours = attribute(tiny_net, volume, "occlusion", target=target, window=5, stride=3, batch_size=7,
+                     baseline="zero", skip_background=False)
     reference = Occlusion(_model_function(tiny_net)).attribute(
         volume,
         sliding_window_shapes=(1, 5, 5, 5),
@@ -285,7 +289,8 @@ def test_occlusion_closed_form_linear(window, stride):
     generator = torch.Generator().manual_seed(5)
     x = torch.randn(2, 2, 12, 12, 12, generator=generator)
     model = LinearScore(channels=2).eval()
-    maps = attribute(model, x, "occlusion", target=1, window=window, stride=stride)
+    maps = attribute(model, x, "occlusion", target=1, window=window, stride=stride,
+                     baseline="zero", skip_background=False)
     window3 = (window,) * 3 if isinstance(window, int) else window
     stride3 = window3 if stride is None else stride
     expected = _occlusion_of_linear(model, x, 1, window3, stride3)
@@ -324,6 +329,14 @@ def _captum_per_sample(explainer, x, target, mask, seed, n_samples, batch_size=1
     return torch.cat(maps)
 
 
+def _binary_cosine_kernel(_original, _perturbed, interpretable, **_):
+    """lime_image's weight, written out: sqrt(exp(-d^2 / 0.25^2)), d the cosine distance
+    between the binary vector and all-ones (torch's cosine; 1 for the empty vector)."""
+    z = interpretable.float().flatten()
+    d = 1 - torch.nn.functional.cosine_similarity(z, torch.ones_like(z), dim=0)
+    return float(torch.sqrt(torch.exp(-(d ** 2) / 0.25 ** 2)))
+
+
 @pytest.mark.parametrize(
     "method, explainer_class, n_samples",
     [
@@ -338,11 +351,13 @@ def test_feature_methods_match_captum(method, explainer_class, n_samples, tiny_n
     atlas[:6] = 4
     atlas[:, 6:] += 9
     atlas[2:5, 2:5, 2:5] = 2  # labels {0, 2, 4, 9, 13}: relabelled to 0..4
-    params = {"feature_mask": atlas, "n_samples": n_samples, "seed": 3, "batch_size": 8}
+    params = {"feature_mask": atlas, "n_samples": n_samples, "seed": 3, "batch_size": 8,
+              "baseline": "zero"}
     if method == "lime":
         params.update(surrogate="lasso", alpha=1e-4)  # captum's default surrogate, smaller L1
         explainer = explainer_class(
-            _model_function(tiny_net), interpretable_model=SkLearnLasso(alpha=1e-4)
+            _model_function(tiny_net), interpretable_model=SkLearnLasso(alpha=1e-4),
+            similarity_func=_binary_cosine_kernel,
         )
     else:
         explainer = explainer_class(_model_function(tiny_net))
@@ -399,7 +414,7 @@ def test_shap_exact_on_linear_model(method):
     # Linear model: every permutation gives the exact marginal contribution, and the KernelSHAP
     # regression is exactly linear, so a few samples recover sum over the block of w_t x.
     n_samples = 2 if method == "shapley_sampling" else 40
-    maps = attribute(model, x, method, target=0, grid=6, n_samples=n_samples)
+    maps = attribute(model, x, method, target=0, grid=6, n_samples=n_samples, baseline="zero")
     expected = _spread_blocks(_block_sums(x * model.weight[0].detach(), 6), 6, 1)
     torch.testing.assert_close(maps, expected, atol=1e-3, rtol=1e-4)
 
@@ -409,7 +424,7 @@ def test_single_feature_gets_the_whole_drop(method, tiny_net, volume):
     # One parcel covering the volume: its Shapley value / occlusion drop is y_t(x) - y_t(0).
     # (captum's KernelShap cannot sample a one-feature coalition; ours answers exactly.)
     params = {} if method == "atlas_occlusion" else {"n_samples": 3}
-    maps = attribute(tiny_net, volume, method, target=1, grid=12, **params)
+    maps = attribute(tiny_net, volume, method, target=1, grid=12, baseline="zero", **params)
     delta = _score(tiny_net, volume, torch.tensor([1, 1])) - _score(
         tiny_net, torch.zeros_like(volume), torch.tensor([1, 1])
     )
@@ -421,7 +436,7 @@ def test_lime_small_alpha_approaches_linear_contributions():
     x = torch.randn(1, 1, 12, 12, 12, generator=torch.Generator().manual_seed(9))
     model = LinearScore().eval()
     maps = attribute(model, x, "lime", target=0, grid=6, n_samples=100,
-                     surrogate="lasso", alpha=1e-4)
+                     surrogate="lasso", alpha=1e-4, baseline="zero")
     expected = _spread_blocks(_block_sums(x * model.weight[0].detach(), 6), 6, 1)
     torch.testing.assert_close(maps, expected, atol=5e-3, rtol=0)
     with pytest.raises(ValueError, match="alpha"):
@@ -431,10 +446,11 @@ def test_lime_small_alpha_approaches_linear_contributions():
 def test_lime_default_ridge_surrogate_matches_captum(tiny_net, volume):
     from captum._utils.models.linear_model import SkLearnRidge
 
-    params = {"grid": 6, "n_samples": 40, "seed": 5, "batch_size": 8}
+    params = {"grid": 6, "n_samples": 40, "seed": 5, "batch_size": 8, "baseline": "zero"}
     target = torch.tensor([0, 1])
     ours = attribute(tiny_net, volume, "lime", target=target, **params)
-    explainer = Lime(_model_function(tiny_net), interpretable_model=SkLearnRidge(alpha=1.0))
+    explainer = Lime(_model_function(tiny_net), interpretable_model=SkLearnRidge(alpha=1.0),
+                     similarity_func=_binary_cosine_kernel)
     from nipype_xai.attribution.feature_masks import supervoxel_grid
 
     mask = supervoxel_grid(volume.shape[2:], 6)[None, None]
@@ -461,7 +477,8 @@ def _three_parcels() -> np.ndarray:
 def test_atlas_occlusion_hand_computation(tiny_net, volume):
     atlas = _three_parcels()
     target = _predicted(tiny_net, volume)
-    maps = attribute(tiny_net, volume, "atlas_occlusion", feature_mask=atlas, batch_size=3)
+    maps = attribute(tiny_net, volume, "atlas_occlusion", feature_mask=atlas, batch_size=3,
+                     baseline="zero")
     full = _score(tiny_net, volume, target)
     expected = torch.zeros_like(volume)
     labels = torch.from_numpy(atlas)
@@ -472,7 +489,8 @@ def test_atlas_occlusion_hand_computation(tiny_net, volume):
     torch.testing.assert_close(maps, expected, atol=1e-6, rtol=1e-5)
 
     ignored = attribute(
-        tiny_net, volume, "atlas_occlusion", feature_mask=atlas, ignore_background=True
+        tiny_net, volume, "atlas_occlusion", feature_mask=atlas, ignore_background=True,
+        baseline="zero",
     )
     background = (labels == 0)[None, None].expand_as(volume)
     assert torch.all(ignored[background] == 0)
@@ -489,11 +507,10 @@ def test_atlas_occlusion_per_sample_parcellations(tiny_net, volume):
     torch.testing.assert_close(maps, torch.cat([first, second]), atol=1e-6, rtol=1e-5)
 
 
-def test_atlas_occlusion_falls_back_to_grid(tiny_net, volume):
-    # With no parcellation the parcels are the 8-voxel supervoxels: the occlusion default grid.
-    fallback = attribute(tiny_net, volume, "atlas_occlusion")
-    windows = attribute(tiny_net, volume, "occlusion")
-    torch.testing.assert_close(fallback, windows, atol=1e-6, rtol=1e-5)
+def test_atlas_occlusion_grid_is_feature_ablation(tiny_net, volume):
+    # An explicit cubic grid is captum's FeatureAblation on those blocks (the baseline as given);
+    # without a parcellation the parcels are supervoxels (tests/test_perturbation_fair.py).
+    fallback = attribute(tiny_net, volume, "atlas_occlusion", grid=8, baseline="zero")
     reference = FeatureAblation(_model_function(tiny_net)).attribute(
         volume, baselines=0.0, target=_predicted(tiny_net, volume),
         feature_mask=supervoxel_grid((12, 12, 12), 8)[None, None],
@@ -567,9 +584,11 @@ def test_defaults_alone_and_larger_volume():
         assert method_defaults(name).get("batch_size") == 16
         maps = attribute(model, x, name)
         assert maps.shape == x.shape
-    assert method_defaults("shapley_sampling")["n_samples"] == 25
-    assert method_defaults("kernel_shap")["n_samples"] == 200
-    assert method_defaults("occlusion")["window"] == 8
+    # Issue 15: budgets at or above the features, windows at the scale of the lesions.
+    assert method_defaults("shapley_sampling")["n_samples"] == 10
+    assert method_defaults("kernel_shap")["n_samples"] == "auto"
+    assert method_defaults("occlusion")["window"] == 3
+    assert method_defaults("occlusion")["stride"] == 2
 
 
 class _RowCounter(nn.Module):

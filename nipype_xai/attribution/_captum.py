@@ -19,7 +19,13 @@ from typing import Any, Callable, Iterator, Optional, Union
 import torch
 from torch import nn
 
-from .feature_masks import FeatureMaskLike, GridLike, prepare_feature_mask, supervoxel_grid
+from .feature_masks import (
+    FeatureMaskLike,
+    GridLike,
+    image_supervoxels,
+    prepare_feature_mask,
+    supervoxel_grid,
+)
 from .model_state import forward
 
 
@@ -77,18 +83,21 @@ def _attribute_in_chunks(
     *,
     inputs: Callable[[torch.Tensor], torch.Tensor] = lambda chunk_x: chunk_x,
     seed: Optional[int] = None,
+    baselines: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """captum's ``explainer.attribute`` against a zero baseline, ``chunk`` samples per call.
+    """captum's ``explainer.attribute``, ``chunk`` samples per call.
 
     ``arguments(rows)`` gives the call's other keyword arguments for the samples ``rows``;
     ``inputs`` prepares their slice of ``x`` (a clone where captum would otherwise write to or
-    flag the caller's tensor). With ``seed``, each call runs under :func:`_seeded`, so a chunk's
-    draws do not depend on the chunks before it.
+    flag the caller's tensor). ``baselines``: a tensor of ``x``'s shape (its rows go with their
+    samples), or None for captum's 0. With ``seed``, each call runs under :func:`_seeded`, so a
+    chunk's draws do not depend on the chunks before it.
     """
     maps = []
     for rows in _chunks(x.shape[0], chunk):
+        reference = 0.0 if baselines is None else baselines[rows]
         with nullcontext() if seed is None else _seeded(seed, x.device):
-            maps.append(explainer.attribute(inputs(x[rows]), baselines=0.0,
+            maps.append(explainer.attribute(inputs(x[rows]), baselines=reference,
                                             target=_captum_target(target, rows),
                                             **arguments(rows)))
     return torch.cat(maps).detach()
@@ -105,11 +114,16 @@ def _mask_rows(masks: torch.Tensor, rows: slice) -> torch.Tensor:
     return masks[rows] if masks.shape[0] > 1 else masks
 
 
-def _feature_mask_or_grid(
-    feature_mask: Optional[FeatureMaskLike], grid: GridLike, x: torch.Tensor
+def _feature_masks(
+    feature_mask: Optional[FeatureMaskLike], grid: Optional[GridLike], x: torch.Tensor,
+    n_supervoxels: int,
 ) -> torch.Tensor:
-    """The (1 or B, C, X, Y, Z) consecutive-label mask: the given parcellation, else a grid."""
+    """The (1 or B, C, X, Y, Z) consecutive-label mask: the given parcellation; else cubes of
+    ``grid`` voxels when a grid is asked for; else the image's SLIC supervoxels."""
     if feature_mask is not None:
         return prepare_feature_mask(feature_mask, x)
-    labels = supervoxel_grid(x.shape[2:], grid, device=x.device)
-    return labels.expand(1, x.shape[1], *labels.shape).contiguous()
+    if grid is not None:
+        labels = supervoxel_grid(x.shape[2:], grid, device=x.device)
+        return labels.expand(1, x.shape[1], *labels.shape).contiguous()
+    n_supervoxels = _positive_int(n_supervoxels, "n_supervoxels")
+    return prepare_feature_mask(image_supervoxels(x, n_supervoxels), x)

@@ -4,7 +4,9 @@ Perturbation methods that ablate groups of voxels (Shapley value sampling, Kerne
 occlusion) need one integer label per voxel. captum requires those labels to be consecutive
 integers 0..n-1 and the mask to broadcast to the input; :func:`prepare_feature_mask` turns a user's
 parcellation (numpy or torch, as loaded from a NIfTI file, where labels are often stored as floats)
-into exactly that, and :func:`supervoxel_grid` is the fallback when no parcellation is given.
+into exactly that. Without a parcellation the features are :func:`image_supervoxels`: SLIC
+supervoxels of the image inside its :func:`foreground_mask`, which follow tissue boundaries (a
+cubic :func:`supervoxel_grid` cuts through them and is kept for explicit ``grid=`` requests).
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from typing import Sequence, Union
 
 import numpy as np
 import torch
+from scipy import ndimage
+from skimage.filters import threshold_otsu
+from skimage.segmentation import slic
 
 GridLike = Union[int, Sequence[int]]
 FeatureMaskLike = Union[np.ndarray, torch.Tensor]
@@ -57,6 +62,82 @@ def supervoxel_grid(
     axes = [torch.arange(s, device=device) // g for s, g in zip(shape, sizes)]
     bx, by, bz = torch.meshgrid(*axes, indexing="ij")
     return (bx * n_blocks[1] + by) * n_blocks[2] + bz
+
+
+#: Supervoxels SLIC aims at inside the foreground: on the 4 mm model grid (a brain of ~29,000
+#: voxels) about 150 voxels each, a cube of ~5 voxels (21 mm), twice a large lesion's diameter,
+#: and few enough (about 200 features with the background) for KernelSHAP and LIME budgets
+#: above the number of features.
+N_SUPERVOXELS: int = 200
+#: SLIC compactness, in units of the foreground's intensity SD (the image is divided by it):
+#: 0.1 gave the most homogeneous supervoxels (mean within-supervoxel SD 0.29 vs 0.39 at 1.0) on
+#: the bundled model's inputs while still giving about the number asked (196 of 200).
+SUPERVOXEL_COMPACTNESS: float = 0.1
+
+
+def foreground_mask(volume: np.ndarray) -> np.ndarray:
+    """The head/brain voxels of one (X, Y, Z) volume, from the image alone.
+
+    If every voxel on the volume's faces is exactly 0 (a skull-stripped or zero-padded image,
+    normalised with ``mask="nonzero"``), the foreground is the nonzero voxels. Otherwise (a noisy
+    or non-zero background) it is the bright class of Otsu's threshold (scikit-image), holes
+    filled (ventricles). On the synthetic lesion cohort at 4 mm the second rule gives 28,400 of
+    the template brain mask's 29,400 voxels and nothing outside it.
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean, the shape of ``volume``; never empty (all True for a constant volume).
+    """
+    volume = np.asarray(volume, dtype=np.float64)
+    faces = np.concatenate([np.take(volume, index, axis=axis).ravel()
+                            for axis in range(volume.ndim) for index in (0, -1)])
+    if not np.any(faces):
+        mask = volume != 0
+    elif np.ptp(volume) > 0:
+        mask = ndimage.binary_fill_holes(volume > threshold_otsu(volume))
+    else:
+        mask = np.ones(volume.shape, dtype=bool)
+    return mask if mask.any() else np.ones(volume.shape, dtype=bool)
+
+
+def image_supervoxels(
+    x: torch.Tensor,
+    n_segments: int = N_SUPERVOXELS,
+    compactness: float = SUPERVOXEL_COMPACTNESS,
+) -> torch.Tensor:
+    """SLIC supervoxels of each sample (Achanta et al., 2012, scikit-image), label 0 outside the
+    foreground.
+
+    SLIC clusters voxels by intensity and position, so supervoxels follow tissue boundaries
+    (grey/white matter, ventricles, a lesion's rim) instead of cutting through them as cubes do.
+    It runs on each sample's channel mean, inside :func:`foreground_mask`, with intensities
+    divided by their SD in the foreground (so ``compactness`` does not depend on the scale).
+
+    Parameters
+    ----------
+    x
+        Input batch (B, C, X, Y, Z).
+    n_segments
+        Approximate number of supervoxels inside the foreground.
+    compactness
+        SLIC's balance of space against intensity; lower follows intensity more closely.
+
+    Returns
+    -------
+    torch.LongTensor
+        (B, 1, X, Y, Z) on ``x``'s device: 0 outside the foreground (one more feature), 1..n
+        inside.
+    """
+    volumes = x.detach().to("cpu", torch.float64).mean(1).numpy()
+    labels = np.zeros(volumes.shape, dtype=np.int64)
+    for index, volume in enumerate(volumes):
+        mask = foreground_mask(volume)
+        spread = float(volume[mask].std()) or 1.0
+        labels[index] = slic(volume / spread, n_segments=int(n_segments),
+                             compactness=float(compactness), channel_axis=None, mask=mask,
+                             start_label=1, enforce_connectivity=True)
+    return torch.from_numpy(labels)[:, None].to(x.device)
 
 
 def _label_volume(feature_mask: FeatureMaskLike, x: torch.Tensor) -> torch.Tensor:

@@ -1,25 +1,36 @@
 """Occlusion methods through captum: a sliding window, and one atlas parcel at a time.
 
-Batching, targets and chunking as in :mod:`._captum`.
+Batching, targets and chunking as in :mod:`._captum`; what replaces an occluded region in
+:mod:`.perturbation_baseline` (a blurred copy by default: the old 0 is itself lesion evidence).
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 from captum.attr import FeatureAblation, Occlusion
+import numpy as np
 import torch
 from torch import nn
 
 from ._captum import (
     _attribute_in_chunks,
     _copies_per_sample,
-    _feature_mask_or_grid,
+    _feature_masks,
     _forward_function,
     _mask_rows,
     _positive_int,
 )
-from .feature_masks import FeatureMaskLike, GridLike, _label_volume
+from .feature_masks import (
+    N_SUPERVOXELS,
+    FeatureMaskLike,
+    GridLike,
+    _label_volume,
+    foreground_mask,
+    image_supervoxels,
+)
+from .model_state import forward
+from .perturbation_baseline import BLUR_SIGMA_VOXELS, BaselineLike, perturbation_baseline
 from .registry import register_method
 
 
@@ -38,12 +49,45 @@ def _triple(value: WindowLike, name: str) -> tuple[int, int, int]:
     return tuple(_positive_int(v, name) for v in values)  # type: ignore[return-value]
 
 
+class _ForegroundOnly:
+    """A forward function for captum that runs the model only on copies changed inside the
+    foreground; any other copy is given the unperturbed output (its drop is exactly 0).
+
+    captum's Occlusion slides over the whole volume; at 4 mm three quarters of it is background,
+    whose windows would cost passes and explain nothing. captum stacks a chunk's copies as
+    ``cat([chunk] * p)``, so copy ``j`` is a perturbation of sample ``j % len(chunk)``.
+    """
+
+    def __init__(self, model: nn.Module, reference: torch.Tensor, foreground: torch.Tensor):
+        self.model, self.reference, self.foreground = model, reference, foreground
+        self.reference_output = forward(model, reference)
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        repeats = inputs.shape[0] // self.reference.shape[0]
+        reference = self.reference.repeat(repeats, *(1,) * (inputs.ndim - 1))
+        foreground = self.foreground.repeat(repeats, *(1,) * (inputs.ndim - 1))
+        changed = ((inputs != reference) & foreground).flatten(1).any(1)
+        outputs = self.reference_output.repeat(repeats, 1)
+        if bool(changed.any()):
+            outputs[changed] = forward(self.model, inputs[changed])
+        return outputs
+
+
+def _foreground(x: torch.Tensor) -> torch.Tensor:
+    """:func:`~.feature_masks.foreground_mask` of each sample, (B, C, X, Y, Z) bool."""
+    volumes = x.detach().to("cpu", torch.float64).mean(1).numpy()
+    masks = np.stack([foreground_mask(volume) for volume in volumes])
+    return torch.from_numpy(masks)[:, None].expand_as(x).to(x.device)
+
+
 @register_method(
     "occlusion",
     row=17,
     description=(
-        "drop in y_t when a 3D window (default 8^3 voxels, stride = window) is set to 0, "
-        "given to every voxel of the window (captum Occlusion)"
+        "drop in y_t when a 3D window (default 3^3 voxels, stride 2) is replaced by a "
+        "Gaussian-blurred copy of the input (sigma 2 voxels), given to every voxel of the "
+        "window, a voxel averaging its windows; windows outside the image's foreground are not "
+        "run (captum Occlusion)"
     ),
     reference=(
         "Zeiler & Fergus (2014). Visualizing and understanding convolutional networks. ECCV."
@@ -54,18 +98,31 @@ def occlusion(
     x: torch.Tensor,
     target: Optional[torch.Tensor],
     *,
-    window: WindowLike = 8,
-    stride: Optional[WindowLike] = None,
+    window: WindowLike = 3,
+    stride: Optional[WindowLike] = 2,
+    baseline: BaselineLike = "blur",
+    blur_sigma: float = BLUR_SIGMA_VOXELS,
+    skip_background: bool = True,
     batch_size: int = 16,
 ) -> torch.Tensor:
-    """Sliding-window occlusion with a zero baseline (Zeiler & Fergus, 2014), via captum.
+    """Sliding-window occlusion (Zeiler & Fergus, 2014), via captum.
 
-    Each window position is set to 0 in all channels at once and the drop y_t(x) - y_t(x
-    occluded) is given to every voxel of the window; a voxel covered by several windows
-    (stride < window) gets the mean of their drops. With the default stride = window every voxel
-    lies in exactly one window, so the map is piecewise constant and its sum is the window's drop
-    times its voxel count, not the total drop. Windows at the far edges are cropped, so every
-    voxel is covered even when the shape is not a multiple of the stride.
+    Each window position is replaced by the baseline in all channels at once and the drop
+    y_t(x) - y_t(x occluded) is given to every voxel of the window; a voxel covered by several
+    windows (stride < window) gets the mean of their drops. Windows at the far edges are cropped,
+    so every voxel is covered even when the shape is not a multiple of the stride.
+
+    The defaults are at the scale of the signal: the synthetic lesions have semi-axes of 4-9 mm
+    (1-2.25 voxels on a 4 mm model grid); a 3-voxel (12 mm) window with stride 2 covers any lesion
+    up to 2 voxels across entirely in one window (window - stride + 1), which matters for a
+    max-pooling detector that still fires on the half of a lesion a window leaves. The old 8/8
+    (32 mm, each voxel in one window) split and diluted lesions. The baseline is a blurred copy
+    (:mod:`~nipype_xai.attribution.perturbation_baseline`: windows of normal tissue move the
+    bundled model's lesion logit by +0.001 +- 0.028, against +1.28 +- 2.41 with 0).
+
+    Cost on the bundled model (48 x 65 x 48, 4 mm, one CPU thread, about 0.12 s per forward
+    pass): about 4,300 passes per map with the defaults (windows touching the foreground), about
+    9 minutes; the old 8/8 windows were 324 passes. Use a GPU, or fewer subjects, for these maps.
 
     Parameters
     ----------
@@ -76,6 +133,15 @@ def occlusion(
     stride
         Step between windows, int or one per axis; ``None`` means ``window``. Must not exceed the
         window (voxels would never be occluded).
+    baseline
+        What replaces a window: ``"blur"`` (a Gaussian of ``blur_sigma`` voxels), ``"zero"`` (the
+        classic 0), a number or a tensor of x's shape
+        (:func:`~nipype_xai.attribution.perturbation_baseline.perturbation_baseline`).
+    blur_sigma
+        Sigma of the ``"blur"`` baseline, in voxels.
+    skip_background
+        Run only windows that change a voxel of the image's foreground
+        (:func:`~nipype_xai.attribution.feature_masks.foreground_mask`); the others' drop is 0.
     batch_size
         Largest number of occluded copies per forward pass.
 
@@ -94,12 +160,22 @@ def occlusion(
                 f"occlusion: stride {stride3} larger than window {window3} would leave voxels "
                 "never occluded"
             )
-    return _attribute_in_chunks(
-        Occlusion(_forward_function(model)), x, target, min(n_samples, batch_size),
-        lambda rows: {"sliding_window_shapes": (channels,) + window3,
-                      "strides": (1,) + stride3,
-                      "perturbations_per_eval": _copies_per_sample(batch_size, rows)},
-    )
+    baselines = perturbation_baseline(x, baseline, sigma=blur_sigma)
+    foreground = _foreground(x) if skip_background else None
+    chunk = min(n_samples, batch_size)
+    maps = []
+    for start in range(0, n_samples, chunk):
+        rows = slice(start, min(start + chunk, n_samples))
+        function: Callable[[torch.Tensor], torch.Tensor] = (
+            _forward_function(model) if foreground is None
+            else _ForegroundOnly(model, x[rows], foreground[rows]))
+        maps.append(_attribute_in_chunks(
+            Occlusion(function), x[rows], None if target is None else target[rows], chunk,
+            lambda part: {"sliding_window_shapes": (channels,) + window3,
+                          "strides": (1,) + stride3,
+                          "perturbations_per_eval": _copies_per_sample(batch_size, part)},
+            baselines=baselines[rows]))
+    return torch.cat(maps)
 
 
 # --------------------------------------------------------------------------------------------
@@ -111,8 +187,10 @@ def occlusion(
     "atlas_occlusion",
     row=22,
     description=(
-        "drop in y_t when one parcel of a parcellation is set to 0, given to every voxel of the "
-        "parcel; supervoxel grid when no parcellation is given (captum FeatureAblation)"
+        "drop in y_t when one parcel of a parcellation is replaced by a Gaussian-blurred copy "
+        "of the input (sigma 2 voxels), given to every voxel of the parcel; without a "
+        "parcellation the parcels are ~200 SLIC supervoxels of the image that follow tissue "
+        "boundaries, plus the background (captum FeatureAblation)"
     ),
     reference="Siegel et al. (2025), atlas-based occlusion of brain regions (SPEC §3).",
 )
@@ -122,14 +200,25 @@ def atlas_occlusion(
     target: Optional[torch.Tensor],
     *,
     feature_mask: Optional[FeatureMaskLike] = None,
-    grid: GridLike = 8,
+    n_supervoxels: int = N_SUPERVOXELS,
+    grid: Optional[GridLike] = None,
+    baseline: BaselineLike = "blur",
+    blur_sigma: float = BLUR_SIGMA_VOXELS,
     ignore_background: bool = False,
     batch_size: int = 16,
 ) -> torch.Tensor:
     """Occlude one atlas parcel at a time (Siegel et al., 2025), via captum's FeatureAblation.
 
-    For each parcel p, every voxel of p (all channels) is set to 0 and y_t(x) - y_t(x without
-    p) is given to every voxel of p. One forward pass per parcel and sample.
+    For each parcel p, every voxel of p (all channels) is replaced by the baseline and
+    y_t(x) - y_t(x without p) is given to every voxel of p. One forward pass per parcel and
+    sample.
+
+    Without a parcellation the method must still compute (SPEC §3), and it must not become
+    :func:`occlusion` with cubes (as it did with its old 8-voxel grid): its parcels are then
+    anatomical in the sense the image allows, SLIC supervoxels that follow tissue boundaries
+    (:func:`~nipype_xai.attribution.feature_masks.image_supervoxels`), label 0 the background.
+    An atlas on the model grid (``feature_mask``) is what Siegel et al. use and what a study
+    should pass. Cost on the bundled model (4 mm, one CPU thread): about 200 passes, ~25 s.
 
     Parameters
     ----------
@@ -137,14 +226,19 @@ def atlas_occlusion(
         As every registered method.
     feature_mask
         The parcellation (numpy or torch integer labels, shapes as
-        :func:`~nipype_xai.attribution.feature_masks.prepare_feature_mask` accepts). ``None``:
-        cubic supervoxels of ``grid`` voxels, so that the method computes with its defaults alone.
+        :func:`~nipype_xai.attribution.feature_masks.prepare_feature_mask` accepts).
+    n_supervoxels
+        Supervoxels in the foreground when no ``feature_mask`` (nor ``grid``) is given.
     grid
-        Supervoxel edge in voxels when no ``feature_mask`` is given.
+        Cubic supervoxels of this edge instead of SLIC's, when no ``feature_mask`` is given (the
+        old fallback).
+    baseline, blur_sigma
+        What replaces a parcel, as for :func:`occlusion` (``"zero"``: the classic 0).
     ignore_background
-        Label 0 of an atlas (usually everything outside the brain) is by default a parcel like
-        any other: it is occluded and gets its drop. With ``True`` its voxels get 0. Has no
-        effect on the supervoxel grid, whose block 0 is not background.
+        Label 0 of an atlas (usually everything outside the brain; with supervoxels, everything
+        outside the foreground) is by default a parcel like any other: it is occluded and gets
+        its drop. With ``True`` its voxels get 0. Has no effect on a cubic ``grid``, whose block 0
+        is not background.
     batch_size
         Largest number of occluded copies per forward pass.
 
@@ -154,16 +248,19 @@ def atlas_occlusion(
         Map of x's shape, constant over each parcel.
     """
     batch_size = _positive_int(batch_size, "batch_size")
+    if feature_mask is None and grid is None:
+        feature_mask = image_supervoxels(x, _positive_int(n_supervoxels, "n_supervoxels"))
     background = None
     if feature_mask is not None:
         raw = _label_volume(feature_mask, x)
         if ignore_background:
             background = raw == 0
-    masks = _feature_mask_or_grid(feature_mask, grid, x)
+    masks = _feature_masks(feature_mask, grid, x, n_supervoxels)
     result = _attribute_in_chunks(
         FeatureAblation(_forward_function(model)), x, target, min(x.shape[0], batch_size),
         lambda rows: {"feature_mask": _mask_rows(masks, rows),
                       "perturbations_per_eval": _copies_per_sample(batch_size, rows)},
+        baselines=perturbation_baseline(x, baseline, sigma=blur_sigma),
     )
     if background is not None:
         # The background parcel was occluded too (captum ablates every label); its drop is
