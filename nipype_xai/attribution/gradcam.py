@@ -52,8 +52,9 @@ def default_gradcam_layer(model: nn.Module, x: torch.Tensor) -> str:
     spatial map, widened to the outermost enclosing module that returns that very tensor. Grad-CAM
     reads the layer's activations A as evidence, and Grad-CAM++'s closed form (eq. 19 of
     Chattopadhyay et al.) assumes A >= 0; the output of a convolution (or of its batch norm) is
-    signed, and there 2 + (Σ A)·g, the denominator of α over g², is negative for most channels
-    (60 % of the positive-gradient entries of the bundled model on synthetic lesion subjects).
+    signed, and there 2 + (Σ A)·g, the denominator of α over g², can be zero or negative (on
+    the bundled model's last Conv3d, for 40–60 % of the positive-gradient entries on synthetic
+    lesion subjects: α negative or infinite).
 
     So the default layer is, for
 
@@ -246,9 +247,15 @@ def smooth_gradcam_pp_map(activation: torch.Tensor, first: torch.Tensor, second:
     """Smooth Grad-CAM++ at the layer's resolution (Omeiza et al. 2019), (B, 1, ...).
 
     ReLU(Σ_k w_k A_k) with ``first``, ``second``, ``third`` the means over the noisy copies of
-    g, g², g³ and A the activation of the input itself (:func:`gradcam_pp_weights`). The paper
-    prints the mean first-order term in α's numerator; the second-order one, as in Grad-CAM++'s
-    eq. 19 that it averages, is used here (and in torchcam).
+    g, g², g³ and A the activation of the input itself (:func:`gradcam_pp_weights`). α's
+    numerator is the mean second-order term, as in the Grad-CAM++ eq. 19 that the method
+    averages (torchcam notes that the paper prints the first-order one there). The exp(S) of
+    Grad-CAM++'s derivation is left out as in :func:`gradcam_pp_map` (and in torchcam): kept,
+    it would weight each copy by exp(S) of its own score, letting a few copies dominate.
+
+    torchcam's ``SmoothGradCAMpp`` differs in two places: its weights take ReLU of the last
+    copy's gradient instead of the mean D¹, and its map uses the last copy's activation instead
+    of the input's; its α also has the Σ_ab A_ab g_ab³ denominator (see :func:`gradcam_pp_map`).
     """
     weights = gradcam_pp_weights(activation, first, second, third)
     return F.relu((weights * activation).sum(dim=1, keepdim=True))
@@ -304,8 +311,25 @@ def smooth_gradcam_pp(model, x, target, *, layer=None, n_samples=50, noise_level
                       batch_size=16):
     """Smooth Grad-CAM++ (:func:`smooth_gradcam_pp_map`) of ``layer``, upsampled to x.
 
-    n_samples forward and backward passes on the noisy copies (:func:`noisy_batches`, the
-    SmoothGrad stream) and one forward pass on x for its activation.
+    Costs n_samples forward and backward passes on the noisy copies (:func:`noisy_batches`, the
+    SmoothGrad stream, in passes of at most ``batch_size``) and one forward pass on x for its
+    activation. Where the layer's gradient does not change under the noise (global average
+    pooling and a linear classifier after the layer, or max pooling whose winners stay put, as
+    on the bundled model) the averaged terms are the clean ones and the map is x's Grad-CAM++
+    map.
+
+    Parameters
+    ----------
+    layer
+        Module name; ``None``: :func:`default_gradcam_layer`.
+    n_samples
+        Noisy copies per sample.
+    noise_level
+        σ of the Gaussian noise as a fraction of each sample's max − min.
+    seed
+        Seed of the noise stream.
+    batch_size
+        Copies per forward/backward pass (the maps do not depend on it).
     """
     layer = layer or default_gradcam_layer(model, x)
     activation = torch.cat([_layer_activation(model, chunk, layer)
