@@ -29,12 +29,17 @@ network (see :mod:`nipype_xai.attribution.canonizers`), and what the tests check
 - z⁺, z^B, flat and γ redistribute all of a neuron's relevance over its positive (z^B: bounded)
   contributions: on a network without biases in which every neuron that receives relevance has
   a positive pre-activation, they conserve exactly. A ReLU layer ensures that; a residual sum
-  or an average pool of unrectified values (MONAI's ResNet blocks, DenseNet's transitions) does
-  not, when zennit's ``Norm`` rule shares relevance there in proportion to signed inputs: a
-  branch neuron with a negative output then receives relevance and, with no positive
-  contribution, loses it. The z⁺ composites therefore apply z⁺ to sums and average pools too
-  (:class:`PositiveNorm`: shares in proportion to the inputs' positive parts), and conserve
-  exactly on bias-free ResNets; the γ composite keeps ``Norm`` (γ → 0 is LRP-0).
+  of unrectified branches (MONAI's ResNet blocks) does not, when zennit's ``Norm`` rule shares
+  relevance there in proportion to signed inputs: a branch neuron with a negative output then
+  receives relevance and, with no positive contribution, loses it. The z⁺ composites therefore
+  apply z⁺ to residual sums too (:class:`PositiveNorm`: shares in proportion to the inputs'
+  positive parts), and conserve exactly on bias-free ResNets; the γ composite keeps ``Norm``
+  (γ → 0 is LRP-0). Average pools keep ``Norm``: in DenseNet a transition's pool is followed by
+  pre-activation batch norms, and one with a negative scale sends relevance to a negative pool
+  output, whose positive inputs may be none. Such a negative scale is the one case where z⁺ does
+  not conserve on a bias-free DenseNet (the rule assumes that relevance sits on positive
+  activations; Σ R / y_t was 1.06 and 1.28 with N(0, 1) batch-norm weights, before and after
+  this canonization).
 - α2β1 conserves at a neuron that has both positive and negative contributions; one with only
   positive ones passes on α = 2 times its relevance, which is why per-channel batch norms (one
   input per output) must not get it (they get ``Pass``, as in zennit).
@@ -69,7 +74,7 @@ from zennit.composites import (
 from zennit.core import BasicHook, Composite, stabilize
 from zennit.layer import Sum
 from zennit.rules import Epsilon, NoMod, Pass, ZBox, ZPlus
-from zennit.types import AvgPool, Linear
+from zennit.types import Linear
 
 from .canonizers import BatchNormAffine, canonizers_for
 from .model_state import forward
@@ -267,11 +272,11 @@ def _batch_norm_pass() -> list:
 
 
 class PositiveNorm(BasicHook):
-    """The z⁺ rule on a layer without weights (a residual ``Sum``, an average pool): relevance
-    shared in proportion to the inputs' positive parts, R_i = x_i⁺ / Σ_k x_k⁺ · R.
+    """The z⁺ rule on a layer without weights (a residual ``Sum``): relevance shared in proportion
+    to the inputs' positive parts, R_i = x_i⁺ / Σ_k x_k⁺ · R.
 
-    These layers add their inputs with positive weights, so this is z⁺ with those weights, as
-    zennit's ``Norm`` is LRP-0 with them. zennit has no such rule (its ``ZPlus`` needs a weight),
+    The sum adds its inputs with weights 1, so this is z⁺ with those weights, as zennit's ``Norm``
+    is LRP-0 with them. zennit has no such rule (its ``ZPlus`` needs a weight),
     hence this one, written as zennit's ``Norm`` is, on clamped inputs.
     """
 
@@ -286,9 +291,9 @@ class PositiveNorm(BasicHook):
 
 
 def _z_plus_map() -> list:
-    """Layer-map entries of the z⁺ composites: :func:`_batch_norm_pass`, and z⁺ on sums and
-    average pools (:class:`PositiveNorm`), ahead of zennit's base map."""
-    return _batch_norm_pass() + [(Sum, PositiveNorm()), (AvgPool, PositiveNorm())]
+    """Layer-map entries of the z⁺ composites: :func:`_batch_norm_pass`, and z⁺ on residual sums
+    (:class:`PositiveNorm`), ahead of zennit's base map."""
+    return _batch_norm_pass() + [(Sum, PositiveNorm())]
 
 
 def relative_epsilon(epsilon: float) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -412,7 +417,7 @@ _DENSE_EPSILON = "ε dense layers (absolute ε, zennit's 1e-6: LRP-0)"
 _EPSILON_LRP: dict[str, tuple[int, Callable[[float, list], Composite], str, str]] = {
     "lrp_epsilon_plus_flat": (
         11, _zennit_composite(EpsilonPlusFlat, _z_plus_map),
-        f"LRP: flat first layer, z⁺ convolutions, sums and average pools, {_DENSE_EPSILON}, "
+        f"LRP: flat first layer, z⁺ convolutions and residual sums, {_DENSE_EPSILON}, "
         "batch norms passed (Kohlbrenner et al. 2020)",
         f"{_ZENNIT} EpsilonPlusFlat composite"),
     "lrp_alpha2_beta1": (
@@ -421,7 +426,7 @@ _EPSILON_LRP: dict[str, tuple[int, Callable[[float, list], Composite], str, str]
         f"{_ZENNIT} EpsilonAlpha2Beta1 composite"),
     "lrp_epsilon_plus": (
         24, _zennit_composite(EpsilonPlus, _z_plus_map),
-        f"LRP: z⁺ convolutions, sums and average pools, {_DENSE_EPSILON}, batch norms passed",
+        f"LRP: z⁺ convolutions and residual sums, {_DENSE_EPSILON}, batch norms passed",
         f"{_ZENNIT} EpsilonPlus composite"),
 }
 
@@ -464,8 +469,8 @@ def _box_lrp(model, x, target, low: Bound, high: Bound, composite: Callable[...,
 @register_method(
     "deep_taylor",
     row=13,
-    description=f"deep Taylor decomposition: z⁺ rule without biases (also on sums and "
-    f"average pools), ZBox first layer "
+    description=f"deep Taylor decomposition: z⁺ rule without biases (also on residual sums), "
+    f"ZBox first layer "
     f"({_BOX_NOTE}), batch norms passed (Montavon et al. 2017)",
     reference=f"{_ZENNIT} ZPlus (zero_params='bias') / ZBox rules",
 )
