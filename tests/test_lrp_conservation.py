@@ -30,7 +30,9 @@ from conftest import randomize_batchnorm
 from nipype_xai.attribution import attribute
 from nipype_xai.models import MonaiResNet
 
-Z_PLUS_FAMILY = ["lrp_epsilon_plus", "lrp_epsilon_plus_flat", "deep_taylor", "lrp_epsilon_gamma_box"]
+Z_PLUS_FAMILY = [
+    "lrp_epsilon_plus", "lrp_epsilon_plus_flat", "deep_taylor", "lrp_epsilon_gamma_box",
+]
 NETS = ["densenet121", "monai_resnet_max"]
 
 
@@ -49,7 +51,7 @@ def bias_free(model: nn.Module) -> nn.Module:
 
 @pytest.fixture(scope="module")
 def densenet121():
-    """MONAI's DenseNet121 (its 121-layer block configuration), 3D, narrow so it runs in a second."""
+    """MONAI's DenseNet121 (its 121-layer block configuration), 3D, narrow: a second a map."""
     nets = pytest.importorskip("monai.networks.nets")
     torch.manual_seed(0)
     return randomize_batchnorm(nets.DenseNet121(

@@ -375,8 +375,9 @@ _BOX_NOTE = "low/high default to each sample's min/max"
     "lrp_epsilon",
     row=10,
     description="LRP-ε on every convolution / linear layer, ε = epsilon × the root mean square of "
-    "the layer's outputs per sample (0.25: Montavon et al. 2019), LRP-0 on stand-alone batch "
-    "norms, canonized (Bach et al. 2015); epsilon → 0 gives gradient × input",
+    "the layer's outputs per sample (ε in units of the layer's std, as Montavon et al. 2019 "
+    "state it), LRP-0 on stand-alone batch norms, canonized (Bach et al. 2015); epsilon → 0 "
+    "gives gradient × input",
     reference=f"{_ZENNIT} Epsilon rule with a norm-scaled stabilizer",
 )
 def lrp_epsilon(
@@ -391,8 +392,9 @@ def lrp_epsilon(
     """LRP-ε; ``epsilon`` is relative to each layer's outputs (see :func:`relative_epsilon`).
 
     An absolute ε of 10⁻⁶ (this method's old default) is LRP-0, which on ReLU networks is
-    gradient × input (Ancona et al. 2018): a second name for one map. ε = 0.25 RMS absorbs the
-    relevance of weak, cancelling contributions, which is what the ε-rule is for.
+    gradient × input (Ancona et al. 2018): a second name for one map. An ε of the order of the
+    layer's RMS absorbs the relevance of weak, cancelling contributions, which is what the
+    ε-rule is for; the default is the overview's tutorial value for VGG-16's middle layers.
     """
     return _lrp(model, x, target,
                 lambda view, canonizers: lrp_epsilon_composite(epsilon, canonizers),
@@ -409,7 +411,7 @@ def _zennit_composite(
     )
 
 
-_DENSE_EPSILON = "ε dense layers (absolute ε, zennit's 1e-6: LRP-0)"
+_DENSE_EPSILON = "ε dense layers (absolute ε, zennit's stabilizer by default)"
 
 #: The zennit composites that differ only in their type: name -> (row in SPEC §3, the composite
 #: from (epsilon, canonizers), description, reference). Each takes ``epsilon`` (of the ε-rule
@@ -418,15 +420,17 @@ _EPSILON_LRP: dict[str, tuple[int, Callable[[float, list], Composite], str, str]
     "lrp_epsilon_plus_flat": (
         11, _zennit_composite(EpsilonPlusFlat, _z_plus_map),
         f"LRP: flat first layer, z⁺ convolutions and residual sums, {_DENSE_EPSILON}, "
-        "batch norms passed (Kohlbrenner et al. 2020)",
+        "stand-alone batch norms passed (Kohlbrenner et al. 2020)",
         f"{_ZENNIT} EpsilonPlusFlat composite"),
     "lrp_alpha2_beta1": (
         12, _zennit_composite(EpsilonAlpha2Beta1, _batch_norm_pass),
-        f"LRP: α2β1 convolutions, {_DENSE_EPSILON}, batch norms passed (Bach et al. 2015)",
+        f"LRP: α2β1 convolutions, {_DENSE_EPSILON}, stand-alone batch norms passed "
+        "(Bach et al. 2015)",
         f"{_ZENNIT} EpsilonAlpha2Beta1 composite"),
     "lrp_epsilon_plus": (
         24, _zennit_composite(EpsilonPlus, _z_plus_map),
-        f"LRP: z⁺ convolutions and residual sums, {_DENSE_EPSILON}, batch norms passed",
+        f"LRP: z⁺ convolutions and residual sums, {_DENSE_EPSILON}, stand-alone batch norms "
+        "passed",
         f"{_ZENNIT} EpsilonPlus composite"),
 }
 
@@ -470,8 +474,7 @@ def _box_lrp(model, x, target, low: Bound, high: Bound, composite: Callable[...,
     "deep_taylor",
     row=13,
     description=f"deep Taylor decomposition: z⁺ rule without biases (also on residual sums), "
-    f"ZBox first layer "
-    f"({_BOX_NOTE}), batch norms passed (Montavon et al. 2017)",
+    f"ZBox first layer ({_BOX_NOTE}), stand-alone batch norms passed (Montavon et al. 2017)",
     reference=f"{_ZENNIT} ZPlus (zero_params='bias') / ZBox rules",
 )
 def deep_taylor(
@@ -491,8 +494,8 @@ def deep_taylor(
 @register_method(
     "lrp_epsilon_gamma_box",
     row=23,
-    description=f"LRP: ZBox first layer, γ convolutions, {_DENSE_EPSILON}, batch norms "
-    f"passed ({_BOX_NOTE})",
+    description=f"LRP: ZBox first layer, γ convolutions, {_DENSE_EPSILON}, stand-alone batch "
+    f"norms passed ({_BOX_NOTE})",
     reference=f"{_ZENNIT} EpsilonGammaBox composite",
 )
 def lrp_epsilon_gamma_box(
