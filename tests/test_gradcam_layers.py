@@ -75,11 +75,13 @@ def test_layer_argument_still_overrides(tiny_net, volume):
 
 
 def test_bundled_model_grad_cam_family_on_synthetic_lesions():
-    """On synthetic lesion subjects at the bundled model's 4 mm: the default layer is >= 0, so
-    Grad-CAM++'s α = 1 / (2 + (Σ A)·g) lies in (0, 1/2] wherever g > 0, and no map is all zero.
+    """On synthetic lesion subjects at the bundled model's 4 mm, explaining the predicted class:
+    the default layer is >= 0, so Grad-CAM++'s α = 1 / (2 + (Σ A)·g) lies in (0, 1/2] wherever
+    g > 0, and no Grad-CAM or Grad-CAM++ map is all zero.
 
-    On the last Conv3d (the old default) A reached -48 and 2 + (Σ A)·g was as low as -21, <= 0
-    for 41 % of the positive-gradient entries: α negative or infinite."""
+    On the last Conv3d (the old default) A reached -48, 2 + (Σ A)·g was as low as -21 (<= 0 for
+    41 % of the positive-gradient entries of the three positives: α negative or infinite), and
+    Grad-CAM was all zero for every subject predicted "control" (subject 1 and the control)."""
     from nipype_xai.models import load_model, load_model_spec
     from nipype_xai.models.preprocessing import to_model_grid
     from nipype_xai.synth import (
@@ -93,12 +95,14 @@ def test_bundled_model_grad_cam_family_on_synthetic_lesions():
     model = load_model(spec)
     anatomy = load_template_anatomy(4.0)
     inputs = []
-    for index in range(3):
-        data = make_subject(anatomy, "lesion", 1, subject_seed(7, index))
+    for index, label in [(0, 1), (1, 1), (2, 1), (3, 0)]:
+        data = make_subject(anatomy, "lesion", label, subject_seed(7, index))
         in_template = apply_displacement_field(data.t1w, data.to_template, order=1)
         inputs.append(to_model_grid(in_template, spec)[0][0])
     x = torch.stack(inputs)
-    target = torch.ones(len(x), dtype=torch.long)  # the lesion class
+    with torch.no_grad():
+        target = model(x).argmax(1)
+    assert target.tolist() == [1, 0, 1, 0]
 
     layer = default_gradcam_layer(model, x)
     activation, gradient = _layer_activation_and_gradient(model, x, target, layer)
