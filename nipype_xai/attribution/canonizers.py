@@ -20,9 +20,10 @@ CVPR workshops) picks one canonical, output-equivalent form:
   (there are no negative contributions to take the −β share), so giving it the convolution rule
   broke conservation on DenseNet (issue 15);
 - the residual addition of MONAI's 3D ResNet blocks goes through zennit's ``Sum`` layer, so the
-  composites' ``Norm`` rule splits relevance between the two branches in proportion to their
-  contributions (as ``zennit.torchvision`` does for torchvision's 2D ResNets); left as a plain
-  ``+=``, the gradient copies the full relevance into *both* branches.
+  composite's rule for it splits relevance between the two branches (zennit's ``Norm``: in
+  proportion to their contributions, as ``zennit.torchvision`` does for torchvision's 2D
+  ResNets; the z⁺ composites: in proportion to their positive parts); left as a plain ``+=``,
+  the gradient copies the full relevance into *both* branches.
 
 Which batch norm follows which layer is read from the model's data flow (a ``torch.fx`` trace), not
 from the order in which modules were registered: zennit's ``SequentialMergeBatchNorm`` pairs each

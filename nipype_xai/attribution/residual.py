@@ -1,8 +1,10 @@
 """MONAI 3D ResNet blocks canonized for LRP: the residual addition through zennit's ``Sum`` layer.
 
 Left as a plain ``+=``, the gradient copies the full relevance into *both* branches; through
-``Sum``, the composites' ``Norm`` rule splits it between them in proportion to their contributions
-(as ``zennit.torchvision`` does for torchvision's 2D ResNets). Part of the canonizers of
+``Sum``, the composite's rule for it splits the relevance between them: zennit's ``Norm`` in
+proportion to their contributions (as ``zennit.torchvision`` does for torchvision's 2D ResNets),
+the z⁺ composites in proportion to their positive parts
+(:class:`nipype_xai.attribution.propagation.PositiveNorm`). Part of the canonizers of
 :mod:`nipype_xai.attribution.canonizers`, which chooses them (:func:`canonizers_for`); a module of
 its own because it follows MONAI's classes, not the model's data flow.
 """
