@@ -437,6 +437,47 @@ def test_parts_merge_into_the_tables_of_one_run(tiny_run, tmp_path):
     (other / "provenance.json").write_text(json.dumps(record))
     with pytest.raises(ValueError, match="different test cohorts"):
         merge_benchmark(tmp_path / "bad", [parts[1], other])
+    # Nor a part computed by other code (a method fixed in between).
+    record["cohort_seeds"]["test"] -= 1
+    record["code_digest"] = "0" * 64
+    (other / "provenance.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="different code"):
+        merge_benchmark(tmp_path / "bad", [parts[1], other])
+
+
+def test_changed_code_is_not_served_from_the_cache(tiny_run, monkeypatch):
+    """The resume cache's key names the code that computes the maps: after a change, finished
+    subjects are computed again."""
+    out, _ = tiny_run
+    from nipype_xai.benchmark import scoring
+
+    calls = []
+    real = scoring.subject_maps
+
+    def counting(*args, **kwargs):
+        calls.append(args[3])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(scoring, "subject_maps", counting)
+    monkeypatch.setattr(scoring, "code_digest", lambda: "f" * 64)
+    run_validation_benchmark(out, **{**TINY, "tasks": ("lesion",), "n_sanity": 0})
+    assert len(calls) == read_table(out / "models.tsv")["n_scored"].sum()
+
+
+def test_table_headers_state_each_metrics_convention():
+    from nipype_xai.benchmark.report import markdown_tables, metric_header
+    from nipype_xai.metrics.overlap import METRIC_CONVENTIONS
+
+    assert metric_header("relevance_mass_accuracy") == "relevance_mass_accuracy (max(a, 0); ↑)"
+    assert metric_header("emd") == "emd (|a|; ↓)"
+    assert metric_header("method") == "method"
+    table = _crossed_table(2, 4, seed_sd=0.1)
+    table["relevance_mass_accuracy"] = 0.5
+    text = markdown_tables(summarize_benchmark(table, n_boot=20))
+    assert "| method | precision_at_k" not in text
+    assert "relevance_mass_accuracy (max(a, 0); ↑)" in text
+    assert METRIC_CONVENTIONS["abs"]["relevance_mass_accuracy"] in text
+    assert "(n = 4 subjects x 2 training seeds (8 cells))" in text
 
 
 def test_summarize_benchmark_requires_the_group_columns():

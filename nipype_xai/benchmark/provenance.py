@@ -48,6 +48,28 @@ def state_digest(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+#: The code a benchmark result depends on, relative to the package: how maps are computed
+#: (attribution, models, images), how they are scored (metrics), the cohorts and their loading
+#: (synth) and this package's scoring. Its digest names results in the resume cache and in
+#: ``provenance.json``, so a cached result or a part computed by other code is never reused or
+#: merged.
+CODE_PATHS: tuple[str, ...] = ("attribution", "metrics", "models", "synth", "images.py",
+                               "benchmark/scoring.py")
+
+
+def code_digest() -> str:
+    """SHA-256 over the source files of :data:`CODE_PATHS` (names and bytes, sorted)."""
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for entry in CODE_PATHS:
+        path = root / entry
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        for file in files:
+            digest.update(str(file.relative_to(root)).encode())
+            digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
 def versions() -> dict[str, str]:
     """Versions of Python and of the packages the numbers depend on."""
     from importlib import metadata
@@ -115,6 +137,7 @@ def provenance_record(settings: BenchmarkSettings, *, seeds: tuple[int, int, int
     train_seed, test_seed, easy_seed = seeds
     return {
         "command": s.command if s.command is not None else shlex.join(sys.argv),
+        "code_digest": code_digest(),
         "seed": s.seed,
         "cohort_seeds": {"train": train_seed, "test": test_seed,
                          **({"easy": easy_seed} if s.n_easy and s.model_spec is None else {})},

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import html
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -48,7 +48,8 @@ PathLike = Union[str, os.PathLike]
 #: The metrics of the headline tables and the ranking figures: one rank metric that asks "are the
 #: top voxels in the target" (precision_at_k), one over the whole ranking (auroc), and the two mass
 #: metrics (share inside the target; distance of the mass to it).
-HEADLINE_METRICS = ("precision_at_k", "auroc", "relevance_mass_accuracy", "emd")
+HEADLINE_METRICS = ("precision_at_k", "auroc", "relevance_mass_accuracy",
+                    "relevance_mass_accuracy_siegel", "emd")
 
 #: The metrics compared across architectures (when a run has more than one).
 COMPARISON_METRICS = ("precision_at_k", "auroc")
@@ -331,8 +332,43 @@ def wide_table(summary: pd.DataFrame, metrics=HEADLINE_METRICS) -> pd.DataFrame:
     return frame[["method", *metrics, "n"]].reset_index(drop=True)
 
 
+def metric_header(metric: str) -> str:
+    """A table's column header for ``metric``: its name, how it reads the map and which way is
+    better, from :data:`~nipype_xai.metrics.overlap.METRIC_CONVENTIONS` (``score="abs"``, the
+    benchmark's): ``relevance_mass_accuracy (max(a, 0); ↑)``. Other columns pass unchanged."""
+    from ..metrics.overlap import METRIC_CONVENTIONS
+
+    convention = METRIC_CONVENTIONS["abs"].get(metric)
+    if convention is None:
+        return metric
+    reading = convention.split(";")[0].split(" (")[0]
+    arrow = "↓" if metric in LOWER_IS_BETTER else "↑"
+    return f"{metric} ({reading}; {arrow})"
+
+
+def metric_legend(metrics: Sequence[str]) -> list[str]:
+    """``metric: how it reads the map; what it measures; which direction is better`` per metric
+    (:data:`~nipype_xai.metrics.overlap.METRIC_CONVENTIONS`, ``score="abs"``)."""
+    from ..metrics.overlap import METRIC_CONVENTIONS
+
+    return [f"{m}: {METRIC_CONVENTIONS['abs'][m]}" for m in metrics
+            if m in METRIC_CONVENTIONS["abs"]]
+
+
+def _sizes(group: pd.DataFrame) -> str:
+    """``n = 52 (52 subjects x 3 seeds, 156 cells)``-style size of one summarised group."""
+    cells = int(group["n"].max()) if len(group) else 0
+    if "n_subjects" not in group.columns or group["n_subjects"].isna().all():
+        return f"n = {cells}"
+    subjects, seeds = int(group["n_subjects"].max()), int(group["n_seeds"].max())
+    if seeds <= 1:
+        return f"n = {subjects}"
+    return f"n = {subjects} subjects x {seeds} training seeds ({cells} cells)"
+
+
 def _markdown_table(table: pd.DataFrame, columns: list[str]) -> list[str]:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    headers = [metric_header(c) for c in columns]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     for _, row in table.iterrows():
         method = str(row["method"])
         shown = f"*{method}*" if is_baseline(method) else method
@@ -349,9 +385,13 @@ def markdown_tables(summary: pd.DataFrame, metrics=HEADLINE_METRICS) -> str:
     are in italics. Written next to ``benchmark.tsv`` as ``benchmark.md`` for documentation.
     """
     lines = []
+    shown = [m for m in metrics if m in set(summary["metric"])]
     for gt, rows in _groundtruth_parts(summary):
         heading, description = _groundtruth_heading(gt)
-        lines += [f"## {heading}", "", description, ""]
+        lines += [f"## {heading}", "", description, "",
+                  "Each cell: mean [95 % CI]; the intervals resample subjects and training seeds. "
+                  "Metrics (how each reads the map a; what it measures; direction):", "",
+                  *[f"- {line}" for line in metric_legend(shown)], ""]
         for (task, label), part in rows.groupby(["task", "label"], sort=False):
             if part["architecture"].nunique() < 2 or _correct_rows(part).empty:
                 continue
@@ -366,9 +406,8 @@ def markdown_tables(summary: pd.DataFrame, metrics=HEADLINE_METRICS) -> str:
                 ["task", "architecture", "label", "correct"], sort=False):
             wide = wide_table(group, metrics)
             which = "correctly" if bool(correct) else "incorrectly"
-            n = int(wide["n"].max()) if len(wide) else 0
-            lines += [f"### {task} / GT {gt} / {name} / {label}, {which} classified (n = {n})",
-                      ""]
+            lines += [f"### {task} / GT {gt} / {name} / {label}, {which} classified "
+                      f"({_sizes(group)})", ""]
             lines += _markdown_table(
                 wide, ["method", *[c for c in wide.columns if c not in ("method", "n")]])
     return "\n".join(lines)
@@ -397,7 +436,9 @@ details{margin:1em 0}
 def _groundtruth_sections(gt: str, summary: pd.DataFrame,
                           figures: Mapping[str, Mapping[str, Path]]) -> list[str]:
     """The page's tables and figures of one ground-truth definition (``summary``'s rows of it)."""
-    body = []
+    shown = [m for m in HEADLINE_METRICS if m in set(summary["metric"])]
+    body = ['<p class="note">Metrics (how each reads the map a; what it measures; direction): '
+            + "; ".join(html.escape(line) for line in metric_legend(shown)) + ".</p>"]
     for (task, label), part in summary.groupby(["task", "label"], sort=False):
         keys = [f"compare/{task}/{gt}/{label}/{metric}" for metric in COMPARISON_METRICS]
         if not any(key in figures for key in keys):
@@ -413,11 +454,12 @@ def _groundtruth_sections(gt: str, summary: pd.DataFrame,
                     f"{html.escape(str(name))}</h3>")
         for label, by_label in part.groupby("label", sort=False):
             for correct, group in by_label.groupby("correct", sort=False):
-                n = int(group["n"].max()) if len(group) else 0
                 which = "correctly" if bool(correct) else "incorrectly"
                 body.append(f"<h4>{html.escape(str(label))}, {which} classified "
-                            f"({n} subjects)</h4>")
-                body.append(_table(wide_table(group)))
+                            f"({html.escape(_sizes(group))})</h4>")
+                wide = wide_table(group)
+                body.append(_table(wide.rename(columns={c: metric_header(c)
+                                                        for c in wide.columns})))
             for metric in HEADLINE_METRICS:
                 key = f"ranking/{task}/{gt}/{name}/{label}/{metric}"
                 if key in figures:

@@ -10,8 +10,10 @@ so a killed run starts again from the last finished subject. The cache key is wh
 result: the subject's model-grid input, ground-truth masks and brain mask (their values, so a
 different cohort can never match), the model's weights (a digest: :func:`joblib.hash` of a
 ``torch.nn.Module`` goes through pickle, whose bytes are not a stable name for the weights, so the
-model itself is not hashed, its weights digest is), methods, parameters, seeds and the package
-version. The models themselves, the device and progress reporting are left out of the key.
+model itself is not hashed, its weights digest is), methods, parameters, seeds, the package
+version and a digest of the code that computes and scores the maps
+(:func:`~nipype_xai.benchmark.provenance.code_digest`: a fixed method never serves a stale map).
+The models themselves, the device and progress reporting are left out of the key.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from torch import nn
 
 from .. import __version__
 from ..bids import derivative_path, resolution_label
-from .provenance import state_digest
+from .provenance import code_digest, state_digest
 from .settings import (
     BASELINES,
     DEFAULT_RANDOM_MODEL_METHODS,
@@ -234,13 +236,14 @@ def _score_subject(model: nn.Module, random_model: Optional[nn.Module], x: np.nd
                    affine: np.ndarray, identity: Mapping[str, Any], *, methods: Sequence[str],
                    method_params: Mapping[str, Mapping[str, Any]], seed: int,
                    random_model_methods: Sequence[str], random_seed: int, weights: str,
-                   version: str, device: str,
+                   version: str, code: str, device: str,
                    on_map: Callable[[str], None]) -> list[dict[str, Any]]:
     """``subjects.tsv``'s rows of one subject: every map scored with every metric against each of
     ``groundtruths`` (definition -> mask on the model grid), definition by definition.
 
-    ``weights`` and ``version`` are not used here: they are the cache key's name for ``model``
-    (and ``random_model``, made from it) and for the code.
+    ``weights``, ``version`` and ``code`` are not used here: they are the cache key's name for
+    ``model`` (and ``random_model``, made from it) and for the code that computes and scores the
+    maps (:func:`~nipype_xai.benchmark.provenance.code_digest`).
     """
     from ..attribution import is_baseline
     from ..metrics import overlap_metrics_report
@@ -265,7 +268,7 @@ def _score_subject(model: nn.Module, random_model: Optional[nn.Module], x: np.nd
 def _sanity_rows(model: nn.Module, x: np.ndarray, methods: Sequence[str], *,
                  method_params: Mapping[str, Mapping[str, Any]], seed: int,
                  max_steps: Optional[int], mask: np.ndarray, weights: str, version: str,
-                 device: str, progress: bool) -> list[dict[str, Any]]:
+                 code: str, device: str, progress: bool) -> list[dict[str, Any]]:
     """:func:`model_randomization_check` of the sanity subjects ``x`` (``weights``, ``version``:
     the cache key, as for :func:`_score_subject`)."""
     return model_randomization_check(
@@ -401,7 +404,7 @@ def score_model(bundle, task: str, test_root: Path, settings, memory,
     labels = dict(read_participants(test_root))
     # The cache's name for the weights and the code (see the module docstring).
     key = {"weights": bundle.record.get("weights_sha256") or state_digest(model),
-           "version": __version__}
+           "version": __version__, "code": code_digest()}
 
     # The test images are on the cohort's template grid (load_cohort_arrays took them from there
     # to the model grid), as are the template brain mask and the ground-truth masks (the atrophy

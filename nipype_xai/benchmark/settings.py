@@ -23,8 +23,8 @@ PathLike = Union[str, os.PathLike]
 
 #: Every overlap metric of SPEC §3 that needs no parcellation, in the order of the tables.
 METRICS: tuple[str, ...] = (
-    "precision_at_k", "relevance_mass_accuracy", "pointing_game", "auroc", "average_precision",
-    "dice_at_k", "emd", "emd_score",
+    "precision_at_k", "relevance_mass_accuracy", "relevance_mass_accuracy_siegel",
+    "pointing_game", "auroc", "average_precision", "dice_at_k", "emd", "emd_score",
 )
 
 #: The model-free baselines (SPEC §3), as the attribution registry lists them

@@ -34,8 +34,13 @@ Design decisions (each is reported in ``provenance.json`` and the HTML report)
   correct ones would blur both.
 * **Target.** Each map explains the class the trained model *predicts* (``target=None`` in
   :func:`nipype_xai.attribution.attribute`, what the pipeline does for a lab's data).
-* **Score.** ``score="abs"`` for every metric: signed maps are compared by their magnitude, as in
-  the papers this benchmark reproduces.
+* **Score.** ``score="abs"`` for the rank metrics and the EMD: signed maps are ranked by their
+  magnitude. The two relevance mass accuracies read the map their own way, whatever the score:
+  ``relevance_mass_accuracy`` is Arras et al.'s (the positive part, as Quantus), and
+  ``relevance_mass_accuracy_siegel`` Siegel et al.'s procedure (|a| smoothed with FWHM 2 voxels,
+  values below the 99th percentile in the brain set to 0, GT dilated by 2 voxels). Every table
+  header states how its metric reads the map and which way is better
+  (:data:`~nipype_xai.metrics.overlap.METRIC_CONVENTIONS`).
 * **Baselines** (SPEC §3): ``sobel`` and ``laplace`` edge maps of the input and seeded ``random``
   noise (model-free), and ``random_model_<method>``: a method run on the fully weight-randomised
   model (:func:`~nipype_xai.metrics.randomize_model`, the last step of the cascade), explaining the
@@ -307,6 +312,10 @@ def merge_benchmark(output_dir: PathLike, sources: Sequence[PathLike], *, n_boot
         records.append((source, json.loads((source / "provenance.json").read_text("utf-8"))))
     if not records:
         raise ValueError("merge: no source given")
+    codes = {r.get("code_digest") for _, r in records}
+    if len(codes) > 1:
+        raise ValueError("merge: the sources were computed by different code (code_digest "
+                         f"{sorted(map(str, codes))}); re-run the stale parts")
     cohorts = {json.dumps(r.get("cohort_seeds"), sort_keys=True) for _, r in records}
     tests = {(r["settings"]["n_test"], r["settings"]["resolution_mm"]) for _, r in records}
     if len(cohorts) > 1 or len(tests) > 1:
