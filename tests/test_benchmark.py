@@ -233,6 +233,55 @@ def test_atrophy_maps_are_scored_against_the_exact_signal(tiny_run, tmp_path, mo
     assert (rma.loc[rma["groundtruth"] == "roi", "mean"] < 0.9).all()
 
 
+def test_roi_ranking_with_a_parcellation(tiny_run, tmp_path, monkeypatch):
+    """With an atlas, each map also ranks the ground truth's parcel (Siegel et al.'s ROI
+    analysis): a map equal to the lesion mask puts its parcel first; a subject is scored per
+    parcel of the atlas given in template space."""
+    import nibabel as nib
+
+    from nipype_xai.benchmark import scoring
+    from nipype_xai.synth import load_template_anatomy
+
+    out, _ = tiny_run
+    rerun = tmp_path / "rerun"
+    for name in ("cohorts", "models"):
+        shutil.copytree(out / name, rerun / name)
+    anatomy = load_template_anatomy(8.0)
+    slabs = np.zeros(anatomy.shape, dtype=np.int16)  # 6 slabs along x, labels 1..6
+    slabs[...] = 1 + np.arange(anatomy.shape[0])[:, None, None] * 6 // anatomy.shape[0]
+    atlas = tmp_path / "slabs.nii.gz"
+    nib.save(nib.Nifti1Image(slabs, anatomy.affine), atlas)
+    noise = np.random.default_rng(1).random(anatomy.shape)
+
+    def oracle(model, x, target, methods, **kwargs):
+        yield "oracle", masks.pop(0), 0.0
+        yield "noise", noise, 0.0
+
+    truth = read_table(out / "subjects.tsv")
+    lesion_subjects = sorted(set(truth.loc[truth["task"] == "lesion", "subject"]))
+    masks = []
+    test_root = next((rerun / "cohorts").glob("lesion_test_*"))
+    for subject in lesion_subjects:
+        found = next((test_root / "derivatives" / "groundtruth" / subject / "anat").glob(
+            "*_res-8_label-lesion_mask.nii.gz"))
+        masks.append(np.asarray(nib.load(found).dataobj, dtype=float))
+    monkeypatch.setattr(scoring, "subject_maps", oracle)
+    run_validation_benchmark(rerun, **{**TINY, "tasks": ("lesion",), "n_sanity": 0,
+                                       "parcellation": atlas})
+    rows = read_table(rerun / "subjects.tsv")
+    assert {"roi_rank", "roi_top1", "roi_top3"} <= set(rows.columns)
+    oracle_rows = rows[rows["method"] == "oracle"]
+    assert len(oracle_rows) == len(lesion_subjects)
+    assert (oracle_rows["roi_rank"] == 1).all() and (oracle_rows["roi_top1"] == 1).all()
+    assert rows.loc[rows["method"] == "noise", "roi_rank"].between(1, 6).all()
+    summary = read_table(rerun / "benchmark.tsv")
+    assert {"roi_rank", "roi_top3"} <= set(summary["metric"])
+    provenance = json.loads((rerun / "provenance.json").read_text())
+    assert provenance["settings"]["parcellation"]["sha256"]
+    # Without the atlas no ROI column is written.
+    assert "roi_rank" not in read_table(out / "subjects.tsv").columns
+
+
 def test_sanity_table(tiny_run):
     out, _ = tiny_run
     sanity = read_table(out / "sanity.tsv")

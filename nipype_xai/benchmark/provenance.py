@@ -163,6 +163,10 @@ def provenance_record(settings: BenchmarkSettings, *, seeds: tuple[int, int, int
             "training_seeds": list(s.training_seeds) if s.model_spec is None else None,
             "min_balanced_accuracy": s.min_balanced_accuracy,
             "part": list(s.part) if s.part is not None else None,
+            "parcellation": (None if s.parcellation is None else {
+                "path": str(Path(s.parcellation).absolute()),
+                "sha256": hashlib.sha256(Path(s.parcellation).read_bytes()).hexdigest()}),
+            "metrics": list(s.metrics),
         },
         "architectures": ({name: {"architecture": ARCHITECTURES[name][0],
                                   "kwargs": ARCHITECTURES[name][1]} for name in names}

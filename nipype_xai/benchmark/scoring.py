@@ -37,7 +37,6 @@ from .settings import (
     BASELINES,
     DEFAULT_RANDOM_MODEL_METHODS,
     GROUNDTRUTHS,
-    METRICS,
     TO_TEMPLATE,
     groundtruth_mask_label,
 )
@@ -234,19 +233,20 @@ def model_randomization_check(
 def _score_subject(model: nn.Module, random_model: Optional[nn.Module], x: np.ndarray,
                    target: int, groundtruths: Mapping[str, np.ndarray], brain: np.ndarray,
                    affine: np.ndarray, identity: Mapping[str, Any], *, methods: Sequence[str],
+                   metrics: Sequence[str], parcellation: Optional[np.ndarray],
                    method_params: Mapping[str, Mapping[str, Any]], seed: int,
                    random_model_methods: Sequence[str], random_seed: int, weights: str,
                    version: str, code: str, device: str,
                    on_map: Callable[[str], None]) -> list[dict[str, Any]]:
     """``subjects.tsv``'s rows of one subject: every map scored with every metric against each of
-    ``groundtruths`` (definition -> mask on the model grid), definition by definition.
+    ``groundtruths`` (definition -> mask on the model grid), definition by definition; with a
+    ``parcellation`` on the model grid also the ROI ranking (NaN where the mask lies in no parcel).
 
     ``weights``, ``version`` and ``code`` are not used here: they are the cache key's name for
     ``model`` (and ``random_model``, made from it) and for the code that computes and scores the
     maps (:func:`~nipype_xai.benchmark.provenance.code_digest`).
     """
     from ..attribution import is_baseline
-    from ..metrics import overlap_metrics_report
 
     rows: dict[str, list[dict[str, Any]]] = {groundtruth: [] for groundtruth in groundtruths}
     for name, volume, seconds in subject_maps(
@@ -255,14 +255,30 @@ def _score_subject(model: nn.Module, random_model: Optional[nn.Module], x: np.nd
             random_seed=random_seed):
         on_map(name)
         for groundtruth, mask in groundtruths.items():
-            values, notes = overlap_metrics_report(volume, mask, brain, score="abs",
-                                                   affine=affine)
+            values, notes = _scores(volume, mask, brain, affine, parcellation)
             rows[groundtruth].append({
                 "task": identity["task"], "groundtruth": groundtruth, **identity, "method": name,
                 "kind": "baseline" if is_baseline(name) else "method",
-                **{metric: values.get(metric, float("nan")) for metric in METRICS},
+                **{metric: values.get(metric, float("nan")) for metric in metrics},
                 "emd_method": notes.get("emd_method"), "seconds": round(seconds, 3)})
     return [row for part in rows.values() for row in part]
+
+
+def _scores(volume: np.ndarray, mask: np.ndarray, brain: np.ndarray, affine: np.ndarray,
+            parcellation: Optional[np.ndarray]) -> tuple[dict[str, float], dict[str, Any]]:
+    """Every metric of one map against one mask (score ``abs``); the ROI metrics are left out
+    (NaN in the table) when the mask lies in no parcel of ``parcellation``."""
+    from ..metrics import overlap_metrics_report
+    from ..metrics.inputs import MetricsError
+
+    if parcellation is not None and (parcellation[mask] != 0).any():
+        try:
+            return overlap_metrics_report(volume, mask, brain, score="abs", affine=affine,
+                                          parcellation=parcellation, parcellation_affine=affine)
+        except MetricsError as error:
+            if "parcellation" not in str(error):
+                raise
+    return overlap_metrics_report(volume, mask, brain, score="abs", affine=affine)
 
 
 def _sanity_rows(model: nn.Module, x: np.ndarray, methods: Sequence[str], *,
@@ -413,6 +429,16 @@ def score_model(bundle, task: str, test_root: Path, settings, memory,
     grid = model_grid_for(template_mask, spec)
     brain = _mask_on_grid(template_mask, grid)
     random_model = randomize_model(model, s.seed) if s.random_model_methods else None
+    parcellation = None
+    if s.parcellation is not None:  # integer labels on the model grid, nearest neighbour
+        from nilearn.image import resample_img
+
+        from ..images import load_volume
+
+        parcels = resample_img(load_volume(s.parcellation), target_affine=grid.affine,
+                               target_shape=grid.shape, interpolation="nearest", fill_value=0,
+                               force_resample=True, copy_header=True)
+        parcellation = np.rint(np.asarray(parcels.dataobj)).astype(np.int32) * brain
     score_subject = memory.cache(_score_subject,
                                  ignore=["model", "random_model", "device", "on_map"])
 
@@ -443,7 +469,8 @@ def score_model(bundle, task: str, test_root: Path, settings, memory,
                     "predicted": spec.outputs[target], "correct": bool(target == int(y[i]))}
         rows += score_subject(
             model, random_model, X[i:i + 1].numpy(), target, masks, brain, grid.affine,
-            identity, methods=s.methods, method_params=s.method_params, seed=s.seed,
+            identity, methods=s.methods, metrics=s.metrics, parcellation=parcellation,
+            method_params=s.method_params, seed=s.seed,
             random_model_methods=s.random_model_methods, random_seed=s.seed + i,
             device=s.device, on_map=bar.set_postfix_str, **key)
 

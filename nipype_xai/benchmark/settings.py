@@ -27,6 +27,11 @@ METRICS: tuple[str, ...] = (
     "pointing_game", "auroc", "average_precision", "dice_at_k", "emd", "emd_score",
 )
 
+#: The region metrics of SPEC §3 (Siegel et al.'s ROI ranking), scored when a parcellation is
+#: given (``BenchmarkSettings.parcellation``): the rank of the ground truth's parcel among all
+#: parcels by mean |map|, and whether it is first / in the top 3.
+ROI_METRICS: tuple[str, ...] = ("roi_rank", "roi_top1", "roi_top3")
+
 #: The model-free baselines (SPEC §3), as the attribution registry lists them
 #: (:func:`~nipype_xai.attribution.available_baselines`); ``random_model_<method>`` are added per
 #: method.
@@ -223,6 +228,11 @@ class BenchmarkSettings:
     method_params
         Per-method parameter overrides, e.g. ``{"shapley_sampling": {"n_samples": 2}}``; also
         used for the sanity check and the ``random_model_`` baselines.
+    parcellation
+        An atlas (integer labels, 0 = background) in the template space of the cohorts
+        (MNI152NLin2009aSym, any grid; resampled nearest-neighbour onto the model grid): adds the
+        ROI ranking (:data:`ROI_METRICS`). The ground truth's parcel is the one holding most of
+        its voxels; a subject whose ground truth lies in no parcel gets NaN there.
     groundtruths
         The ground-truth definitions each map is scored against (:data:`GROUNDTRUTHS`; a
         definition that does not apply to a task, ``roi`` for lesions, is left out there).
@@ -267,6 +277,7 @@ class BenchmarkSettings:
     external_weights: bool = False
     method_params: Optional[Mapping[str, Mapping[str, Any]]] = dataclasses.field(
         default=None, hash=False)
+    parcellation: Optional[PathLike] = None
     groundtruths: Sequence[str] = GROUNDTRUTHS
     random_model_methods: Sequence[str] = DEFAULT_RANDOM_MODEL_METHODS
     n_sanity: int = 10
@@ -314,6 +325,8 @@ class BenchmarkSettings:
         self._set("method_params", method_params)
 
         self._check_sizes()
+        if self.parcellation is not None and not os.path.isfile(self.parcellation):
+            raise ValueError(f"parcellation {self.parcellation}: no such file")
         seeds = _unique([int(t) for t in (self.training_seeds if self.training_seeds is not None
                                           else (self.seed,))])
         if not seeds:
@@ -365,6 +378,12 @@ class BenchmarkSettings:
                             ("model_resolution_mm", model_resolution_mm),
                             ("lr", None if self.lr is None else float(self.lr))):
             self._set(name, value)
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """The metrics of the run: :data:`METRICS`, and :data:`ROI_METRICS` with a
+        parcellation."""
+        return METRICS + (ROI_METRICS if self.parcellation is not None else ())
 
     @property
     def training(self) -> dict[str, Any]:

@@ -102,7 +102,7 @@ from ..atomic import atomic_write
 from ..tables import read_tsv, write_tsv
 from .provenance import provenance_record, write_json
 from .scoring import score_model
-from .settings import GROUNDTRUTHS, METRICS, BenchmarkSettings
+from .settings import GROUNDTRUTHS, METRICS, ROI_METRICS, BenchmarkSettings
 from .training import (
     BenchmarkModel,
     architecture_spec,
@@ -412,7 +412,7 @@ def _concat(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
 def summarize_benchmark(
     table: pd.DataFrame,
     *,
-    metrics: Sequence[str] = METRICS,
+    metrics: Sequence[str] = METRICS + ROI_METRICS,
     n_boot: int = 2000,
     ci: float = 0.95,
     seed: int = 0,

@@ -138,6 +138,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--train-options", type=_json_object, default=None, metavar="JSON",
                         help="other training settings, e.g. '{\"weight_decay\": 0.001, "
                              "\"augment\": false}'")
+    parser.add_argument("--parcellation", type=Path, default=None, metavar="ATLAS.nii.gz",
+                        help="an atlas in MNI152NLin2009aSym (integer labels): adds the ROI "
+                             "ranking (roi_rank, roi_top1, roi_top3) of the ground truth's parcel")
     parser.add_argument("--n-sanity", type=int, default=default["n_sanity"],
                         help="test subjects per model in the cascading randomisation check "
                              "(default: %(default)s)")
@@ -189,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
             tasks=args.task, n_train=args.n_train, n_test=args.n_test, n_easy=args.n_easy,
             architectures=args.architectures, methods=args.methods, seed=args.seed,
             training_seeds=args.training_seeds, min_balanced_accuracy=args.min_balanced_accuracy,
-            part=args.part,
+            part=args.part, parcellation=args.parcellation,
             resolution_mm=args.resolution, model_resolution_mm=args.model_resolution,
             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
             train_options=args.train_options, model_spec=args.model,
