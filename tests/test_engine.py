@@ -45,7 +45,7 @@ def test_every_method_states_its_defaults():
     assert method_defaults("smoothgrad")["n_samples"] == 50
     assert method_defaults("smoothgrad")["noise_level"] == 0.1
     assert method_defaults("integrated_gradients")["n_steps"] == 50
-    assert method_defaults("lrp_epsilon")["epsilon"] == 1e-6
+    assert method_defaults("lrp_epsilon")["epsilon"] == 0.25  # relative to each layer (issue 15)
 
 
 def test_unknown_method_and_parameter(tiny_net, volume):
