@@ -19,6 +19,7 @@ from nipype_xai.images import ImageError, load_volume, save_image
 from nipype_xai.interfaces import Attribution, ModelInference
 from nipype_xai.models import (
     ModelSpecError,
+    MonaiResNet,
     TinyCNN3D,
     from_model_grid,
     load_model,
@@ -257,6 +258,36 @@ def test_new_weights_change_the_node_hash_but_device_does_not(subject):
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     interface.inputs.model_spec = str(spec_path)
     assert interface.inputs.get_hashval(hash_method="timestamp")[1] != before
+
+
+# The interface records the warnings even where the user silences them.
+@pytest.mark.filterwarnings("ignore::nipype_xai.attribution.engine.AttributionWarning")
+def test_a_map_that_misses_its_axiom_says_so_in_its_sidecar(tmp_path, subject):
+    pytest.importorskip("monai")
+    in_file, tiny_spec = subject
+    # MONAI's ResNet with GELU, which captum's DeepLift has no rule for.
+    kwargs = {"pooling": "max", "block": "basic", "layers": [1, 1, 1, 1],
+              "block_inplanes": [2, 4, 4, 4], "spatial_dims": 3, "n_input_channels": 1,
+              "num_classes": 2, "act": "gelu"}
+    torch.manual_seed(0)
+    torch.save(MonaiResNet(**kwargs).state_dict(), tmp_path / "gelu.pt")
+    spec = json.loads(tiny_spec.read_text())
+    spec.update(name="gelu", architecture="nipype_xai.models.architectures:MonaiResNet",
+                kwargs=kwargs, weights="gelu.pt")
+    (tmp_path / "gelu.json").write_text(json.dumps(spec))
+    run_dir = tmp_path / "gelu_run"
+    run_dir.mkdir()
+    result = Attribution(in_file=str(in_file), model_spec=str(tmp_path / "gelu.json"),
+                         methods=["deeplift", "gradient"]).run(cwd=str(run_dir))
+    deeplift, gradient = (json.loads(Path(f).read_text()) for f in result.outputs.out_sidecars)
+    (warning,) = deeplift["Warnings"]
+    assert "summation-to-delta does not hold" in warning and "(GELU)" in warning
+    assert "Warnings" not in gradient
+
+    # TinyCNN3D (ReLU, max pooling in its blocks): DeepLIFT keeps its axiom, nothing to say.
+    result = Attribution(in_file=str(in_file), model_spec=str(tiny_spec),
+                         methods=["deeplift"]).run(cwd=str(tmp_path))
+    assert "Warnings" not in json.loads(Path(result.outputs.out_sidecars[0]).read_text())
 
 
 def test_attribution_with_an_explicit_target_and_another_grid(tmp_path):

@@ -1,14 +1,48 @@
-"""``attribute`` / ``attribute_many``: one call signature for every method (as captum does)."""
+"""``attribute`` / ``attribute_many``: one call signature for every method (as captum does), and
+:class:`AttributionWarning`, how a method says that a map it returns is not what it promises."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
 
-# The implementations register themselves on import (the registry imports none of them).
-from . import gradcam, gradient, occlusion, path, propagation, surrogate  # noqa: F401
+#: The methods whose maps :func:`attribute_many` is computing at the moment (empty outside it).
+_COMPUTING: ContextVar[tuple[str, ...]] = ContextVar("computing", default=())
+
+
+class AttributionWarning(UserWarning):
+    """A map does not satisfy its method's own axiom on this model (e.g. DeepLIFT's
+    summation-to-delta, which fails where the model has a nonlinearity captum has no rule for).
+
+    A method raises it with :func:`warnings.warn` (``warnings.warn(message,
+    AttributionWarning)``) and still returns its map; callers decide what to do with it. Raised
+    inside :func:`attribute_many`, it knows the map(s) it concerns: ``methods``, the names of
+    the methods computed by the call that raised it (one method, or the members of a family
+    sharing their passes). The ``Attribution`` interface writes it into those maps' sidecars.
+    """
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.methods: tuple[str, ...] = _COMPUTING.get()
+
+
+@contextmanager
+def _computing(methods: Sequence[str]) -> Iterator[None]:
+    """Name ``methods`` in every :class:`AttributionWarning` raised inside the block."""
+    token = _COMPUTING.set(tuple(methods))
+    try:
+        yield
+    finally:
+        _COMPUTING.reset(token)
+
+
+# The implementations register themselves on import (the registry imports none of them). They
+# come after AttributionWarning: they import it from here while this module is being imported.
+from . import gradcam, gradient, occlusion, path, propagation, surrogate  # noqa: E402,F401
 from .baselines import available_baselines
 from .model_state import TargetLike, model_guard, resolve_target
 from .registry import get_family, get_method, registered_methods
@@ -131,6 +165,12 @@ def attribute(
     torch.Tensor
         Signed, raw map of the same shape as ``x`` (no abs, no normalisation), detached, on
         ``x``'s device.
+
+    Warns
+    -----
+    AttributionWarning
+        The map does not satisfy its method's axiom on this model (e.g. DeepLIFT's
+        summation-to-delta); the map is still returned.
     """
     return attribute_many(model, x, [method], target, **params)[method]
 
@@ -178,6 +218,11 @@ def attribute_many(
     -------
     dict
         ``{method: map}`` in the order of ``methods``.
+
+    Warns
+    -----
+    AttributionWarning
+        A map that does not satisfy its method's axiom on this model (its ``methods`` name it).
     """
     _check_input(x)
     names = list(dict.fromkeys(methods))
@@ -213,21 +258,23 @@ def attribute_many(
                 from .gradient import gradient_maps
 
                 gradient_names = groups[fused[1]]
-                maps = get_family(first.family)(
-                    model, x_model, target_index, members, with_clean_gradient=True,
-                    **resolved(first.name))
+                with _computing(members + gradient_names):
+                    maps = get_family(first.family)(
+                        model, x_model, target_index, members, with_clean_gradient=True,
+                        **resolved(first.name))
                 maps.update(gradient_maps(x_model, maps.pop("clean_gradient"), gradient_names))
                 members = members + gradient_names
             elif fused is not None and key == fused[1]:
                 continue
             elif first.family is None:
-                maps = {
-                    first.name: first.function(model, x_model, target_index, **resolved(first.name))
-                }
+                with _computing(members):
+                    maps = {first.name: first.function(model, x_model, target_index,
+                                                       **resolved(first.name))}
             else:
-                maps = get_family(first.family)(
-                    model, x_model, target_index, members, **resolved(first.name)
-                )
+                with _computing(members):
+                    maps = get_family(first.family)(
+                        model, x_model, target_index, members, **resolved(first.name)
+                    )
             for name in members:
                 result = maps[name]
                 if result.shape != x.shape:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
+from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -20,6 +22,7 @@ from nipype.interfaces.base import (
 )
 from nipype.utils.filemanip import fname_presuffix
 
+from ..attribution.engine import AttributionWarning
 from ..attribution.restriction import restrict_to_mask
 from ..bids import method_to_desc, write_json
 from ..images import ImageError, image_like, load_volume, save_image
@@ -60,7 +63,8 @@ class _AttributionOutputSpec(TraitedSpec):
         desc="one map per method, in the order of methods, on the input image's grid",
     )
     out_sidecars = traits.List(
-        File(exists=True), desc="one JSON sidecar per map: method, parameters, target, prediction"
+        File(exists=True), desc="one JSON sidecar per map: method, parameters, target, prediction "
+        "(and Warnings, where the map does not satisfy its method's axiom on this model)"
     )
 
 
@@ -72,7 +76,10 @@ class Attribution(SimpleInterface):
     input image's grid (same affine and shape as ``in_file``). Maps are signed and raw.
 
     Files are named ``<in_file stem>_desc-<method in lowerCamelCase>_attribution.nii.gz`` (e.g.
-    ``desc-smoothgradSq``), each with a ``.json`` sidecar.
+    ``desc-smoothgradSq``), each with a ``.json`` sidecar. A map whose method raised an
+    :class:`~nipype_xai.attribution.engine.AttributionWarning` (e.g. DeepLIFT's
+    summation-to-delta failing on this model) has its messages under ``"Warnings"`` in its
+    sidecar; the warnings are also issued as usual, for the node's log.
 
     Examples
     --------
@@ -93,16 +100,20 @@ class Attribution(SimpleInterface):
         model = load_model(spec, device=resolve_device(inputs), check_outputs=False,
                            trust_code=inputs.trust_model_code)
 
-        explanation = explain_image(
-            model,
-            spec,
-            img,
-            list(inputs.methods),
-            inputs.target if isdefined(inputs.target) else None,
-            method_params=inputs.method_params if isdefined(inputs.method_params) else None,
-            seed=inputs.seed if isdefined(inputs.seed) else None,
-            batch_size=inputs.batch_size if isdefined(inputs.batch_size) else None,
-        )
+        with warnings.catch_warnings(record=True) as caught:
+            # Every occurrence, not Python's once per code location: each map gets its own.
+            warnings.simplefilter("always", AttributionWarning)
+            explanation = explain_image(
+                model,
+                spec,
+                img,
+                list(inputs.methods),
+                inputs.target if isdefined(inputs.target) else None,
+                method_params=inputs.method_params if isdefined(inputs.method_params) else None,
+                seed=inputs.seed if isdefined(inputs.seed) else None,
+                batch_size=inputs.batch_size if isdefined(inputs.batch_size) else None,
+            )
+        notes = _method_warnings(caught)
 
         sha256 = weights_sha256(spec.weights)
         out_files, out_sidecars = [], []
@@ -117,7 +128,8 @@ class Attribution(SimpleInterface):
             )
             sidecar = out_file.with_name(out_file.name[: -len(".nii.gz")] + ".json")
             save_image(map_img, out_file)
-            write_json(sidecar, _sidecar(method, explanation, spec, sha256, map_img.header))
+            write_json(sidecar, _sidecar(method, explanation, spec, sha256, map_img.header,
+                                         notes.get(method, ())))
             out_files.append(str(out_file))
             out_sidecars.append(str(sidecar))
 
@@ -186,10 +198,27 @@ class RestrictMaps(SimpleInterface):
         return runtime
 
 
+def _method_warnings(caught: Sequence[warnings.WarningMessage]) -> dict[str, list[str]]:
+    """The messages of the :class:`AttributionWarning` records among ``caught``, by the method
+    whose map each concerns, in order, repeats dropped. Every record is issued again (with its
+    origin) so that recording them hides none from the log."""
+    notes: dict[str, list[str]] = defaultdict(list)
+    for record in caught:
+        if isinstance(record.message, AttributionWarning):
+            for method in record.message.methods:
+                if str(record.message) not in notes[method]:
+                    notes[method].append(str(record.message))
+        warnings.warn_explicit(record.message, record.category, record.filename, record.lineno,
+                               source=record.source)
+    return dict(notes)
+
+
 def _sidecar(
-    method: str, explanation: Explanation, spec: ModelSpec, sha256: str, header
+    method: str, explanation: Explanation, spec: ModelSpec, sha256: str, header,
+    notes: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The JSON sidecar of one map (SPEC §6): what was explained, how, and by which model."""
+    """The JSON sidecar of one map (SPEC §6): what was explained, how, and by which model; and,
+    under ``"Warnings"``, where the map does not keep its method's promise (``notes``)."""
     prediction = explanation.prediction
     grid = explanation.grid
     zooms = [round(float(z), 6) for z in header.get_zooms()[:3]]
@@ -218,6 +247,8 @@ def _sidecar(
         )
     else:
         sidecar["Prediction"] = dict(zip(spec.outputs, prediction.outputs))
+    if notes:
+        sidecar["Warnings"] = list(notes)
     return sidecar
 
 
