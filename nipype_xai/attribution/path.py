@@ -377,8 +377,9 @@ def _deeplift_copy(model: nn.Module, probe: torch.Tensor) -> _DeepLiftRoot:
     "deeplift",
     row=18,
     description=(
-        "DeepLIFT rescale rule against a zero baseline (captum DeepLift; adaptive max pooling "
-        "computed as the equal fixed-window max pooling)"
+        "DeepLIFT rescale rule against a zero baseline (captum DeepLift; max pooling, fixed "
+        "and adaptive, through our implementation of captum's max rule, which keeps "
+        "summation-to-delta)"
     ),
     reference=(
         "Shrikumar, Greenside & Kundaje (2017). Learning important features through propagating "
