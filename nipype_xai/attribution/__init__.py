@@ -4,12 +4,16 @@
 >>> maps = attribute(model, x, "smoothgrad", target=None, seed=0)   # doctest: +SKIP
 
 The model-free baselines a method must beat (sobel, laplace, random) are in the same registry,
-with kind ``"baseline"``: :func:`available_baselines`, :func:`is_baseline`.
+with kind ``"baseline"``: :func:`available_baselines`, :func:`is_baseline`. A method that cannot
+keep its own axiom on a model (DeepLIFT's summation-to-delta, integrated gradients'
+completeness) returns its map and warns with :class:`AttributionWarning`, which the
+``Attribution`` interface writes into that map's sidecar.
 """
 
 from .baselines import available_baselines, is_baseline
 from .engine import (
     METHOD_NAMES,
+    AttributionWarning,
     attribute,
     attribute_many,
     available_methods,
@@ -21,6 +25,7 @@ from .model_state import TargetError
 
 __all__ = [
     "METHOD_NAMES",
+    "AttributionWarning",
     "TargetError",
     "attribute",
     "attribute_many",
