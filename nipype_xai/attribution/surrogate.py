@@ -204,8 +204,9 @@ def shapley_sampling(
     ``n_samples * (n_features + 1)`` forward passes per sample: every permutation evaluates every
     feature once, so the budget always exceeds the number of features. The default 10
     permutations on ~200 features are about 2,000 passes, the order of KernelSHAP's default
-    budget (2 M + 2048), so the two Shapley estimators are compared at a similar cost: about 4
-    minutes per map on the bundled model (4 mm, one CPU thread, ~0.12 s per pass).
+    budget (2 M + 2048), so the two Shapley estimators are compared at a similar cost: 1,952
+    passes, 88 s per map on the bundled model (4 mm, ~195 features, one thread of a shared 2-core
+    CPU).
 
     Parameters
     ----------
@@ -256,8 +257,8 @@ def kernel_shap(
     With fewer coalitions than features the regression is under-determined (the old default,
     200 samples for 324-1,728 cubic supervoxels, was): ``n_samples="auto"`` gives
     :func:`surrogate_budget` (2 M + 2048 for M features, shap's default), and a smaller
-    explicit budget warns. Cost on the bundled model (4 mm, ~200 features, one CPU thread): about
-    2,450 passes, about 5 minutes per map.
+    explicit budget warns. Cost on the bundled model (4 mm, ~195 features, one thread of a shared
+    2-core CPU): 2,439 passes, 122 s per map.
 
     Parameters
     ----------
@@ -316,8 +317,8 @@ def lime(
     all-ones vector, as the reference ``lime_image`` does (captum's default measures the distance
     between the perturbed images instead). The coefficients are given to every voxel of their
     feature. ``n_samples="auto"`` gives :func:`surrogate_budget` (2 M + 2048 for M features); a
-    smaller explicit budget warns. Cost on the bundled model (4 mm, ~200 features, one CPU
-    thread): about 2,450 passes, about 5 minutes per map.
+    smaller explicit budget warns. Cost on the bundled model (4 mm, ~195 features, one thread of a
+    shared 2-core CPU): 2,439 passes, 152 s per map.
 
     The default surrogate is ridge regression with alpha 1, as in the reference LIME
     implementation (``lime_base``). captum's default, a Lasso with alpha 0.01, is
