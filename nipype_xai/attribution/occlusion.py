@@ -97,10 +97,9 @@ def _occlude_windows(model: nn.Module, x: torch.Tensor, target: Optional[torch.T
 
 
 def _foreground(x: torch.Tensor) -> torch.Tensor:
-    """:func:`~.feature_masks.foreground_mask` of each sample, (B, C, X, Y, Z) bool."""
+    """:func:`~.feature_masks.foreground_mask` of each sample's channel mean, (B, X, Y, Z)."""
     volumes = x.detach().to("cpu", torch.float64).mean(1).numpy()
-    masks = np.stack([foreground_mask(volume) for volume in volumes])
-    return torch.from_numpy(masks)[:, None].expand_as(x).to(x.device)
+    return torch.from_numpy(np.stack([foreground_mask(volume) for volume in volumes])).to(x.device)
 
 
 @register_method(
@@ -185,7 +184,7 @@ def occlusion(
                 "never occluded"
             )
     baselines = perturbation_baseline(x, baseline, sigma=blur_sigma)
-    foreground = _foreground(x)[:, 0] if skip_background else None
+    foreground = _foreground(x) if skip_background else None
     return _occlude_windows(model, x, target, baselines, foreground, window3, stride3, batch_size)
 
 
