@@ -445,6 +445,7 @@ def test_parts_merge_into_the_tables_of_one_run(tiny_run, tmp_path):
     settings = {**TINY, "tasks": ("lesion",), "training_seeds": (3, 4), "n_sanity": 2}
     parts = [run_validation_benchmark(split, **settings, part=(k, 2)).parent for k in (1, 2)]
     assert [p.name for p in parts] == ["part-1-of-2", "part-2-of-2"]
+    assert {p.parent for p in parts} == {split / "parts" / "main"}
     assert not (split / "benchmark.tsv").exists()  # a part is not summarised
     first, second = (read_table(p / "subjects.tsv") for p in parts)
     assert not set(first["subject"]) & set(second["subject"])
@@ -627,6 +628,7 @@ def test_subject_maps_yields_methods_and_baselines(tiny_net):
      r"none applies to task\(s\) \['lesion'\]"),
     ({"n_sanity": -1}, "n_sanity"),
     ({"part": (3, 2)}, "part must be k/n"),
+    ({"name": "a/b"}, "name must be"),
     ({"training_seeds": []}, "training_seeds"),
     ({"min_balanced_accuracy": 1.5}, "min_balanced_accuracy"),
 ])

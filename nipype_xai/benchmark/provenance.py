@@ -162,7 +162,7 @@ def provenance_record(settings: BenchmarkSettings, *, seeds: tuple[int, int, int
             "score": "abs", "target": "predicted class", "training": s.training,
             "training_seeds": list(s.training_seeds) if s.model_spec is None else None,
             "min_balanced_accuracy": s.min_balanced_accuracy,
-            "part": list(s.part) if s.part is not None else None,
+            "part": list(s.part) if s.part is not None else None, "name": s.name,
             "parcellation": (None if s.parcellation is None else {
                 "path": str(Path(s.parcellation).absolute()),
                 "sha256": hashlib.sha256(Path(s.parcellation).read_bytes()).hexdigest()}),

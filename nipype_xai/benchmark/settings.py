@@ -201,6 +201,10 @@ class BenchmarkSettings:
         parts are merged by :func:`~nipype_xai.benchmark.merge_benchmark`
         (``nipype-xai benchmark OUTPUT_DIR --merge PART_DIR...``). Every part trains (or reuses)
         the same models and cohorts. None: the whole run, summarised.
+    name
+        The name of this set of parts: they go to ``OUTPUT_DIR/parts/<name>/part-<k>-of-<n>/``,
+        so that runs of other methods (a costly method on fewer subjects) share one
+        ``OUTPUT_DIR``, its cohorts and its models without overwriting each other's parts.
     resolution_mm
         Voxel size of the generated cohorts (the images; 2 mm as the bundled model's recipe:
         small lesions generated directly at 4 mm look like grey matter).
@@ -266,6 +270,7 @@ class BenchmarkSettings:
     training_seeds: Optional[Sequence[int]] = None
     min_balanced_accuracy: float = MIN_BALANCED_ACCURACY
     part: Optional[tuple[int, int]] = None
+    name: str = "main"
     resolution_mm: float = 2.0
     model_resolution_mm: Optional[float] = None
     epochs: int = 30
@@ -336,6 +341,8 @@ class BenchmarkSettings:
             raise ValueError(f"min_balanced_accuracy must be in [0, 1], got "
                              f"{self.min_balanced_accuracy}")
         self._set("min_balanced_accuracy", float(self.min_balanced_accuracy))
+        if not self.name or not all(c.isalnum() or c in "-_" for c in self.name):
+            raise ValueError(f"name must be letters, digits, '-' or '_', got {self.name!r}")
         if self.part is not None:
             k, n = (int(v) for v in self.part)
             if not 1 <= k <= n:

@@ -72,8 +72,8 @@ Output layout (``OUTPUT_DIR``)::
     models/         trained weights + spec JSON (reused when trained with the same settings)
     work/           finished (model, task, subject) results and sanity checks (joblib.Memory),
                     reused by a re-run (see :mod:`nipype_xai.benchmark.scoring`)
-    parts/part-<k>-of-<n>/  with ``part``: that part's subjects.tsv, sanity.tsv, models.tsv and
-                    provenance.json, merged by :func:`merge_benchmark` (``--merge``)
+    parts/<name>/part-<k>-of-<n>/  with ``part``: that part's subjects.tsv, sanity.tsv,
+                    models.tsv and provenance.json, merged by :func:`merge_benchmark` (``--merge``)
 
 Long runs: ``part=(k, n)`` splits the test subjects round-robin into n parts that can run one
 after the other (or on several machines, each training or reusing the same models); each part's
@@ -207,7 +207,8 @@ def run_validation_benchmark(output_dir: PathLike, settings: Optional[BenchmarkS
     provenance = provenance_record(s, seeds=seeds, names=names, models=records, skipped=skipped,
                                    started=started, finished=time.time())
     if s.part is not None:
-        return write_part(out / "parts" / part_label(*s.part), subjects=subjects, sanity=sanity,
+        return write_part(out / "parts" / s.name / part_label(*s.part), subjects=subjects,
+                          sanity=sanity,
                           models=models, provenance=provenance)
     if subjects.empty:
         raise ValueError("no test subject had a ground-truth mask on the model grid; "
@@ -272,7 +273,7 @@ def merge_benchmark(output_dir: PathLike, sources: Sequence[PathLike], *, n_boot
 
     Each source is a directory with ``subjects.tsv``, ``models.tsv`` and ``provenance.json`` (and
     ``sanity.tsv`` when it checked subjects): a part written with ``part`` (``OUTPUT_DIR/parts/
-    part-<k>-of-<n>``), or a whole run. Sources may run different methods (a costly method on
+    <name>/part-<k>-of-<n>``), or a whole run. Sources may run different methods (a costly method on
     fewer subjects): each method is summarised over the subjects it has.
 
     Parameters

@@ -120,7 +120,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "reported and left out of the summaries (default: %(default)s)")
     parser.add_argument("--part", type=_part, default=None, metavar="K/N",
                         help="compute part K of N of the test subjects into "
-                             "OUTPUT_DIR/parts/part-K-of-N/ (no summary; see --merge)")
+                             "OUTPUT_DIR/parts/NAME/part-K-of-N/ (no summary; see --merge)")
+    parser.add_argument("--name", default=default["name"],
+                        help="name of this set of parts (OUTPUT_DIR/parts/NAME/part-K-of-N/), so "
+                             "that runs of other methods share OUTPUT_DIR's cohorts and models "
+                             "(default: %(default)s)")
     parser.add_argument("--merge", nargs="+", type=Path, default=None, metavar="PART_DIR",
                         help="merge finished parts (or runs) into OUTPUT_DIR's tables, figures "
                              "and report; nothing is computed again")
@@ -192,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
             tasks=args.task, n_train=args.n_train, n_test=args.n_test, n_easy=args.n_easy,
             architectures=args.architectures, methods=args.methods, seed=args.seed,
             training_seeds=args.training_seeds, min_balanced_accuracy=args.min_balanced_accuracy,
-            part=args.part, parcellation=args.parcellation,
+            part=args.part, name=args.name, parcellation=args.parcellation,
             resolution_mm=args.resolution, model_resolution_mm=args.model_resolution,
             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
             train_options=args.train_options, model_spec=args.model,
