@@ -1,7 +1,8 @@
 """Surrogate methods through captum: Shapley value sampling, KernelSHAP and LIME, one surrogate
-per sample on a feature mask (a parcellation, or cubic supervoxels).
+per sample on a feature mask (a parcellation; by default the image's SLIC supervoxels).
 
-Seeding, batching and targets as in :mod:`._captum`.
+Seeding, batching and targets as in :mod:`._captum`; absent features take the baseline of
+:mod:`.perturbation_baseline` (a blurred copy by default).
 """
 
 from __future__ import annotations
