@@ -453,7 +453,15 @@ def test_parts_merge_into_the_tables_of_one_run(tiny_run, tmp_path):
     merged = tmp_path / "merged"
     from nipype_xai.benchmark import merge_benchmark
 
-    merge_benchmark(merged, parts, n_boot=200, seed=3)
+    # A part given twice (its scores again, their timings changed) merges to the same tables.
+    again = tmp_path / "again"
+    shutil.copytree(parts[0], again)
+    repeated = read_table(again / "subjects.tsv")
+    repeated["seconds"] += 1.0
+    from nipype_xai.tables import write_tsv
+
+    write_tsv(repeated, again / "subjects.tsv")
+    merge_benchmark(merged, [*parts, again], n_boot=200, seed=3)
     subjects = read_table(merged / "subjects.tsv")
     assert set(subjects["training_seed"]) == {3, 4}
     keys = ["groundtruth", "subject", "method"]
@@ -477,7 +485,7 @@ def test_parts_merge_into_the_tables_of_one_run(tiny_run, tmp_path):
     assert set(sanity_summary["n"]) == {4}
     assert (sanity_summary["ci_low"] <= sanity_summary["spearman"] + 1e-12).all()
     provenance = json.loads((merged / "provenance.json").read_text())
-    assert [p["part"] for p in provenance["parts"]] == [[1, 2], [2, 2]]
+    assert [p["part"] for p in provenance["parts"]] == [[1, 2], [2, 2], [1, 2]]
     assert (merged / "benchmark.html").is_file()
     # A part of another cohort does not merge.
     other = tmp_path / "other"

@@ -329,23 +329,60 @@ def merge_benchmark(output_dir: PathLike, sources: Sequence[PathLike], *, n_boot
     if (weights > 1).any():
         raise ValueError(f"merge: model(s) {list(weights[weights > 1].index)} have different "
                          "weights in different sources (retrained with other settings?)")
-    counts = ["n_scored", "n_scored_correct", "n_scored_incorrect", "n_skipped"]
-    merged_models = by_model.agg({
-        **{c: "first" for c in models_table.columns if c not in (*_MODEL_COLUMNS, *counts,
-                                                                 "sanity_subjects")},
-        **{c: "sum" for c in counts},
-        "sanity_subjects": lambda v: ",".join(x for x in v.astype(str) if x and x != "nan"),
-    }).reset_index()[list(models_table.columns)]
-
     table = _concat(subjects)
-    table = table.drop_duplicates(ignore_index=True)
+    # The same score from two sources (the baselines of one model and subject, computed by every
+    # method set's run; a part given twice) is kept once; only its timing may differ.
+    values = [c for c in table.columns if c != "seconds"]
+    table = table.drop_duplicates(subset=values, ignore_index=True)
     clash = table.duplicated(list(_SCORE_COLUMNS), keep=False)
     if clash.any():
         first = table.loc[clash, list(_SCORE_COLUMNS)].iloc[0].to_dict()
         raise ValueError(f"merge: two different results for {first}")
+    sanity_table = _concat(sanity).drop_duplicates(ignore_index=True)
+
+    # One row per model; its counts are those of the merged tables (not sums over sources, which
+    # would count a subject twice when two method sets scored it).
+    merged_models = by_model.first().reset_index()[list(models_table.columns)]
+    merged_models["sanity_subjects"] = merged_models["sanity_subjects"].astype(object)
+    skipped = [item for _, r in records for item in r.get("skipped_subjects", [])]
+    for i, row in merged_models.iterrows():
+        mine = _rows_of(table, row)
+        correct = mine.loc[mine["correct"].astype(str).str.lower() == "true", "subject"]
+        merged_models.loc[i, "n_scored"] = mine["subject"].nunique()
+        merged_models.loc[i, "n_scored_correct"] = correct.nunique()
+        merged_models.loc[i, "n_scored_incorrect"] = (mine["subject"].nunique()
+                                                      - correct.nunique())
+        # Skipped: listed as not scored by a source, and scored by none.
+        merged_models.loc[i, "n_skipped"] = len(
+            {item["subject"] for item in skipped
+             if all(_same(item.get(c), row[c]) for c in _MODEL_COLUMNS)}
+            - set(mine["subject"]))
+        checked = _rows_of(sanity_table, row) if len(sanity_table) else sanity_table
+        merged_models.loc[i, "sanity_subjects"] = ",".join(
+            sorted(set(checked["subject"]))) if len(checked) else ""
     provenance = merged_provenance(records)
-    return write_results(Path(output_dir).absolute(), subjects=table, sanity=_concat(sanity),
+    return write_results(Path(output_dir).absolute(), subjects=table, sanity=sanity_table,
                          models=merged_models, provenance=provenance, n_boot=n_boot, seed=seed)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Two identifiers as read from JSON or a TSV: ``3 == 3.0``; None, NaN and ``n/a`` agree."""
+    def norm(v: Any) -> str:
+        if v is None or (isinstance(v, float) and v != v) or v == "n/a":
+            return "n/a"
+        if isinstance(v, float) and v.is_integer():
+            return str(int(v))
+        return str(v)
+    return norm(a) == norm(b)
+
+
+def _rows_of(table: pd.DataFrame, model: pd.Series) -> pd.DataFrame:
+    """The rows of ``table`` of one model (task, architecture, training seed; a missing seed
+    matches a missing seed)."""
+    keep = pd.Series(True, index=table.index)
+    for column in _MODEL_COLUMNS:
+        keep &= table[column].map(lambda v, m=model[column]: _same(v, m))
+    return table[keep]
 
 
 def summarize_sanity(sanity: pd.DataFrame, *, n_boot: int = 2000, ci: float = 0.95,

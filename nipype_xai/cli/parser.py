@@ -24,9 +24,12 @@ __all__ = [
 ]
 
 #: The default method set: a fast, representative subset of each family, plus two baselines.
+#: The perturbation family is represented by ``atlas_occlusion`` (~200 anatomical supervoxels,
+#: one forward pass each): sliding-window ``occlusion`` at the scale of a lesion costs thousands
+#: of passes per map on a CPU (issue 15).
 DEFAULT_METHODS = (
     "gradient", "smoothgrad", "integrated_gradients", "lrp_epsilon_plus_flat", "gradcam",
-    "occlusion", "sobel", "random",
+    "atlas_occlusion", "sobel", "random",
 )
 
 _PROG = "nipype-xai"

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The validation benchmark of docs/benchmark.md, in resumable parts (issue 15).
+#
+#   bash benchmarks/validation_parts.sh K        # compute part K (1..N_PARTS) of every run
+#   bash benchmarks/validation_parts.sh merge    # merge every finished part into docs/benchmark/
+#
+# Every part trains (or reuses) the same models on the same cohorts in OUT, then scores its share
+# of the test subjects (every N_PARTS-th subject). Parts can run one after the other, side by side,
+# or on different machines sharing OUT; a killed part resumes from its last finished subject. A
+# finished part's tables (a few MB) are copied to docs/benchmark/parts/ and committed; "merge"
+# makes the summary, figures and report from the committed tables and computes nothing.
+#
+# Runs (one OUTPUT_DIR per task; --name keeps each method set's parts apart):
+#   lesion/main         TinyCNN3D (the bundled model's architecture), 3 training seeds, the
+#                       gradient, path, propagation and CAM methods, sanity check on 10 subjects
+#   lesion/resnet       MONAI ResNet, 1 training seed, the same methods
+#   lesion/perturbation TinyCNN3D seed 0, the five perturbation methods, parts 1..PERTURBATION_PARTS
+#                       only (their cost per map is 30-100 x a gradient's; see docs/benchmark.md)
+#   atrophy/main        TinyCNN3D without global pooling (position-aware), 3 training seeds
+#
+# Environment: OUT (default ~/nipype-xai-benchmark), N_PARTS (8), PERTURBATION_PARTS (2), DEVICE
+# (cpu; cuda runs the same commands on a GPU), NIPYPE_XAI (the command, default nipype-xai).
+set -euo pipefail
+OUT=${OUT:-$HOME/nipype-xai-benchmark}
+N_PARTS=${N_PARTS:-8}
+PERTURBATION_PARTS=${PERTURBATION_PARTS:-2}
+DEVICE=${DEVICE:-cpu}
+NIPYPE_XAI=${NIPYPE_XAI:-nipype-xai}
+DOCS=$(cd "$(dirname "$0")/.." && pwd)/docs/benchmark
+
+FAST="gradient saliency input_x_gradient smoothgrad smoothgrad_sq vargrad integrated_gradients
+deeplift guided_backprop deconvnet lrp_epsilon lrp_epsilon_plus lrp_epsilon_plus_flat
+lrp_alpha2_beta1 lrp_epsilon_gamma_box deep_taylor gradcam gradcam_pp smooth_gradcam_pp"
+PERTURBATION="occlusion atlas_occlusion shapley_sampling kernel_shap lime"
+# Same cohorts for every run: 200 training + 100 "easy" training subjects, 160 test subjects
+# (80 with the signal) per task at 2 mm, models on the 4 mm template grid.
+COMMON=(--n-train 200 --n-test 160 --seed 0 --resolution 2 --sanity-max-steps 4 --device "$DEVICE"
+        --no-progress)
+
+run() {  # run OUTPUT_DIR NAME PART ARGS...
+    local out=$1 name=$2 part=$3
+    shift 3
+    # shellcheck disable=SC2086
+    "$NIPYPE_XAI" benchmark "$OUT/$out" "${COMMON[@]}" --name "$name" --part "$part/$N_PARTS" "$@"
+    mkdir -p "$DOCS/parts/$out-$name"
+    local label
+    label=$(printf "part-%0${#N_PARTS}d-of-%d" "$part" "$N_PARTS")
+    cp -r "$OUT/$out/parts/$name/$label" "$DOCS/parts/$out-$name/"
+}
+
+case "${1:?usage: validation_parts.sh K|merge}" in
+merge)
+    "$NIPYPE_XAI" benchmark "$DOCS" --merge "$DOCS"/parts/*/part-*
+    ;;
+*)
+    K=$1
+    # shellcheck disable=SC2086
+    run lesion main "$K" --task lesion --architectures tinycnn --training-seeds 0 1 2 \
+        --methods $FAST --n-sanity 10
+    # shellcheck disable=SC2086
+    run lesion resnet "$K" --task lesion --architectures resnet --training-seeds 0 \
+        --methods $FAST --n-sanity 10
+    # shellcheck disable=SC2086
+    run atrophy main "$K" --task atrophy --architectures tinycnn-flat --training-seeds 0 1 2 \
+        --methods $FAST --n-sanity 10
+    if [ "$K" -le "$PERTURBATION_PARTS" ]; then
+        # shellcheck disable=SC2086
+        run lesion perturbation "$K" --task lesion --architectures tinycnn --training-seeds 0 \
+            --methods $PERTURBATION --random-model-methods --n-sanity 2
+    fi
+    ;;
+esac
