@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -75,3 +77,34 @@ def monai_densenet():
         block_config=(2, 2), bn_size=2,
     )
     return randomize_batchnorm(model)
+
+
+def bias_free(model: nn.Module) -> nn.Module:
+    """A copy without additive terms: no conv / linear bias, batch norm a pure per-channel scale.
+
+    Such a ReLU network is positively homogeneous, y(x) = Σ x·∂y/∂x, and LRP-ε with ε → 0 must
+    redistribute exactly y_t onto the input.
+    """
+    model = copy.deepcopy(model)
+    for module in model.modules():
+        if isinstance(module, (nn.Conv3d, nn.Linear)) and module.bias is not None:
+            module.bias = None
+        if isinstance(module, nn.BatchNorm3d):
+            with torch.no_grad():
+                module.bias.zero_()
+                module.running_mean.zero_()
+    return model.eval()
+
+
+def activation_and_gradient(model, x, layer, target):
+    """The activation of ``layer`` and the gradient of the target score with respect to it."""
+    store = {}
+    module = dict(model.named_modules())[layer]
+    handle = module.register_forward_hook(lambda m, i, o: store.update(a=o))
+    try:
+        out = model(x.clone().requires_grad_(True))
+        y = out[torch.arange(x.shape[0]), target].sum()
+        (grad,) = torch.autograd.grad(y, store["a"])
+    finally:
+        handle.remove()
+    return store["a"].detach(), grad

@@ -310,16 +310,8 @@ def test_rerun_resumes_with_identical_tables(tiny_run, monkeypatch):
     assert {name: (out / name).read_text() for name in names} == before
 
 
-def test_killed_run_resumes_from_finished_subjects(tiny_run, monkeypatch):
-    """A run killed during a subject left every earlier subject's result: only that one is
-    computed again, and the tables come out the same."""
-    out, _ = tiny_run
-    before = {name: (out / name).read_text() for name in ("benchmark.tsv", "sanity.tsv")}
-    subjects_before = read_table(out / "subjects.tsv")
-    finished = sorted((out / "work").rglob("_score_subject/*/output.pkl"))
-    # One cached result per scored (task, model, subject).
-    assert len(finished) == subjects_before.groupby(["task", "architecture", "subject"]).ngroups
-    shutil.rmtree(finished[0].parent)  # the subject the run was killed in
+def _count_subject_maps(monkeypatch) -> list:
+    """Record every call of ``scoring.subject_maps`` (its methods) in the list returned."""
     from nipype_xai.benchmark import scoring
 
     calls = []
@@ -330,6 +322,20 @@ def test_killed_run_resumes_from_finished_subjects(tiny_run, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(scoring, "subject_maps", counting)
+    return calls
+
+
+def test_killed_run_resumes_from_finished_subjects(tiny_run, monkeypatch):
+    """A run killed during a subject left every earlier subject's result: only that one is
+    computed again, and the tables come out the same."""
+    out, _ = tiny_run
+    before = {name: (out / name).read_text() for name in ("benchmark.tsv", "sanity.tsv")}
+    subjects_before = read_table(out / "subjects.tsv")
+    finished = sorted((out / "work").rglob("_score_subject/*/output.pkl"))
+    # One cached result per scored (task, model, subject).
+    assert len(finished) == subjects_before.groupby(["task", "architecture", "subject"]).ngroups
+    shutil.rmtree(finished[0].parent)  # the subject the run was killed in
+    calls = _count_subject_maps(monkeypatch)
     run_validation_benchmark(out, **TINY)
     assert len(calls) == 1
     assert {name: (out / name).read_text() for name in before} == before
@@ -509,14 +515,7 @@ def test_changed_code_is_not_served_from_the_cache(tiny_run, monkeypatch):
     out, _ = tiny_run
     from nipype_xai.benchmark import scoring
 
-    calls = []
-    real = scoring.subject_maps
-
-    def counting(*args, **kwargs):
-        calls.append(args[3])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(scoring, "subject_maps", counting)
+    calls = _count_subject_maps(monkeypatch)
     monkeypatch.setattr(scoring, "code_digest", lambda: "f" * 64)
     run_validation_benchmark(out, **{**TINY, "tasks": ("lesion",), "n_sanity": 0})
     assert len(calls) == read_table(out / "models.tsv")["n_scored"].sum()

@@ -4,21 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import activation_and_gradient
 from nipype_xai.attribution import attribute
 from nipype_xai.attribution.gradcam import default_gradcam_layer
-
-
-def activation_and_gradient(model, x, layer, target):
-    store = {}
-    module = dict(model.named_modules())[layer]
-    handle = module.register_forward_hook(lambda m, i, o: store.update(a=o))
-    try:
-        out = model(x.clone().requires_grad_(True))
-        y = out[torch.arange(x.shape[0]), target].sum()
-        (grad,) = torch.autograd.grad(y, store["a"])
-    finally:
-        handle.remove()
-    return store["a"].detach(), grad
 
 
 def test_default_layer_is_rectified_last_convolutional_stage(tiny_net, monai_resnet,

@@ -14,23 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import activation_and_gradient
 from nipype_xai.attribution import attribute
 from nipype_xai.attribution import gradcam as gradcam_module
 from nipype_xai.attribution.gradcam import gradcam_pp_map
 from nipype_xai.attribution.noise import noisy_batches
-
-
-def activation_and_gradient(model, x, layer, target):
-    store = {}
-    module = dict(model.named_modules())[layer]
-    handle = module.register_forward_hook(lambda m, i, o: store.update(a=o))
-    try:
-        out = model(x.clone().requires_grad_(True))
-        y = out[torch.arange(x.shape[0]), target].sum()
-        (grad,) = torch.autograd.grad(y, store["a"])
-    finally:
-        handle.remove()
-    return store["a"].detach(), grad
 
 
 def test_gradcam_pp_map_is_eq19_by_hand():

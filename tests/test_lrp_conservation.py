@@ -20,13 +20,10 @@ scale turns a negative convolution output into a positive ReLU input, a neuron w
 contributions that z⁺ must drop.
 """
 
-import copy
-
 import pytest
 import torch
-from torch import nn
 
-from conftest import randomize_batchnorm
+from conftest import bias_free, randomize_batchnorm
 from nipype_xai.attribution import attribute
 from nipype_xai.models import MonaiResNet
 
@@ -34,19 +31,6 @@ Z_PLUS_FAMILY = [
     "lrp_epsilon_plus", "lrp_epsilon_plus_flat", "deep_taylor", "lrp_epsilon_gamma_box",
 ]
 NETS = ["densenet121", "monai_resnet_max"]
-
-
-def bias_free(model: nn.Module) -> nn.Module:
-    """A copy without additive terms: no conv / linear bias, batch norm a pure per-channel scale."""
-    model = copy.deepcopy(model)
-    for module in model.modules():
-        if isinstance(module, (nn.Conv3d, nn.Linear)) and module.bias is not None:
-            module.bias = None
-        if isinstance(module, nn.BatchNorm3d):
-            with torch.no_grad():
-                module.bias.zero_()
-                module.running_mean.zero_()
-    return model.eval()
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from zennit.composites import (
 from zennit.rules import Epsilon, ZBox, ZPlus
 from zennit.types import Linear
 
-from conftest import TinyNet3D, randomize_batchnorm
+from conftest import TinyNet3D, bias_free, randomize_batchnorm
 from nipype_xai.attribution import attribute, method_defaults
 from nipype_xai.attribution.canonizers import canonizers_for
 from nipype_xai.attribution.propagation import (
@@ -36,23 +36,6 @@ PROPAGATION_METHODS = [
     "deep_taylor", "lrp_epsilon_gamma_box", "lrp_epsilon_plus",
 ]
 LRP_METHODS = PROPAGATION_METHODS[2:]
-
-
-def bias_free(model: nn.Module) -> nn.Module:
-    """A copy without additive terms: no conv / linear bias, batch norm a pure per-channel scale.
-
-    Such a ReLU network is positively homogeneous, y(x) = Σ x·∂y/∂x, and LRP-ε with ε → 0 must
-    redistribute exactly y_t onto the input.
-    """
-    model = copy.deepcopy(model)
-    for module in model.modules():
-        if isinstance(module, (nn.Conv3d, nn.Linear)) and module.bias is not None:
-            module.bias = None
-        if isinstance(module, nn.BatchNorm3d):
-            with torch.no_grad():
-                module.bias.zero_()
-                module.running_mean.zero_()
-    return model.eval()
 
 
 def target_scores(model, x):
