@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -533,6 +534,11 @@ def test_table_headers_state_each_metrics_convention():
     text = markdown_tables(summarize_benchmark(table, n_boot=20))
     assert "| method | precision_at_k" not in text
     assert "relevance_mass_accuracy (max(a, 0); ↑)" in text
+    # Every table row has as many cells as its separator: the |a| in a header is escaped.
+    rows = [line for line in text.splitlines() if line.startswith("|")]
+    cells = {len(re.split(r"(?<!\\)\|", line)) for line in rows}
+    assert len(cells) == 1, cells
+    assert "auroc (\\|a\\|; ↑)" in text
     assert METRIC_CONVENTIONS["abs"]["relevance_mass_accuracy"] in text
     assert "(n = 4 subjects x 2 training seeds (8 cells))" in text
 

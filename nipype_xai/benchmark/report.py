@@ -366,13 +366,18 @@ def _sizes(group: pd.DataFrame) -> str:
     return f"n = {subjects} subjects x {seeds} training seeds ({cells} cells)"
 
 
+def _cell(text: Any) -> str:
+    """A Markdown table cell: a ``|`` inside it (``|a|``) is escaped, not a column break."""
+    return str(text).replace("|", "\\|")
+
+
 def _markdown_table(table: pd.DataFrame, columns: list[str]) -> list[str]:
-    headers = [metric_header(c) for c in columns]
+    headers = [_cell(metric_header(c)) for c in columns]
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     for _, row in table.iterrows():
         method = str(row["method"])
         shown = f"*{method}*" if is_baseline(method) else method
-        lines.append("| " + " | ".join([shown, *[str(row[c]) for c in columns[1:]]]) + " |")
+        lines.append("| " + " | ".join([shown, *[_cell(row[c]) for c in columns[1:]]]) + " |")
     return [*lines, ""]
 
 
