@@ -54,10 +54,10 @@ def bundled():
 
 
 def pool3_net() -> nn.Module:
-    """A 3D CNN whose default CAM layer ``features`` (8 channels, ending in a ReLU) sits on a grid 3x coarser
-    than the input: trilinear upsampling by an odd factor (align_corners=False) passes through
-    every layer voxel, so normalising a channel before or after upsampling gives the same mask
-    (torchcam normalises before, Wang et al. after)."""
+    """A 3D CNN whose default CAM layer ``features`` (8 channels, ending in a ReLU) sits on a
+    grid 3x coarser than the input: trilinear upsampling by an odd factor (align_corners=False)
+    passes through every layer voxel, so normalising a channel before or after upsampling gives
+    the same mask (torchcam normalises before, Wang et al. after)."""
     torch.manual_seed(0)
     model = nn.Sequential()
     model.features = nn.Sequential(
@@ -166,7 +166,8 @@ def test_matches_pytorch_grad_cam_public_call_at_the_input_grid(tiny_net, volume
 
 def test_hirescam_is_gradcam_and_cam_over_n_before_average_pooling(volume):
     """Draelos & Carin: with global average pooling and a linear layer after the CAM layer,
-    ∂y/∂A_k = W_tk / N everywhere, so HiResCAM = Grad-CAM = CAM / N (Zhou et al.'s Σ W_tk A_k)."""
+    ∂y/∂A_k = W_tk / N everywhere, so HiResCAM = Grad-CAM = CAM / N (CAM: Zhou et al.'s
+    Σ_k W_tk A_k)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv3d(1, 6, 3, padding=1), nn.ReLU(), nn.MaxPool3d(2),
                           nn.Conv3d(6, 5, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool3d(1),
