@@ -13,6 +13,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
+
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
     File,
@@ -25,8 +26,8 @@ from nipype.utils.filemanip import fname_presuffix
 
 from ..attribution import method_defaults
 from ..attribution.engine import AttributionWarning
-from ..attribution.shap_gradients import BACKGROUND_FALLBACK
 from ..attribution.restriction import restrict_to_mask
+from ..attribution.shap_gradients import BACKGROUND_FALLBACK
 from ..bids import method_to_desc, write_json
 from ..images import ImageError, image_like, load_volume, save_image
 from ..models.background import background_description, load_background
@@ -91,6 +92,12 @@ class Attribution(SimpleInterface):
     :class:`~nipype_xai.attribution.engine.AttributionWarning` (e.g. DeepLIFT's
     summation-to-delta failing on this model) has its messages under ``"Warnings"`` in its
     sidecar; the warnings are also issued as usual, for the node's log.
+
+    ``background`` (a file from ``nipype-xai background``) goes to the methods that take one
+    (``gradient_shap``, ``deeplift_shap``), after a check that it lies on the image's model grid;
+    their sidecars describe it (file, SHA-256, size, how it was drawn) or the fallback used
+    without one. No parameter's values are written into a sidecar when they are data (a tensor
+    is described by its shape, dtype and checksum).
 
     Examples
     --------
