@@ -1,4 +1,5 @@
-"""The ``nipype-xai`` command: BIDS-App participant/group levels; ``demo``, ``synth``, ``train``.
+"""The ``nipype-xai`` command: BIDS-App participant/group levels; ``demo``, ``synth``, ``train``,
+``benchmark``, ``background``.
 
 Exit codes: 0 done; 1 bad input (one line on stderr, ``nipype-xai: error: <file>: <problem>``,
 nothing run; with ``-v`` the traceback too); 2 some subjects failed (the others finished; their
@@ -53,6 +54,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     verbose = wants_verbose(argv)
     commands: dict[str, Callable[[list[str]], int]] = {
         "demo": _demo, "synth": _synth, "train": _train, "benchmark": _benchmark,
+        "background": _background,
     }
     try:
         if argv and argv[0] in commands:
@@ -127,6 +129,35 @@ def _check_space(model_spec: Path, template: Optional[str], external_weights: bo
         _say(f"note: the model expects {space} images; they will be in {template} (--template)")
 
 
+def _check_background(background: Optional[Path], model_spec: Path, methods: Sequence[str],
+                      template: Optional[str], external_weights: bool) -> None:
+    """``--background``: a method that takes it, and a file on the grid every subject's model
+    input will have (the spec's grid in the template's field of view), checked before any
+    subject runs."""
+    if background is None:
+        return
+    import nibabel as nib
+
+    from ..attribution import method_defaults, split_methods
+    from ..models.background import load_background
+    from ..models.preprocessing import model_grid_for
+    from ..models.spec import load_model_spec
+    from ..templates import get_template
+    from ..workflows.xai import registration_resolution
+
+    takers = [m for m in split_methods(methods)[0] if "background" in method_defaults(m)]
+    if not takers:
+        raise UsageError(f"--background {background}: none of the --methods takes a background "
+                         "(gradient_shap and deeplift_shap do)")
+    spec = load_model_spec(model_spec, external_weights=external_weights)
+    # The grid of ModelGridReference: the template at the registration resolution (its header
+    # only: the grid needs the shape and affine).
+    reference = nib.load(str(get_template(template or spec.input.space,
+                                          resolution=registration_resolution(spec),
+                                          suffix="T1w", desc="brain")))
+    load_background(background, spec, model_grid_for(reference, spec))
+
+
 def _pipeline_options(args, model_spec: Path, methods: Sequence[str],
                       template: Optional[str]):
     """The participant level's options from the parsed command line (BIDS-App or demo)."""
@@ -139,6 +170,7 @@ def _pipeline_options(args, model_spec: Path, methods: Sequence[str],
         restrict_maps=args.restrict_maps, seed=args.seed, deterministic=args.deterministic,
         device=args.device, trust_model_code=args.trust_model_code,
         external_weights=args.external_weights, reports=args.reports,
+        background=args.background,
     )
 
 
@@ -223,6 +255,8 @@ def _bids_app_run(args, work_dir: Path, plugin: str, plugin_args: dict, progress
     methods = _check_methods(args.methods)
     model_spec = _model_spec(args.model, args)
     _check_space(model_spec, args.template, args.external_weights)
+    _check_background(args.background, model_spec, methods, args.template,
+                      args.external_weights)
     status_file = status_file_path(output_dir, "participant")
     if not args.quiet:
         print(f"nipype-xai: participant level: progress kept in {status_file} (JSON)", flush=True)
@@ -261,6 +295,7 @@ def _demo(argv: list[str]) -> int:
     methods = _check_methods(args.methods)
     model_spec = _model_spec(args.model, args)
     spec = load_model_spec(model_spec, external_weights=args.external_weights)
+    _check_background(args.background, model_spec, methods, None, args.external_weights)
     plugin, plugin_args = plugin_settings(args.plugin, args.plugin_args, args.nprocs, args.device)
 
     resolution = float(args.resolution)
@@ -348,6 +383,12 @@ def _train(argv: list[str]) -> int:
 
 def _benchmark(argv: list[str]) -> int:
     from .benchmark import run_from_argv
+
+    return run_from_argv(argv)
+
+
+def _background(argv: list[str]) -> int:
+    from .background import run_from_argv
 
     return run_from_argv(argv)
 

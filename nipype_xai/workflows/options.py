@@ -58,6 +58,10 @@ class PipelineOptions:
         Opt-ins of the model spec's trust boundary (:mod:`nipype_xai.models.spec`).
     reports
         Make the subject HTML reports.
+    background
+        Background set of the methods that take one (``gradient_shap``, ``deeplift_shap``): a
+        file from ``nipype-xai background`` (:mod:`nipype_xai.models.background`); None: their
+        fallback. Made absolute.
     """
 
     model_spec: Path
@@ -75,10 +79,13 @@ class PipelineOptions:
     trust_model_code: bool = False
     external_weights: bool = False
     reports: bool = True
+    background: Optional[Path] = None
 
     def __post_init__(self) -> None:
         # Frozen: normalised through object.__setattr__, once, here.
         object.__setattr__(self, "model_spec", Path(self.model_spec).absolute())
+        if self.background is not None:
+            object.__setattr__(self, "background", Path(self.background).absolute())
         object.__setattr__(self, "methods", tuple(self.methods))
         object.__setattr__(self, "method_params",
                            {m: dict(p) for m, p in (self.method_params or {}).items()})
