@@ -21,6 +21,7 @@ SPEC_METHODS = [
     "lrp_epsilon_plus_flat", "lrp_alpha2_beta1", "deep_taylor", "gradcam", "gradcam_pp",
     "smooth_gradcam_pp", "occlusion", "deeplift", "shapley_sampling", "kernel_shap", "lime",
     "atlas_occlusion", "lrp_epsilon_gamma_box", "lrp_epsilon_plus",
+    "pattern_net", "pattern_attribution",  # issue 16, rows 31-32
 ]
 
 # Small sample counts keep the all-method tests fast; defaults are exercised on the tiny net.

@@ -307,6 +307,44 @@ def test_fitted_maps_are_batch_invariant_and_leave_the_model_as_it_was(model_nam
     assert all(not m._forward_hooks for m in model.modules())
 
 
+def test_unmerged_batch_norm_has_the_closed_form_pattern_one_over_its_scale():
+    """Batch norm *before* a linear layer cannot be merged; its units have one input each, so
+    a = 1/s. Then PatternNet / PatternAttribution of BN → Linear equal those of the one linear
+    neuron it computes, w_eff = s ⊙ w: a factored linear map explains like the merged one."""
+    rng = np.random.default_rng(8)
+    d = 5
+    norm = nn.BatchNorm1d(d)
+    with torch.no_grad():
+        norm.running_mean.copy_(torch.as_tensor(rng.normal(size=d)))
+        norm.running_var.copy_(torch.as_tensor(rng.uniform(0.5, 2, size=d)))
+        norm.weight.copy_(torch.as_tensor(rng.normal(size=d)))
+        norm.bias.copy_(torch.as_tensor(rng.normal(size=d)))
+    head = nn.Linear(d, 1)
+    model = nn.Sequential(nn.Flatten(), norm, head).double().eval()
+    X = rng.normal(size=(500, d)) @ rng.normal(size=(d, d)) + 1.0
+    x = volumes(X).double()
+    patterns = fit_patterns(model, x, estimator="relu")
+    assert list(patterns.layers) == ["2"]           # the head; the norm needs no statistics
+    scale = (norm.weight / torch.sqrt(norm.running_var + norm.eps)).detach().numpy()
+    w_eff = head.weight.detach().numpy()[0] * scale
+    y_all = model(x).detach().numpy()[:, 0]
+    a_eff = np.cov(X.T, y_all)[:d, d] / np.var(y_all, ddof=1)    # Cov(x, y) / Var(y)
+    maps = attribute_many(model, x[:4], ["pattern_net", "pattern_attribution"],
+                          patterns=patterns)
+    y = y_all[:4, None]
+    np.testing.assert_allclose(maps["pattern_net"].reshape(4, d).numpy(), y * a_eff, rtol=1e-6)
+    np.testing.assert_allclose(maps["pattern_attribution"].reshape(4, d).numpy(),
+                               y * w_eff * a_eff, rtol=1e-6)
+
+
+def test_monai_densenet_computes(monai_densenet, volume):
+    patterns = fit_patterns(monai_densenet, volume)
+    maps = attribute_many(monai_densenet, volume, ["pattern_net", "pattern_attribution"],
+                          patterns=patterns)
+    assert all(bool(torch.isfinite(m).all()) and float(m.abs().sum()) > 0
+               for m in maps.values())
+
+
 def test_bundled_architecture_fits_and_explains():
     torch.manual_seed(7)
     model = randomize_batchnorm(TinyCNN3D(n_outputs=2, width=4, n_blocks=4, pooling="max"))
@@ -340,10 +378,7 @@ def test_without_patterns_each_image_is_fitted_alone_and_a_warning_says_so(tiny_
 # ---- refusals --------------------------------------------------------------------------------
 
 
-def test_unsupported_models_and_mismatched_patterns_are_refused(monai_densenet, tiny_net,
-                                                                volume):
-    with pytest.raises(PatternError, match="batch norm that follows no convolution"):
-        fit_patterns(monai_densenet, volume)
+def test_unsupported_models_and_mismatched_patterns_are_refused(tiny_net, volume):
     grouped = nn.Sequential(nn.Conv3d(2, 2, 3, groups=2), nn.Flatten(), nn.LazyLinear(1))
     grouped(torch.zeros(1, 2, 5, 5, 5))
     with pytest.raises(PatternError, match="grouped convolution"):
@@ -414,3 +449,186 @@ def test_patterns_bytes_round_trip_and_refusals(tiny_net, volume, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert "sha256" in repr(patterns)
+
+
+# ---- patterns beside a model spec; the fit-patterns command ---------------------------------
+
+
+def tiny_spec(folder):
+    import json
+
+    from tiny_model import write_tiny_model
+
+    path = write_tiny_model(folder)
+    content = json.loads(path.read_text())
+    content["training"] = {"note": "kept"}
+    path.write_text(json.dumps(content))
+    return path
+
+
+def t1w_images(folder, n, seed=9):
+    import nibabel as nib
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    affine = np.diag([4.0, 4.0, 4.0, 1.0])
+    affine[:3, 3] = [-90, -126, -72]
+    for index in range(n):
+        data = (rng.random((45, 54, 45)) + 0.5).astype(np.float32)
+        data[:6], data[-6:] = 0, 0                   # some background
+        paths.append(folder / f"sub-{index:02d}_T1w.nii.gz")
+        nib.save(nib.Nifti1Image(data, affine), paths[-1])
+    return paths
+
+
+def fitted_spec(tmp_path):
+    from nipype_xai.models import load_model, load_model_spec
+    from nipype_xai.models.spec_json import add_patterns
+
+    spec_path = tiny_spec(tmp_path / "model")
+    model = load_model(load_model_spec(spec_path))
+    x = torch.randn(3, 1, 24, 28, 24, generator=torch.Generator().manual_seed(10))
+    patterns = fit_patterns(model, x, fitted_on="three random volumes")
+    return add_patterns(spec_path, patterns), patterns, model
+
+
+def test_spec_carries_its_patterns_file_with_digest(tmp_path):
+    import json
+
+    from nipype_xai.models import load_model_spec, save_model_spec, weights_sha256
+
+    spec_path, patterns, _ = fitted_spec(tmp_path)
+    content = json.loads(spec_path.read_text())
+    record = content["patterns"]
+    assert record["file"] == "tiny_patterns.npz" and record["estimator"] == "relu"
+    assert record["n_inputs"] == 3 and record["fitted_on"] == "three random volumes"
+    assert record["weights_sha256"] == content["weights_sha256"] == weights_sha256(
+        spec_path.parent / "tiny.pt")
+    assert content["training"] == {"note": "kept"}
+    spec = load_model_spec(spec_path)
+    assert spec.patterns == patterns and spec.patterns_file == spec_path.parent / record["file"]
+    # save_model_spec writes it back to an equal spec, elsewhere too (file written beside).
+    moved = tmp_path / "moved" / "tiny.json"
+    (tmp_path / "moved").mkdir()
+    (tmp_path / "moved" / "tiny.pt").write_bytes((spec_path.parent / "tiny.pt").read_bytes())
+    import dataclasses
+
+    save_model_spec(dataclasses.replace(spec, weights=tmp_path / "moved" / "tiny.pt",
+                                        patterns_file=None), moved)
+    assert load_model_spec(moved) == dataclasses.replace(spec,
+                                                         weights=tmp_path / "moved" / "tiny.pt")
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("digest", "does not match patterns.sha256"),
+    ("outside", "outside the spec's folder"),
+    ("absolute", "is an absolute path"),
+    ("missing", "patterns.file file not found"),
+    ("weights", "fitted for other weights"),
+    ("pickle", "without pickle"),
+    ("estimator", "patterns.estimator is 'linear'"),
+    ("large", "more than the patterns of its weights"),
+])
+def test_bad_patterns_file_is_one_line_naming_spec_and_file(tmp_path, problem, message):
+    import hashlib
+    import json
+
+    from nipype_xai.models import ModelSpecError, load_model_spec
+
+    spec_path, _, _ = fitted_spec(tmp_path)
+    content = json.loads(spec_path.read_text())
+    record = content["patterns"]
+    file = spec_path.parent / record["file"]
+    if problem == "digest":
+        data = bytearray(file.read_bytes())
+        data[-200] ^= 1
+        file.write_bytes(bytes(data))
+    elif problem == "outside":
+        (tmp_path / "elsewhere.npz").write_bytes(file.read_bytes())
+        record["file"] = "../elsewhere.npz"
+    elif problem == "absolute":
+        record["file"] = str(file)
+    elif problem == "missing":
+        record["file"] = "gone.npz"
+    elif problem == "weights":
+        record["weights_sha256"] = "0" * 64
+    elif problem == "pickle":
+        np.savez(file, meta=np.array([{"format": "nipype-xai patterns"}], dtype=object))
+        record["sha256"] = hashlib.sha256(file.read_bytes()).hexdigest()
+    elif problem == "estimator":
+        record["estimator"] = "linear"
+    elif problem == "large":
+        file.write_bytes(b"\0" * (2 * (spec_path.parent / "tiny.pt").stat().st_size + 2**20 + 1))
+    spec_path.write_text(json.dumps(content))
+    with pytest.raises(ModelSpecError, match=message) as caught:
+        load_model_spec(spec_path)
+    text = str(caught.value)
+    assert "\n" not in text and text.startswith("tiny.json: ")
+
+
+def test_explain_image_passes_the_specs_patterns(tmp_path):
+    import nibabel as nib
+
+    from nipype_xai.models import from_model_grid, load_model_spec, to_model_grid
+    from nipype_xai.models.inference import explain_image
+
+    spec_path, patterns, model = fitted_spec(tmp_path)
+    spec = load_model_spec(spec_path)
+    img = nib.load(t1w_images(tmp_path / "images", 1)[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AttributionWarning)   # no per-image fit, no warning
+        explanation = explain_image(model, spec, img, ["pattern_net", "pattern_attribution"])
+    assert explanation.parameters["pattern_net"]["patterns"] is spec.patterns
+    x, grid = to_model_grid(img, spec)
+    expected = attribute(model, x, "pattern_attribution", patterns=patterns,
+                         target=explanation.target)
+    np.testing.assert_allclose(explanation.maps["pattern_attribution"].get_fdata(),
+                               from_model_grid(expected[0, 0], grid, img).get_fdata(), rtol=1e-5,
+                               atol=1e-6 * float(expected.abs().max()))
+    # Asked for None explicitly: each image's own fit, and its warning.
+    with pytest.warns(AttributionWarning, match="fitted on that image alone"):
+        explain_image(model, spec, img, ["pattern_net"],
+                      method_params={"pattern_net": {"patterns": None}})
+
+
+def test_fit_patterns_command(tmp_path, capsys):
+    import json
+
+    from nipype_xai.cli.run import main
+    from nipype_xai.models import load_model, load_model_spec, to_model_grid
+    from nipype_xai.images import load_volume
+
+    spec_path = tiny_spec(tmp_path / "model")
+    images = t1w_images(tmp_path / "images", 3)
+    out = tmp_path / "out" / "tiny_fitted.json"
+    code = main(["fit-patterns", str(out), "--model", str(spec_path), "--images",
+                 *map(str, images), "--batch-size", "2"])
+    assert code == 0, capsys.readouterr().err
+    spec = load_model_spec(out)                     # weights copied beside it: no opt-in needed
+    assert spec.weights.parent == out.parent and spec.patterns.n_inputs == 3
+    assert "3 images in MNI152NLin2009aSym" in spec.patterns.fitted_on
+    model = load_model(load_model_spec(spec_path))
+    x = torch.cat([to_model_grid(load_volume(p), spec)[0] for p in images])
+    expected = fit_patterns(model, x, batch_size=2)   # as the command batched them
+    for name, value in expected.layers.items():
+        torch.testing.assert_close(spec.patterns.layers[name], value, rtol=1e-5, atol=1e-7)
+    assert json.loads(out.read_text())["training"] == {"note": "kept"}
+
+    assert main(["fit-patterns", "--in-place", "--model", str(spec_path), "--images",
+                 str(images[0]), "--estimator", "linear"]) == 0
+    assert load_model_spec(spec_path).patterns.estimator == "linear"
+    assert main(["fit-patterns", "--model", str(spec_path), "--images", str(images[0])]) == 1
+    assert "either OUT_SPEC or --in-place" in capsys.readouterr().err
+    assert main(["fit-patterns", "--in-place", "--model", str(spec_path), "--images",
+                 str(tmp_path / "nope.nii.gz")]) == 1
+    assert "--images: not found" in capsys.readouterr().err
+
+
+def test_trained_model_does_not_inherit_the_templates_patterns(tmp_path):
+    from nipype_xai.models import load_model_spec
+    from nipype_xai.synth.train import save_trained_model
+
+    spec_path, _, model = fitted_spec(tmp_path)
+    written = save_trained_model(model, spec_path, tmp_path / "retrained", name="again")
+    assert load_model_spec(written).patterns is None

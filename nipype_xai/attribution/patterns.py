@@ -36,8 +36,10 @@ Definitions follow iNNvestigate 1.x (``innvestigate/tools/pattern.py``,
 
 Batch norm that follows a convolution / linear layer is merged into it first
 (:mod:`.canonizers`): patterns belong to the merged layer, whose weight PatternAttribution
-multiplies. iNNvestigate supports no batch norm at all; a batch norm that cannot be merged
-(DenseNet's norm → ReLU → conv) is refused here, as are layers with weights of other kinds.
+multiplies. iNNvestigate supports no batch norm at all; one that cannot be merged (DenseNet's
+norm → ReLU → conv) is a per-channel affine map whose units have one input each, so its
+pattern is 1/scale in closed form (:func:`_affine_pattern`). Layers with weights of other kinds
+(grouped convolutions, layer / group norm, PReLU, ...) are refused.
 
 iNNvestigate 1.x rescales the backpropagated signal at every bottleneck tensor to max |·| = 1
 per sample (``reverse_project_bottleneck_layers``, against overflow in deep networks): positive
@@ -64,14 +66,14 @@ import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any, Container, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .canonizers import MergeFollowingBatchNorm, batch_norm_layout
+from .canonizers import MergeFollowingBatchNorm, batch_norm_affine, batch_norm_layout
 from .engine import AttributionWarning
 from .model_state import forward, model_guard, target_output
 from .registry import register_family
@@ -269,12 +271,17 @@ class Patterns:
 # The model: its layers with weights, batch norm merged, the ReLU each layer feeds
 
 
-def _kernel_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """The layers patterns are fitted for, by module name; raises for layers PatternNet does not
-    define (other layers with weights, batch norm that cannot be merged)."""
-    kernels, refused = {}, []
+def _layers(model: nn.Module) -> tuple[dict[str, nn.Module], dict[str, nn.Module]]:
+    """``(kernels, affines)`` by module name: the layers patterns are fitted for, and the batch
+    norms that follow no such layer (per-channel affine maps, see :func:`_affine_pattern`).
+
+    Raises for layers PatternNet does not define (other layers with weights, grouped
+    convolutions, batch norm without running statistics).
+    """
+    kernels, affines, refused = {}, {}, []
     layout = batch_norm_layout(model)
     merged = {bn for _, bn in layout.merge}
+    standalone = set(layout.standalone)
     for name, module in model.named_modules():
         if isinstance(module, _KERNELS):
             if isinstance(module, nn.modules.conv._ConvNd) and module.groups != 1:
@@ -282,19 +289,32 @@ def _kernel_layers(model: nn.Module) -> dict[str, nn.Module]:
             else:
                 kernels[name] = module
         elif isinstance(module, _BATCH_NORMS):
-            if name not in merged and name in layout.standalone:
-                refused.append(f"{name} (batch norm that follows no convolution / linear layer)")
+            if name in standalone:
+                affines[name] = module
+            elif name not in merged:
+                refused.append(f"{name} (batch norm without running statistics)")
         elif any(True for _ in module.parameters(recurse=False)):
             refused.append(f"{name or type(module).__name__} ({type(module).__name__})")
     if refused:
         raise PatternError(
             "PatternNet / PatternAttribution are defined for networks of convolution / linear "
-            "layers (batch norm merged into the layer it follows), ReLU, pooling and residual "
+            "layers, inference-mode batch norm, ReLU, pooling, concatenation and residual "
             f"sums; this model has {', '.join(refused[:5])}"
             f"{f' and {len(refused) - 5} more' if len(refused) > 5 else ''}")
     if not kernels:
         raise PatternError("the model has no convolution or linear layer to fit patterns for")
-    return kernels
+    return kernels, affines
+
+
+def _affine_pattern(batch_norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, pattern)`` of a batch norm that follows no linear layer (DenseNet's norm → ReLU
+    → conv): a per-channel affine map y = s·x + t, each unit one input. The pattern of a
+    one-input unit needs no statistics: the signal lies along its only input, and wᵀa = 1 gives
+    a = 1/s for every estimator (Cov(x, y) = s·Var(x)). PatternNet divides by s there and
+    PatternAttribution (s · 1/s) passes its signal on unchanged; a unit with s = 0 has none."""
+    scale, _ = batch_norm_affine(batch_norm)
+    pattern = torch.where(scale != 0, 1.0 / torch.where(scale != 0, scale, 1.0), 0.0)
+    return scale, pattern
 
 
 def _non_relu_activations(model: nn.Module) -> list[str]:
@@ -332,9 +352,12 @@ def _is_relu(node: torch.fx.Node, modules: Mapping[str, nn.Module]) -> bool:
 
 
 def _passes_through(node: torch.fx.Node, source: torch.fx.Node,
-                    modules: Mapping[str, nn.Module]) -> Optional[str]:
-    """``"module"``, ``"pool"`` or ``"add"`` if an activation search walks on from ``source``
-    through ``node``, else None."""
+                    modules: Mapping[str, nn.Module], affines: Container[str]) -> Optional[str]:
+    """``"module"`` (an identity at inference), ``"affine"`` (a batch norm not merged),
+    ``"pool"`` or ``"add"`` if an activation search walks on from ``source`` through ``node``,
+    else None."""
+    if node.op == "call_module" and node.target in affines:
+        return "affine"
     if node.op == "call_module" and isinstance(modules[node.target], _PASS_THROUGH):
         return "module"
     if node.op == "call_module" and isinstance(modules[node.target], _MAX_POOLS):
@@ -347,16 +370,20 @@ def _passes_through(node: torch.fx.Node, source: torch.fx.Node,
     return None
 
 
-def relu_gates(model: nn.Module, kernels: Mapping[str, nn.Module]) -> dict[str, Gate]:
+def relu_gates(model: nn.Module, kernels: Mapping[str, nn.Module],
+               affines: Container[str] = ()) -> dict[str, Gate]:
     """For each layer with weights, where its units' "active" mask is read (iNNvestigate's
     activation search; see the module notes and :data:`Gate`).
 
     The search follows the layer's output while it has a single consumer that is a batch norm
-    (merged: the identity), dropout (off), a max pool (which commutes with the ReLU: the unit is
-    active where its own output is positive) or a residual addition. A layer that reaches a
-    ReLU without an addition is gated by its own output (the ReLU's input *is* it); through an
-    addition, by that ReLU's output, which must then be an ``nn.ReLU`` module (so a hook can
-    read it) and not come after a max pool (its output would not be laid out like the layer's).
+    (merged: the identity; or one of ``affines``, not merged), dropout (off), a max pool (which
+    commutes with the ReLU: the unit is active where its own output is positive) or a residual
+    addition. A layer that reaches a ReLU through identities and max pools only is gated by its
+    own output (the ReLU's input *is* it, pooled); through an addition or an unmerged batch
+    norm, by that ReLU's output, which must then be an ``nn.ReLU`` module (so a hook can read
+    it) and not come after a max pool (its output would not be laid out like the layer's). A
+    layer that reaches no ReLU this way (the classifier; DenseNet's convolutions, whose output
+    is concatenated first) is not gated: the linear estimator describes it.
 
     Raises
     ------
@@ -390,20 +417,20 @@ def relu_gates(model: nn.Module, kernels: Mapping[str, nn.Module]) -> dict[str, 
             if _is_relu(user, modules):
                 gate = user
                 break
-            kind = _passes_through(user, current, modules)
+            kind = _passes_through(user, current, modules, affines)
             if kind is None:
                 break
             kinds.add(kind)
             current = user
         if gate is None:
             gates[node.target] = "none"
-        elif "add" not in kinds:
+        elif not kinds & {"add", "affine"}:
             gates[node.target] = "output"
         elif gate.op != "call_module" or "pool" in kinds:
             raise PatternError(
-                f"layer {node.target!r} reaches its ReLU through a residual addition"
-                f"{' after a max pool' if 'pool' in kinds else ''}, where its mask cannot be "
-                f"read{'' if 'pool' in kinds else ' (a functional ReLU: make it an nn.ReLU)'}; "
+                f"layer {node.target!r} reaches its ReLU through a residual addition or batch "
+                f"norm{' after a max pool' if 'pool' in kinds else ''}, where its mask cannot "
+                f"be read{'' if 'pool' in kinds else ' (a functional ReLU: make it nn.ReLU)'}; "
                 "use estimator='linear'")
         else:
             gates[node.target] = (gate.target, _call_index(graph, gate))
@@ -585,8 +612,8 @@ def collect_statistics(
     """
     statistics = PatternStatistics()
     with model_guard(model) as device, _merged_batch_norm(model):
-        kernels = _kernel_layers(model)
-        gates = relu_gates(model, kernels) if masks else {}
+        kernels, affines = _layers(model)
+        gates = relu_gates(model, kernels, set(affines)) if masks else {}
         calls: dict[str, int] = {}
         pending: dict[tuple[str, int], list] = {}
         handles = []
@@ -702,9 +729,12 @@ def fit_patterns(
 
 
 def _kernel_forward(module: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """The layer's linear map with ``weight`` in place of its own, without bias."""
+    """The layer's linear map with ``weight`` in place of its own, without bias (a batch
+    norm's ``weight``: one factor per channel)."""
     if isinstance(module, nn.Linear):
         return F.linear(x, weight)
+    if isinstance(module, _BATCH_NORMS):
+        return x * weight.reshape(1, -1, *([1] * (x.ndim - 2)))
     return module._conv_forward(x, weight, None)
 
 
@@ -727,13 +757,12 @@ def _check_patterns(patterns: Patterns, kernels: Mapping[str, nn.Module]) -> Non
                                f"{tuple(module.weight.shape)}: fitted for another model")
 
 
-def _backpropagate(model: nn.Module, kernels: Mapping[str, nn.Module],
-                   replacement: Mapping[str, torch.Tensor], x: torch.Tensor,
-                   target: Optional[torch.Tensor]) -> torch.Tensor:
+def _backpropagate(model: nn.Module, replacements: Mapping[nn.Module, torch.Tensor],
+                   x: torch.Tensor, target: Optional[torch.Tensor]) -> torch.Tensor:
     """y_t backpropagated to the input with each layer's weight replaced (one forward and one
     backward pass); the output's value y_t starts the pass (iNNvestigate's head mapping)."""
-    handles = [module.register_forward_hook(partial(_swap_backward, weight=replacement[name]))
-               for name, module in kernels.items()]
+    handles = [module.register_forward_hook(partial(_swap_backward, weight=weight))
+               for module, weight in replacements.items()]
     try:
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
@@ -745,19 +774,23 @@ def _backpropagate(model: nn.Module, kernels: Mapping[str, nn.Module],
     return signal
 
 
-def _pattern_maps(model: nn.Module, kernels: Mapping[str, nn.Module], patterns: Patterns,
-                  x: torch.Tensor, target: Optional[torch.Tensor], names: Sequence[str]
+def _pattern_maps(model: nn.Module, patterns: Patterns, x: torch.Tensor,
+                  target: Optional[torch.Tensor], names: Sequence[str]
                   ) -> dict[str, torch.Tensor]:
     """Maps of ``names`` for ``x``; batch norm must be merged (inside ``_merged_batch_norm``)."""
+    kernels, affines = _layers(model)
     _check_patterns(patterns, kernels)
+    layers = [(module, module.weight.detach(),
+               patterns.layers[name].to(module.weight.device, module.weight.dtype))
+              for name, module in kernels.items()]
+    for module in affines.values():
+        scale, pattern = _affine_pattern(module)
+        layers.append((module, scale, pattern))
     maps = {}
     for name in names:
-        replacement = {}
-        for layer, module in kernels.items():
-            pattern = patterns.layers[layer].to(module.weight.device, module.weight.dtype)
-            replacement[layer] = (pattern if name == "pattern_net"
-                                  else module.weight.detach() * pattern)
-        maps[name] = _backpropagate(model, kernels, replacement, x, target)
+        replacements = {module: pattern if name == "pattern_net" else weight * pattern
+                        for module, weight, pattern in layers}
+        maps[name] = _backpropagate(model, replacements, x, target)
     return maps
 
 
@@ -830,8 +863,7 @@ def pattern_family(
                                       fitted_on="the explained image")
             undetermined = max(undetermined, sum(own.undetermined.values()))
             with _merged_batch_norm(model):
-                kernels = _kernel_layers(model)
-                maps = _pattern_maps(model, kernels, own, image,
+                maps = _pattern_maps(model, own, image,
                                      None if target is None else target[index:index + 1], names)
             for name in names:
                 chunks[name].append(maps[name])
@@ -844,10 +876,9 @@ def pattern_family(
             "patterns=", AttributionWarning)
     else:
         with _merged_batch_norm(model):
-            kernels = _kernel_layers(model)
             for start in range(0, x.shape[0], batch_size):
                 stop = start + batch_size
-                maps = _pattern_maps(model, kernels, patterns, x[start:stop],
+                maps = _pattern_maps(model, patterns, x[start:stop],
                                      None if target is None else target[start:stop], names)
                 for name in names:
                     chunks[name].append(maps[name])

@@ -54,6 +54,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     commands: dict[str, Callable[[list[str]], int]] = {
         "demo": _demo, "synth": _synth, "train": _train, "benchmark": _benchmark,
     }
+    commands["fit-patterns"] = _fit_patterns
     try:
         if argv and argv[0] in commands:
             return commands[argv[0]](argv[1:])
@@ -345,6 +346,12 @@ def _train(argv: list[str]) -> int:
 
 def _benchmark(argv: list[str]) -> int:
     from .benchmark import run_from_argv
+
+    return run_from_argv(argv)
+
+
+def _fit_patterns(argv: list[str]) -> int:
+    from .patterns import run_from_argv
 
     return run_from_argv(argv)
 
