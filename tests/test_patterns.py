@@ -632,3 +632,30 @@ def test_trained_model_does_not_inherit_the_templates_patterns(tmp_path):
     spec_path, _, model = fitted_spec(tmp_path)
     written = save_trained_model(model, spec_path, tmp_path / "retrained", name="again")
     assert load_model_spec(written).patterns is None
+
+
+def test_bundled_model_ships_its_patterns():
+    import json
+
+    from nipype_xai.models import load_model, load_model_spec, weights_sha256
+    from nipype_xai.models.bundled import bundled_model_spec
+
+    path = bundled_model_spec("lesion")
+    spec = load_model_spec(path)
+    patterns = spec.patterns
+    assert patterns is not None and patterns.estimator == "relu" and patterns.n_inputs >= 100
+    assert spec.patterns_file.parent == path.parent
+    assert spec.patterns_file.stat().st_size < 1_000_000
+    content = json.loads(path.read_text())
+    assert content["patterns"]["weights_sha256"] == weights_sha256(spec.weights)
+    assert content["training"]["patterns"]["cohort"]["seed"] not in (
+        content["training"]["train_cohort"]["seed"], content["training"]["easy_cohort"]["seed"])
+    model = load_model(spec)
+    assert not patterns.undetermined
+    x = torch.randn(1, 1, *spec.input.shape, generator=torch.Generator().manual_seed(11))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AttributionWarning)
+        maps = attribute_many(model, x, ["pattern_net", "pattern_attribution"],
+                              patterns=patterns)
+    assert all(bool(torch.isfinite(m).all()) and float(m.abs().sum()) > 0
+               for m in maps.values())
