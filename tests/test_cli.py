@@ -327,6 +327,55 @@ def test_progress_counts_subjects_done_failed_and_remaining():
     copy.close()
 
 
+def test_progress_status_file_is_kept_for_polling(tmp_path):
+    import pickle
+
+    from nipype_xai.cli.execution import RunProgress, status_file_path
+    from nipype_xai.workflows import subject_workflow_name
+
+    labels = {subject_workflow_name(s): f"sub-{s}" for s in ("01", "02", "03")}
+    path = tmp_path / "status" / "participant.json"
+    progress = RunProgress(labels, enabled=False, status_file=path)
+    first = json.loads(path.read_text())  # written at once: a poller sees the run has started
+    assert (first["Total"], first["Done"], first["Failed"], first["Remaining"]) == (3, 0, 0, 3)
+    assert first["ETASeconds"] is None and first["Finished"] is False
+    assert first["Subjects"]["Remaining"] == ["sub-01", "sub-02", "sub-03"]
+
+    progress(_node("register", "sub_02_wf.registration_wf"), "start")
+    assert json.loads(path.read_text())["Subjects"]["Running"] == {"sub-02": "register"}
+    progress(_commit("sub_01_wf"), "end")
+    progress(_node("attribution", "sub_02_wf"), "exception")
+    status = json.loads(path.read_text())
+    assert (status["Done"], status["Failed"], status["Remaining"]) == (1, 1, 1)
+    assert status["Subjects"] == {"Done": ["sub-01"], "Failed": ["sub-02"], "Running": {},
+                                  "Remaining": ["sub-03"]}
+    assert status["ETASeconds"] is not None and status["ETASeconds"] >= 0
+    assert not list(path.parent.glob(".*tmp*"))  # atomic: no temporary file left
+
+    # A worker's pickled copy writes nothing (the head process keeps the file).
+    copy = pickle.loads(pickle.dumps(progress))
+    path.unlink()
+    copy(_commit("sub_03_wf"), "end")
+    copy.close()
+    assert not path.exists()
+
+    # The outcome as the failure records have it (graph plugins report no node at all).
+    progress.finish(["sub-01", "sub-03"], ["sub-02"])
+    progress.close()
+    final = json.loads(path.read_text())
+    assert final["Finished"] is True and final["ETASeconds"] is None
+    assert (final["Done"], final["Failed"], final["Remaining"]) == (2, 1, 0)
+
+    # One file per job: SLURM's job (and array task) id, else host and process.
+    out = tmp_path / "out"
+    assert status_file_path(out).parent == out / ".nipype-xai" / "status"
+    import os
+    from unittest import mock
+
+    with mock.patch.dict(os.environ, {"SLURM_JOB_ID": "812", "SLURM_ARRAY_TASK_ID": "3"}):
+        assert status_file_path(out, "group").name == "group-812_3.json"
+
+
 def test_progress_of_a_real_run_on_a_terminal_only(tmp_path, capsys, monkeypatch, cohort):
     argv = [str(cohort["bids"]), str(tmp_path / "out"), "participant", "--model",
             str(cohort["model"]), "--participant-label", "01", "02", "--methods", "gradient",
@@ -336,6 +385,11 @@ def test_progress_of_a_real_run_on_a_terminal_only(tmp_path, capsys, monkeypatch
     captured = capsys.readouterr()
     assert "participant level |" not in captured.err
     assert "2 of 2 subject(s) done" in captured.out
+    # The status file is kept all the same, and named on stdout.
+    named = captured.out.split("progress kept in ")[1].split(" (JSON)")[0]
+    status = json.loads(Path(named).read_text())
+    assert status["Finished"] is True and status["Subjects"]["Done"] == ["sub-01", "sub-02"]
+    assert Path(named).parent == (tmp_path / "out" / ".nipype-xai" / "status").resolve()
 
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     assert main(argv) == 0

@@ -21,6 +21,7 @@ SPEC_METHODS = [
     "lrp_epsilon_plus_flat", "lrp_alpha2_beta1", "deep_taylor", "gradcam", "gradcam_pp",
     "smooth_gradcam_pp", "occlusion", "deeplift", "shapley_sampling", "kernel_shap", "lime",
     "atlas_occlusion", "lrp_epsilon_gamma_box", "lrp_epsilon_plus",
+    "guided_gradcam", "score_cam", "layercam", "hirescam",
     "pattern_net", "pattern_attribution",  # issue 16, rows 31-32
 ]
 

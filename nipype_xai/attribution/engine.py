@@ -42,7 +42,7 @@ def _computing(methods: Sequence[str]) -> Iterator[None]:
 
 # The implementations register themselves on import (the registry imports none of them). They
 # come after AttributionWarning: they import it from here while this module is being imported.
-from . import gradcam, gradient, occlusion, path, propagation, surrogate  # noqa: E402,F401
+from . import cam_variants, gradcam, gradient, occlusion, path, propagation, surrogate  # noqa: E402,F401
 from . import patterns  # noqa: E402,F401
 from .baselines import available_baselines
 from .model_state import TargetLike, model_guard, resolve_target

@@ -196,7 +196,7 @@ def _bids_app(argv: list[str]) -> int:
 
 
 def _bids_app_run(args, work_dir: Path, plugin: str, plugin_args: dict, progress: bool) -> int:
-    from .execution import run_group_level, run_participant_level
+    from .execution import run_group_level, run_participant_level, status_file_path
 
     output_dir = args.output_dir.absolute()
 
@@ -224,13 +224,16 @@ def _bids_app_run(args, work_dir: Path, plugin: str, plugin_args: dict, progress
     methods = _check_methods(args.methods)
     model_spec = _model_spec(args.model, args)
     _check_space(model_spec, args.template, args.external_weights)
+    status_file = status_file_path(output_dir, "participant")
+    if not args.quiet:
+        print(f"nipype-xai: participant level: progress kept in {status_file} (JSON)", flush=True)
     summary = run_participant_level(
         bids_dir=args.bids_dir.absolute(), output_dir=output_dir, work_dir=work_dir,
         options=_pipeline_options(args, model_spec, methods, args.template),
         participant_labels=args.participant_label, ground_truth_dir=args.ground_truth,
         gt_label=args.gt_label, transforms_dir=args.transforms_from,
         anat_dir=args.anat_derivatives, plugin=plugin, plugin_args=plugin_args,
-        progress=progress,
+        progress=progress, status_file=status_file,
     )
     return _report_run(summary, output_dir)
 
