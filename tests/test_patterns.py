@@ -659,3 +659,19 @@ def test_bundled_model_ships_its_patterns():
                               patterns=patterns)
     assert all(bool(torch.isfinite(m).all()) and float(m.abs().sum()) > 0
                for m in maps.values())
+
+
+def test_attribution_interface_records_the_patterns_in_the_sidecar(tmp_path, monkeypatch):
+    import json
+
+    from nipype_xai.interfaces.attribution import Attribution
+
+    spec_path, patterns, _ = fitted_spec(tmp_path)
+    image = t1w_images(tmp_path / "images", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    result = Attribution(in_file=str(image), model_spec=str(spec_path),
+                         methods=["pattern_attribution"]).run()
+    sidecar = json.loads(open(result.outputs.out_sidecars[0]).read())
+    assert sidecar["Method"] == "pattern_attribution" and "Warnings" not in sidecar
+    assert patterns.sha256()[:16] in sidecar["Parameters"]["patterns"]
+    assert "fitted on 3 images (three random volumes)" in sidecar["Parameters"]["patterns"]
