@@ -515,6 +515,8 @@ class PatternStatistics:
         if active is not None:
             new.update(xm=sums[1 + units:1 + 2 * units], xym=sums[1 + 2 * units:],
                        m=_channels_last(mask, module).sum(0))
+        # Kept on the CPU (a few values per weight): the model may run on a GPU.
+        new = {key: value.cpu() for key, value in new.items()}
         old = self.sums.get(name)
         if old is not None and set(old) != set(new):
             raise PatternError(f"layer {name!r}: batches with and without ReLU masks mixed")
