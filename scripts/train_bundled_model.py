@@ -19,6 +19,13 @@ it. ``--input-summary-only`` (re)computes just that for an existing model, from 
 settings its ``"training"`` record names, without training: the weights file is not touched::
 
     OMP_NUM_THREADS=1 python scripts/train_bundled_model.py --task lesion --input-summary-only
+
+``--patterns-only`` fits the model's PatternNet / PatternAttribution patterns
+(:mod:`nipype_xai.attribution.patterns`) on a freshly generated cohort of its task (another seed
+than training's, prepared as the training inputs were, without augmentation) and writes them
+beside the spec; the weights file is not touched::
+
+    OMP_NUM_THREADS=1 python scripts/train_bundled_model.py --task lesion --patterns-only
 """
 
 from __future__ import annotations
@@ -102,6 +109,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "existing <out-dir>/<name>.json from the cohorts and settings its "
                              "'training' record names, score its fresh cohort against it, and "
                              "rewrite the spec (the weights file stays byte-identical)")
+    parser.add_argument("--patterns-only", action="store_true",
+                        help="do not train: fit the existing <out-dir>/<name>.json model's "
+                             "PatternNet patterns on a fresh cohort (--patterns-n subjects, "
+                             "--patterns-seed, --cohort-resolution) and rewrite the spec")
+    parser.add_argument("--patterns-n", type=int, default=150,
+                        help="subjects of the patterns cohort (half with the task's signal)")
+    parser.add_argument("--patterns-seed", type=int, default=16, help="patterns cohort seed")
+    parser.add_argument("--patterns-estimator", choices=("relu", "linear"), default="relu")
     return parser.parse_args(argv)
 
 
@@ -183,6 +198,59 @@ def input_summary_only(args: argparse.Namespace, argv: list[str] | None) -> int:
     return 0
 
 
+def patterns_only(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """``--patterns-only``: the existing model's patterns, fitted on a fresh cohort."""
+    from nipype_xai.atomic import atomic_write
+    from nipype_xai.attribution.patterns import fit_patterns
+    from nipype_xai.models import load_model, load_model_spec, weights_sha256
+    from nipype_xai.models.spec_json import add_patterns
+    from nipype_xai.synth.train import load_cohort_arrays
+
+    name = args.name or f"{args.task}_tinycnn3d"
+    spec_path = (args.out_dir / f"{name}.json").absolute()
+    spec = load_model_spec(spec_path)
+    training = json.loads(spec_path.read_text(encoding="utf-8")).get("training") or {}
+    to_template = training.get("to_template") or args.to_template or TO_TEMPLATE[args.task]
+    weights_before = weights_sha256(spec.weights)
+    started = time.perf_counter()
+    cached = (args.work_dir / f"{args.task}_seed-{args.patterns_seed}_n-{args.patterns_n}_res-"
+              f"{args.cohort_resolution:g}" / "participants.tsv").is_file()
+    root = cohort(args.work_dir, args.task, args.patterns_n, args.patterns_seed,
+                  args.cohort_resolution)
+    generated = time.perf_counter()
+    X, y, _ = load_cohort_arrays(root, spec, to_template=to_template, progress=True)
+    loaded = time.perf_counter()
+    model = load_model(spec)
+    fitted_on = (f"synthetic {args.task} cohort, seed {args.patterns_seed}, {len(X)} subjects "
+                 f"({int(y.sum())} with the signal) at {args.cohort_resolution:g} mm, brought "
+                 f"to the template with the '{to_template}' transform and onto the model grid "
+                 f"as inference does; no augmentation")
+    patterns = fit_patterns(model, X, estimator=args.patterns_estimator, batch_size=4,
+                            fitted_on=fitted_on)
+    fitted = time.perf_counter()
+    add_patterns(spec_path, patterns)
+    command = "OMP_NUM_THREADS=1 python scripts/train_bundled_model.py " + shlex.join(
+        argv if argv is not None else sys.argv[1:])
+    content = json.loads(spec_path.read_text(encoding="utf-8"))
+    content.setdefault("training", {})["patterns"] = {
+        "command": command.strip(),
+        "cohort": {"task": args.task, "n_subjects": args.patterns_n, "seed": args.patterns_seed,
+                   "resolution_mm": args.cohort_resolution, "to_template": to_template},
+        "estimator": args.patterns_estimator, "threads": args.threads,
+        "undetermined_units": dict(patterns.undetermined),
+        "seconds": {"generate_cohort": ("cached from an earlier run" if cached
+                                        else round(generated - started, 1)),
+                    "load_cohort": round(loaded - generated, 1),
+                    "fit": round(fitted - loaded, 1)}}
+    text = json.dumps(content, indent=2) + "\n"
+    atomic_write(spec_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    if weights_sha256(spec.weights) != weights_before:  # pragma: no cover - never written
+        raise SystemExit(f"{spec.weights.name} changed")
+    print(json.dumps({"spec": str(spec_path), **content["training"]["patterns"],
+                      "patterns_bytes": len(patterns.to_bytes())}, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
@@ -190,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     if args.input_summary_only:
         return input_summary_only(args, argv)
+    if args.patterns_only:
+        return patterns_only(args, argv)
     from nipype_xai.models import InputSpec, ModelSpec
     from nipype_xai.synth.anatomy import TEMPLATE_SPACE
     from nipype_xai.synth.train import (

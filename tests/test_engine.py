@@ -22,6 +22,7 @@ SPEC_METHODS = [
     "smooth_gradcam_pp", "occlusion", "deeplift", "shapley_sampling", "kernel_shap", "lime",
     "atlas_occlusion", "lrp_epsilon_gamma_box", "lrp_epsilon_plus",
     "guided_gradcam", "score_cam", "layercam", "hirescam", "gradient_shap", "deeplift_shap",
+    "pattern_net", "pattern_attribution",
 ]
 
 # Small sample counts keep the all-method tests fast; defaults are exercised on the tiny net.

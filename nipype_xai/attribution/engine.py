@@ -43,7 +43,8 @@ def _computing(methods: Sequence[str]) -> Iterator[None]:
 # The implementations register themselves on import (the registry imports none of them). They
 # come after AttributionWarning: they import it from here while this module is being imported.
 from . import (  # noqa: E402,F401
-    cam_variants, gradcam, gradient, occlusion, path, propagation, shap_gradients, surrogate,
+    cam_variants, gradcam, gradient, occlusion, path, patterns, propagation, shap_gradients,
+    surrogate,
 )
 from .baselines import available_baselines
 from .model_state import TargetLike, model_guard, resolve_target

@@ -54,7 +54,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     verbose = wants_verbose(argv)
     commands: dict[str, Callable[[list[str]], int]] = {
         "demo": _demo, "synth": _synth, "train": _train, "benchmark": _benchmark,
-        "background": _background,
+        "background": _background, "fit-patterns": _fit_patterns,
     }
     try:
         if argv and argv[0] in commands:
@@ -389,6 +389,12 @@ def _benchmark(argv: list[str]) -> int:
 
 def _background(argv: list[str]) -> int:
     from .background import run_from_argv
+
+    return run_from_argv(argv)
+
+
+def _fit_patterns(argv: list[str]) -> int:
+    from .patterns import run_from_argv
 
     return run_from_argv(argv)
 

@@ -317,7 +317,8 @@ def explain_image(
         single-output regression, its output; a multi-output regression needs a target). A
         single-output model can only explain its one output.
     method_params
-        Per-method overrides, ``{"occlusion": {"window": 4}}``.
+        Per-method overrides, ``{"occlusion": {"window": 4}}``. PatternNet and
+        PatternAttribution get the spec's ``patterns`` unless given their own.
     seed, batch_size
         Passed to the methods that accept them.
     name
@@ -373,6 +374,15 @@ def explain_image(
                 )
         engine_target = explained
 
+    if spec.patterns is not None:
+        # PatternNet / PatternAttribution use the patterns fitted for the spec's weights, unless
+        # the caller gives others (or asks for None explicitly).
+        from ..attribution.patterns import PATTERN_METHODS
+
+        method_params = {name: dict(values) for name, values in (method_params or {}).items()}
+        for method in dict.fromkeys(methods):
+            if method in PATTERN_METHODS:
+                method_params.setdefault(method, {}).setdefault("patterns", spec.patterns)
     parameters = resolve_method_params(
         methods, method_params, seed=seed, batch_size=batch_size
     )

@@ -17,10 +17,13 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
 
 from ..atomic import atomic_write
 from .domain import InputSummary, mean_image_bytes, mean_image_from_bytes, mean_image_sha256
+
+if TYPE_CHECKING:  # the attribution engine is imported only for a spec that has patterns
+    from ..attribution.patterns import Patterns
 
 PathLike = Union[str, os.PathLike]
 
@@ -30,10 +33,13 @@ __all__ = [
     "ModelSpecError",
     "NORMALIZATIONS",
     "TASKS",
+    "add_patterns",
     "load_model_spec",
     "mean_image_name",
+    "patterns_name",
     "save_model_spec",
     "write_mean_image",
+    "write_patterns",
 ]
 
 #: Intensity normalisations a spec can ask for.
@@ -121,6 +127,12 @@ class ModelSpec:
     input_summary_file
         Absolute path of the summary's mean image file, when the spec was read from JSON (or
         saved); :func:`save_model_spec` writes one for a summary that has none yet.
+    patterns
+        PatternNet / PatternAttribution patterns fitted for these weights
+        (:class:`~nipype_xai.attribution.patterns.Patterns`), or ``None``: those methods then
+        fit each image's own and say so.
+    patterns_file
+        Absolute path of the patterns file, as for ``input_summary_file``.
     """
 
     architecture: str
@@ -134,6 +146,8 @@ class ModelSpec:
     path: Optional[Path] = field(default=None, compare=False)
     input_summary: Optional[InputSummary] = None
     input_summary_file: Optional[Path] = field(default=None, compare=False)
+    patterns: Optional["Patterns"] = None
+    patterns_file: Optional[Path] = field(default=None, compare=False)
 
     @property
     def source(self) -> str:
@@ -188,12 +202,24 @@ class ModelSpec:
                 mean_image=image.as_posix(),
                 mean_image_sha256=mean_image_sha256(self.input_summary.mean_image),
             )
+        if self.patterns is not None:
+            file = (Path(relative(self.patterns_file)) if self.patterns_file
+                    else Path(patterns_name(self.name)))
+            out["patterns"] = {"file": file.as_posix(), "sha256": self.patterns.sha256(),
+                               **self.patterns.record()}
+            if self.weights_sha256 is not None:
+                out["patterns"]["weights_sha256"] = self.weights_sha256
         return out
 
 
 def mean_image_name(name: str) -> str:
     """File name of the training inputs' mean image of the spec called ``name``."""
     return f"{name}_input_mean.npy"
+
+
+def patterns_name(name: str) -> str:
+    """File name of the PatternNet patterns of the spec called ``name``."""
+    return f"{name}_patterns.npz"
 
 
 
@@ -254,7 +280,7 @@ def save_model_spec(spec: ModelSpec, path: PathLike) -> Path:
     """
     path = Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    spec = write_mean_image(spec, path.parent)
+    spec = write_patterns(write_mean_image(spec, path.parent), path.parent)
     text = json.dumps(spec.to_dict(relative_to=path.parent), indent=2) + "\n"
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return path
@@ -268,6 +294,72 @@ def write_mean_image(spec: ModelSpec, folder: Path) -> ModelSpec:
     content = mean_image_bytes(spec.input_summary.mean_image)
     atomic_write(image, lambda tmp: tmp.write_bytes(content))
     return dataclasses.replace(spec, input_summary_file=image)
+
+
+def write_patterns(spec: ModelSpec, folder: Path) -> ModelSpec:
+    """Write the spec's patterns into ``folder`` if they have no file yet; the spec with it."""
+    if spec.patterns is None or spec.patterns_file is not None:
+        return spec
+    file = Path(folder).absolute() / patterns_name(spec.name)
+    content = spec.patterns.to_bytes()
+    atomic_write(file, lambda tmp: tmp.write_bytes(content))
+    return dataclasses.replace(spec, patterns_file=file)
+
+
+def add_patterns(spec_path: PathLike, patterns: "Patterns", out: Optional[PathLike] = None, *,
+                 external_weights: bool = False) -> Path:
+    """Give a spec JSON the PatternNet patterns fitted for its weights.
+
+    The patterns file is written beside the spec written (:func:`patterns_name`), the spec
+    carries its SHA-256, the estimator, the number of images, what they were and the SHA-256 of
+    the weights they were fitted for; any earlier patterns are replaced. Keys the spec format
+    does not know (a ``"training"`` record) are kept.
+
+    Parameters
+    ----------
+    spec_path
+        The spec the patterns were fitted for.
+    patterns
+        From :func:`~nipype_xai.attribution.patterns.fit_patterns` on its model.
+    out
+        Where to write the new spec; default: ``spec_path`` itself. In another folder, the
+        weights (and the training summary's mean image) are copied beside it, so that the new
+        spec is as self-contained as the old one.
+    external_weights
+        As for :func:`load_model_spec` (reading ``spec_path``).
+
+    Returns
+    -------
+    pathlib.Path
+        The spec JSON written (atomically).
+    """
+    import shutil
+
+    from .weights import weights_sha256
+
+    spec_path = Path(spec_path).absolute()
+    out = spec_path if out is None else Path(out).absolute()
+    spec = load_model_spec(spec_path, external_weights=external_weights)
+    data = json.loads(spec_path.read_text(encoding="utf-8"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.parent != spec_path.parent:
+        copies = {"weights": spec.weights, "input_summary_file": spec.input_summary_file}
+        moved = {}
+        for key, source in copies.items():
+            if source is not None:
+                target = out.parent / source.name
+                atomic_write(target, lambda tmp, source=source: shutil.copyfile(source, tmp))
+                moved[key] = target
+        spec = dataclasses.replace(spec, **moved)
+    sha = spec.weights_sha256 or weights_sha256(spec.weights)
+    updated = dataclasses.replace(spec, weights_sha256=sha, patterns=patterns,
+                                  patterns_file=None, path=None)
+    updated = write_patterns(updated, out.parent)
+    content = updated.to_dict(relative_to=out.parent)
+    content.update({key: value for key, value in data.items() if key not in content
+                    and key != "patterns"})
+    text = json.dumps(content, indent=2) + "\n"
+    return atomic_write(out, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def _parse(
@@ -325,6 +417,10 @@ def _parse(
     if data.get("input_summary") is not None:
         summary, summary_file = _parse_input_summary(data["input_summary"], input_spec, base_dir,
                                                      external_weights, fail)
+    patterns, patterns_file = None, None
+    if data.get("patterns") is not None:
+        patterns, patterns_file = _parse_patterns(data["patterns"], weights_path, sha, base_dir,
+                                                  external_weights, fail)
 
     return ModelSpec(
         architecture=architecture,
@@ -338,7 +434,54 @@ def _parse(
         path=path,
         input_summary=summary,
         input_summary_file=summary_file,
+        patterns=patterns,
+        patterns_file=patterns_file,
     )
+
+
+def _parse_patterns(data: Any, weights: Path, weights_sha: Optional[str], base_dir: Path,
+                    external: bool, fail) -> tuple["Patterns", Path]:
+    """The ``patterns`` object and its file, read under the weights' rules: confined to the
+    spec's folder, a regular file no larger than the weights could need, its SHA-256 checked
+    before it is parsed, no pickle."""
+    key = "patterns.file"
+    _check_object(data, fail, key="patterns", required=("file", "sha256"))
+    name = data["file"]
+    if not isinstance(name, str) or not name:
+        raise fail(f"'{key}' must be a file path, got {name!r}")
+    sha = _sha256_value(data["sha256"], "patterns.sha256", fail)
+    fitted_for = data.get("weights_sha256")
+    if fitted_for is not None:
+        fitted_for = _sha256_value(fitted_for, "patterns.weights_sha256", fail)
+        if weights_sha is not None and fitted_for != weights_sha:
+            raise fail(f"the patterns {name} were fitted for other weights "
+                       f"(patterns.weights_sha256 is not weights_sha256); fit them again "
+                       f"for these weights (nipype-xai fit-patterns)")
+    path = _weights_path(name, base_dir, external, fail, key=key)
+    check_regular_file(path, key, fail)
+    # Patterns are shaped like the weights of the layers that have them: float32 values, twice
+    # the weights file (float16 weights), and room for the headers.
+    weights_size = weights.stat().st_size if weights.is_file() else 0
+    largest = 2 * weights_size + 2**20
+    size = path.stat().st_size
+    if size > largest:
+        raise fail(f"{key} {path.name} is {size} bytes, more than the patterns of its weights "
+                   f"({weights_size} bytes) can need")
+    content = path.read_bytes()
+    if hashlib.sha256(content).hexdigest() != sha:
+        raise fail(f"{key} {path.name} does not match patterns.sha256 in the spec (expected "
+                   f"{sha}); the file was changed, or the spec names the wrong file")
+    from ..attribution.patterns import Patterns
+
+    try:
+        patterns = Patterns.from_bytes(content, max_bytes=largest)
+    except ValueError as error:
+        raise fail(f"{key} {path.name} {_one_line(str(error))}") from None
+    for field_name in ("estimator", "n_inputs"):
+        if field_name in data and data[field_name] != getattr(patterns, field_name):
+            raise fail(f"patterns.{field_name} is {data[field_name]!r} but {path.name} holds "
+                       f"{getattr(patterns, field_name)!r}")
+    return patterns, path
 
 
 def _parse_input_summary(data: Any, input_spec: InputSpec, base_dir: Path, external: bool,

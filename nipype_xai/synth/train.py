@@ -457,9 +457,11 @@ def save_trained_model(
     buffer = io.BytesIO()
     torch.save(state, buffer)
     atomic_write(weights, lambda tmp: tmp.write_bytes(buffer.getvalue()))
+    # A template's patterns were fitted for other weights: never carried over.
     trained = dataclasses.replace(spec, weights=weights, name=name,
                                   weights_sha256=weights_sha256(weights), path=None,
-                                  input_summary=input_summary, input_summary_file=None)
+                                  input_summary=input_summary, input_summary_file=None,
+                                  patterns=None, patterns_file=None)
     trained = write_mean_image(trained, out_dir)
     content = trained.to_dict(relative_to=out_dir)
     if metadata:
