@@ -17,6 +17,13 @@
 #   lesion/perturbation TinyCNN3D seed 0, the five perturbation methods, parts 1..PERTURBATION_PARTS
 #                       only (their cost per map is 30-100 x a gradient's; see docs/benchmark.md)
 #   atrophy/main        TinyCNN3D without global pooling (position-aware), 3 training seeds
+#   lesion/added, atrophy/added
+#                       the methods added after the review (CAM variants, GradientSHAP and
+#                       DeepLIFT-SHAP with a background of 32 training controls, PatternNet and
+#                       PatternAttribution with patterns fitted on the training inputs), on the
+#                       same models as lesion/main and atrophy/main; a run of its own, so its
+#                       parts may come from newer code than main's (merge checks that scores
+#                       both runs computed, the baselines, agree)
 #
 # Environment: OUT (default ~/nipype-xai-benchmark), N_PARTS (8), PERTURBATION_PARTS (2), DEVICE
 # (cpu; cuda runs the same commands on a GPU), NIPYPE_XAI (the command, default nipype-xai).
@@ -32,6 +39,8 @@ FAST="gradient saliency input_x_gradient smoothgrad smoothgrad_sq vargrad integr
 deeplift guided_backprop deconvnet lrp_epsilon lrp_epsilon_plus lrp_epsilon_plus_flat
 lrp_alpha2_beta1 lrp_epsilon_gamma_box deep_taylor gradcam gradcam_pp smooth_gradcam_pp"
 PERTURBATION="occlusion atlas_occlusion shapley_sampling kernel_shap lime"
+ADDED="guided_gradcam score_cam layercam hirescam gradient_shap deeplift_shap pattern_net
+pattern_attribution"
 # Same cohorts for every run: 200 training + 100 "easy" training subjects, 160 test subjects
 # (80 with the signal) per task at 2 mm, models on the 4 mm template grid.
 COMMON=(--n-train 200 --n-test 160 --seed 0 --resolution 2 --sanity-max-steps 4 --device "$DEVICE"
@@ -63,6 +72,12 @@ merge)
     # shellcheck disable=SC2086
     run atrophy main "$K" --task atrophy --architectures tinycnn-flat --training-seeds 0 1 2 \
         --methods $FAST --n-sanity 10
+    # shellcheck disable=SC2086
+    run lesion added "$K" --task lesion --architectures tinycnn --training-seeds 0 1 2 \
+        --methods $ADDED --n-sanity 10
+    # shellcheck disable=SC2086
+    run atrophy added "$K" --task atrophy --architectures tinycnn-flat --training-seeds 0 1 2 \
+        --methods $ADDED --n-sanity 10
     if [ "$K" -le "$PERTURBATION_PARTS" ]; then
         # shellcheck disable=SC2086
         run lesion perturbation "$K" --task lesion --architectures tinycnn --training-seeds 0 \

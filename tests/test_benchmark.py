@@ -32,8 +32,10 @@ from nipype_xai.cli.parser import UsageError
 from nipype_xai.metrics.group import bootstrap_ci
 from nipype_xai.metrics.sanity import cascade_steps, cascading_randomization
 
-METHODS = ["gradient", "smoothgrad", "gradcam"]
-PARAMS = {"smoothgrad": {"n_samples": 4}}
+# gradient_shap and pattern_attribution take data from the training inputs (a background set,
+# patterns): the run must provide it (tests/test_benchmark_method_data.py checks what it is).
+METHODS = ["gradient", "smoothgrad", "gradcam", "gradient_shap", "pattern_attribution"]
+PARAMS = {"smoothgrad": {"n_samples": 4}, "gradient_shap": {"n_samples": 4}}
 SUMMARY_COLUMNS = ["task", "groundtruth", "architecture", "label", "correct", "method", "metric",
                    "mean", "sd", "ci_low", "ci_high", "n", "rank", "n_subjects", "n_seeds"]
 #: The tiny run's settings, also those of its resumed re-runs.
@@ -76,6 +78,12 @@ def test_tiny_benchmark_writes_every_output(tiny_run):
     assert provenance["settings"]["model_resolution_mm"] == 8.0
     assert provenance["versions"]["torch"] == torch.__version__
     assert {"platform", "cpu_count", "torch_threads"} <= set(provenance["machine"])
+    for model, record in provenance["models"].items():
+        data = record["method_data"]
+        assert data["background"]["Methods"] == ["gradient_shap"], model
+        assert data["background"]["N"] == len(data["background"]["Indices"]) >= 1
+        assert data["patterns"]["Methods"] == ["pattern_attribution"]
+        assert data["patterns"]["N"] == record["n_train"] or record.get("reused")
     assert provenance["settings"]["groundtruths"] == {
         "lesion": {"signal": "label-lesion"},
         "atrophy": {"signal": "label-atrophy", "roi": "label-caudate"}}
@@ -508,6 +516,21 @@ def test_parts_merge_into_the_tables_of_one_run(tiny_run, tmp_path):
     (other / "provenance.json").write_text(json.dumps(record))
     with pytest.raises(ValueError, match="different code"):
         merge_benchmark(tmp_path / "bad", [parts[1], other])
+    # Another run (method set, --name) may come from other code: a method added later runs on
+    # its own. Its scores of this run's subjects must then agree (here: the same rows).
+    record["settings"]["name"] = "added"
+    (other / "provenance.json").write_text(json.dumps(record))
+    merge_benchmark(tmp_path / "runs", [*parts, other], n_boot=200, seed=3)
+    runs = json.loads((tmp_path / "runs" / "provenance.json").read_text())
+    assert runs["code_digests"] == {"added": "0" * 64,
+                                    "main": provenance["code_digests"]["main"]}
+    assert runs["code_digest"] == "per run, see code_digests"
+    assert provenance["code_digest"] == provenance["code_digests"]["main"]
+    changed = read_table(other / "subjects.tsv")
+    changed.loc[changed.index[0], "auroc"] = 0.123456
+    write_tsv(changed, other / "subjects.tsv")
+    with pytest.raises(ValueError, match="two different results"):
+        merge_benchmark(tmp_path / "bad", [*parts, other])
 
 
 def test_changed_code_is_not_served_from_the_cache(tiny_run, monkeypatch):

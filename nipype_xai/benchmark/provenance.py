@@ -54,7 +54,7 @@ def state_digest(model: nn.Module) -> str:
 #: ``provenance.json``, so a cached result or a part computed by other code is never reused or
 #: merged.
 CODE_PATHS: tuple[str, ...] = ("attribution", "metrics", "models", "synth", "images.py",
-                               "benchmark/scoring.py")
+                               "benchmark/scoring.py", "benchmark/method_data.py")
 
 
 def code_digest() -> str:
@@ -191,13 +191,20 @@ def merged_provenance(records: Sequence[tuple[Path, Mapping[str, Any]]]) -> dict
     models: dict[str, Any] = {}
     for _, record in records:
         models.update(record.get("models", {}))
+    # Each run (method set, its --name) has one code; the merged record names every run's.
+    codes = {str((r.get("settings") or {}).get("name") or "main"): r.get("code_digest")
+             for _, r in records}
     return {
         **first, "settings": settings, "models": models,
+        "code_digest": (next(iter(codes.values())) if len(set(codes.values())) == 1
+                        else "per run, see code_digests"),
+        "code_digests": dict(sorted(codes.items())),
         "command": " && ".join(dict.fromkeys(str(r.get("command")) for _, r in records)),
         "seconds": round(sum(float(r.get("seconds") or 0) for _, r in records), 1),
         "skipped_subjects": [item for _, r in records for item in r.get("skipped_subjects", [])],
         "parts": [{"source": str(source), **{k: r.get(k) for k in (
             "command", "started", "finished", "seconds", "machine", "versions")},
             "part": r.get("settings", {}).get("part"),
+            "name": r.get("settings", {}).get("name"), "code_digest": r.get("code_digest"),
             "methods": r.get("settings", {}).get("methods")} for source, r in records],
     }

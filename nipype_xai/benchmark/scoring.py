@@ -32,6 +32,7 @@ from torch import nn
 
 from .. import __version__
 from ..bids import derivative_path, resolution_label
+from .method_data import MethodData, NetParams, merge_params
 from .provenance import code_digest, state_digest
 from .settings import (
     BASELINES,
@@ -103,6 +104,7 @@ def subject_maps(
     random_model: Optional[nn.Module] = None,
     random_model_methods: Sequence[str] = DEFAULT_RANDOM_MODEL_METHODS,
     random_seed: int = 0,
+    net_params: Optional[NetParams] = None,
 ) -> Iterator[tuple[str, np.ndarray, float]]:
     """Every map of one subject, one attribution family at a time.
 
@@ -127,6 +129,10 @@ def subject_maps(
         Methods run on ``random_model``; ``target`` is the *trained* model's class.
     random_seed
         Seed of the ``random`` baseline.
+    net_params
+        The data parameters of ``random_model``'s methods (its own patterns;
+        :attr:`~nipype_xai.benchmark.method_data.MethodData.for_net`); the trained model's are in
+        ``method_params``.
 
     Yields
     ------
@@ -138,11 +144,14 @@ def subject_maps(
     from ..attribution.registry import get_method
 
     method_params = dict(method_params or {})
-    jobs: list[tuple[nn.Module, list[list[str]], str]] = [(model, _method_groups(methods), "")]
+    jobs: list[tuple[nn.Module, list[list[str]], str, Mapping[str, Mapping[str, Any]]]] = [
+        (model, _method_groups(methods), "", method_params)]
     if random_model is not None:
-        jobs.append((random_model, _method_groups(random_model_methods), "random_model_"))
-    for net, groups, prefix in jobs:
-        for group, maps, seconds in _family_maps(net, x, groups, target, method_params, seed):
+        own = merge_params(method_params, net_params(random_model)) if net_params else \
+            method_params
+        jobs.append((random_model, _method_groups(random_model_methods), "random_model_", own))
+    for net, groups, prefix, params in jobs:
+        for group, maps, seconds in _family_maps(net, x, groups, target, params, seed):
             for name in group:
                 yield prefix + name, _volume(maps.pop(name)), seconds
     for name in BASELINES:
@@ -169,6 +178,7 @@ def model_randomization_check(
     max_steps: Optional[int] = None,
     mask: Optional[np.ndarray] = None,
     progress: bool = False,
+    net_params: Optional[NetParams] = None,
 ) -> list[dict[str, Any]]:
     """Cascading model randomisation (Adebayo et al. 2018) for several methods at once.
 
@@ -197,6 +207,10 @@ def model_randomization_check(
         over its voxels only. None: the whole grid.
     progress
         A tqdm bar over the depths.
+    net_params
+        Data parameters that belong to a network (patterns), made for each network of the
+        cascade, the trained one included, and laid over ``method_params``
+        (:attr:`~nipype_xai.benchmark.method_data.MethodData.for_net`).
 
     Returns
     -------
@@ -212,9 +226,9 @@ def model_randomization_check(
     groups = _method_groups(names)
 
     def maps_of(net: nn.Module, target: Any) -> dict[str, torch.Tensor]:
+        params = merge_params(method_params, net_params(net)) if net_params else method_params
         maps: dict[str, torch.Tensor] = {}
-        for _group, family, _seconds in _family_maps(net, x, groups, target, method_params,
-                                                     seed):
+        for _group, family, _seconds in _family_maps(net, x, groups, target, params, seed):
             maps.update(family)
         return {name: maps[name] for name in names}
 
@@ -237,22 +251,25 @@ def _score_subject(model: nn.Module, random_model: Optional[nn.Module], x: np.nd
                    method_params: Mapping[str, Mapping[str, Any]], seed: int,
                    random_model_methods: Sequence[str], random_seed: int, weights: str,
                    version: str, code: str, device: str,
-                   on_map: Callable[[str], None]) -> list[dict[str, Any]]:
+                   on_map: Callable[[str], None], data: MethodData,
+                   data_digest: str) -> list[dict[str, Any]]:
     """``subjects.tsv``'s rows of one subject: every map scored with every metric against each of
     ``groundtruths`` (definition -> mask on the model grid), definition by definition; with a
     ``parcellation`` on the model grid also the ROI ranking (NaN where the mask lies in no parcel).
 
     ``weights``, ``version`` and ``code`` are not used here: they are the cache key's name for
     ``model`` (and ``random_model``, made from it) and for the code that computes and scores the
-    maps (:func:`~nipype_xai.benchmark.provenance.code_digest`).
+    maps (:func:`~nipype_xai.benchmark.provenance.code_digest`). ``data`` (background, patterns)
+    is laid over ``method_params``; ``data_digest`` is its name in the cache key.
     """
     from ..attribution import is_baseline
 
     rows: dict[str, list[dict[str, Any]]] = {groundtruth: [] for groundtruth in groundtruths}
     for name, volume, seconds in subject_maps(
-            model, torch.from_numpy(x).to(device), target, methods, method_params=method_params,
-            seed=seed, random_model=random_model, random_model_methods=random_model_methods,
-            random_seed=random_seed):
+            model, torch.from_numpy(x).to(device), target, methods,
+            method_params=merge_params(method_params, data.params), seed=seed,
+            random_model=random_model, random_model_methods=random_model_methods,
+            random_seed=random_seed, net_params=data.for_net):
         on_map(name)
         for groundtruth, mask in groundtruths.items():
             values, notes = _scores(volume, mask, brain, affine, parcellation)
@@ -284,12 +301,15 @@ def _scores(volume: np.ndarray, mask: np.ndarray, brain: np.ndarray, affine: np.
 def _sanity_rows(model: nn.Module, x: np.ndarray, methods: Sequence[str], *,
                  method_params: Mapping[str, Mapping[str, Any]], seed: int,
                  max_steps: Optional[int], mask: np.ndarray, weights: str, version: str,
-                 code: str, device: str, progress: bool) -> list[dict[str, Any]]:
-    """:func:`model_randomization_check` of the sanity subjects ``x`` (``weights``, ``version``:
-    the cache key, as for :func:`_score_subject`)."""
+                 code: str, device: str, progress: bool, data: MethodData,
+                 data_digest: str) -> list[dict[str, Any]]:
+    """:func:`model_randomization_check` of the sanity subjects ``x`` (``weights``, ``version``,
+    ``data_digest``: the cache key, as for :func:`_score_subject`)."""
     return model_randomization_check(
-        model, torch.from_numpy(x).to(device), methods, method_params=method_params, seed=seed,
-        randomization_seed=seed, max_steps=max_steps, mask=mask, progress=progress)
+        model, torch.from_numpy(x).to(device), methods,
+        method_params=merge_params(method_params, data.params), seed=seed,
+        randomization_seed=seed, max_steps=max_steps, mask=mask, progress=progress,
+        net_params=data.for_net)
 
 
 # --------------------------------------------------------------------------------------------
@@ -370,7 +390,7 @@ def groundtruth_masks(cohort: Path, participant_id: str, task: str, groundtruths
 
 
 def score_model(bundle, task: str, test_root: Path, settings, memory,
-                training_seed: Optional[int] = None,
+                training_seed: Optional[int] = None, data: Optional[MethodData] = None,
                 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """Score every test subject against its ground truths, and run the sanity check, for one
     model (the subjects of ``settings.part`` only, when it is set).
@@ -390,6 +410,10 @@ def score_model(bundle, task: str, test_root: Path, settings, memory,
     training_seed
         The seed the model was trained with (the ``training_seed`` column; None for a given
         model).
+    data
+        The background and patterns of the methods that take them
+        (:func:`~nipype_xai.benchmark.method_data.method_data`); None: none (those methods then
+        run with their defaults).
 
     Returns
     -------
@@ -410,6 +434,7 @@ def score_model(bundle, task: str, test_root: Path, settings, memory,
     from ..synth.train import evaluate, load_cohort_arrays, read_participants
 
     s = settings
+    data = data or MethodData.none()
     spec, model = bundle.spec, bundle.model.to(s.device).eval()
     X, y, subjects = load_cohort_arrays(test_root, spec, to_template=TO_TEMPLATE[task],
                                         progress=False)
@@ -440,7 +465,7 @@ def score_model(bundle, task: str, test_root: Path, settings, memory,
                                force_resample=True, copy_header=True)
         parcellation = np.rint(np.asarray(parcels.dataobj)).astype(np.int32) * brain
     score_subject = memory.cache(_score_subject,
-                                 ignore=["model", "random_model", "device", "on_map"])
+                                 ignore=["model", "random_model", "device", "on_map", "data"])
 
     rows: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
@@ -472,7 +497,8 @@ def score_model(bundle, task: str, test_root: Path, settings, memory,
             identity, methods=s.methods, metrics=s.metrics, parcellation=parcellation,
             method_params=s.method_params, seed=s.seed,
             random_model_methods=s.random_model_methods, random_seed=s.seed + i,
-            device=s.device, on_map=bar.set_postfix_str, **key)
+            device=s.device, on_map=bar.set_postfix_str, data=data, data_digest=data.digest,
+            **key)
 
     # Sanity subjects: correctly classified first (a check of maps that explain a right decision),
     # chosen among all subjects so that every part agrees; each part checks its own, one subject
@@ -481,12 +507,12 @@ def score_model(bundle, task: str, test_root: Path, settings, memory,
                     key=lambda i: (int(predicted[i]) != int(y[i]), i))[:s.n_sanity]
     sanity_rows: list[dict[str, Any]] = []
     if s.sanity_methods:
-        check = memory.cache(_sanity_rows, ignore=["model", "device", "progress"])
+        check = memory.cache(_sanity_rows, ignore=["model", "device", "progress", "data"])
         for i in (i for i in chosen if i in ours):
             for row in check(model, X[i:i + 1].numpy(), s.sanity_methods,
                              method_params=s.method_params, seed=s.seed,
                              max_steps=s.sanity_max_steps, mask=brain, device=s.device,
-                             progress=s.progress, **key):
+                             progress=s.progress, data=data, data_digest=data.digest, **key):
                 sanity_rows.append({
                     "task": task, "architecture": bundle.name, "training_seed": training_seed,
                     "learned": learned, "subject": subjects[i],

@@ -139,7 +139,7 @@ def train_or_load(name: str, spec, train_roots: Sequence[Path], task: str, out_d
     again reloads them. ``arrays`` keeps one pooled training set in memory across architectures.
     """
     from ..models import load_model, load_model_spec
-    from ..synth.train import load_cohort_arrays, save_trained_model, train_model
+    from ..synth.train import save_trained_model, train_model
 
     spec_path = out_dir / f"{spec.name}.json"
     wanted = {"train_cohorts": [root.name for root in train_roots],
@@ -152,16 +152,25 @@ def train_or_load(name: str, spec, train_roots: Sequence[Path], task: str, out_d
             loaded = load_model_spec(spec_path)
             return BenchmarkModel(name, loaded, load_model(loaded, device=device),
                                   {**stored, "reused": True})
-    key = (spec.input, TO_TEMPLATE[task], tuple(str(root) for root in train_roots))
-    if key not in arrays:
-        arrays.clear()  # one training set in memory at a time
-        parts = [load_cohort_arrays(root, spec, to_template=TO_TEMPLATE[task],
-                                    progress=progress)[:2] for root in train_roots]
-        arrays[key] = (torch.cat([X for X, _ in parts]), torch.cat([y for _, y in parts]))
-    X, y = arrays[key]
+    X, y = training_arrays(spec, train_roots, task, arrays, progress)
     model, history = train_model(spec, X, y, device=device, progress=progress, **settings)
     record = {**wanted, "final_loss": history["loss"][-1] if history["loss"] else None,
               "train_seconds": round(history["seconds"], 1),
               "n_parameters": history["n_parameters"], "n_train": len(y)}
     saved = save_trained_model(model, spec, out_dir, name=spec.name, metadata=record)
     return BenchmarkModel(name, load_model_spec(saved), model, {**record, "reused": False})
+
+
+def training_arrays(spec, train_roots: Sequence[Path], task: str, arrays: dict,
+                    progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pooled training inputs of ``spec`` on its grid, ``(X, y)``, loaded once and kept in
+    ``arrays`` (one training set in memory at a time) for every model trained on them."""
+    from ..synth.train import load_cohort_arrays
+
+    key = (spec.input, TO_TEMPLATE[task], tuple(str(root) for root in train_roots))
+    if key not in arrays:
+        arrays.clear()
+        parts = [load_cohort_arrays(root, spec, to_template=TO_TEMPLATE[task],
+                                    progress=progress)[:2] for root in train_roots]
+        arrays[key] = (torch.cat([X for X, _ in parts]), torch.cat([y for _, y in parts]))
+    return arrays[key]

@@ -92,7 +92,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -100,6 +100,7 @@ import pandas as pd
 
 from ..atomic import atomic_write
 from ..tables import read_tsv, write_tsv
+from .method_data import MethodData, method_data, takers
 from .provenance import provenance_record, write_json
 from .scoring import score_model
 from .settings import GROUNDTRUTHS, METRICS, ROI_METRICS, BenchmarkSettings
@@ -112,6 +113,7 @@ from .training import (
     seeded_spec,
     task_settings,
     train_or_load,
+    training_arrays,
 )
 
 PathLike = Union[str, os.PathLike]
@@ -192,9 +194,11 @@ def run_validation_benchmark(output_dir: PathLike, settings: Optional[BenchmarkS
                                            {**task_settings(s.training, task),
                                             "seed": training_seed},
                                            arrays, s.device, s.progress)
-                records[f"{task}/{bundle.spec.name}"] = bundle.record
+                data = _method_data(bundle, task, train_roots, s, arrays, memory)
+                records[f"{task}/{bundle.spec.name}"] = {
+                    **bundle.record, **({"method_data": data.record} if data.record else {})}
                 subjects, sanity, result = score_model(bundle, task, test_root, s, memory,
-                                                       training_seed=training_seed)
+                                                       training_seed=training_seed, data=data)
                 parts.append((subjects, sanity))
                 model_rows.append(result["summary"])
                 skipped += [{"task": task, "architecture": name, "training_seed": training_seed,
@@ -293,9 +297,10 @@ def merge_benchmark(output_dir: PathLike, sources: Sequence[PathLike], *, n_boot
     Raises
     ------
     ValueError
-        A source without its tables; sources with different test cohorts; one model (task,
-        architecture, training seed) with different weights in two sources; one score
-        (model, ground truth, subject, method) with two different values.
+        A source without its tables; parts of one run (``name``) computed by different code;
+        sources with different test cohorts; one model (task, architecture, training seed) with
+        different weights in two sources; one score (model, ground truth, subject, method) with
+        two different values.
     """
     from .provenance import merged_provenance
 
@@ -313,10 +318,16 @@ def merge_benchmark(output_dir: PathLike, sources: Sequence[PathLike], *, n_boot
         records.append((source, json.loads((source / "provenance.json").read_text("utf-8"))))
     if not records:
         raise ValueError("merge: no source given")
-    codes = {r.get("code_digest") for _, r in records}
-    if len(codes) > 1:
-        raise ValueError("merge: the sources were computed by different code (code_digest "
-                         f"{sorted(map(str, codes))}); re-run the stale parts")
+    # One run (its name: one method set) is computed by one code; runs of different method sets
+    # may come from different code (a method added later is run on its own), each named in the
+    # merged provenance, and a score both computed must agree (the clash check below).
+    codes: dict[str, set] = {}
+    for _, record in records:
+        codes.setdefault(run_name(record), set()).add(record.get("code_digest"))
+    stale = {name: sorted(map(str, found)) for name, found in codes.items() if len(found) > 1}
+    if stale:
+        raise ValueError("merge: the parts of one run were computed by different code "
+                         f"(code_digest {stale}); re-run the stale parts")
     cohorts = {json.dumps(r.get("cohort_seeds"), sort_keys=True) for _, r in records}
     tests = {(r["settings"]["n_test"], r["settings"]["resolution_mm"]) for _, r in records}
     if len(cohorts) > 1 or len(tests) > 1:
@@ -363,6 +374,11 @@ def merge_benchmark(output_dir: PathLike, sources: Sequence[PathLike], *, n_boot
     provenance = merged_provenance(records)
     return write_results(Path(output_dir).absolute(), subjects=table, sanity=sanity_table,
                          models=merged_models, provenance=provenance, n_boot=n_boot, seed=seed)
+
+
+def run_name(record: Mapping[str, Any]) -> str:
+    """The run (method set) a part's ``provenance.json`` belongs to: its ``--name``."""
+    return str((record.get("settings") or {}).get("name") or "main")
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -421,6 +437,37 @@ def _learned(table: pd.DataFrame) -> pd.Series:
     if "learned" not in table.columns:
         return pd.Series(True, index=table.index)
     return table["learned"].astype(str).str.lower().isin(["true", "1"])
+
+
+def _method_data(bundle, task: str, train_roots, settings, arrays: dict, memory):
+    """The background and patterns of the run's methods that take them, from the model's
+    training inputs (:mod:`~nipype_xai.benchmark.method_data`); cached like the scores (every
+    part of a run needs them, and the training inputs take minutes to load)."""
+    from .. import __version__
+    from .provenance import code_digest, state_digest
+
+    s = settings
+    asked = list(s.methods) + list(s.random_model_methods or ()) + list(s.sanity_methods or ())
+    methods = list(dict.fromkeys(takers(asked, "background") + takers(asked, "patterns")))
+    if not methods:
+        return MethodData.none()
+    fitted = memory.cache(_fitted_method_data, ignore=["model", "load", "device"])
+    return fitted(
+        bundle.model, lambda: training_arrays(bundle.spec, train_roots, task, arrays, s.progress),
+        methods=methods, seed=s.seed,
+        source="training cohorts " + ", ".join(root.name for root in train_roots),
+        weights=bundle.record.get("weights_sha256") or state_digest(bundle.model),
+        version=__version__, code=code_digest(), device=s.device)
+
+
+def _fitted_method_data(model, load, *, methods, seed: int, source: str, weights: str,
+                        version: str, code: str, device: str) -> MethodData:
+    """:func:`~nipype_xai.benchmark.method_data.method_data` of ``model`` on the training inputs
+    ``load()`` gives (``weights``, ``version``, ``code``: the cache key's name for the model and
+    the code; ``source`` names the inputs)."""
+    X, y = load()
+    return method_data(model.to(device).eval(), methods, X.to(device), y, seed=seed,
+                       source=source)
 
 
 def _cohorts(root: Path, task: str, s: BenchmarkSettings,
