@@ -1,4 +1,5 @@
-"""The ``nipype-xai`` command: BIDS-App participant/group levels; ``demo``, ``synth``, ``train``.
+"""The ``nipype-xai`` command: BIDS-App participant/group levels; ``demo``, ``synth``, ``train``,
+``benchmark``, ``train-simulator``.
 
 Exit codes: 0 done; 1 bad input (one line on stderr, ``nipype-xai: error: <file>: <problem>``,
 nothing run; with ``-v`` the traceback too); 2 some subjects failed (the others finished; their
@@ -53,6 +54,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     verbose = wants_verbose(argv)
     commands: dict[str, Callable[[list[str]], int]] = {
         "demo": _demo, "synth": _synth, "train": _train, "benchmark": _benchmark,
+        "train-simulator": _train_simulator,
     }
     try:
         if argv and argv[0] in commands:
@@ -345,6 +347,12 @@ def _train(argv: list[str]) -> int:
 
 def _benchmark(argv: list[str]) -> int:
     from .benchmark import run_from_argv
+
+    return run_from_argv(argv)
+
+
+def _train_simulator(argv: list[str]) -> int:
+    from .counterfactual import run_from_argv
 
     return run_from_argv(argv)
 
