@@ -140,10 +140,11 @@ def run(args: argparse.Namespace) -> Path:
     classifier = load_model(spec, device=args.device, trust_code=args.trust_model_code)
     task = _cohort_task(args.cohort)
     to_template = args.to_template or TASK_TO_TEMPLATE.get(task, "groundtruth")
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     X, y, subjects = load_training_set(args.cohort, spec, n_subjects=args.n_subjects,
                                        to_template=to_template, progress=args.progress)
     loading = time.perf_counter() - started
+    loading_cpu = time.process_time() - cpu_started
     if len(torch.unique(y)) < 2:
         raise UsageError(f"{args.cohort}: the training subjects hold a single class; a "
                          f"simulator needs both")
@@ -157,7 +158,9 @@ def run(args: argparse.Namespace) -> Path:
         "device": str(args.device),
         "threads": torch.get_num_threads(),
         "seconds_loading": round(loading, 1),
+        "cpu_seconds_loading": round(loading_cpu, 1),
         "seconds_training": round(history["seconds"], 1),
+        "cpu_seconds_training": round(history["cpu_seconds"], 1),
         "n_parameters": history["n_parameters"],
         "final_losses": {t: history[t][-1] for t in terms},
         "history": {t: history[t] for t in terms},

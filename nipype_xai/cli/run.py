@@ -134,6 +134,9 @@ def _pipeline_options(args, model_spec: Path, methods: Sequence[str],
     """The participant level's options from the parsed command line (BIDS-App or demo)."""
     from ..workflows.options import PipelineOptions
 
+    counterfactual = getattr(args, "counterfactual", None)
+    if counterfactual is not None:
+        _check_simulator(counterfactual, model_spec, args.external_weights)
     return PipelineOptions(
         model_spec=model_spec, methods=methods, template=template,
         registration=args.registration, brain_extraction=args.brain_extraction,
@@ -141,7 +144,18 @@ def _pipeline_options(args, model_spec: Path, methods: Sequence[str],
         restrict_maps=args.restrict_maps, seed=args.seed, deterministic=args.deterministic,
         device=args.device, trust_model_code=args.trust_model_code,
         external_weights=args.external_weights, reports=args.reports,
+        counterfactual=counterfactual,
     )
+
+
+def _check_simulator(simulator_spec: Path, model_spec: Path, external_weights: bool) -> None:
+    """A simulator spec that cannot be read, or was trained for another model: one error now,
+    not the same failure in every subject."""
+    from ..counterfactual.spec import check_classifier, load_simulator_spec
+    from ..models.spec import load_model_spec
+
+    check_classifier(load_simulator_spec(simulator_spec),
+                     load_model_spec(model_spec, external_weights=external_weights))
 
 
 def _report_run(summary, output_dir: Path) -> int:

@@ -210,7 +210,8 @@ def train_simulator(
     history : dict
         Per epoch: ``loss`` (weighted total) and its terms ``classification``, ``smoothness``,
         ``cycle``, ``magnitude`` (unweighted means over the samples), ``flip_rate`` (share of
-        first legs the classifier assigns to the requested class); ``seconds``, ``n_parameters``,
+        first legs the classifier assigns to the requested class); ``seconds`` (wall),
+        ``cpu_seconds`` (this process's CPU time: the cost on a shared machine), ``n_parameters``,
         ``n_classes``, ``n_inputs``.
 
     Notes
@@ -234,7 +235,7 @@ def train_simulator(
     diffusion = DiffusionLoss(normalize=False, reduction="mean")
     terms = ("classification", "smoothness", "cycle", "magnitude")
     history: dict[str, Any] = {"loss": [], **{t: [] for t in terms}, "flip_rate": []}
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     with model_guard(classifier), \
             torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(settings.seed)
@@ -285,6 +286,7 @@ def train_simulator(
     if any(not torch.equal(before[k], after[k]) for k in before):
         raise RuntimeError("training the simulator changed the classifier; this is a bug")
     history.update(seconds=time.perf_counter() - started,
+                   cpu_seconds=time.process_time() - cpu_started,
                    n_parameters=sum(p.numel() for p in simulator.parameters()),
                    n_classes=n_classes, n_inputs=len(inputs))
     return simulator.eval(), history

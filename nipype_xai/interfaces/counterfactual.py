@@ -20,7 +20,10 @@ from ..images import load_volume, save_image
 from ..models.spec import load_model, weights_sha256
 from .model import _ModelInputSpec, read_model_spec, resolve_device
 
-__all__ = ["Counterfactual"]
+__all__ = ["Counterfactual", "MAP_DESCS"]
+
+#: ``desc`` labels of ``out_maps``, in order (suffix ``counterfactual``).
+MAP_DESCS = ("logJacobian", "intensityDifference")
 
 #: (output field, file suffix, what the sidecar says the file is).
 _OUTPUTS = (
@@ -67,6 +70,11 @@ class _CounterfactualOutputSpec(TraitedSpec):
     out_difference = File(exists=True, desc="counterfactual minus input")
     out_files = traits.List(File(exists=True), desc="the four images, in that order")
     out_sidecars = traits.List(File(exists=True), desc="one JSON sidecar per image")
+    out_image_sidecar = File(exists=True, desc="the counterfactual image's sidecar")
+    out_displacement_sidecar = File(exists=True, desc="the displacement field's sidecar")
+    out_maps = traits.List(File(exists=True),
+                           desc="the log-Jacobian and intensity-difference maps (MAP_DESCS)")
+    out_map_sidecars = traits.List(File(exists=True), desc="their sidecars")
 
 
 class Counterfactual(SimpleInterface):
@@ -120,4 +128,8 @@ class Counterfactual(SimpleInterface):
             out_sidecars.append(str(sidecar))
         self._results["out_files"] = out_files
         self._results["out_sidecars"] = out_sidecars
+        self._results["out_image_sidecar"], self._results["out_displacement_sidecar"] = \
+            out_sidecars[:2]
+        self._results["out_maps"] = out_files[2:]
+        self._results["out_map_sidecars"] = out_sidecars[2:]
         return runtime

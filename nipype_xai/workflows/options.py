@@ -58,6 +58,10 @@ class PipelineOptions:
         Opt-ins of the model spec's trust boundary (:mod:`nipype_xai.models.spec`).
     reports
         Make the subject HTML reports.
+    counterfactual
+        A simulator spec (``nipype-xai train-simulator``) for the model: each subject also gets
+        its counterfactual (:class:`~nipype_xai.interfaces.Counterfactual`) for the class the
+        model does not predict; None: none.
     """
 
     model_spec: Path
@@ -75,10 +79,13 @@ class PipelineOptions:
     trust_model_code: bool = False
     external_weights: bool = False
     reports: bool = True
+    counterfactual: Optional[Path] = None
 
     def __post_init__(self) -> None:
         # Frozen: normalised through object.__setattr__, once, here.
         object.__setattr__(self, "model_spec", Path(self.model_spec).absolute())
+        if self.counterfactual is not None:
+            object.__setattr__(self, "counterfactual", Path(self.counterfactual).absolute())
         object.__setattr__(self, "methods", tuple(self.methods))
         object.__setattr__(self, "method_params",
                            {m: dict(p) for m, p in (self.method_params or {}).items()})
