@@ -323,3 +323,37 @@ def test_atrophy_scores_refuse_an_empty_ground_truth():
     truth, gt, _, _ = _atrophy_grid()
     with pytest.raises(ValueError, match="a control has no atrophy"):
         atrophy_counterfactual_scores(truth, np.zeros_like(gt))
+
+
+# ------------------------------------------------------------------------------------------------
+# Real architectures: a MONAI 3D ResNet, and the bundled model on its own grid
+
+
+def test_simulator_trains_against_a_monai_resnet(monai_resnet):
+    x, y = _blob_data()
+    state = {k: v.clone() for k, v in monai_resnet.state_dict().items()}
+    simulator, history = train_simulator(monai_resnet, x, y, SimulatorSettings(epochs=1, **FAST))
+    assert all(torch.equal(state[k], v) for k, v in monai_resnet.state_dict().items())
+    assert np.isfinite(history["loss"]).all()
+    result = counterfactual(simulator, monai_resnet, x[:2], 1)
+    assert result.probabilities_after.shape == (2, 2) and result.n_folded == 0
+    assert torch.isfinite(result.log_jacobian).all()
+
+
+def test_counterfactual_on_the_bundled_model_grid():
+    from nipype_xai.models import load_model, load_model_spec
+    from nipype_xai.models.bundled import bundled_model_spec
+
+    spec = load_model_spec(bundled_model_spec("lesion"))
+    model = load_model(spec)
+    torch.manual_seed(0)
+    simulator = Simulator(features=SMALL)
+    with torch.no_grad():
+        simulator.unet.final_conv.weight.normal_(0.0, 0.3)
+    x = torch.randn(1, 1, *spec.input.shape)
+    affine = np.diag([*spec.input.resolution_mm, 1.0])
+    result = counterfactual(simulator, model, x, 1, affine=affine)
+    assert result.image.shape == x.shape
+    assert result.displacement.shape == (1, 3, *spec.input.shape)
+    assert float(result.displacement.abs().max()) > 0.5  # mm
+    assert result.n_folded == 0
