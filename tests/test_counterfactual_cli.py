@@ -164,3 +164,9 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["train-simulator", str(tmp_path / "out"), "--model", str(model),
                  "--cohort", str(tmp_path)]) == 1
     assert "not a synthetic cohort" in capsys.readouterr().err
+
+
+def test_train_simulator_help(capsys):
+    assert main(["train-simulator", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "nipype-xai train-simulator" in out and "--weight-cycle" in out
