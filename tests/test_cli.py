@@ -44,7 +44,7 @@ def test_help_and_version(capsys):
     assert "BIDS_DIR OUTPUT_DIR {participant,group}" in out and "--participant-label" in out
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"nipype-xai {__version__}"
-    for command in ("demo", "synth", "train"):
+    for command in ("demo", "synth", "train", "background"):
         assert main([command, "--help"]) == 0
         assert f"nipype-xai {command}" in capsys.readouterr().out
 
@@ -327,6 +327,55 @@ def test_progress_counts_subjects_done_failed_and_remaining():
     copy.close()
 
 
+def test_progress_status_file_is_kept_for_polling(tmp_path):
+    import pickle
+
+    from nipype_xai.cli.execution import RunProgress, status_file_path
+    from nipype_xai.workflows import subject_workflow_name
+
+    labels = {subject_workflow_name(s): f"sub-{s}" for s in ("01", "02", "03")}
+    path = tmp_path / "status" / "participant.json"
+    progress = RunProgress(labels, enabled=False, status_file=path)
+    first = json.loads(path.read_text())  # written at once: a poller sees the run has started
+    assert (first["Total"], first["Done"], first["Failed"], first["Remaining"]) == (3, 0, 0, 3)
+    assert first["ETASeconds"] is None and first["Finished"] is False
+    assert first["Subjects"]["Remaining"] == ["sub-01", "sub-02", "sub-03"]
+
+    progress(_node("register", "sub_02_wf.registration_wf"), "start")
+    assert json.loads(path.read_text())["Subjects"]["Running"] == {"sub-02": "register"}
+    progress(_commit("sub_01_wf"), "end")
+    progress(_node("attribution", "sub_02_wf"), "exception")
+    status = json.loads(path.read_text())
+    assert (status["Done"], status["Failed"], status["Remaining"]) == (1, 1, 1)
+    assert status["Subjects"] == {"Done": ["sub-01"], "Failed": ["sub-02"], "Running": {},
+                                  "Remaining": ["sub-03"]}
+    assert status["ETASeconds"] is not None and status["ETASeconds"] >= 0
+    assert not list(path.parent.glob(".*tmp*"))  # atomic: no temporary file left
+
+    # A worker's pickled copy writes nothing (the head process keeps the file).
+    copy = pickle.loads(pickle.dumps(progress))
+    path.unlink()
+    copy(_commit("sub_03_wf"), "end")
+    copy.close()
+    assert not path.exists()
+
+    # The outcome as the failure records have it (graph plugins report no node at all).
+    progress.finish(["sub-01", "sub-03"], ["sub-02"])
+    progress.close()
+    final = json.loads(path.read_text())
+    assert final["Finished"] is True and final["ETASeconds"] is None
+    assert (final["Done"], final["Failed"], final["Remaining"]) == (2, 1, 0)
+
+    # One file per job: SLURM's job (and array task) id, else host and process.
+    out = tmp_path / "out"
+    assert status_file_path(out).parent == out / ".nipype-xai" / "status"
+    import os
+    from unittest import mock
+
+    with mock.patch.dict(os.environ, {"SLURM_JOB_ID": "812", "SLURM_ARRAY_TASK_ID": "3"}):
+        assert status_file_path(out, "group").name == "group-812_3.json"
+
+
 def test_progress_of_a_real_run_on_a_terminal_only(tmp_path, capsys, monkeypatch, cohort):
     argv = [str(cohort["bids"]), str(tmp_path / "out"), "participant", "--model",
             str(cohort["model"]), "--participant-label", "01", "02", "--methods", "gradient",
@@ -336,6 +385,11 @@ def test_progress_of_a_real_run_on_a_terminal_only(tmp_path, capsys, monkeypatch
     captured = capsys.readouterr()
     assert "participant level |" not in captured.err
     assert "2 of 2 subject(s) done" in captured.out
+    # The status file is kept all the same, and named on stdout.
+    named = captured.out.split("progress kept in ")[1].split(" (JSON)")[0]
+    status = json.loads(Path(named).read_text())
+    assert status["Finished"] is True and status["Subjects"]["Done"] == ["sub-01", "sub-02"]
+    assert Path(named).parent == (tmp_path / "out" / ".nipype-xai" / "status").resolve()
 
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     assert main(argv) == 0
@@ -390,3 +444,119 @@ def test_work_dir_is_temporary_unless_given(tmp_path, capsys, monkeypatch, cohor
     assert Path(failures.loc[0, "crashfile"]).is_relative_to(kept)
     assert Path(failures.loc[0, "crashfile"]).is_file()
     assert list(here.iterdir()) == []
+
+
+# ---- background: a background set for gradient_shap / deeplift_shap ----------------------------
+
+
+def _template_images(folder: Path, n: int) -> list[Path]:
+    """``n`` noisy copies of the template brain at the registration resolution of the tiny model
+    (its 2 mm grid): images in the model's template space, on the field of view the participant
+    level's model grid is made from."""
+    import nibabel as nib
+
+    from nipype_xai.templates import get_template
+
+    template = nib.load(str(get_template(TPL, resolution=2, suffix="T1w", desc="brain")))
+    data = np.asarray(template.dataobj, dtype=np.float32)
+    rng = np.random.default_rng(0)
+    paths = []
+    for index in range(n):
+        path = folder / f"sub-{index + 1:02d}_space-{TPL}_desc-preproc_T1w.nii.gz"
+        noisy = np.where(data > 0, data + rng.normal(0, 5, data.shape), 0).astype(np.float32)
+        nib.save(nib.Nifti1Image(noisy, template.affine), path)
+        paths.append(path)
+    return paths
+
+
+def test_background_command(tmp_path, capsys, cohort):
+    import nibabel as nib
+
+    from nipype_xai.models import load_model_spec, to_model_grid
+    from nipype_xai.images import load_volume
+
+    images = _template_images(tmp_path, 4)
+    (tmp_path / "participants.tsv").write_text(
+        "participant_id\tlabel\nsub-01\tcontrol\nsub-02\tlesion\nsub-03\tcontrol\n"
+        "sub-04\tcontrol\n")
+    out = tmp_path / "bg" / "controls.nii.gz"
+    argv = ["background", "--model", str(cohort["model"]), "--images", *map(str, images),
+            "-n", "2", "--seed", "1", "--participants", str(tmp_path / "participants.tsv"),
+            "--only", "label=control", str(out)]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert "2 volume(s) on the tiny model grid (24x28x24)" in capsys.readouterr().out
+    sidecar = json.loads(out.with_name("controls.json").read_text())
+    assert sidecar["N"] == 2 and sidecar["NAvailable"] == 3 and sidecar["Seed"] == 1
+    assert sidecar["Selection"]["Column"] == "label" and sidecar["Selection"]["Value"] == "control"
+    sources = [Path(p) for p in sidecar["Sources"]]
+    assert len(sources) == 2 and not {p.name for p in sources} & {images[1].name}  # no lesion
+    # Each volume is its image prepared as an explained image is.
+    spec = load_model_spec(cohort["model"])
+    volumes = np.asarray(nib.load(out).dataobj)
+    assert volumes.shape == (24, 28, 24, 2)
+    for index, source in enumerate(sources):
+        x, _ = to_model_grid(load_volume(source), spec)
+        np.testing.assert_array_equal(volumes[..., index], x[0, 0].numpy())
+    # The same seed draws the same background.
+    assert main(argv[:-1] + [str(tmp_path / "again.nii.gz")]) == 0
+    assert json.loads((tmp_path / "again.json").read_text())["Sources"] == sidecar["Sources"]
+
+    capsys.readouterr()
+    cases = [
+        (argv[:-5] + [str(out)], None),  # no selection: fine
+        (["background", "--model", str(cohort["model"]), "--images", str(images[0]), "--only",
+          "label=control", str(out)], "--only needs --participants"),
+        (argv[:-2] + ["label=atrophy", str(out)], "--only label=atrophy: no input with label "
+                                                  "'atrophy'"),
+        (["background", "--model", str(cohort["model"]), "--images", str(images[0]),
+          str(tmp_path / "missing.nii.gz"), str(out)], "missing.nii.gz: image not found"),
+        (["background", "--images", str(images[0]), str(tmp_path / "bg.txt")],
+         "bg.txt: the background file must end in .nii.gz or .nii"),
+    ]
+    for case, message in cases:
+        code = main(case)
+        lines = _error_lines(capsys)
+        if message is None:
+            assert code == 0
+            continue
+        assert code == 1 and len(lines) == 1, lines
+        assert lines[0].startswith("nipype-xai: error: ") and message in lines[0], lines
+
+
+def test_participant_level_takes_a_background(tmp_path, capsys, monkeypatch, cohort):
+    """--background is checked before any subject runs and reaches the pipeline options."""
+    from nipype_xai.cli import execution
+
+    images = _template_images(tmp_path, 2)
+    background = tmp_path / "bg.nii.gz"
+    assert main(["background", "--model", str(cohort["model"]), "--images",
+                 *map(str, images), str(background)]) == 0
+    captured = {}
+
+    def run_participant_level(**kwargs):
+        captured.update(kwargs)
+        raise SystemExit(0)  # stop here: only the options are under test
+
+    monkeypatch.setattr(execution, "run_participant_level", run_participant_level)
+    base = [str(cohort["bids"]), str(tmp_path / "out"), "participant", "--model",
+            str(cohort["model"])]
+    assert main(base + ["--methods", "gradient", "deeplift_shap", "--background",
+                        str(background)]) == 0
+    assert captured["options"].background == background
+    capsys.readouterr()
+
+    # A background no method takes, and one on another model's grid: refused before any work.
+    other_model = write_tiny_model(tmp_path / "other", shape=(20, 24, 20))
+    cases = [
+        (base + ["--methods", "gradient", "--background", str(background)],
+         f"--background {background}: none of the --methods takes a background"),
+        ([str(cohort["bids"]), str(tmp_path / "out"), "participant", "--model", str(other_model),
+          "--methods", "gradient_shap", "--background", str(background)],
+         "bg.nii.gz: background grid 24x28x24 is not the model's input grid 20x24x20"),
+    ]
+    for argv, message in cases:
+        captured.clear()
+        assert main(argv) == 1
+        lines = _error_lines(capsys)
+        assert len(lines) == 1 and message in lines[0], lines
+        assert not captured

@@ -21,6 +21,7 @@ SPEC_METHODS = [
     "lrp_epsilon_plus_flat", "lrp_alpha2_beta1", "deep_taylor", "gradcam", "gradcam_pp",
     "smooth_gradcam_pp", "occlusion", "deeplift", "shapley_sampling", "kernel_shap", "lime",
     "atlas_occlusion", "lrp_epsilon_gamma_box", "lrp_epsilon_plus",
+    "guided_gradcam", "score_cam", "layercam", "hirescam", "gradient_shap", "deeplift_shap",
 ]
 
 # Small sample counts keep the all-method tests fast; defaults are exercised on the tiny net.
@@ -28,7 +29,7 @@ FAST = {
     "smoothgrad": {"n_samples": 4}, "smoothgrad_sq": {"n_samples": 4}, "vargrad": {"n_samples": 4},
     "smooth_gradcam_pp": {"n_samples": 3}, "integrated_gradients": {"n_steps": 8},
     "shapley_sampling": {"n_samples": 2}, "kernel_shap": {"n_samples": 20},
-    "lime": {"n_samples": 20},
+    "lime": {"n_samples": 20}, "gradient_shap": {"n_samples": 4},
 }
 
 

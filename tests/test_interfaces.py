@@ -397,3 +397,93 @@ def test_restrict_maps_interface_records_the_mass_outside(tmp_path):
     save_image(nib.Nifti1Image(domain[:5], affine), other)
     with pytest.raises(ImageError, match="other.nii.gz: not on the grid"):
         RestrictMaps(in_files=maps, mask=str(other), description="x").run(cwd=str(cwd))
+
+
+# ------------------------------------------------------------------------------------------
+# A background set (gradient_shap, deeplift_shap): given as a file, described in the sidecars
+
+
+def _write_background(folder: Path, spec_path: Path, seeds=(5, 6, 7)) -> Path:
+    from nipype_xai.models.background import prepare_background, write_background
+
+    cohort = ((f"sub-{s}_T1w.nii.gz", nib.Nifti1Image(brain_volume(seed=s), AFFINE_4MM))
+              for s in seeds)
+    volumes, grid = prepare_background(cohort, load_model_spec(spec_path))
+    out, _ = write_background(folder / "background.nii.gz", volumes, grid,
+                              {"ModelSpec": "tiny", "N": len(seeds), "Seed": 3,
+                               "Selection": {"Column": "label", "Value": "control"},
+                               "Sources": [f"sub-{s}_T1w.nii.gz" for s in seeds]})
+    return out
+
+
+def test_attribution_with_a_background_file_records_it(tmp_path, subject):
+    import hashlib
+
+    from nipype_xai.models.background import load_background
+
+    in_file, spec_path = subject
+    background = _write_background(tmp_path, spec_path)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    result = Attribution(
+        in_file=str(in_file), model_spec=str(spec_path),
+        methods=["deeplift_shap", "gradient_shap", "gradient"], background=str(background),
+        method_params={"gradient_shap": {"n_samples": 4}}, seed=2,
+    ).run(cwd=str(run_dir)).outputs
+    sidecars = [json.loads(Path(f).read_text()) for f in result.out_sidecars]
+    described = {"Source": str(background), "SHA256": hashlib.sha256(
+        background.read_bytes()).hexdigest(), "N": 3, "ModelSpec": "tiny", "Seed": 3,
+        "Selection": {"Column": "label", "Value": "control"}}
+    assert sidecars[0]["Parameters"] == {"background": described, "batch_size": 16}
+    assert sidecars[1]["Parameters"] == {"background": described, "n_samples": 4,
+                                         "stdevs": 0.0, "seed": 2, "batch_size": 16}
+    assert sidecars[2]["Parameters"] == {"batch_size": 16}
+    # The map is the engine's, against the file's volumes, put back on the image's grid.
+    spec = load_model_spec(spec_path)
+    model = load_model(spec)
+    x, grid = to_model_grid(load_volume(in_file), spec)
+    volumes = load_background(background, spec).volumes
+    expected = attribute_many(model, x, ["deeplift_shap"], sidecars[0]["Target"],
+                              method_params={"deeplift_shap": {"background": volumes}})
+    np.testing.assert_allclose(
+        nib.load(result.out_files[0]).get_fdata(),
+        from_model_grid(expected["deeplift_shap"][0, 0], grid, nib.load(in_file)).get_fdata(),
+        atol=1e-6)
+    # Against the fallback (each image's blur) the map is another one, and says so.
+    fallback = Attribution(in_file=str(in_file), model_spec=str(spec_path),
+                           methods=["deeplift_shap"]).run(cwd=str(tmp_path)).outputs
+    from nipype_xai.attribution.shap_gradients import BACKGROUND_FALLBACK
+
+    record = json.loads(Path(fallback.out_sidecars[0]).read_text())
+    assert record["Parameters"]["background"] == BACKGROUND_FALLBACK
+    assert not np.allclose(nib.load(fallback.out_files[0]).get_fdata(),
+                           nib.load(result.out_files[0]).get_fdata())
+
+
+def test_attribution_refuses_a_background_it_cannot_use(tmp_path, subject):
+    in_file, spec_path = subject
+    background = _write_background(tmp_path, spec_path)
+    with pytest.raises(ValueError, match="background.nii.gz: a background was given, but none "
+                                         r"of the methods \['gradient'\] takes one"):
+        Attribution(in_file=str(in_file), model_spec=str(spec_path), methods=["gradient"],
+                    background=str(background)).run(cwd=str(tmp_path))
+    # Another field of view: another model grid than the background's.
+    other = tmp_path / "sub-05_T1w.nii.gz"
+    nib.save(nib.Nifti1Image(brain_volume((20, 16, 16)), AFFINE_4MM), other)
+    with pytest.raises(ImageError, match="background.nii.gz: background grid .* is not the "
+                                         "model grid of the explained image"):
+        Attribution(in_file=str(other), model_spec=str(spec_path), methods=["deeplift_shap"],
+                    background=str(background)).run(cwd=str(tmp_path))
+    assert not list(tmp_path.glob("*_attribution.nii.gz"))
+
+
+def test_a_tensor_parameter_is_described_never_dumped():
+    from nipype_xai.interfaces.attribution import _json_safe
+
+    small = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    described = _json_safe(small)
+    assert described == {"Type": "Tensor", "Shape": [2, 3], "DType": "float32",
+                         "SHA256": __import__("hashlib").sha256(small.numpy().tobytes()
+                                                                ).hexdigest()}
+    assert _json_safe(np.zeros((4, 4), np.int16))["Shape"] == [4, 4]
+    assert _json_safe(np.float32(0.5)) == 0.5 and _json_safe([1, (2, "a")]) == [1, [2, "a"]]

@@ -42,9 +42,12 @@ def cohort(tmp_path_factory):
 
 
 def _snapshot(folder: Path) -> dict[str, str]:
-    """sha256 of every file under ``folder`` (hidden ones too), by relative path."""
+    """sha256 of every file under ``folder`` (hidden ones too), by relative path, less the lock
+    and the runs' status files (a log of the run: its host, process and times, by design)."""
+    status = folder / ".nipype-xai" / "status"
     return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "lock"}
+            for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != "lock" and status not in p.parents}
 
 
 def _tree(folder: Path) -> dict[str, bytes]:

@@ -58,8 +58,12 @@ def test_slurm_is_up_where_ci_requires_it():
 
 
 def _snapshot(folder: Path) -> dict[str, str]:
+    """sha256 of every file by relative path, less the lock and the runs' status files (a log
+    of the run: its host, process and times)."""
+    status = folder / ".nipype-xai" / "status"
     return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "lock"}
+            for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != "lock" and status not in p.parents}
 
 
 def _run(root: Path, name: str, *plugin: str) -> dict[str, str]:

@@ -15,6 +15,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from nipype.interfaces.base import isdefined
 
 from nipype_xai.bids import figures_dir, group_map_path, group_metrics_path, group_ranking_path
 from nipype_xai.synth import generate_cohort
@@ -257,6 +258,24 @@ def test_xai_wf_reusing_transforms_has_no_registration(tmp_path):
     with pytest.raises(ValueError, match="unknown method"):
         init_xai_wf(subject="01", methods=["gradient", "sharpgrad"], model_spec=model,
                     output_dir=tmp_path / "out")
+
+
+def test_xai_wf_gives_the_background_to_the_attribution_node(tmp_path):
+    model = write_tiny_model(tmp_path)
+    background = tmp_path / "bg.nii.gz"
+    background.write_bytes(b"")
+    common = {"subject": "01", "model_spec": model, "output_dir": tmp_path / "out",
+              "t1w": tmp_path / "tiny.json", "reports": False}
+    workflow = init_xai_wf(methods=["gradient", "deeplift_shap", "sobel"],
+                           background=background, **common)
+    attribution = workflow.get_node("attribution")
+    assert attribution.inputs.background == str(background)
+    assert attribution.inputs.methods == ["gradient", "deeplift_shap"]
+    # No method takes it: the node is not given it (the command line refuses such a run).
+    workflow = init_xai_wf(methods=["gradient"], background=background, **common)
+    assert not isdefined(workflow.get_node("attribution").inputs.background)
+    workflow = init_xai_wf(methods=["gradient_shap"], **common)
+    assert not isdefined(workflow.get_node("attribution").inputs.background)
 
 
 def test_registration_wf_graph():

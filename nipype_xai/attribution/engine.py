@@ -42,7 +42,9 @@ def _computing(methods: Sequence[str]) -> Iterator[None]:
 
 # The implementations register themselves on import (the registry imports none of them). They
 # come after AttributionWarning: they import it from here while this module is being imported.
-from . import gradcam, gradient, occlusion, path, propagation, surrogate  # noqa: E402,F401
+from . import (  # noqa: E402,F401
+    cam_variants, gradcam, gradient, occlusion, path, propagation, shap_gradients, surrogate,
+)
 from .baselines import available_baselines
 from .model_state import TargetLike, model_guard, resolve_target
 from .registry import get_family, get_method, registered_methods

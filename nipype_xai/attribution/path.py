@@ -426,22 +426,46 @@ def deeplift(
         has no rule for, if any.
     """
     batch_size = _positive_int(batch_size, "batch_size")
-    network = _deeplift_copy(model, x[:1])
-    explainer = DeepLift(network)
+    explainer = deeplift_explainer(model, x[:1])
     chunk = max(1, batch_size // 2)
+    maps = deeplift_attribute(explainer, x, target, chunk)
+    _check_sums(
+        explainer, x, target, maps, chunk, rtol=SUMMATION_TO_DELTA_RTOL,
+        axiom="summation-to-delta", cause=deeplift_failure_cause(explainer),
+    )
+    return maps
+
+
+def deeplift_explainer(model: nn.Module, probe: torch.Tensor) -> DeepLift:
+    """captum's DeepLift on the prepared copy of ``model`` (:func:`_deeplift_copy`, probed with
+    ``probe``, one sample of the input): what :func:`deeplift` and DeepLIFT-SHAP
+    (:mod:`.shap_gradients`) run."""
+    return DeepLift(_deeplift_copy(model, probe))
+
+
+def deeplift_attribute(
+    explainer: DeepLift,
+    x: torch.Tensor,
+    target: Optional[torch.Tensor],
+    chunk: int,
+    baselines: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """DeepLIFT maps of ``x``, ``chunk`` samples per captum call (each runs with its reference,
+    2 x chunk rows), against ``baselines`` (a tensor of x's shape, row i the reference of sample
+    i) or 0."""
     with warnings.catch_warnings():
         # captum announces that it sets hooks; they are on our private copy.
         warnings.filterwarnings("ignore", message="Setting forward, backward hooks")
-        maps = _attribute_in_chunks(
+        return _attribute_in_chunks(
             explainer, x, target, chunk,
             # A fresh leaf requiring grad: captum would otherwise set the flag itself and warn.
             inputs=lambda chunk_x: chunk_x.clone().requires_grad_(True),
+            baselines=baselines,
         )
-    unsupported = ", ".join(network.unsupported) or "none as modules"
-    _check_sums(
-        explainer, x, target, maps, chunk, rtol=SUMMATION_TO_DELTA_RTOL,
-        axiom="summation-to-delta",
-        cause=(f"the model has nonlinearities captum's DeepLift treats as linear ({unsupported}; "
-               "or functional ones such as F.relu in forward)"),
-    )
-    return maps
+
+
+def deeplift_failure_cause(explainer: DeepLift) -> str:
+    """Why summation-to-delta can fail on the explainer's model, for warning messages."""
+    unsupported = ", ".join(explainer.model.unsupported) or "none as modules"
+    return (f"the model has nonlinearities captum's DeepLift treats as linear ({unsupported}; "
+            "or functional ones such as F.relu in forward)")

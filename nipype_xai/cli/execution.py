@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
 
 import pandas as pd
 
-from ..atomic import atomic_write, dataset_lock
+from ..atomic import STATE_DIR, atomic_write, dataset_lock
 from ..bids import (
     FAILURES_FILE,
     check_output_folder,
@@ -52,6 +52,7 @@ __all__ = [
     "configure_logging",
     "plugin_settings",
     "progress_wanted",
+    "status_file_path",
     "run_group_level",
     "run_participant_level",
 ]
@@ -293,6 +294,25 @@ def progress_wanted(quiet: bool = False, stream=None) -> bool:
         return False
 
 
+def _iso(seconds: float) -> str:
+    """``2026-11-29T23:59:07Z``: a time stamp in UTC."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def status_file_path(output_dir: Path, level: str = "participant") -> Path:
+    """Where a run writes its status (:meth:`RunProgress.status`), in the dataset's hidden
+    bookkeeping folder: one file per job, ``<level>-<job>.json``, so that jobs sharing an output
+    folder (one per subject on a cluster) keep apart. The job is ``$SLURM_JOB_ID`` (with
+    ``$SLURM_ARRAY_TASK_ID``) under SLURM, else the host and process id."""
+    import socket
+
+    job = os.environ.get("SLURM_JOB_ID")
+    if job and os.environ.get("SLURM_ARRAY_TASK_ID"):
+        job = f"{job}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    job = job or f"{socket.gethostname()}-{os.getpid()}"
+    return Path(output_dir) / STATE_DIR / "status" / f"{level}-{job}.json"
+
+
 def _literal(text: str) -> str:
     """``text`` inside a tqdm ``bar_format`` (a ``str.format`` template)."""
     return text.replace("{", "{{").replace("}", "}}")
@@ -322,16 +342,23 @@ class RunProgress:
         Where to draw (default: stderr).
     done_when
         Whether a node's end marks its subject done (default :func:`commits_a_subject`).
+    status_file
+        A JSON file rewritten (atomically) at every change, for a cluster user or a script to poll
+        (:meth:`status`); None: none. Written whether or not anything is drawn.
     """
 
     def __init__(self, subjects: Mapping[str, str] = (), *, total_steps: int = 0,
                  enabled: bool = True, stream=None,
                  done_when: Callable[[Any], bool] = commits_a_subject,
-                 level: str = "participant level"):
+                 level: str = "participant level", status_file: Optional[Path] = None):
         import sys
         import threading
 
         self.subjects = dict(subjects)
+        self._level = level
+        self.status_file = Path(status_file) if status_file is not None else None
+        self._started = time.time()
+        self._finished = False
         self.done: set[str] = set()
         self.failed: set[str] = set()
         self.running: dict[str, str] = {}  # subject (or "group") -> the node it runs now
@@ -346,13 +373,13 @@ class RunProgress:
         if enabled:
             from tqdm import tqdm
 
-            self._level = level
             self._bar = tqdm(total=self._total, file=stream or sys.stderr, smoothing=0,
                              dynamic_ncols=True, mininterval=0)
             self._redraw()
             self._ticker = threading.Thread(target=self._tick, daemon=True,
                                             name="nipype-xai-progress")
             self._ticker.start()
+        self._write_status()
 
     # -- what Nipype reports ------------------------------------------------------------------
 
@@ -382,6 +409,71 @@ class RunProgress:
                     (self.failed if status == "exception" else self._steps).add(
                         str(getattr(node, "fullname", name)))
             self._redraw()
+            self._write_status()
+
+    def finish(self, done: Sequence[str], failed: Sequence[str]) -> None:
+        """Record the run's outcome as the failure records have it, and mark it finished.
+
+        Plugins that never call the status callback (SLURMGraph and the other graph plugins
+        submit the whole graph at once) get their counts here; with the others this corrects
+        nothing but the subjects failed before any node ran (bad inputs).
+        """
+        with self._lock:
+            if self.subjects:
+                self.done, self.failed = set(done), set(failed)
+            else:
+                self.failed |= set(failed)
+            self.running.clear()
+            self._finished = True
+            self._redraw()
+            self._write_status()
+
+    def status(self) -> dict[str, Any]:
+        """What :attr:`status_file` holds: the level, the units' counts and names (subjects done,
+        failed, running with the node each runs, remaining), elapsed seconds, the ETA in seconds
+        (remaining units at the mean rate so far; null before the first one finishes), start and
+        update times (UTC, ISO 8601), whether the run is over, and the host and process."""
+        import socket
+
+        elapsed = time.time() - self._started
+        finished = self.finished
+        remaining_units = max(self._total - finished, 0)
+        eta = None if self._finished else (
+            round(remaining_units * elapsed / finished, 1) if finished else None)
+        status: dict[str, Any] = {
+            "Level": self._level,
+            "Unit": self._unit,
+            "Total": self._total,
+            "Done": len(self.done) + len(self._steps),
+            "Failed": len(self.failed),
+            "Remaining": remaining_units,
+            "ElapsedSeconds": round(elapsed, 1),
+            "ETASeconds": eta,
+            "Started": _iso(self._started),
+            "Updated": _iso(time.time()),
+            "Finished": self._finished,
+            "Host": socket.gethostname(),
+            "PID": os.getpid(),
+        }
+        if self.subjects:
+            status["Subjects"] = {
+                "Done": sorted(self.done),
+                "Failed": sorted(self.failed),
+                "Running": dict(sorted(self.running.items())),
+                "Remaining": sorted(set(self.subjects.values()) - self.done - self.failed),
+            }
+        else:
+            status["Running"] = sorted(self.running.values())
+        return status
+
+    def _write_status(self) -> None:
+        if self.status_file is None:
+            return
+        text = json.dumps(self.status(), indent=2) + "\n"
+        try:
+            atomic_write(self.status_file, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        except OSError as error:  # a full disk or a vanished folder must not stop the run
+            LOGGER.warning("could not update the status file %s: %s", self.status_file, error)
 
     # -- drawing ------------------------------------------------------------------------------
 
@@ -423,6 +515,7 @@ class RunProgress:
         if self._ticker is not None:
             self._ticker.join(timeout=5)
         with self._lock:
+            self._write_status()
             if self._bar is not None:
                 self._redraw()
                 self._bar.close()
@@ -431,7 +524,8 @@ class RunProgress:
     def __getstate__(self) -> dict:
         return {"subjects": {}, "done": set(), "failed": set(), "running": {}, "_steps": set(),
                 "_done_when": self._done_when, "_total": self._total, "_unit": self._unit,
-                "_level": "", "_bar": None, "_ticker": None}
+                "_level": "", "_bar": None, "_ticker": None, "status_file": None,
+                "_started": self._started, "_finished": False}
 
     def __setstate__(self, state: dict) -> None:
         import threading
@@ -450,14 +544,12 @@ def _count_steps(workflow) -> int:
 
 
 def _run(workflow, work_dir: Path, plugin: str, plugin_args: dict[str, Any],
-         progress_nodes: Optional[Mapping[str, str]] = None,
-         deterministic: bool = True, progress: bool = False,
-         level: str = "participant level") -> tuple[Path, bool]:
+         tracker: Optional[RunProgress] = None, deterministic: bool = True) -> tuple[Path, bool]:
     """Run a workflow; return its crash folder and whether Nipype reported a failure.
 
-    ``progress``: draw :class:`RunProgress` on stderr (with the MultiProc and Linear plugins,
-    which call Nipype's ``status_callback``); per subject of ``progress_nodes`` (subject
-    workflow name -> label), else per step of the workflow.
+    ``tracker`` (:class:`RunProgress`) is Nipype's status callback: the MultiProc, Linear and
+    batch-system plugins (SLURM, SGE, PBS, ...) call it for every node; the graph plugins
+    (SLURMGraph, ...) never do, so its counts come from :meth:`RunProgress.finish` then.
     """
     settings, crash_dir = _workflow_config(work_dir)
     for section, values in settings.items():
@@ -469,10 +561,7 @@ def _run(workflow, work_dir: Path, plugin: str, plugin_args: dict[str, Any],
         environment.update(_worker_log_config(work_dir))
 
     args = dict(plugin_args)
-    tracker = None
-    if progress and plugin in ("Linear", "MultiProc"):
-        steps = 0 if progress_nodes else _count_steps(workflow)
-        tracker = RunProgress(progress_nodes or {}, total_steps=steps, level=level)
+    if tracker is not None:
         args["status_callback"] = tracker
     failed = False
     # Nipype's MultiProc runs a full garbage collection at every scheduling step and after every
@@ -487,8 +576,6 @@ def _run(workflow, work_dir: Path, plugin: str, plugin_args: dict[str, Any],
         failed = True
     finally:
         gc.unfreeze()
-        if tracker is not None:
-            tracker.close()
         _restore_environment(environment)
     return crash_dir, failed
 
@@ -659,6 +746,7 @@ def run_participant_level(
     plugin: str = "MultiProc",
     plugin_args: Optional[Mapping[str, Any]] = None,
     progress: bool = False,
+    status_file: Optional[Path] = None,
     **option_values: Any,
 ) -> RunSummary:
     """Query the dataset, build one workflow per subject, run them, record the failures.
@@ -671,6 +759,8 @@ def run_participant_level(
 
     ``progress``: draw the subjects done, failed and remaining, the elapsed time and an ETA on
     stderr while the subjects run (:class:`RunProgress`; see :func:`progress_wanted`).
+    ``status_file``: where the same counts (and the subjects' names) are kept as JSON while it
+    runs (:meth:`RunProgress.status`); default :func:`status_file_path`.
 
     Raises
     ------
@@ -697,20 +787,29 @@ def run_participant_level(
     failures = [Failure(f"sub-{p.subject}" + (f"_ses-{p.session}" if p.session else ""),
                         p.problem, "inputs") for p in problems]
     labels = {subject_workflow_name(s.subject, s.session): s.label for s in subjects}
+    # Subjects refused at the inputs count too: the status file lists every subject asked for.
+    everyone = {**labels, **{f"inputs:{f.subject}": f.subject for f in failures}}
+    tracker = RunProgress(everyone, enabled=progress, level="participant level",
+                          status_file=status_file or status_file_path(output_dir, "participant"))
     crashed: dict[str, Failure] = {}
-    if subjects:
-        workflow = init_participant_wf(subjects=subjects, output_dir=output_dir, options=options)
-        crash_dir, _ = _run(workflow, work_dir, plugin, dict(plugin_args or {}), labels,
-                            deterministic=options.deterministic, progress=progress,
-                            level="participant level")
-        crashed = _crash_failures(crash_dir, labels)
-        failures += list(crashed.values())
-    processed = list(labels.values()) + [f.subject for f in failures]
-    _write_failures(output_dir, failures, processed)
-    return RunSummary(
-        succeeded=[label for label in labels.values() if label not in crashed],
-        failures=failures, elapsed_s=time.perf_counter() - started,
-    )
+    try:
+        for failure in failures:
+            tracker.failed.add(failure.subject)
+        if subjects:
+            workflow = init_participant_wf(subjects=subjects, output_dir=output_dir,
+                                           options=options)
+            crash_dir, _ = _run(workflow, work_dir, plugin, dict(plugin_args or {}), tracker,
+                                deterministic=options.deterministic)
+            crashed = _crash_failures(crash_dir, labels)
+            failures += list(crashed.values())
+        processed = list(labels.values()) + [f.subject for f in failures]
+        _write_failures(output_dir, failures, processed)
+        succeeded = [label for label in labels.values() if label not in crashed]
+        tracker.finish(succeeded, [f.subject for f in failures])
+    finally:
+        tracker.close()
+    return RunSummary(succeeded=succeeded, failures=failures,
+                      elapsed_s=time.perf_counter() - started)
 
 
 def run_group_level(
@@ -744,11 +843,17 @@ def run_group_level(
     }
     workflow = init_group_wf(inputs=inputs, output_dir=output_dir, reports=reports,
                              n_boot=n_boot, seed=seed, provenance=provenance)
-    crash_dir, failed = _run(workflow, work_dir, plugin, dict(plugin_args or {}),
-                             progress=progress, level="group level")
-    failures = list(_crash_failures(crash_dir, {}).values())
-    if failed and not failures:
-        failures = [Failure("group", "the group workflow failed (run with -v for Nipype's log)")]
+    tracker = RunProgress(total_steps=_count_steps(workflow), enabled=progress,
+                          level="group level", status_file=status_file_path(output_dir, "group"))
+    try:
+        crash_dir, failed = _run(workflow, work_dir, plugin, dict(plugin_args or {}), tracker)
+        failures = list(_crash_failures(crash_dir, {}).values())
+        if failed and not failures:
+            failures = [Failure("group",
+                                "the group workflow failed (run with -v for Nipype's log)")]
+        tracker.finish((), [f.subject for f in failures])
+    finally:
+        tracker.close()
     from ..interfaces.reports import group_report_name
 
     report = output_dir / group_report_name()

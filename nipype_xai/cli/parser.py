@@ -89,6 +89,9 @@ def _common_run_options(parser: argparse.ArgumentParser, *, methods_default=DEFA
         "--methods", nargs="+", default=list(methods_default), metavar="METHOD",
         help="attribution methods and baselines (sobel, laplace, random) to compute "
              f"(default: {' '.join(methods_default)})")
+    parser.add_argument("--background", type=Path, metavar="FILE",
+                        help="background set of gradient_shap and deeplift_shap, from "
+                             "'nipype-xai background' (default: each image's own blurred copy)")
     parser.add_argument("--work-dir", "-w", type=Path, metavar="DIR", help=work_dir_help)
     parser.add_argument("--nprocs", "--n-cpus", type=_positive_int, metavar="N",
                         help="parallel processes (default: all CPUs)")
@@ -142,7 +145,9 @@ def bids_app_parser() -> argparse.ArgumentParser:
         epilog="Other commands: 'nipype-xai demo [OUTPUT_DIR]' (synthetic cohort + bundled model "
                "+ report), 'nipype-xai synth OUTPUT_DIR ...' (synthetic cohorts), 'nipype-xai "
                "train ...' (train a model spec on a cohort), 'nipype-xai benchmark OUTPUT_DIR' "
-               "(every method against known ground truth, with baselines); each has --help. "
+               "(every method against known ground truth, with baselines), 'nipype-xai "
+               "background --images ... OUT.nii.gz' (a background set for the Shapley-family "
+               "methods); each has --help. "
                "Exit codes: 0 done, 1 bad input (nothing run), 2 some subjects failed (see "
                "OUTPUT_DIR/failures.tsv).",
     )

@@ -1,5 +1,5 @@
 """The ``nipype-xai`` command: BIDS-App participant/group levels; ``demo``, ``synth``, ``train``,
-``benchmark``, ``train-simulator``.
+``benchmark``, ``background``, ``train-simulator``.
 
 Exit codes: 0 done; 1 bad input (one line on stderr, ``nipype-xai: error: <file>: <problem>``,
 nothing run; with ``-v`` the traceback too); 2 some subjects failed (the others finished; their
@@ -54,6 +54,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     verbose = wants_verbose(argv)
     commands: dict[str, Callable[[list[str]], int]] = {
         "demo": _demo, "synth": _synth, "train": _train, "benchmark": _benchmark,
+        "background": _background,
         "train-simulator": _train_simulator,
     }
     try:
@@ -129,6 +130,35 @@ def _check_space(model_spec: Path, template: Optional[str], external_weights: bo
         _say(f"note: the model expects {space} images; they will be in {template} (--template)")
 
 
+def _check_background(background: Optional[Path], model_spec: Path, methods: Sequence[str],
+                      template: Optional[str], external_weights: bool) -> None:
+    """``--background``: a method that takes it, and a file on the grid every subject's model
+    input will have (the spec's grid in the template's field of view), checked before any
+    subject runs."""
+    if background is None:
+        return
+    import nibabel as nib
+
+    from ..attribution import method_defaults, split_methods
+    from ..models.background import load_background
+    from ..models.preprocessing import model_grid_for
+    from ..models.spec import load_model_spec
+    from ..templates import get_template
+    from ..workflows.xai import registration_resolution
+
+    takers = [m for m in split_methods(methods)[0] if "background" in method_defaults(m)]
+    if not takers:
+        raise UsageError(f"--background {background}: none of the --methods takes a background "
+                         "(gradient_shap and deeplift_shap do)")
+    spec = load_model_spec(model_spec, external_weights=external_weights)
+    # The grid of ModelGridReference: the template at the registration resolution (its header
+    # only: the grid needs the shape and affine).
+    reference = nib.load(str(get_template(template or spec.input.space,
+                                          resolution=registration_resolution(spec),
+                                          suffix="T1w", desc="brain")))
+    load_background(background, spec, model_grid_for(reference, spec))
+
+
 def _pipeline_options(args, model_spec: Path, methods: Sequence[str],
                       template: Optional[str]):
     """The participant level's options from the parsed command line (BIDS-App or demo)."""
@@ -144,6 +174,7 @@ def _pipeline_options(args, model_spec: Path, methods: Sequence[str],
         restrict_maps=args.restrict_maps, seed=args.seed, deterministic=args.deterministic,
         device=args.device, trust_model_code=args.trust_model_code,
         external_weights=args.external_weights, reports=args.reports,
+        background=args.background,
         counterfactual=counterfactual,
     )
 
@@ -211,7 +242,7 @@ def _bids_app(argv: list[str]) -> int:
 
 
 def _bids_app_run(args, work_dir: Path, plugin: str, plugin_args: dict, progress: bool) -> int:
-    from .execution import run_group_level, run_participant_level
+    from .execution import run_group_level, run_participant_level, status_file_path
 
     output_dir = args.output_dir.absolute()
 
@@ -239,13 +270,18 @@ def _bids_app_run(args, work_dir: Path, plugin: str, plugin_args: dict, progress
     methods = _check_methods(args.methods)
     model_spec = _model_spec(args.model, args)
     _check_space(model_spec, args.template, args.external_weights)
+    _check_background(args.background, model_spec, methods, args.template,
+                      args.external_weights)
+    status_file = status_file_path(output_dir, "participant")
+    if not args.quiet:
+        print(f"nipype-xai: participant level: progress kept in {status_file} (JSON)", flush=True)
     summary = run_participant_level(
         bids_dir=args.bids_dir.absolute(), output_dir=output_dir, work_dir=work_dir,
         options=_pipeline_options(args, model_spec, methods, args.template),
         participant_labels=args.participant_label, ground_truth_dir=args.ground_truth,
         gt_label=args.gt_label, transforms_dir=args.transforms_from,
         anat_dir=args.anat_derivatives, plugin=plugin, plugin_args=plugin_args,
-        progress=progress,
+        progress=progress, status_file=status_file,
     )
     return _report_run(summary, output_dir)
 
@@ -274,6 +310,7 @@ def _demo(argv: list[str]) -> int:
     methods = _check_methods(args.methods)
     model_spec = _model_spec(args.model, args)
     spec = load_model_spec(model_spec, external_weights=args.external_weights)
+    _check_background(args.background, model_spec, methods, None, args.external_weights)
     plugin, plugin_args = plugin_settings(args.plugin, args.plugin_args, args.nprocs, args.device)
 
     resolution = float(args.resolution)
@@ -361,6 +398,12 @@ def _train(argv: list[str]) -> int:
 
 def _benchmark(argv: list[str]) -> int:
     from .benchmark import run_from_argv
+
+    return run_from_argv(argv)
+
+
+def _background(argv: list[str]) -> int:
+    from .background import run_from_argv
 
     return run_from_argv(argv)
 

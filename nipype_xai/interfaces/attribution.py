@@ -3,14 +3,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import warnings
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
+import torch
 
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
@@ -22,11 +24,15 @@ from nipype.interfaces.base import (
 )
 from nipype.utils.filemanip import fname_presuffix
 
+from ..attribution import method_defaults
 from ..attribution.engine import AttributionWarning
 from ..attribution.restriction import restrict_to_mask
+from ..attribution.shap_gradients import BACKGROUND_FALLBACK
 from ..bids import method_to_desc, write_json
 from ..images import ImageError, image_like, load_volume, save_image
+from ..models.background import background_description, load_background
 from ..models.inference import Explanation, explain_image
+from ..models.preprocessing import model_grid_for
 from ..models.spec import ModelSpec, load_model, weights_sha256
 from .model import _ModelInputSpec, read_model_spec, resolve_device
 
@@ -52,6 +58,12 @@ class _AttributionInputSpec(_ModelInputSpec):
     seed = traits.Int(desc="seed of the stochastic methods (default: each method's default)")
     batch_size = traits.Int(
         desc="perturbed copies per forward pass, for the methods that take it (default: theirs)"
+    )
+    background = File(
+        exists=True,
+        desc="background set of the methods that take one (gradient_shap, deeplift_shap): a 4D "
+        "NIfTI on the model grid with its JSON sidecar, from 'nipype-xai background' "
+        "(nipype_xai.models.background); default: each method's fallback",
     )
 
 
@@ -81,6 +93,12 @@ class Attribution(SimpleInterface):
     summation-to-delta failing on this model) has its messages under ``"Warnings"`` in its
     sidecar; the warnings are also issued as usual, for the node's log.
 
+    ``background`` (a file from ``nipype-xai background``) goes to the methods that take one
+    (``gradient_shap``, ``deeplift_shap``), after a check that it lies on the image's model grid;
+    their sidecars describe it (file, SHA-256, size, how it was drawn) or the fallback used
+    without one. No parameter's values are written into a sidecar when they are data (a tensor
+    is described by its shape, dtype and checksum).
+
     Examples
     --------
     >>> attribution = Attribution(
@@ -96,6 +114,11 @@ class Attribution(SimpleInterface):
         inputs = self.inputs
         img = load_volume(inputs.in_file)
         spec = read_model_spec(inputs)
+        method_params = dict(inputs.method_params) if isdefined(inputs.method_params) else {}
+        # The background is read (and checked against the image's model grid) before the model.
+        described = _background_params(
+            list(inputs.methods), spec, img,
+            inputs.background if isdefined(inputs.background) else None, method_params)
         # The output count is checked on the real prediction (no separate shape-only pass).
         model = load_model(spec, device=resolve_device(inputs), check_outputs=False,
                            trust_code=inputs.trust_model_code)
@@ -109,7 +132,7 @@ class Attribution(SimpleInterface):
                 img,
                 list(inputs.methods),
                 inputs.target if isdefined(inputs.target) else None,
-                method_params=inputs.method_params if isdefined(inputs.method_params) else None,
+                method_params=method_params or None,
                 seed=inputs.seed if isdefined(inputs.seed) else None,
                 batch_size=inputs.batch_size if isdefined(inputs.batch_size) else None,
             )
@@ -129,7 +152,7 @@ class Attribution(SimpleInterface):
             sidecar = out_file.with_name(out_file.name[: -len(".nii.gz")] + ".json")
             save_image(map_img, out_file)
             write_json(sidecar, _sidecar(method, explanation, spec, sha256, map_img.header,
-                                         notes.get(method, ())))
+                                         notes.get(method, ()), described.get(method, {})))
             out_files.append(str(out_file))
             out_sidecars.append(str(sidecar))
 
@@ -213,19 +236,54 @@ def _method_warnings(caught: Sequence[warnings.WarningMessage]) -> dict[str, lis
     return dict(notes)
 
 
+def _background_params(
+    methods: Sequence[str], spec: ModelSpec, img, background: Optional[str],
+    method_params: dict[str, Any],
+) -> dict[str, dict[str, Any]]:
+    """Give the background file's volumes to every method in ``methods`` that takes a
+    ``background`` (in ``method_params``, in place), and say how each map's sidecar describes
+    it: ``{method: {"background": description}}``, also for the fallback when no file is given.
+
+    Raises
+    ------
+    ValueError
+        A background file, but no method that takes one.
+    nipype_xai.images.ImageError
+        The file does not fit the model spec or the image's model grid.
+    """
+    takers = [m for m in methods if "background" in method_defaults(m)]
+    if background is None:
+        return {m: {"background": BACKGROUND_FALLBACK} for m in takers
+                if method_params.get(m, {}).get("background") is None}
+    if not takers:
+        raise ValueError(
+            f"{Path(background).name}: a background was given, but none of the methods "
+            f"{list(methods)} takes one (gradient_shap and deeplift_shap do)")
+    loaded = load_background(background, spec, model_grid_for(img, spec))
+    for method in takers:
+        method_params[method] = {**method_params.get(method, {}), "background": loaded.volumes}
+    description = background_description(loaded)
+    return {m: {"background": description} for m in takers}
+
+
 def _sidecar(
     method: str, explanation: Explanation, spec: ModelSpec, sha256: str, header,
-    notes: Sequence[str] = (),
+    notes: Sequence[str] = (), described: Optional[Mapping[str, Any]] = None,
 ) -> dict[str, Any]:
     """The JSON sidecar of one map (SPEC §6): what was explained, how, and by which model; and,
-    under ``"Warnings"``, where the map does not keep its method's promise (``notes``)."""
+    under ``"Warnings"``, where the map does not keep its method's promise (``notes``).
+
+    ``described`` gives the sidecar's entry of parameters that are data, not settings (a
+    background: its file, checksum and size), in place of the value."""
     prediction = explanation.prediction
     grid = explanation.grid
     zooms = [round(float(z), 6) for z in header.get_zooms()[:3]]
     model_res = [float(r) for r in spec.input.resolution_mm]
+    described = described or {}
     sidecar: dict[str, Any] = {
         "Method": method,
-        "Parameters": {k: _json_safe(v) for k, v in explanation.parameters[method].items()},
+        "Parameters": {k: described[k] if k in described else _json_safe(v)
+                       for k, v in explanation.parameters[method].items()},
         "Target": explanation.target,
         "TargetLabel": explanation.target_label,
         "ModelSpec": spec.name,
@@ -253,7 +311,8 @@ def _sidecar(
 
 
 def _json_safe(value: Any) -> Any:
-    """Parameters as JSON: numbers, strings, lists; arrays up to 64 values; anything else described.
+    """Parameters as JSON: numbers, strings, lists; an array or tensor described by its shape,
+    dtype and checksum, never dumped; anything else by its repr.
 
     Never an error: a sidecar must not stop a map from being written.
     """
@@ -265,11 +324,13 @@ def _json_safe(value: Any) -> Any:
         return [_json_safe(v) for v in value]
     if isinstance(value, dict):
         return {str(k): _json_safe(v) for k, v in value.items()}
-    if hasattr(value, "tolist") and hasattr(value, "shape"):
-        shape = tuple(int(n) for n in value.shape)
-        if math.prod(shape) <= 64:
-            return _json_safe(value.tolist())
-        # A parcellation or baseline volume: its shape says what it was, the values would bloat
-        # every sidecar.
-        return f"<{type(value).__name__} of shape {list(shape)}>"
+    if isinstance(value, (np.generic,)):
+        return _json_safe(value.item())
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        # A parcellation, a baseline or background volume: data, not a setting. Its values would
+        # bloat every sidecar; its shape, dtype and checksum say which data it was.
+        array = (value.detach().cpu().contiguous().numpy() if isinstance(value, torch.Tensor)
+                 else np.ascontiguousarray(value))
+        return {"Type": type(value).__name__, "Shape": [int(n) for n in array.shape],
+                "DType": str(array.dtype), "SHA256": hashlib.sha256(array.tobytes()).hexdigest()}
     return repr(value)

@@ -11,7 +11,7 @@ from typing import Any, Collection, Optional, Union
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from ..attribution import split_methods
+from ..attribution import method_defaults, split_methods
 from ..bids import resolution_label
 from ..interfaces.anatomy import CheckRegistrationQC, RegistrationQC
 from ..interfaces.attribution import Attribution, RestrictMaps
@@ -250,6 +250,9 @@ def init_xai_wf(
         )
         if params:
             attribution.inputs.method_params = params
+        if options.background is not None and any(
+                "background" in method_defaults(m) for m in model_methods):
+            attribution.inputs.background = str(options.background)
         sources.append(attribution)
     if baselines:
         baseline_maps = pe.Node(
