@@ -27,6 +27,9 @@ PathLike = Union[str, os.PathLike]
 BIDSIGNORE: tuple[tuple[str, str], ...] = (
     ("*_attribution.nii.gz", "attribution maps: no BIDS suffix for them yet (no BEP covers them)"),
     ("*_attribution.json", "their sidecars"),
+    ("*_counterfactual.nii.gz", "a counterfactual's log-Jacobian and intensity-difference maps: "
+                                "no BIDS suffix for them"),
+    ("*_counterfactual.json", "their sidecars"),
     ("*_xfm.*", "transforms, named as sMRIPrep names them: BIDS has no transforms yet (BEP014); "
                 "fMRIPrep and sMRIPrep ignore them the same way"),
     ("*_predictions.tsv", "the model's predictions: no BIDS suffix for model outputs"),

@@ -27,10 +27,12 @@ GROUP_DIR = "group"
 
 #: Path patterns of every derivative nipype-xai writes (pybids ``build_path`` syntax).
 PATH_PATTERNS: tuple[str, ...] = (
-    # per-subject images and sidecars: attribution maps, masks, model-grid T1w, probseg
+    # per-subject images and sidecars: attribution maps, counterfactual maps (log-Jacobian,
+    # intensity difference), masks, model-grid T1w (and its counterfactual), probseg
     "sub-{subject}[/ses-{session}]/{datatype<anat>|anat}/sub-{subject}[_ses-{session}]"
     "[_space-{space}][_res-{res}][_label-{label}][_desc-{desc}]"
-    "_{suffix<attribution|mask|T1w|probseg|dseg>}{extension<.nii.gz|.nii|.json>|.nii.gz}",
+    "_{suffix<attribution|counterfactual|mask|T1w|probseg|dseg>}"
+    "{extension<.nii.gz|.nii|.json>|.nii.gz}",
     # transforms, as sMRIPrep names them: sub-X_from-T1w_to-<tpl>_mode-image_xfm.h5
     "sub-{subject}[/ses-{session}]/{datatype<anat>|anat}/sub-{subject}[_ses-{session}]"
     "_from-{from}_to-{to}_mode-{mode<image|points>|image}_{suffix<xfm>}{extension<.h5|.txt|.mat|.nii.gz>|.h5}",

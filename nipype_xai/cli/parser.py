@@ -122,6 +122,11 @@ def _common_run_options(parser: argparse.ArgumentParser, *, methods_default=DEFA
                         help="T1w -> template registration (default: affine)")
     parser.add_argument("--no-reports", dest="reports", action="store_false",
                         help="skip the HTML reports and their figures")
+    parser.add_argument("--counterfactual", type=Path, default=None, metavar="SIMULATOR_SPEC",
+                        help="also write each subject's counterfactual for the class the model "
+                             "does not predict (image, displacement field, log-Jacobian, "
+                             "intensity difference), with this simulator spec from "
+                             "'nipype-xai train-simulator' for the model")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="Nipype's log, and tracebacks with errors")
     parser.add_argument("-q", "--quiet", action="store_true",

@@ -1,5 +1,5 @@
 """The ``nipype-xai`` command: BIDS-App participant/group levels; ``demo``, ``synth``, ``train``,
-``benchmark``, ``background``.
+``benchmark``, ``background``, ``fit-patterns``, ``train-simulator``.
 
 Exit codes: 0 done; 1 bad input (one line on stderr, ``nipype-xai: error: <file>: <problem>``,
 nothing run; with ``-v`` the traceback too); 2 some subjects failed (the others finished; their
@@ -55,6 +55,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     commands: dict[str, Callable[[list[str]], int]] = {
         "demo": _demo, "synth": _synth, "train": _train, "benchmark": _benchmark,
         "background": _background, "fit-patterns": _fit_patterns,
+        "train-simulator": _train_simulator,
     }
     try:
         if argv and argv[0] in commands:
@@ -163,6 +164,9 @@ def _pipeline_options(args, model_spec: Path, methods: Sequence[str],
     """The participant level's options from the parsed command line (BIDS-App or demo)."""
     from ..workflows.options import PipelineOptions
 
+    counterfactual = getattr(args, "counterfactual", None)
+    if counterfactual is not None:
+        _check_simulator(counterfactual, model_spec, args.external_weights)
     return PipelineOptions(
         model_spec=model_spec, methods=methods, template=template,
         registration=args.registration, brain_extraction=args.brain_extraction,
@@ -171,7 +175,18 @@ def _pipeline_options(args, model_spec: Path, methods: Sequence[str],
         device=args.device, trust_model_code=args.trust_model_code,
         external_weights=args.external_weights, reports=args.reports,
         background=args.background,
+        counterfactual=counterfactual,
     )
+
+
+def _check_simulator(simulator_spec: Path, model_spec: Path, external_weights: bool) -> None:
+    """A simulator spec that cannot be read, or was trained for another model: one error now,
+    not the same failure in every subject."""
+    from ..counterfactual.spec import check_classifier, load_simulator_spec
+    from ..models.spec import load_model_spec
+
+    check_classifier(load_simulator_spec(simulator_spec),
+                     load_model_spec(model_spec, external_weights=external_weights))
 
 
 def _report_run(summary, output_dir: Path) -> int:
@@ -395,6 +410,12 @@ def _background(argv: list[str]) -> int:
 
 def _fit_patterns(argv: list[str]) -> int:
     from .patterns import run_from_argv
+
+    return run_from_argv(argv)
+
+
+def _train_simulator(argv: list[str]) -> int:
+    from .counterfactual import run_from_argv
 
     return run_from_argv(argv)
 

@@ -10,6 +10,7 @@ from .anatomy import (
 from .attribution import Attribution, RestrictMaps
 from .baselines import BaselineMaps
 from .bids import DerivativesDataSink, ReportsSink
+from .counterfactual import Counterfactual
 from .grids import ModelGridReference
 from .metrics import GroundTruthOverlap, GroupMeanMaps, GroupOverlapTable, MethodRanking
 from .model import ModelInference
@@ -22,6 +23,7 @@ __all__ = [
     "BaselineMaps",
     "BrainExtraction",
     "CheckRegistrationQC",
+    "Counterfactual",
     "DerivativesDataSink",
     "GroundTruthOverlap",
     "GroupMeanMaps",

@@ -62,6 +62,10 @@ class PipelineOptions:
         Background set of the methods that take one (``gradient_shap``, ``deeplift_shap``): a
         file from ``nipype-xai background`` (:mod:`nipype_xai.models.background`); None: their
         fallback. Made absolute.
+    counterfactual
+        A simulator spec (``nipype-xai train-simulator``) for the model: each subject also gets
+        its counterfactual (:class:`~nipype_xai.interfaces.Counterfactual`) for the class the
+        model does not predict; None: none.
     """
 
     model_spec: Path
@@ -80,12 +84,15 @@ class PipelineOptions:
     external_weights: bool = False
     reports: bool = True
     background: Optional[Path] = None
+    counterfactual: Optional[Path] = None
 
     def __post_init__(self) -> None:
         # Frozen: normalised through object.__setattr__, once, here.
         object.__setattr__(self, "model_spec", Path(self.model_spec).absolute())
         if self.background is not None:
             object.__setattr__(self, "background", Path(self.background).absolute())
+        if self.counterfactual is not None:
+            object.__setattr__(self, "counterfactual", Path(self.counterfactual).absolute())
         object.__setattr__(self, "methods", tuple(self.methods))
         object.__setattr__(self, "method_params",
                            {m: dict(p) for m, p in (self.method_params or {}).items()})

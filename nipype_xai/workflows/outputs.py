@@ -35,6 +35,8 @@ DERIVATIVE_INPUTS = (
     "source_file", "template_maps", "template_sidecars", "native_maps", "native_sidecars",
     "predictions", "t1w_model", "brain_mask", "forward_transform", "inverse_transform",
     "qc_passed", "qc_tsv", "qc_json", "t1w_preproc", "metrics", "report", "report_figures",
+    "counterfactual_image", "counterfactual_image_sidecar", "counterfactual_xfm",
+    "counterfactual_xfm_sidecar", "counterfactual_maps", "counterfactual_map_sidecars",
 )
 
 
@@ -81,6 +83,9 @@ def init_xai_derivatives_wf(
     (with bias correction), ``<s>_desc-brain_mask``, ``<s>_from-T1w_to-<tpl>_mode-image_xfm.h5``
     and its inverse (when registered here), ``<s>_desc-<model>_predictions.tsv``,
     ``<s>_desc-registration_metrics.tsv``, ``<s>_desc-overlap_metrics.tsv`` (with ground truth);
+    with ``options.counterfactual``, on the model grid: ``<s>_space-<tpl>_res-<r>_desc-
+    counterfactual_T1w.nii.gz``, ``<s>_from-T1w_to-counterfactual_mode-image_xfm.nii.gz`` and
+    ``<s>_space-<tpl>_res-<r>_desc-{logJacobian,intensityDifference}_counterfactual.nii.gz``;
     and ``<s>.html`` with ``sub-<subject>/figures/`` at the root. Every sidecar names its
     ``Sources`` as BIDS URIs (``bids::`` for this dataset's files, ``bids:raw:`` and the like for
     the inputs, the names being the output's ``DatasetLinks``, completed at commit) and its
@@ -115,7 +120,7 @@ def init_xai_derivatives_wf(
     ------
     source_file, template_maps, template_sidecars, native_maps, native_sidecars, predictions, \
 t1w_model, brain_mask, forward_transform, inverse_transform, qc_passed, qc_tsv, qc_json, \
-t1w_preproc, metrics, report, report_figures
+t1w_preproc, metrics, report, report_figures, counterfactual_*
         :data:`DERIVATIVE_INPUTS`; those of steps that do not run stay unconnected.
 
     Outputs
@@ -140,7 +145,9 @@ t1w_preproc, metrics, report, report_figures
                "inverse_transform", "qc_passed"]
     results += (["t1w_preproc"] if options.bias_correction else []) + (
         ["metrics"] if ground_truth else []) + (
-        ["report", "report_figures"] if options.reports else [])
+        ["report", "report_figures"] if options.reports else []) + (
+        [f for f in DERIVATIVE_INPUTS if f.startswith("counterfactual_")]
+        if options.counterfactual is not None else [])
     connections: Connections = []
     gate = results_gate([(inputnode, field) for field in results], connections)
 
@@ -269,6 +276,24 @@ t1w_preproc, metrics, report, report_figures
                                        "mask, inside the brain mask (nipype_xai.metrics)",
                         "Sources": [*(here(desc=desc, suffix="attribution", **nifti)
                                       for desc in descs), *given("ground_truth"), mask_uri]})
+    if options.counterfactual is not None:
+        from ..interfaces.counterfactual import MAP_DESCS
+
+        # On the model grid, where the simulator deformed the model input.
+        counterfactual_meta = {"Space": template, **template_space, "Sources": [model_input_uri]}
+        sink("ds_counterfactual_t1w", [("counterfactual_image", "in_file"),
+                                       ("counterfactual_image_sidecar", "in_sidecar")],
+             space=template, res=res, desc="counterfactual", suffix="T1w",
+             meta_dict={**counterfactual_meta,
+                        "SkullStripped": extracted or options.brain_extraction == "none"})
+        sink("ds_counterfactual_xfm", [("counterfactual_xfm", "in_file"),
+                                       ("counterfactual_xfm_sidecar", "in_sidecar")],
+             from_space="T1w", to_space="counterfactual", mode="image", suffix="xfm",
+             meta_dict=counterfactual_meta)
+        sink("ds_counterfactual_maps", [("counterfactual_maps", "in_file"),
+                                        ("counterfactual_map_sidecars", "in_sidecar")],
+             space=template, res=res, desc=list(MAP_DESCS), suffix="counterfactual",
+             meta_dict=counterfactual_meta)
     if options.reports:
         ds_report = gated_sink(
             ReportsSink(base_directory=str(staging),

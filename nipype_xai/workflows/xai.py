@@ -16,6 +16,7 @@ from ..bids import resolution_label
 from ..interfaces.anatomy import CheckRegistrationQC, RegistrationQC
 from ..interfaces.attribution import Attribution, RestrictMaps
 from ..interfaces.baselines import BaselineMaps
+from ..interfaces.counterfactual import Counterfactual
 from ..interfaces.grids import ModelGridReference
 from ..interfaces.metrics import GroundTruthOverlap
 from ..interfaces.model import ModelInference
@@ -96,7 +97,9 @@ def init_xai_wf(
     2. T1w -> model grid: the spec's grid in template space (``ModelGridReference``), reached in
        one interpolation through the forward transform (``ApplyTransforms``).
     3. ``ModelInference`` (the prediction) and ``Attribution`` (every method in one run, sharing
-       passes), plus ``BaselineMaps`` for the requested baselines (sobel, laplace, random).
+       passes), plus ``BaselineMaps`` for the requested baselines (sobel, laplace, random); with
+       ``counterfactual`` (a simulator spec), ``Counterfactual`` on the model input: the subject
+       deformed until the model sees the class it did not predict, on the model grid.
     4. With ``restrict_maps``: each map kept on its domain (``RestrictMaps``): the voxels where
        the model input holds the subject's brain, then, back on the T1w grid through the
        inverse transform (linear), the subject's brain mask; the share of each map's mass that
@@ -231,6 +234,13 @@ def init_xai_wf(
                        **options.trust),
         name="inference",
     )
+    counterfactual = None
+    if options.counterfactual is not None:
+        counterfactual = pe.Node(
+            Counterfactual(model_spec=model_spec, simulator_spec=str(options.counterfactual),
+                           device=options.device, use_gpu=gpu, **options.trust),
+            name="counterfactual",
+        )
     sources = []  # every map-producing node
     if model_methods:
         attribution = pe.Node(
@@ -355,6 +365,17 @@ def init_xai_wf(
     if options.bias_correction:
         connections.append((anat_wf, derivatives_wf, [("outputnode.t1w_preproc",
                                                        "inputnode.t1w_preproc")]))
+    if counterfactual is not None:
+        connections += [
+            (t1w_model, counterfactual, [("out_file", "in_file")]),
+            (counterfactual, derivatives_wf, [
+                ("out_image", "inputnode.counterfactual_image"),
+                ("out_image_sidecar", "inputnode.counterfactual_image_sidecar"),
+                ("out_displacement", "inputnode.counterfactual_xfm"),
+                ("out_displacement_sidecar", "inputnode.counterfactual_xfm_sidecar"),
+                ("out_maps", "inputnode.counterfactual_maps"),
+                ("out_map_sidecars", "inputnode.counterfactual_map_sidecars")]),
+        ]
 
     if has_gt:
         overlap = pe.Node(
