@@ -30,7 +30,6 @@ only. Every error is one line naming the spec file.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -43,6 +42,7 @@ import torch
 from ..atomic import atomic_write
 from ..models.spec import ModelSpec, ModelSpecError, weights_sha256
 from ..models.spec_json import _weights_path, check_regular_file
+from ..models.weights import write_weights
 from .simulator import Simulator
 from .training import SimulatorSettings
 
@@ -147,13 +147,7 @@ def save_simulator(simulator: Simulator, settings: SimulatorSettings, classifier
         raise ValueError(f"simulator name {name!r}: use letters, digits, '.', '_' and '-'")
     out_dir = Path(out_dir).absolute()
     out_dir.mkdir(parents=True, exist_ok=True)
-    weights = out_dir / f"{name}.pt"
-    state = {k: v.detach().cpu().contiguous() for k, v in simulator.state_dict().items()}
-    # In memory first: torch.save names the archive's folder after the file, and the atomic
-    # writer's temporary name is random; the same weights must give the same bytes.
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    atomic_write(weights, lambda tmp: tmp.write_bytes(buffer.getvalue()))
+    weights = write_weights(simulator, out_dir / f"{name}.pt")
     content = {
         "format": SIMULATOR_FORMAT,
         "name": name,

@@ -457,20 +457,13 @@ def _parse_patterns(data: Any, weights: Path, weights_sha: Optional[str], base_d
             raise fail(f"the patterns {name} were fitted for other weights "
                        f"(patterns.weights_sha256 is not weights_sha256); fit them again "
                        f"for these weights (nipype-xai fit-patterns)")
-    path = _weights_path(name, base_dir, external, fail, key=key)
-    check_regular_file(path, key, fail)
     # Patterns are shaped like the weights of the layers that have them: float32 values, twice
     # the weights file (float16 weights), and room for the headers.
     weights_size = weights.stat().st_size if weights.is_file() else 0
     largest = 2 * weights_size + 2**20
-    size = path.stat().st_size
-    if size > largest:
-        raise fail(f"{key} {path.name} is {size} bytes, more than the patterns of its weights "
-                   f"({weights_size} bytes) can need")
-    content = path.read_bytes()
-    if hashlib.sha256(content).hexdigest() != sha:
-        raise fail(f"{key} {path.name} does not match patterns.sha256 in the spec (expected "
-                   f"{sha}); the file was changed, or the spec names the wrong file")
+    content, path = _read_named_file(
+        name, base_dir, external, fail, key=key, sha=sha, sha_key="patterns.sha256",
+        largest=largest, too_large=f"the patterns of its weights ({weights_size} bytes) can need")
     from ..attribution.patterns import Patterns
 
     try:
@@ -484,6 +477,24 @@ def _parse_patterns(data: Any, weights: Path, weights_sha: Optional[str], base_d
     return patterns, path
 
 
+def _read_named_file(name: str, base_dir: Path, external: bool, fail, *, key: str, sha: str,
+                     sha_key: str, largest: int, too_large: str) -> tuple[bytes, Path]:
+    """The bytes of a file the spec names beside its weights (``key``), under the weights' rules:
+    confined to the spec's folder (unless ``external``), a regular file, at most ``largest``
+    bytes (``too_large`` says what that bound is) and with the SHA-256 the spec gives
+    (``sha_key``); the file's own digest is never shown, as for weights."""
+    path = _weights_path(name, base_dir, external, fail, key=key)
+    check_regular_file(path, key, fail)
+    size = path.stat().st_size
+    if size > largest:
+        raise fail(f"{key} {path.name} is {size} bytes, more than {too_large}")
+    content = path.read_bytes()
+    if hashlib.sha256(content).hexdigest() != sha:
+        raise fail(f"{key} {path.name} does not match {sha_key} in the spec (expected "
+                   f"{sha}); the file was changed, or the spec names the wrong file")
+    return content, path
+
+
 def _parse_input_summary(data: Any, input_spec: InputSpec, base_dir: Path, external: bool,
                          fail) -> tuple[InputSummary, Path]:
     """The ``input_summary`` object and its mean image, read under the weights' rules."""
@@ -493,19 +504,11 @@ def _parse_input_summary(data: Any, input_spec: InputSpec, base_dir: Path, exter
     if not isinstance(name, str) or not name:
         raise fail(f"'{key}' must be a file path, got {name!r}")
     sha = _sha256_value(data.get("mean_image_sha256"), f"{key}_sha256", fail)
-    image_path = _weights_path(name, base_dir, external, fail, key=key)
-    check_regular_file(image_path, key, fail)
     # A float32 volume of the grid and a .npy header (a few hundred bytes): nothing larger is read.
-    largest = 4 * math.prod(input_spec.shape) + 4096
-    size = image_path.stat().st_size
-    if size > largest:
-        raise fail(f"{key} {image_path.name} is {size} bytes, more than a float32 image of the "
-                   f"model grid {list(input_spec.shape)} needs")
-    content = image_path.read_bytes()
-    # As for weights, the file's own digest is never shown.
-    if hashlib.sha256(content).hexdigest() != sha:
-        raise fail(f"{key} {image_path.name} does not match {key}_sha256 in the spec (expected "
-                   f"{sha}); the file was changed, or the spec names the wrong file")
+    content, image_path = _read_named_file(
+        name, base_dir, external, fail, key=key, sha=sha, sha_key=f"{key}_sha256",
+        largest=4 * math.prod(input_spec.shape) + 4096,
+        too_large=f"a float32 image of the model grid {list(input_spec.shape)} needs")
     try:
         mean_image = mean_image_from_bytes(content, input_spec.shape)
     except ValueError as error:

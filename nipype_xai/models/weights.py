@@ -23,7 +23,7 @@ from .spec_json import ModelSpec, ModelSpecError, _one_line, check_regular_file
 
 PathLike = Union[str, os.PathLike]
 
-__all__ = ["check_weights_file", "load_weights", "weights_sha256"]
+__all__ = ["check_weights_file", "load_weights", "weights_sha256", "write_weights"]
 
 
 def weights_sha256(path: PathLike) -> str:
@@ -44,6 +44,24 @@ def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
         for chunk in iter(lambda: stream.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def write_weights(module: nn.Module, path: PathLike) -> Path:
+    """Write ``module``'s state dict (on the CPU) to ``path`` atomically, the same weights giving
+    the same bytes; return the path.
+
+    Serialised in memory first: ``torch.save`` names the archive's top folder after the file, and
+    the atomic writer's temporary name is random, so saving to it would change the bytes (and the
+    SHA-256) from run to run. In memory the folder is always "archive".
+    """
+    import io
+
+    from ..atomic import atomic_write
+
+    state = {key: value.detach().cpu().contiguous() for key, value in module.state_dict().items()}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return atomic_write(path, lambda tmp: tmp.write_bytes(buffer.getvalue()))
 
 
 def check_weights_file(spec: ModelSpec) -> None:

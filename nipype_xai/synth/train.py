@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import io
 import json
 import os
 import time
@@ -43,6 +42,7 @@ from ..models.spec import (
     weights_sha256,
     write_mean_image,
 )
+from ..models.weights import write_weights
 from .training_data import (
     TASK_TO_TEMPLATE,
     TO_TEMPLATE,
@@ -449,14 +449,7 @@ def save_trained_model(
     name = name or spec.name
     out_dir = Path(out_dir).absolute()
     out_dir.mkdir(parents=True, exist_ok=True)
-    weights = out_dir / f"{name}.pt"
-    state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
-    # Serialised in memory first: torch.save names the archive's top folder after the file, and
-    # the atomic writer's temporary name is random, so saving to it would change the bytes (and
-    # the SHA-256) from run to run. In memory the folder is always "archive".
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    atomic_write(weights, lambda tmp: tmp.write_bytes(buffer.getvalue()))
+    weights = write_weights(model, out_dir / f"{name}.pt")
     # A template's patterns were fitted for other weights: never carried over.
     trained = dataclasses.replace(spec, weights=weights, name=name,
                                   weights_sha256=weights_sha256(weights), path=None,
