@@ -278,6 +278,26 @@ def test_xai_wf_gives_the_background_to_the_attribution_node(tmp_path):
     assert not isdefined(workflow.get_node("attribution").inputs.background)
 
 
+def test_model_nodes_ask_a_batch_scheduler_for_a_gpu_only_on_cuda(tmp_path):
+    from nipype_xai.workflows.xai import GPU_NODE_PLUGIN_ARGS
+
+    model = write_tiny_model(tmp_path)
+    common = {"subject": "01", "model_spec": model, "output_dir": tmp_path / "out",
+              "t1w": tmp_path / "tiny.json", "reports": False, "methods": ["gradient", "sobel"]}
+    on_gpu = init_xai_wf(device="cuda", **common)
+    model_nodes = {"inference", "attribution"}
+    for node in on_gpu._get_all_nodes():
+        asked = node.plugin_args.get("sbatch_args", "")
+        if node.name in model_nodes:
+            assert asked == GPU_NODE_PLUGIN_ARGS["sbatch_args"] == "--gres=gpu:1", node.name
+            assert node.inputs.use_gpu and not node.plugin_args.get("overwrite")
+        else:  # registration, baselines, sinks: no GPU held for them
+            assert "gres" not in asked, node.name
+    on_cpu = init_xai_wf(device="cpu", **common)
+    assert not any("gres" in node.plugin_args.get("sbatch_args", "")
+                   for node in on_cpu._get_all_nodes())
+
+
 def test_registration_wf_graph():
     workflow = init_registration_wf(apply_to_maps=True, apply_to_masks=True)
     names = {node.name for node in workflow._get_all_nodes()}

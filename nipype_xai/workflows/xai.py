@@ -67,6 +67,11 @@ def subject_workflow_name(subject: str, session: Optional[str] = None) -> str:
     return f"sub_{subject}" + (f"_ses_{session}" if session else "") + "_wf"
 
 
+#: What a node that runs the model on a GPU (``--device cuda``) asks a batch scheduler for. Nipype's
+#: SLURM plugin appends a node's ``sbatch_args`` to the run's (``--plugin-args``), so only these
+#: nodes request a GPU, not the registration; MultiProc schedules them by ``use_gpu`` instead.
+GPU_NODE_PLUGIN_ARGS = {"sbatch_args": "--gres=gpu:1"}
+
 #: Inputs a caller may connect at ``inputnode`` instead of giving files (``connected=``).
 CONNECTABLE_INPUTS = ("t1w_mask", "ground_truth", "transforms")
 
@@ -241,6 +246,7 @@ def init_xai_wf(
                            device=options.device, use_gpu=gpu, **options.trust),
             name="counterfactual",
         )
+    gpu_nodes = [inference] + ([counterfactual] if counterfactual is not None else [])
     sources = []  # every map-producing node
     if model_methods:
         attribution = pe.Node(
@@ -254,6 +260,10 @@ def init_xai_wf(
                 "background" in method_defaults(m) for m in model_methods):
             attribution.inputs.background = str(options.background)
         sources.append(attribution)
+        gpu_nodes.append(attribution)
+    if gpu:
+        for node in gpu_nodes:
+            node.plugin_args = dict(GPU_NODE_PLUGIN_ARGS)
     if baselines:
         baseline_maps = pe.Node(
             BaselineMaps(model_spec=model_spec, baselines=baselines, seed=options.seed,
