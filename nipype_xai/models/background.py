@@ -23,7 +23,6 @@ another model or another field of view is refused in one line naming the file.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from ..images import (
 )
 from .preprocessing import ModelGrid, to_model_grid
 from .spec import ModelSpec
+from .weights import weights_sha256
 
 __all__ = [
     "Background",
@@ -243,14 +243,6 @@ def write_background(
     return out, write_json(background_sidecar_path(out), dict(sidecar))
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def load_background(
     path: PathLike, spec: ModelSpec, grid: Optional[ModelGrid] = None
 ) -> Background:
@@ -331,7 +323,7 @@ def load_background(
         if not isinstance(sidecar, dict):
             raise ImageError(f"{sidecar_path.name}: expected a JSON object")
     return Background(volumes=volumes, affine=np.asarray(img.affine, dtype=float), path=path,
-                      sha256=_file_sha256(path), sidecar=sidecar)
+                      sha256=weights_sha256(path), sidecar=sidecar)
 
 
 def background_description(background: Background) -> dict[str, Any]:
