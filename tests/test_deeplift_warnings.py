@@ -45,12 +45,14 @@ def test_deeplift_says_when_summation_to_delta_fails(volume):
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         maps = attribute_many(model, volume, ["deeplift", "gradient"], target=1)
-    (warning,) = _attribution_warnings(record)
-    assert warning.methods == ("deeplift",)
-    message = str(warning)
+    # One warning per sample, each naming its sample (a batch of subjects: each its own).
+    first, second = _attribution_warnings(record)
+    assert first.methods == second.methods == ("deeplift",)
+    assert (first.samples, second.samples) == ((0,), (1,))
+    message = str(first)
     assert "summation-to-delta" in message and "act (GELU)" in message
     assert f"within {SUMMATION_TO_DELTA_RTOL:g}" in message
-    assert "sample 0" in message and "sample 1" in message
+    assert "sample 0" in message and "sample 1" in str(second)
     # The map is still returned, unchanged by the check.
     assert maps["deeplift"].shape == volume.shape
 
@@ -67,8 +69,9 @@ def test_integrated_gradients_says_when_completeness_fails(volume):
         warnings.simplefilter("always")
         attribute(model, volume, "integrated_gradients", target=1, n_steps=2,
                   integration_method="riemann_left")
-    (warning,) = _attribution_warnings(record)
-    assert warning.methods == ("integrated_gradients",)
+    found = _attribution_warnings(record)
+    assert found and all(w.methods == ("integrated_gradients",) for w in found)
+    warning = found[0]
     assert "completeness with n_steps=2" in str(warning) and "raise n_steps" in str(warning)
     assert f"within {COMPLETENESS_RTOL:g}" in str(warning)
 

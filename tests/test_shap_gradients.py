@@ -89,10 +89,12 @@ class _PlainNet(nn.Module):
 
 def gradient_shap_draws(n_inputs: int, n_background: int, n_samples: int, seed: int):
     """The draws gradient_shap makes without noise, as its docstring states them: per sample,
-    its background indices, then its alphas, from one generator seeded with ``seed``."""
-    generator = torch.Generator().manual_seed(seed)
+    its background indices, then its alphas, from a generator seeded with ``seed`` at every
+    sample (a sample's draws are those of a batch of one)."""
+    generator = torch.Generator()
     chosen, alphas = [], []
     for _ in range(n_inputs):
+        generator.manual_seed(seed)
         chosen.append(torch.randint(n_background, (n_samples,), generator=generator))
         alphas.append(torch.rand((n_samples,), generator=generator, dtype=torch.float64))
     return torch.cat(chosen).numpy(), torch.cat(alphas).numpy()
@@ -293,8 +295,11 @@ def test_deeplift_shap_says_when_efficiency_fails():
         warnings.simplefilter("always")
         maps = attribute_many(GeluNet().eval(), x, ["deeplift_shap", "gradient"], target=1,
                               method_params={"deeplift_shap": {"background": batch(3, (8,) * 3)}})
-    (warning,) = [w.message for w in record if isinstance(w.message, AttributionWarning)]
-    assert warning.methods == ("deeplift_shap",)
+    found = [w.message for w in record if isinstance(w.message, AttributionWarning)]
+    # One warning per sample whose map fails, each naming its sample.
+    assert found and all(w.methods == ("deeplift_shap",) for w in found)
+    assert all(len(w.samples) == 1 and f"sample {w.samples[0]}:" in str(w) for w in found)
+    warning = found[0]
     assert "y_t(x) - mean_b y_t(b)" in str(warning) and "act (GELU)" in str(warning)
     assert maps["deeplift_shap"].shape == x.shape
 

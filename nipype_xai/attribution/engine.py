@@ -22,12 +22,15 @@ class AttributionWarning(UserWarning):
     AttributionWarning)``) and still returns its map; callers decide what to do with it. Raised
     inside :func:`attribute_many`, it knows the map(s) it concerns: ``methods``, the names of
     the methods computed by the call that raised it (one method, or the members of a family
-    sharing their passes). The ``Attribution`` interface writes it into those maps' sidecars.
+    sharing their passes). ``samples``: the positions in the batch of the samples whose maps it
+    concerns (``None``: every sample), so that a batch of subjects gives each the warnings about
+    its own map. The ``Attribution`` interface writes it into those maps' sidecars.
     """
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, samples: Optional[Sequence[int]] = None):
         super().__init__(message)
         self.methods: tuple[str, ...] = _COMPUTING.get()
+        self.samples: Optional[tuple[int, ...]] = None if samples is None else tuple(samples)
 
 
 @contextmanager

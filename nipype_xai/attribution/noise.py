@@ -1,9 +1,10 @@
 """Noisy copies of an input batch, generated in a fixed order so results do not depend on batching.
 
 Shared by the SmoothGrad family and Smooth Grad-CAM++. The noise of copy ``s`` of sample ``b`` is
-drawn as the ``(b * n_samples + s)``-th volume of one generator seeded with ``seed``; each copy is
+the ``s``-th volume of a generator seeded with ``seed`` at the start of sample ``b``; each copy is
 drawn by its own call, so the stream, and hence the maps, are bit-identical whatever
-``batch_size`` is (on CPU).
+``batch_size`` is (on CPU), and a sample's maps are the same in a batch of subjects as alone
+(the participant level batches subjects per model node: ``--subjects-per-job``).
 """
 
 from __future__ import annotations
@@ -79,8 +80,11 @@ def noisy_batches(
     for start, stop in zip(bounds[:-1], bounds[1:]):
         index = torch.arange(start, stop, device=x.device) // n_samples
         # Each copy's noise is drawn by its own call, straight into its slot of the chunk (the
-        # same stream as one tensor per call, without a copy to stack them).
+        # same stream as one tensor per call, without a copy to stack them); the stream restarts
+        # at every sample's first copy.
         noise = torch.empty((stop - start, *x.shape[1:]), device=x.device, dtype=x.dtype)
-        for slot in noise:
+        for copy, slot in enumerate(noise, start=start):
+            if copy % n_samples == 0:
+                generator.manual_seed(int(seed))
             torch.randn(x.shape[1:], generator=generator, out=slot)
         yield index, x[index] + noise * sigma[index].reshape(view)

@@ -108,15 +108,15 @@ def _gradient_shap_draws(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]]:
     """``(sample, background index, α, noise or None)`` of every copy, in the order sample, draw.
 
-    One generator seeded with ``seed``; per sample, its ``n_samples`` background indices, then
-    its ``n_samples`` α (float64, as captum's numpy draw), then its copies' noise one volume per
-    call (only when ``stdevs`` > 0). The stream is the same however the copies are batched, and
-    a sample's draws depend only on its position in the batch (the first sample's are those of a
-    batch of one).
+    One generator, seeded with ``seed`` at the start of every sample; per sample, its
+    ``n_samples`` background indices, then its ``n_samples`` α (float64, as captum's numpy
+    draw), then its copies' noise one volume per call (only when ``stdevs`` > 0). The stream is
+    the same however the copies are batched, and a sample's draws are those of a batch of one:
+    its maps do not depend on the other samples (subjects batched per model node).
     """
     generator = torch.Generator(device=x.device)
-    generator.manual_seed(seed)
     for sample in range(x.shape[0]):
+        generator.manual_seed(seed)
         index = torch.tensor(sample, device=x.device)
         chosen = torch.randint(n_background, (n_samples,), generator=generator, device=x.device)
         alphas = torch.rand((n_samples,), generator=generator, dtype=torch.float64,
@@ -327,16 +327,14 @@ def _check_efficiency(
     difference = y_x - y_b
     sums = maps.flatten(1).sum(1)
     failures = [
-        f"sample {i}: sum {float(sums[i]):.6g} vs y_t(x) - mean_b y_t(b) = "
-        f"{float(difference[i]):.6g}"
+        (i, f"sum {float(sums[i]):.6g} vs y_t(x) - mean_b y_t(b) = {float(difference[i]):.6g}")
         for i in range(x.shape[0])
         if abs(float(sums[i] - difference[i]))
         > SUMMATION_TO_DELTA_RTOL * abs(float(difference[i])) + _ROUNDING * float(mass[i])
     ]
-    if failures:
-        warnings.warn(
+    # One warning per sample, naming it: in a batch of subjects each map's sidecar gets its own.
+    for sample, failure in failures:
+        warnings.warn(AttributionWarning(
             f"summation-to-delta does not hold within {SUMMATION_TO_DELTA_RTOL:g} of "
-            f"y_t(x) - mean_b y_t(b) ({'; '.join(failures)}): {cause}",
-            AttributionWarning,
-            stacklevel=3,
-        )
+            f"y_t(x) - mean_b y_t(b) (sample {sample}: {failure}): {cause}", samples=(sample,)),
+            stacklevel=3)

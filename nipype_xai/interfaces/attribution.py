@@ -6,8 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import warnings
-from collections import defaultdict
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -25,7 +23,6 @@ from nipype.interfaces.base import (
 from nipype.utils.filemanip import fname_presuffix
 
 from ..attribution import method_defaults
-from ..attribution.engine import AttributionWarning
 from ..attribution.restriction import restrict_to_mask
 from ..attribution.shap_gradients import BACKGROUND_FALLBACK
 from ..bids import method_to_desc, write_json
@@ -122,43 +119,44 @@ class Attribution(SimpleInterface):
         # The output count is checked on the real prediction (no separate shape-only pass).
         model = load_model(spec, device=resolve_device(inputs), check_outputs=False,
                            trust_code=inputs.trust_model_code)
-
-        with warnings.catch_warnings(record=True) as caught:
-            # Every occurrence, not Python's once per code location: each map gets its own.
-            warnings.simplefilter("always", AttributionWarning)
-            explanation = explain_image(
-                model,
-                spec,
-                img,
-                list(inputs.methods),
-                inputs.target if isdefined(inputs.target) else None,
-                method_params=method_params or None,
-                seed=inputs.seed if isdefined(inputs.seed) else None,
-                batch_size=inputs.batch_size if isdefined(inputs.batch_size) else None,
-            )
-        notes = _method_warnings(caught)
-
-        sha256 = weights_sha256(spec.weights)
-        out_files, out_sidecars = [], []
-        for method, map_img in explanation.maps.items():
-            out_file = Path(
-                fname_presuffix(
-                    inputs.in_file,
-                    suffix=f"_desc-{method_to_desc(method)}_attribution.nii.gz",
-                    newpath=runtime.cwd,
-                    use_ext=False,
-                )
-            )
-            sidecar = out_file.with_name(out_file.name[: -len(".nii.gz")] + ".json")
-            save_image(map_img, out_file)
-            write_json(sidecar, _sidecar(method, explanation, spec, sha256, map_img.header,
-                                         notes.get(method, ()), described.get(method, {})))
-            out_files.append(str(out_file))
-            out_sidecars.append(str(sidecar))
-
+        explanation = explain_image(
+            model,
+            spec,
+            img,
+            list(inputs.methods),
+            inputs.target if isdefined(inputs.target) else None,
+            method_params=method_params or None,
+            seed=inputs.seed if isdefined(inputs.seed) else None,
+            batch_size=inputs.batch_size if isdefined(inputs.batch_size) else None,
+        )
+        out_files, out_sidecars = write_maps(explanation, inputs.in_file, runtime.cwd, spec,
+                                             described)
         self._results["out_files"] = out_files
         self._results["out_sidecars"] = out_sidecars
         return runtime
+
+
+def write_maps(explanation: Explanation, in_file: str, folder: str, spec: ModelSpec,
+               described: Mapping[str, Mapping[str, Any]]) -> tuple[list[str], list[str]]:
+    """Write each map of ``explanation`` and its JSON sidecar into ``folder``; return the paths.
+
+    Named ``<in_file stem>_desc-<method>_attribution.nii.gz`` (+ ``.json``); the sidecars carry
+    the explanation's warnings about each map (:attr:`Explanation.notes`) and ``described``'s
+    entries for the parameters that are data (a background).
+    """
+    sha256 = weights_sha256(spec.weights)
+    out_files, out_sidecars = [], []
+    for method, map_img in explanation.maps.items():
+        out_file = Path(fname_presuffix(in_file, suffix=f"_desc-{method_to_desc(method)}"
+                                        "_attribution.nii.gz", newpath=folder, use_ext=False))
+        sidecar = out_file.with_name(out_file.name[: -len(".nii.gz")] + ".json")
+        save_image(map_img, out_file)
+        write_json(sidecar, _sidecar(method, explanation, spec, sha256, map_img.header,
+                                     explanation.notes.get(method, ()),
+                                     described.get(method, {})))
+        out_files.append(str(out_file))
+        out_sidecars.append(str(sidecar))
+    return out_files, out_sidecars
 
 
 class _RestrictMapsInputSpec(BaseInterfaceInputSpec):
@@ -219,21 +217,6 @@ class RestrictMaps(SimpleInterface):
         if sidecars:
             self._results["out_sidecars"] = out_sidecars
         return runtime
-
-
-def _method_warnings(caught: Sequence[warnings.WarningMessage]) -> dict[str, list[str]]:
-    """The messages of the :class:`AttributionWarning` records among ``caught``, by the method
-    whose map each concerns, in order, repeats dropped. Every record is issued again (with its
-    origin) so that recording them hides none from the log."""
-    notes: dict[str, list[str]] = defaultdict(list)
-    for record in caught:
-        if isinstance(record.message, AttributionWarning):
-            for method in record.message.methods:
-                if str(record.message) not in notes[method]:
-                    notes[method].append(str(record.message))
-        warnings.warn_explicit(record.message, record.category, record.filename, record.lineno,
-                               source=record.source)
-    return dict(notes)
 
 
 def _background_params(

@@ -23,10 +23,8 @@ from nipype.interfaces.base import (
 )
 from nipype.utils.filemanip import fname_presuffix
 
-from ..images import check_not_constant, load_volume
-from ..models.domain import input_distance
-from ..models.inference import predict
-from ..models.preprocessing import to_model_grid
+from ..images import load_volume
+from ..models.inference import Explanation, explain_image
 from ..models.spec import (
     TRUSTED_ARCHITECTURE_MODULES,
     ModelSpec,
@@ -120,6 +118,33 @@ def resolve_device(inputs) -> str:
     return "cpu"
 
 
+def write_prediction(explanation: Explanation, spec: ModelSpec, in_file: str, folder: str
+                     ) -> Path:
+    """Write one image's prediction as a one-row TSV in ``folder``
+    (``<in_file stem>_predictions.tsv``); return its path.
+
+    With the input-domain check (:attr:`Explanation.domain`) the row gets its columns, and an
+    input outside the training inputs is also logged as a warning that names the image.
+    """
+    name = Path(in_file).name
+    row = explanation.prediction.as_row()
+    domain = explanation.domain
+    if domain is not None:
+        row.update(domain.as_row())
+        if domain.outside:
+            _LOGGER.warning(
+                "%s: the model's input lies outside %s's training inputs (distance %.1f > "
+                "threshold %.1f: intensity quantiles z %.1f, dissimilarity to their mean "
+                "image z %.1f, non-zero fraction z %.1f); its prediction and explanations "
+                "are for an input unlike the model's training data",
+                name, spec.name, domain.distance, domain.threshold, domain.quantile_z,
+                domain.dissimilarity_z, domain.nonzero_fraction_z)
+    out_tsv = Path(fname_presuffix(in_file, suffix="_predictions.tsv", newpath=folder,
+                                   use_ext=False))
+    write_tsv(pd.DataFrame([row]), out_tsv)
+    return out_tsv
+
+
 class _ModelInferenceInputSpec(_ModelInputSpec):
     pass
 
@@ -162,30 +187,7 @@ class ModelInference(SimpleInterface):
         # The output count is checked on the real prediction (no separate shape-only pass).
         model = load_model(spec, device=resolve_device(self.inputs), check_outputs=False,
                            trust_code=self.inputs.trust_model_code)
-        name = Path(self.inputs.in_file).name
-        # predict_image's steps, with the model's input kept for the input-domain check.
-        check_not_constant(img, name)
-        x, _ = to_model_grid(img, spec)
-        prediction = predict(model, x, spec, names=[name])[0]
-        row = prediction.as_row()
-        if spec.input_summary is not None:
-            domain = input_distance(x[0, 0], spec.input_summary, what=name)
-            row.update(domain.as_row())
-            if domain.outside:
-                _LOGGER.warning(
-                    "%s: the model's input lies outside %s's training inputs (distance %.1f > "
-                    "threshold %.1f: intensity quantiles z %.1f, dissimilarity to their mean "
-                    "image z %.1f, non-zero fraction z %.1f); its prediction and explanations "
-                    "are for an input unlike the model's training data",
-                    name, spec.name, domain.distance, domain.threshold, domain.quantile_z,
-                    domain.dissimilarity_z, domain.nonzero_fraction_z)
-
-        out_tsv = Path(
-            fname_presuffix(
-                self.inputs.in_file, suffix="_predictions.tsv", newpath=runtime.cwd, use_ext=False
-            )
-        )
-        table = pd.DataFrame([row])
-        write_tsv(table, out_tsv)
+        explanation = explain_image(model, spec, img, (), input_domain=True)
+        out_tsv = write_prediction(explanation, spec, self.inputs.in_file, runtime.cwd)
         self._results["out_tsv"] = str(out_tsv)
         return runtime

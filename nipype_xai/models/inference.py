@@ -8,18 +8,26 @@ reads the maps.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import nibabel as nib
 import numpy as np
 import torch
 from torch import nn
 
-from ..attribution import TargetError, attribute_many, method_defaults, resolve_params
+from ..attribution import (
+    AttributionWarning,
+    TargetError,
+    attribute_many,
+    method_defaults,
+    resolve_params,
+)
 from ..attribution.model_state import forward, model_device
-from ..images import check_not_constant, format_bytes, usable_memory_bytes
+from ..images import ImageError, check_not_constant, format_bytes, usable_memory_bytes
+from .domain import InputDistance, input_distance
 from .preprocessing import ModelGrid, from_model_grid, to_model_grid
 from .spec import ModelSpec, ModelSpecError, check_output_count
 
@@ -29,6 +37,7 @@ __all__ = [
     "Prediction",
     "check_input_memory",
     "explain_image",
+    "explain_images",
     "input_memory_bytes",
     "predict",
     "predict_image",
@@ -192,11 +201,7 @@ def predict(
         An output is NaN or infinite (broken weights, an overflow); the message names the spec and
         the sample.
     """
-    device = model_device(model)
-    with torch.no_grad():
-        outputs = torch.cat(
-            [forward(model, chunk.to(device)).float().cpu() for chunk in x.split(batch_size)]
-        )
+    outputs = _outputs(model, x, batch_size)
     check_output_count(spec, outputs.shape[1])
     for index, row in enumerate(outputs):
         if not bool(torch.isfinite(row).all()):
@@ -204,23 +209,7 @@ def predict(
             raise ModelOutputError(
                 f"{spec.source}: the model's output for {name} is not finite ({_not_finite(row)})"
             )
-    predictions = []
-    for row in outputs:
-        values = tuple(float(v) for v in row)
-        if spec.task == "regression":
-            predictions.append(Prediction(spec.task, spec.outputs, values, None, None, None))
-            continue
-        if row.numel() == 1:
-            # One logit scores the positive class, outputs[1] (see ModelSpec.outputs).
-            positive = float(torch.sigmoid(row[0]))
-            probabilities = (1.0 - positive, positive)
-        else:
-            probabilities = tuple(float(p) for p in torch.softmax(row.double(), dim=0))
-        index = int(np.argmax(probabilities))
-        predictions.append(
-            Prediction(spec.task, spec.outputs, values, probabilities, index, spec.outputs[index])
-        )
-    return predictions
+    return [_prediction(row, spec) for row in outputs]
 
 
 def predict_image(
@@ -271,21 +260,29 @@ class Explanation:
         The model's prediction for the image.
     target
         Index of the explained output (``outputs[target]``; for a single-logit model, the logit's
-        class).
+        class); ``None`` when no method was asked for.
     target_label
-        Name of the explained output.
+        Name of the explained output (``None`` likewise).
     parameters
         ``{method: every parameter used}``.
     grid
         The model grid the maps were computed on.
+    notes
+        ``{method: messages}`` of the :class:`~nipype_xai.attribution.AttributionWarning`
+        records that concern this image's map of that method (its axiom fails on this model).
+    domain
+        The input-domain check of the model input (:func:`~nipype_xai.models.domain.
+        input_distance`), when asked for and the spec has a training-input summary.
     """
 
     maps: dict[str, nib.Nifti1Image]
     prediction: Prediction
-    target: int
-    target_label: str
+    target: Optional[int]
+    target_label: Optional[str]
     parameters: dict[str, dict[str, Any]]
     grid: ModelGrid
+    notes: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    domain: Optional[InputDistance] = None
 
 
 def explain_image(
@@ -299,6 +296,7 @@ def explain_image(
     seed: Optional[int] = None,
     batch_size: Optional[int] = None,
     name: Optional[str] = None,
+    input_domain: bool = False,
 ) -> Explanation:
     """Predict and explain one 3D image with every method in one ``attribute_many`` call.
 
@@ -311,7 +309,7 @@ def explain_image(
     img
         A 3D image in the spec's space.
     methods
-        Attribution method names.
+        Attribution methods (none: the prediction alone).
     target
         Index into ``spec.outputs`` of the output to explain; ``None``: the predicted class (for a
         single-output regression, its output; a multi-output regression needs a target). A
@@ -324,6 +322,9 @@ def explain_image(
     name
         Names the image in messages (default: its file name, which
         :func:`~nipype_xai.images.load_volume` keeps).
+    input_domain
+        Also measure the model input against the spec's training-input summary
+        (:attr:`Explanation.domain`).
 
     Returns
     -------
@@ -339,12 +340,175 @@ def explain_image(
     ModelOutputError
         The model's output, or a map, is NaN or infinite.
     """
-    name = _image_name(img, name)
-    check_not_constant(img, name)
-    x, grid = to_model_grid(img, spec)
-    x = x.to(model_device(model))
-    prediction = predict(model, x, spec, names=[name])[0]
+    result = explain_images(model, spec, [img], methods, target, method_params=method_params,
+                            seed=seed, batch_size=batch_size,
+                            names=None if name is None else [name],
+                            input_domain=input_domain)[0]
+    if isinstance(result, Exception):
+        raise result
+    return result
 
+
+def explain_images(
+    model: nn.Module,
+    spec: ModelSpec,
+    imgs: Sequence[nib.spatialimages.SpatialImage],
+    methods: Sequence[str],
+    target: Optional[int] = None,
+    *,
+    method_params: Optional[Mapping[str, Mapping[str, Any]]] = None,
+    seed: Optional[int] = None,
+    batch_size: Optional[int] = None,
+    names: Optional[Sequence[str]] = None,
+    input_domain: bool = False,
+) -> list[Union[Explanation, Exception]]:
+    """Predict and explain several 3D images (subjects) as one batch: one forward pass for the
+    predictions and one :func:`~nipype_xai.attribution.attribute_many` call for every map.
+
+    What comes back for an image is what it gets alone (:func:`explain_image` is this function
+    on one image): every method treats the samples of a batch independently, and the stochastic
+    ones restart their seeded stream at every sample. Batched convolutions may round differently
+    from a batch of one (a relative 1e-6 on this CPU), so a fixed batch composition is what makes
+    re-runs byte-identical. An image that cannot be explained (empty or constant; a NaN or
+    infinite output or map) gets its exception in its place and the others go on.
+
+    Parameters
+    ----------
+    imgs
+        3D images in the spec's space.
+    names
+        What each image is, for messages (default: their file names).
+    input_domain
+        Also measure each model input against the spec's training-input summary
+        (:attr:`Explanation.domain`; ``None`` where the spec has none).
+    model, spec, methods, target, method_params, seed, batch_size
+        As for :func:`explain_image` (one target for every image).
+
+    Returns
+    -------
+    list
+        Per image, in order: its :class:`Explanation`, or the exception that stopped it.
+
+    Raises
+    ------
+    nipype_xai.attribution.TargetError
+        ``target`` is out of range, or not the one output of a single-output model (every image
+        would fail alike).
+    """
+    names = list(names) if names is not None else [_image_name(img, None) for img in imgs]
+    results: list[Union[Explanation, Exception, None]] = [None] * len(imgs)
+    inputs: dict[int, tuple[torch.Tensor, ModelGrid]] = {}
+    for index, img in enumerate(imgs):
+        try:
+            check_not_constant(img, names[index])
+            inputs[index] = to_model_grid(img, spec)
+        except (ImageError, ValueError) as error:
+            results[index] = error
+    if not inputs:
+        return results
+    device = model_device(model)
+    outputs = _outputs(model, torch.cat([x for x, _ in inputs.values()]))
+    check_output_count(spec, outputs.shape[1])
+    predictions: dict[int, Prediction] = {}
+    for index, row in zip(list(inputs), outputs):
+        if bool(torch.isfinite(row).all()):
+            predictions[index] = _prediction(row, spec)
+        else:
+            results[index] = ModelOutputError(
+                f"{spec.source}: the model's output for {names[index]} is not finite "
+                f"({_not_finite(row)})")
+            del inputs[index]
+    parameters = _method_parameters(spec, methods, method_params, seed=seed,
+                                    batch_size=batch_size)
+    # Without methods nothing is explained (a multi-output regression needs no target then).
+    explained = {index: _explained_output(spec, prediction, target) if parameters else None
+                 for index, prediction in predictions.items() if index in inputs}
+    tensors: dict[str, torch.Tensor] = {}
+    notes: dict[int, dict[str, list[str]]] = {index: {} for index in inputs}
+    if parameters and inputs:
+        order = list(inputs)
+        x = torch.cat([inputs[index][0] for index in order]).to(device)
+        # A single-output model's one output is explained whatever the target (see below).
+        engine_target = (None if len(spec.outputs) == 1 or outputs.shape[1] == 1
+                         else [explained[index] for index in order])
+        with warnings.catch_warnings(record=True) as caught:
+            # Every occurrence, not Python's once per code location: each map gets its own.
+            warnings.simplefilter("always", AttributionWarning)
+            tensors = attribute_many(model, x, list(parameters), engine_target,
+                                     method_params=parameters)
+        for record in caught:
+            if isinstance(record.message, AttributionWarning):
+                samples = record.message.samples
+                for position, index in enumerate(order):
+                    if samples is None or position in samples:
+                        for method in record.message.methods:
+                            listed = notes[index].setdefault(method, [])
+                            if str(record.message) not in listed:
+                                listed.append(str(record.message))
+            # Issued again, with its origin: recording the warnings hides none from the log.
+            warnings.warn_explicit(record.message, record.category, record.filename,
+                                   record.lineno, source=record.source)
+        tensors = {method: tensor.detach() for method, tensor in tensors.items()}
+        positions = {index: position for position, index in enumerate(order)}
+    for index in list(inputs):
+        x_index, grid = inputs[index]
+        maps = {}
+        try:
+            for method, tensor in tensors.items():
+                sample = tensor[positions[index]]
+                if not bool(torch.isfinite(sample).all()):
+                    n_bad = int((~torch.isfinite(sample)).sum())
+                    raise ModelOutputError(
+                        f"{spec.source}: the {method} map for {names[index]} is not finite "
+                        f"({n_bad} {_not_finite(sample)} voxels of {sample[0].numel()})")
+                # One volume fed as C identical channels: by the chain rule its attribution is
+                # the sum over channels (a no-op for the usual single channel).
+                maps[method] = from_model_grid(sample.sum(dim=0), grid, imgs[index])
+        except ModelOutputError as error:
+            results[index] = error
+            continue
+        domain = None
+        if input_domain and spec.input_summary is not None:
+            domain = input_distance(x_index[0, 0], spec.input_summary, what=names[index])
+        results[index] = Explanation(
+            maps=maps,
+            prediction=predictions[index],
+            target=explained[index],
+            target_label=None if explained[index] is None else spec.outputs[explained[index]],
+            parameters=parameters,
+            grid=grid,
+            notes=notes[index],
+            domain=domain,
+        )
+    return results
+
+
+def _outputs(model: nn.Module, x: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
+    """The model's raw outputs (B, K) for ``x``, ``batch_size`` samples per pass, float32 on CPU."""
+    device = model_device(model)
+    with torch.no_grad():
+        return torch.cat(
+            [forward(model, chunk.to(device)).float().cpu() for chunk in x.split(batch_size)]
+        )
+
+
+def _prediction(row: torch.Tensor, spec: ModelSpec) -> Prediction:
+    """One sample's (finite) outputs read through the spec."""
+    values = tuple(float(v) for v in row)
+    if spec.task == "regression":
+        return Prediction(spec.task, spec.outputs, values, None, None, None)
+    if row.numel() == 1:
+        # One logit scores the positive class, outputs[1] (see ModelSpec.outputs).
+        positive = float(torch.sigmoid(row[0]))
+        probabilities = (1.0 - positive, positive)
+    else:
+        probabilities = tuple(float(p) for p in torch.softmax(row.double(), dim=0))
+    index = int(np.argmax(probabilities))
+    return Prediction(spec.task, spec.outputs, values, probabilities, index, spec.outputs[index])
+
+
+def _explained_output(spec: ModelSpec, prediction: Prediction, target: Optional[int]) -> int:
+    """The index into ``spec.outputs`` of the output explained for ``prediction``."""
     n_outputs = len(prediction.outputs)
     if n_outputs == 1:
         # The engine ignores the target of a single-output model: it explains that output, which is
@@ -355,56 +519,37 @@ def explain_image(
                 f"{spec.source}: target {target} cannot be explained: the model has a single "
                 f"output, which scores {spec.outputs[explained]!r} (target {explained})"
             )
-        engine_target = None
-    else:
-        if target is None:
-            if prediction.predicted_index is None:
-                # The largest of several regression outputs is no "prediction" to explain.
-                raise TargetError(
-                    f"{spec.source}: the model has {n_outputs} regression outputs "
-                    f"{list(spec.outputs)}; give the target to explain"
-                )
-            explained = prediction.predicted_index
-        else:
-            explained = int(target)
-            if not 0 <= explained < n_outputs:
-                raise TargetError(
-                    f"{spec.source}: target {explained} out of range for outputs "
-                    f"{list(spec.outputs)} (valid: 0..{n_outputs - 1})"
-                )
-        engine_target = explained
+        return explained
+    if target is None:
+        if prediction.predicted_index is None:
+            # The largest of several regression outputs is no "prediction" to explain.
+            raise TargetError(
+                f"{spec.source}: the model has {n_outputs} regression outputs "
+                f"{list(spec.outputs)}; give the target to explain"
+            )
+        return prediction.predicted_index
+    explained = int(target)
+    if not 0 <= explained < n_outputs:
+        raise TargetError(
+            f"{spec.source}: target {explained} out of range for outputs "
+            f"{list(spec.outputs)} (valid: 0..{n_outputs - 1})"
+        )
+    return explained
 
+
+def _method_parameters(spec: ModelSpec, methods: Sequence[str],
+                       method_params: Optional[Mapping[str, Mapping[str, Any]]], *,
+                       seed: Optional[int], batch_size: Optional[int]
+                       ) -> dict[str, dict[str, Any]]:
+    """Every parameter each method runs with; PatternNet and PatternAttribution get the spec's
+    patterns unless the caller gives others (or asks for None explicitly)."""
+    if not methods:
+        return {}
     if spec.patterns is not None:
-        # PatternNet / PatternAttribution use the patterns fitted for the spec's weights, unless
-        # the caller gives others (or asks for None explicitly).
         from ..attribution.patterns import PATTERN_METHODS
 
         method_params = {name: dict(values) for name, values in (method_params or {}).items()}
         for method in dict.fromkeys(methods):
             if method in PATTERN_METHODS:
                 method_params.setdefault(method, {}).setdefault("patterns", spec.patterns)
-    parameters = resolve_method_params(
-        methods, method_params, seed=seed, batch_size=batch_size
-    )
-    tensors = attribute_many(model, x, list(parameters), engine_target, method_params=parameters)
-    for method, tensor in tensors.items():
-        if not bool(torch.isfinite(tensor).all()):
-            n_bad = int((~torch.isfinite(tensor)).sum())
-            raise ModelOutputError(
-                f"{spec.source}: the {method} map for {name} is not finite "
-                f"({n_bad} {_not_finite(tensor)} voxels of {tensor[0].numel()})"
-            )
-    # One volume fed as C identical channels: by the chain rule its attribution is the sum over
-    # channels (a no-op for the usual single channel).
-    maps = {
-        method: from_model_grid(tensor[0].sum(dim=0), grid, img)
-        for method, tensor in tensors.items()
-    }
-    return Explanation(
-        maps=maps,
-        prediction=prediction,
-        target=explained,
-        target_label=spec.outputs[explained],
-        parameters=parameters,
-        grid=grid,
-    )
+    return resolve_method_params(methods, method_params, seed=seed, batch_size=batch_size)
