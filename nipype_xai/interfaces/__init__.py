@@ -9,6 +9,7 @@ from .anatomy import (
 )
 from .attribution import Attribution, RestrictMaps
 from .baselines import BaselineMaps
+from .batch import BatchItem, ModelBatch
 from .bids import DerivativesDataSink, ReportsSink
 from .counterfactual import Counterfactual
 from .grids import ModelGridReference
@@ -21,6 +22,7 @@ __all__ = [
     "ApplyTransforms",
     "Attribution",
     "BaselineMaps",
+    "BatchItem",
     "BrainExtraction",
     "CheckRegistrationQC",
     "Counterfactual",
@@ -32,6 +34,7 @@ __all__ = [
     "MaskImage",
     "MethodRanking",
     "ModelGridReference",
+    "ModelBatch",
     "ModelInference",
     "N4BiasFieldCorrection",
     "RegisterToTemplate",

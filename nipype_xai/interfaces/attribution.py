@@ -31,19 +31,15 @@ from ..models.background import background_description, load_background
 from ..models.inference import Explanation, explain_image
 from ..models.preprocessing import model_grid_for
 from ..models.spec import ModelSpec, load_model, weights_sha256
-from .model import _ModelInputSpec, read_model_spec, resolve_device
+from .model import _ModelInputSpec, _ModelSpecInputSpec, read_model_spec, resolve_device
 
 __all__ = ["Attribution", "RestrictMaps"]
 
 
-class _AttributionInputSpec(_ModelInputSpec):
-    methods = traits.List(
-        traits.Str,
-        mandatory=True,
-        minlen=1,
-        desc="attribution methods (nipype_xai.attribution.available_methods()); all are computed "
-        "in one call, sharing passes where they can",
-    )
+class _AttributionSettingsSpec(_ModelSpecInputSpec):
+    """How maps are computed: shared by ``Attribution`` (one image) and ``ModelBatch`` (a batch
+    of subjects)."""
+
     target = traits.Int(
         desc="index into the spec's outputs of the output to explain; default: the predicted class"
     )
@@ -61,6 +57,23 @@ class _AttributionInputSpec(_ModelInputSpec):
         desc="background set of the methods that take one (gradient_shap, deeplift_shap): a 4D "
         "NIfTI on the model grid with its JSON sidecar, from 'nipype-xai background' "
         "(nipype_xai.models.background); default: each method's fallback",
+    )
+
+    def explain_arguments(self) -> dict[str, Any]:
+        """The target, seed and batch size as :func:`~nipype_xai.models.inference.explain_images`
+        takes them (None where not set)."""
+        return {"target": self.target if isdefined(self.target) else None,
+                "seed": self.seed if isdefined(self.seed) else None,
+                "batch_size": self.batch_size if isdefined(self.batch_size) else None}
+
+
+class _AttributionInputSpec(_ModelInputSpec, _AttributionSettingsSpec):
+    methods = traits.List(
+        traits.Str,
+        mandatory=True,
+        minlen=1,
+        desc="attribution methods (nipype_xai.attribution.available_methods()); all are computed "
+        "in one call, sharing passes where they can",
     )
 
 
@@ -119,16 +132,9 @@ class Attribution(SimpleInterface):
         # The output count is checked on the real prediction (no separate shape-only pass).
         model = load_model(spec, device=resolve_device(inputs), check_outputs=False,
                            trust_code=inputs.trust_model_code)
-        explanation = explain_image(
-            model,
-            spec,
-            img,
-            list(inputs.methods),
-            inputs.target if isdefined(inputs.target) else None,
-            method_params=method_params or None,
-            seed=inputs.seed if isdefined(inputs.seed) else None,
-            batch_size=inputs.batch_size if isdefined(inputs.batch_size) else None,
-        )
+        explanation = explain_image(model, spec, img, list(inputs.methods),
+                                    method_params=method_params or None,
+                                    **inputs.explain_arguments())
         out_files, out_sidecars = write_maps(explanation, inputs.in_file, runtime.cwd, spec,
                                              described)
         self._results["out_files"] = out_files

@@ -68,12 +68,9 @@ def read_model_spec(inputs) -> ModelSpec:
     return load_model_spec(inputs.model_spec, external_weights=inputs.external_weights)
 
 
-class _ModelInputSpec(BaseInterfaceInputSpec):
-    """Inputs shared by the interfaces that run a model."""
+class _ModelSpecInputSpec(BaseInterfaceInputSpec):
+    """Inputs shared by the interfaces that run a model: the spec, where, and the trust opt-ins."""
 
-    # File inputs are hashed by Nipype's default hash_method, "timestamp" (size + mtime), so a
-    # large image is not re-read to decide whether a node must rerun.
-    in_file = File(exists=True, mandatory=True, desc="3D image (NIfTI) in the model's space")
     model_spec = File(exists=True, mandatory=True, desc="model spec JSON (see nipype_xai.models)")
     model_weights = File(
         exists=True,
@@ -105,6 +102,14 @@ class _ModelInputSpec(BaseInterfaceInputSpec):
             return
         if weights.is_file():
             self.model_weights = str(weights)
+
+
+class _ModelInputSpec(_ModelSpecInputSpec):
+    """Inputs shared by the interfaces that run a model on one image."""
+
+    # File inputs are hashed by Nipype's default hash_method, "timestamp" (size + mtime), so a
+    # large image is not re-read to decide whether a node must rerun.
+    in_file = File(exists=True, mandatory=True, desc="3D image (NIfTI) in the model's space")
 
 
 def resolve_device(inputs) -> str:
