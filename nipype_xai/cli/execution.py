@@ -39,7 +39,7 @@ from ..bids import (
     write_dataset_description,
 )
 from ..tables import read_tsv, write_tsv
-from .parser import UsageError
+from .parser import MAX_SUBJECTS_PER_JOB, UsageError
 
 if TYPE_CHECKING:  # the workflows import Nipype's engine: not at the command line's start
     from ..workflows.options import PipelineOptions
@@ -167,6 +167,24 @@ def plugin_settings(plugin: Optional[str], plugin_args: Optional[str], nprocs: O
     return plugin, args
 
 
+def default_subjects_per_job(n_subjects: int, plugin: str, plugin_args: Mapping[str, Any]
+                             ) -> int:
+    """Subjects per model node when ``--subjects-per-job`` is not given.
+
+    Local plugins spread the subjects evenly over the processes that run side by side (MultiProc:
+    ``n_procs``; Linear: one), so batching never leaves a core idle; a cluster plugin (each node
+    a job) takes :data:`MAX_SUBJECTS_PER_JOB`, one job per batch. Never more than
+    :data:`MAX_SUBJECTS_PER_JOB`, never less than 1.
+    """
+    if plugin == "MultiProc":
+        workers = int(plugin_args.get("n_procs") or os.cpu_count() or 1)
+    elif plugin == "Linear":
+        workers = 1
+    else:
+        workers = 1
+    return max(1, min(MAX_SUBJECTS_PER_JOB, -(-max(n_subjects, 1) // workers)))
+
+
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 #: ITK (ANTs) reads its thread count from this variable, once per process.
 ITK_THREADS = "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"
@@ -280,6 +298,18 @@ def subject_of(node, workflows: Mapping[str, str]) -> Optional[str]:
     return next((label for name, label in workflows.items() if name in parts), None)
 
 
+def subjects_of(node, workflows: Mapping[str, str],
+                groups: Mapping[str, Sequence[str]] = {}) -> list[str]:
+    """The labels of the subjects ``node`` works for: its subject's (:func:`subject_of`), or
+    those of the group workflow that holds it (``groups``: name -> labels); [] for a node
+    shared by all."""
+    subject = subject_of(node, workflows)
+    if subject is not None:
+        return [subject]
+    return list(subject_of(node, {name: tuple(labels) for name, labels in groups.items()})
+                or ())
+
+
 def progress_wanted(quiet: bool = False, stream=None) -> bool:
     """Whether to draw progress: not with ``--quiet``, and only on a terminal (``stream``,
     default stderr, where it is drawn): a log file or a pipe gets the result lines only."""
@@ -355,6 +385,9 @@ class RunProgress:
         import threading
 
         self.subjects = dict(subjects)
+        #: Shared workflows that serve several subjects (a batch's model node): name -> labels;
+        #: their failure fails those subjects.
+        self.groups: dict[str, tuple[str, ...]] = {}
         self._level = level
         self.status_file = Path(status_file) if status_file is not None else None
         self._started = time.time()
@@ -391,17 +424,19 @@ class RunProgress:
         with self._lock:
             name = str(getattr(node, "name", ""))
             if self.subjects:
-                subject = self.subject_of(node)
-                if subject is None or subject in self.done or subject in self.failed:
+                affected = [subject for subject in subjects_of(node, self.subjects, self.groups)
+                            if subject not in self.done and subject not in self.failed]
+                if not affected:
                     return
-                if status == "exception":
-                    self.failed.add(subject)
-                    self.running.pop(subject, None)
-                elif status == "end" and self._done_when(node):
-                    self.done.add(subject)
-                    self.running.pop(subject, None)
-                elif status == "start":
-                    self.running[subject] = name
+                for subject in affected:
+                    if status == "exception":
+                        self.failed.add(subject)
+                        self.running.pop(subject, None)
+                    elif status == "end" and self._done_when(node):
+                        self.done.add(subject)
+                        self.running.pop(subject, None)
+                    elif status == "start":
+                        self.running[subject] = name
             else:
                 if status == "start":
                     self.running["group"] = name
@@ -522,7 +557,8 @@ class RunProgress:
                 self._bar = None
 
     def __getstate__(self) -> dict:
-        return {"subjects": {}, "done": set(), "failed": set(), "running": {}, "_steps": set(),
+        return {"subjects": {}, "groups": {}, "done": set(), "failed": set(), "running": {},
+                "_steps": set(),
                 "_done_when": self._done_when, "_total": self._total, "_unit": self._unit,
                 "_level": "", "_bar": None, "_ticker": None, "status_file": None,
                 "_started": self._started, "_finished": False}
@@ -617,12 +653,14 @@ def _reason(crash: Mapping[str, Any]) -> str:
     return f"{kind.rsplit('.', 1)[-1]}: {text}" if text else lines[-1]
 
 
-def _crash_failures(crash_dir: Path, workflows: Mapping[str, str]) -> dict[str, Failure]:
+def _crash_failures(crash_dir: Path, workflows: Mapping[str, str],
+                    groups: Mapping[str, Sequence[str]] = {}) -> dict[str, Failure]:
     """The first crash of each subject: ``{sub-X[_ses-Y]: Failure}``.
 
-    ``workflows`` maps a subject workflow's name to the subject's label. A crash outside every
-    subject workflow (the shared template selection) fails every subject; with no subject
-    workflows (the group level) it is recorded under ``group``.
+    ``workflows`` maps a subject workflow's name to the subject's label; ``groups`` a shared
+    workflow's name (a batch of subjects' model node) to the labels of the subjects it serves.
+    A crash outside every subject and group workflow (the shared template selection) fails every
+    subject; with no subject workflows (the group level) it is recorded under ``group``.
     """
     from nipype.utils.filemanip import loadcrash
 
@@ -635,8 +673,8 @@ def _crash_failures(crash_dir: Path, workflows: Mapping[str, str]) -> dict[str, 
         except Exception:  # noqa: BLE001 - an unreadable crash file is still a failure
             crash = {}
         node = crash.get("node")
-        subject = subject_of(node, workflows) if node is not None else None
-        affected = [subject] if subject else (list(workflows.values()) or ["group"])
+        affected = subjects_of(node, workflows, groups) if node is not None else []
+        affected = affected or list(workflows.values()) or ["group"]
         where = str(getattr(node, "fullname", "") or path.name)
         for label in affected:
             failures.setdefault(label, Failure(label, _reason(crash), where, str(path)))
@@ -768,6 +806,7 @@ def run_participant_level(
         The dataset (or a derivatives folder) cannot be used at all: nothing is run.
     """
     from ..workflows import init_participant_wf, pipeline_options, subject_workflow_name
+    from ..workflows.base import batch_workflow_name, subject_batches
 
     options = pipeline_options(options, **option_values)
     started = time.perf_counter()
@@ -795,13 +834,40 @@ def run_participant_level(
     try:
         for failure in failures:
             tracker.failed.add(failure.subject)
-        if subjects:
+        if options.subjects_per_job is None:
+            options = pipeline_options(options, subjects_per_job=default_subjects_per_job(
+                len(subjects), plugin, plugin_args or {}))
+        ready, model_inputs = list(subjects), {}
+        if options.subjects_per_job > 1 and len(subjects) > 1:
+            # A batch's model node waits for all its subjects: first every subject's model
+            # input, then batches of the subjects that got one (the whole workflow, which finds
+            # the first half done in the work directory).
             workflow = init_participant_wf(subjects=subjects, output_dir=output_dir,
-                                           options=options)
+                                           options=options, stage="model_input")
             crash_dir, _ = _run(workflow, work_dir, plugin, dict(plugin_args or {}), tracker,
                                 deterministic=options.deterministic)
             crashed = _crash_failures(crash_dir, labels)
-            failures += list(crashed.values())
+            model_inputs = _model_inputs(work_dir / workflow.name, subjects)
+            for entry in subjects:
+                if entry.label not in crashed and entry.label not in model_inputs:
+                    crashed[entry.label] = Failure(
+                        entry.label, "its model input (the t1w_model step's result) was not "
+                        f"found in {work_dir}", "t1w_model")
+            ready = [s for s in subjects if s.label not in crashed]
+            if len(ready) < len(subjects):
+                LOGGER.info("participant level: %d of %d subjects have a model input and go on",
+                            len(ready), len(subjects))
+        if ready:
+            workflow = init_participant_wf(subjects=ready, output_dir=output_dir,
+                                           options=options, model_inputs=model_inputs)
+            groups = {batch_workflow_name(index): tuple(entry.label for entry in batch)
+                      for index, batch in enumerate(subject_batches(
+                          ready, options.subjects_per_job)) if options.subjects_per_job > 1}
+            tracker.groups = groups
+            crash_dir, _ = _run(workflow, work_dir, plugin, dict(plugin_args or {}), tracker,
+                                deterministic=options.deterministic)
+            crashed.update(_crash_failures(crash_dir, labels, groups))
+        failures += list(crashed.values())
         processed = list(labels.values()) + [f.subject for f in failures]
         _write_failures(output_dir, failures, processed)
         succeeded = [label for label in labels.values() if label not in crashed]
@@ -810,6 +876,29 @@ def run_participant_level(
         tracker.close()
     return RunSummary(succeeded=succeeded, failures=failures,
                       elapsed_s=time.perf_counter() - started)
+
+
+def _model_inputs(workflow_dir: Path, subjects: Sequence[Any]) -> dict[str, str]:
+    """Each subject's model input from a ``stage="model_input"`` run whose folder in the work
+    directory is ``workflow_dir``: label -> the file its ``t1w_model`` step wrote (subjects
+    whose step has no result are left out)."""
+    from nipype.pipeline.engine.utils import load_resultfile
+
+    from ..workflows import subject_workflow_name
+
+    found = {}
+    for entry in subjects:
+        folder = workflow_dir / subject_workflow_name(entry.subject, entry.session) / "t1w_model"
+        result_file = folder / "result_t1w_model.pklz"
+        if not result_file.is_file():
+            continue
+        try:
+            out_file = load_resultfile(str(result_file)).outputs.out_file
+        except Exception:  # noqa: BLE001 - an unreadable result file: no model input known
+            continue
+        if out_file and Path(out_file).is_file():
+            found[entry.label] = str(out_file)
+    return found
 
 
 def run_group_level(

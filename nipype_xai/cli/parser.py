@@ -14,6 +14,13 @@ from typing import NoReturn, Optional
 
 from .. import __version__
 
+#: The most subjects one model node explains by default (``--subjects-per-job``; see
+#: :func:`nipype_xai.cli.execution.default_subjects_per_job`). A batch's memory grows with its
+#: size (the gradient methods hold every subject's input, activations and gradient at once),
+#: its savings do not: past a few subjects the model load and the worker's start (importing
+#: torch, seconds) are a small share of the node's time.
+MAX_SUBJECTS_PER_JOB = 8
+
 __all__ = [
     "DEFAULT_METHODS",
     "UsageError",
@@ -100,6 +107,13 @@ def _common_run_options(parser: argparse.ArgumentParser, *, methods_default=DEFA
     parser.add_argument("--plugin-args", metavar="JSON",
                         help="Nipype plugin arguments as a JSON object, e.g. "
                              "'{\"sbatch_args\": \"--time=1:00:00\"}'")
+    parser.add_argument("--subjects-per-job", type=_positive_int, metavar="N",
+                        help="subjects explained by one model node: the model is loaded once "
+                             "per batch and the batch runs through it together (1: one model "
+                             "node per subject; default: the subjects spread evenly over "
+                             f"MultiProc's processes, {MAX_SUBJECTS_PER_JOB} per job on a cluster, at most "
+                             f"{MAX_SUBJECTS_PER_JOB}). A fixed "
+                             "N gives byte-identical re-runs under any plugin")
     parser.add_argument("--device", default="cpu", metavar="cpu|cuda",
                         help="torch device of the model nodes (default: cpu)")
     parser.add_argument("--seed", type=int, default=0,

@@ -176,6 +176,7 @@ def _pipeline_options(args, model_spec: Path, methods: Sequence[str],
         external_weights=args.external_weights, reports=args.reports,
         background=args.background,
         counterfactual=counterfactual,
+        subjects_per_job=getattr(args, "subjects_per_job", None),
     )
 
 

@@ -62,6 +62,13 @@ class PipelineOptions:
         Background set of the methods that take one (``gradient_shap``, ``deeplift_shap``): a
         file from ``nipype-xai background`` (:mod:`nipype_xai.models.background`); None: their
         fallback. Made absolute.
+    subjects_per_job
+        Subjects explained together by one model node (:func:`~nipype_xai.workflows.base.
+        init_participant_wf`): the model is loaded once per batch, and prediction and
+        attribution run batched across its subjects. 1: a model node per subject. None: chosen
+        by :func:`nipype_xai.cli.execution.run_participant_level` for the plugin and the number
+        of subjects (:func:`~nipype_xai.cli.execution.default_subjects_per_job`); 1 for a
+        workflow built directly.
     counterfactual
         A simulator spec (``nipype-xai train-simulator``) for the model: each subject also gets
         its counterfactual (:class:`~nipype_xai.interfaces.Counterfactual`) for the class the
@@ -85,8 +92,11 @@ class PipelineOptions:
     reports: bool = True
     background: Optional[Path] = None
     counterfactual: Optional[Path] = None
+    subjects_per_job: Optional[int] = None
 
     def __post_init__(self) -> None:
+        if self.subjects_per_job is not None and int(self.subjects_per_job) < 1:
+            raise ValueError(f"subjects_per_job must be >= 1, got {self.subjects_per_job}")
         # Frozen: normalised through object.__setattr__, once, here.
         object.__setattr__(self, "model_spec", Path(self.model_spec).absolute())
         if self.background is not None:

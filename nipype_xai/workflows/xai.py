@@ -16,6 +16,7 @@ from ..bids import resolution_label
 from ..interfaces.anatomy import CheckRegistrationQC, RegistrationQC
 from ..interfaces.attribution import Attribution, RestrictMaps
 from ..interfaces.baselines import BaselineMaps
+from ..interfaces.batch import BatchItem
 from ..interfaces.counterfactual import Counterfactual
 from ..interfaces.grids import ModelGridReference
 from ..interfaces.metrics import GroundTruthOverlap
@@ -30,6 +31,9 @@ from .registration import init_registration_wf
 
 __all__ = [
     "CONNECTABLE_INPUTS",
+    "GPU_NODE_PLUGIN_ARGS",
+    "STAGES",
+    "attribution_inputs",
     "init_xai_wf",
     "model_label",
     "model_resolution_label",
@@ -72,6 +76,9 @@ def subject_workflow_name(subject: str, session: Optional[str] = None) -> str:
 #: nodes request a GPU, not the registration; MultiProc schedules them by ``use_gpu`` instead.
 GPU_NODE_PLUGIN_ARGS = {"sbatch_args": "--gres=gpu:1"}
 
+#: What :func:`init_xai_wf` builds: everything, or the steps up to the model input.
+STAGES = ("all", "model_input")
+
 #: Inputs a caller may connect at ``inputnode`` instead of giving files (``connected=``).
 CONNECTABLE_INPUTS = ("t1w_mask", "ground_truth", "transforms")
 
@@ -89,6 +96,8 @@ def init_xai_wf(
     connected: Collection[str] = (),
     template_resolution: Optional[int] = None,
     select_template: bool = True,
+    batch_position: Optional[int] = None,
+    stage: str = "all",
     name: Optional[str] = None,
     **option_values: Any,
 ) -> pe.Workflow:
@@ -142,6 +151,18 @@ def init_xai_wf(
     select_template
         Select the template files in this workflow; ``False``: connect ``inputnode.template``
         and ``inputnode.template_mask`` (one selection shared by many subjects).
+    batch_position
+        The subject's position in a batch of subjects explained together by a
+        :class:`~nipype_xai.interfaces.ModelBatch` node outside this workflow, whose items the
+        caller connects at ``inputnode.model_batch`` (:func:`~nipype_xai.workflows.base.
+        init_participant_wf`); this workflow then runs no model itself, and takes its
+        prediction and maps from its item (:class:`~nipype_xai.interfaces.BatchItem`, which
+        fails this subject alone where the batch could not explain it). None: the model runs
+        here, for this subject alone.
+    stage
+        ``"all"``; or ``"model_input"``: only the steps up to the model input (anatomy,
+        registration, the T1w on the model grid), under the same names, so that a later run of
+        the whole workflow in the same work directory finds them done.
     name
         Workflow name; default :func:`subject_workflow_name`.
 
@@ -153,6 +174,8 @@ def init_xai_wf(
     template, template_mask
         Template T1w (skull-stripped) and brain mask at ``template_resolution`` (when
         ``select_template`` is off).
+    model_batch
+        A ``ModelBatch``'s items (with ``batch_position``).
 
     Outputs
     -------
@@ -174,6 +197,8 @@ def init_xai_wf(
         The subject's HTML report (in the work directory; the sink copies it).
     """
     options = pipeline_options(options, **option_values)
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {list(STAGES)}, got {stage!r}")
     model_methods, baselines = split_methods(options.methods)
     all_methods = model_methods + baselines
     connected = _connected_inputs(connected, t1w_mask=t1w_mask, ground_truth=ground_truth,
@@ -192,7 +217,6 @@ def init_xai_wf(
     res = model_resolution_label(spec)
     if template_resolution is None:
         template_resolution = registration_resolution(spec)
-    params = {m: p for m, p in options.method_params.items() if m in model_methods}
     has_mask = "t1w_mask" in known or "t1w_mask" in connected
     has_gt = "ground_truth" in known or "ground_truth" in connected
     reuse = "forward_transform" in known or "transforms" in connected
@@ -204,7 +228,8 @@ def init_xai_wf(
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(
         niu.IdentityInterface(fields=["t1w", "t1w_mask", "ground_truth", "forward_transform",
-                                      "inverse_transform", "template", "template_mask"]),
+                                      "inverse_transform", "template", "template_mask",
+                                      "model_batch"]),
         name="inputnode",
     )
     for field, value in known.items():
@@ -234,11 +259,35 @@ def init_xai_wf(
     model_grid = pe.Node(ModelGridReference(model_spec=model_spec, **options.trust),
                          name="model_grid")
     t1w_model = pe.Node(ApplyTransforms(interpolation="linear"), name="t1w_model")
-    inference = pe.Node(
-        ModelInference(model_spec=model_spec, device=options.device, use_gpu=gpu,
-                       **options.trust),
-        name="inference",
-    )
+    preparation = [
+        (inputnode, anat_wf, [("t1w", "inputnode.t1w"), ("t1w_mask", "inputnode.t1w_mask")]),
+        # The brain, not the head, is registered to the template brain and fed to the model.
+        (anat_wf, registration_wf, [("outputnode.t1w_brain", "inputnode.t1w")]),
+        (inputnode, registration_wf, [("forward_transform", "inputnode.forward_transform"),
+                                      ("inverse_transform", "inputnode.inverse_transform"),
+                                      ("template", "inputnode.template"),
+                                      ("template_mask", "inputnode.template_mask")]),
+        (registration_wf, model_grid, [("outputnode.template", "template")]),
+        (anat_wf, t1w_model, [("outputnode.t1w_brain", "in_file")]),
+        (model_grid, t1w_model, [("out_file", "reference_image")]),
+        (registration_wf, t1w_model, [("outputnode.forward_transform", "transforms")]),
+        (t1w_model, outputnode, [("out_file", "t1w_model")]),
+    ]
+    if has_gt and reports:
+        preparation.append((inputnode, registration_wf, [("ground_truth", "inputnode.masks")]))
+    if stage == "model_input":
+        workflow.connect(preparation)
+        return workflow
+    if batch_position is not None:
+        # The prediction and the maps come from the batch's item of this subject: one node
+        # stands for ModelInference and Attribution, with their outputs' names.
+        inference = pe.Node(BatchItem(index=batch_position), name="model_results")
+    else:
+        inference = pe.Node(
+            ModelInference(model_spec=model_spec, device=options.device, use_gpu=gpu,
+                           **options.trust),
+            name="inference",
+        )
     counterfactual = None
     if options.counterfactual is not None:
         counterfactual = pe.Node(
@@ -248,17 +297,11 @@ def init_xai_wf(
         )
     gpu_nodes = [inference] + ([counterfactual] if counterfactual is not None else [])
     sources = []  # every map-producing node
-    if model_methods:
-        attribution = pe.Node(
-            Attribution(model_spec=model_spec, methods=model_methods, seed=options.seed,
-                        device=options.device, use_gpu=gpu, **options.trust),
-            name="attribution",
-        )
-        if params:
-            attribution.inputs.method_params = params
-        if options.background is not None and any(
-                "background" in method_defaults(m) for m in model_methods):
-            attribution.inputs.background = str(options.background)
+    if model_methods and batch_position is not None:
+        sources.append(inference)
+        gpu_nodes.remove(inference)
+    elif model_methods:
+        attribution = pe.Node(Attribution(**attribution_inputs(options)), name="attribution")
         sources.append(attribution)
         gpu_nodes.append(attribution)
     if gpu:
@@ -304,18 +347,7 @@ def init_xai_wf(
         given_mask=has_mask, ground_truth=has_gt, reuse_transforms=reuse, known_inputs=known,
     )
 
-    connections = [
-        (inputnode, anat_wf, [("t1w", "inputnode.t1w"), ("t1w_mask", "inputnode.t1w_mask")]),
-        # The brain, not the head, is registered to the template brain and fed to the model.
-        (anat_wf, registration_wf, [("outputnode.t1w_brain", "inputnode.t1w")]),
-        (inputnode, registration_wf, [("forward_transform", "inputnode.forward_transform"),
-                                      ("inverse_transform", "inputnode.inverse_transform"),
-                                      ("template", "inputnode.template"),
-                                      ("template_mask", "inputnode.template_mask")]),
-        (registration_wf, model_grid, [("outputnode.template", "template")]),
-        (anat_wf, t1w_model, [("outputnode.t1w_brain", "in_file")]),
-        (model_grid, t1w_model, [("out_file", "reference_image")]),
-        (registration_wf, t1w_model, [("outputnode.forward_transform", "transforms")]),
+    connections = preparation + [
         (t1w_model, inference, [("out_file", "in_file")]),
         (brain_source[0], outputnode, [(brain_source[1], "brain_mask")]),
         (brain_source[0], registration_qc, [(brain_source[1], "brain_mask")]),
@@ -330,9 +362,12 @@ def init_xai_wf(
     # its outline is what aligns it. Restricting the metric to the mask hides that outline: on a
     # real head turned 15 degrees the correlation with the template brain fell from 0.63
     # (unmasked) to 0.35 (masked), a failed registration.
+    if batch_position is not None:
+        connections.append((inputnode, inference, [("model_batch", "items")]))
     for index, node in enumerate(sources, start=1):
+        if node is not inference:
+            connections.append((t1w_model, node, [("out_file", "in_file")]))
         connections += [
-            (t1w_model, node, [("out_file", "in_file")]),
             (node, merge_maps, [("out_files", f"in{index}")]),
             (node, merge_sidecars, [("out_sidecars", f"in{index}")]),
         ]
@@ -352,7 +387,6 @@ def init_xai_wf(
         (template_maps[0], outputnode, [(template_maps[1], "template_maps")]),
         (native_maps[0], outputnode, [(native_maps[1], "native_maps")]),
         (inference, outputnode, [("out_tsv", "predictions")]),
-        (t1w_model, outputnode, [("out_file", "t1w_model")]),
         (registration_wf, outputnode, [("outputnode.forward_transform", "forward_transform"),
                                        ("outputnode.inverse_transform", "inverse_transform")]),
         # Every result goes to the derivatives, which wait for all of them.
@@ -419,12 +453,30 @@ def init_xai_wf(
         ]
         if has_gt:
             connections += [
-                (inputnode, registration_wf, [("ground_truth", "inputnode.masks")]),
                 (registration_wf, report, [(("outputnode.masks", _first), "ground_truth")]),
                 (overlap, report, [("out_tsv", "metrics_tsv")]),
             ]
     workflow.connect(connections)
     return workflow
+
+
+def attribution_inputs(options: PipelineOptions) -> dict[str, Any]:
+    """The inputs of the node that computes the maps (``Attribution``, or ``ModelBatch`` for a
+    batch of subjects) as the options give them: the spec, the model methods (baselines need no
+    model), seed, device, per-method parameters, background and the trust opt-ins."""
+    model_methods, _ = split_methods(options.methods)
+    inputs: dict[str, Any] = {
+        "model_spec": str(options.model_spec), "methods": list(model_methods),
+        "seed": options.seed, "device": options.device,
+        "use_gpu": str(options.device).startswith("cuda"), **options.trust,
+    }
+    params = {m: p for m, p in options.method_params.items() if m in model_methods}
+    if params:
+        inputs["method_params"] = params
+    if options.background is not None and any(
+            "background" in method_defaults(m) for m in model_methods):
+        inputs["background"] = str(options.background)
+    return inputs
 
 
 def _is_files(value: Any) -> bool:
