@@ -132,3 +132,103 @@ def test_a_batch_without_methods_predicts(tmp_path):
     batch = run_node(ModelBatch(in_files=subjects, model_spec=str(spec)), tmp_path / "batch")
     outputs = BatchItem(items=batch.outputs.out_items, index=1).run().outputs
     assert outputs.out_files == [] and Path(outputs.out_tsv).is_file()
+
+
+# ---- the participant level in batches ------------------------------------------------------------
+
+
+def test_subject_batches_are_even_and_in_order():
+    from nipype_xai.workflows.base import subject_batches
+
+    subjects = list(range(7))
+    assert subject_batches(subjects, 3) == [[0, 1, 2], [3, 4], [5, 6]]
+    assert subject_batches(subjects, 8) == [subjects]
+    assert subject_batches(subjects, 1) == [[s] for s in subjects]
+    with pytest.raises(ValueError, match="subjects_per_job"):
+        subject_batches(subjects, 0)
+
+
+def test_default_subjects_per_job_keeps_every_process_busy():
+    from nipype_xai.cli.execution import default_subjects_per_job
+    from nipype_xai.cli.parser import MAX_SUBJECTS_PER_JOB
+
+    assert default_subjects_per_job(3, "MultiProc", {"n_procs": 2}) == 2
+    assert default_subjects_per_job(3, "MultiProc", {"n_procs": 4}) == 1
+    assert default_subjects_per_job(100, "MultiProc", {"n_procs": 4}) == MAX_SUBJECTS_PER_JOB
+    assert default_subjects_per_job(5, "Linear", {}) == 5
+    assert default_subjects_per_job(200, "SLURM", {}) == MAX_SUBJECTS_PER_JOB
+    assert default_subjects_per_job(0, "SLURM", {}) == 1
+
+
+class Node:
+    """A stand-in for a Nipype node, as crash files and the status callback see it."""
+
+    def __init__(self, fullname):
+        self.fullname, self.name = fullname, fullname.rsplit(".", 1)[-1]
+
+
+def test_a_failing_batch_node_fails_its_own_subjects_only(tmp_path):
+    import gzip
+    import pickle
+
+    from nipype_xai.cli.execution import RunProgress, _crash_failures
+
+    crash_dir = tmp_path / "crash"
+    crash_dir.mkdir()
+    with gzip.open(crash_dir / "crash-1-model.pklz", "wb") as handle:
+        pickle.dump({"node": Node("participant_wf.model_batch_0001_wf.model"),
+                     "traceback": ["RuntimeError: out of memory\n"]}, handle)
+    workflows = {f"sub_0{i}_wf": f"sub-0{i}" for i in range(1, 5)}
+    groups = {"model_batch_0000_wf": ("sub-01", "sub-02"),
+              "model_batch_0001_wf": ("sub-03", "sub-04")}
+    failures = _crash_failures(crash_dir, workflows, groups)
+    assert sorted(failures) == ["sub-03", "sub-04"]
+    assert "out of memory" in failures["sub-03"].reason
+
+    tracker = RunProgress(workflows, enabled=False)
+    tracker.groups = groups
+    tracker(Node("participant_wf.model_batch_0001_wf.model"), "start")
+    assert tracker.running == {"sub-03": "model", "sub-04": "model"}
+    tracker(Node("participant_wf.model_batch_0001_wf.model"), "exception")
+    assert tracker.failed == {"sub-03", "sub-04"} and not tracker.running
+
+
+def test_batched_participant_level_equals_one_subject_per_model_node(tmp_path):
+    from nipype_xai.cli.execution import run_participant_level
+    from nipype_xai.synth import generate_cohort
+
+    from tiny_model import write_tiny_model  # noqa: E402
+
+    bids_dir = generate_cohort(tmp_path / "bids", "lesion", 3, seed=0, resolution_mm=4.0,
+                               progress=False)
+    model = write_tiny_model(tmp_path / "model")
+    outputs = {}
+    for per_job in (1, 2):
+        out = tmp_path / f"out-{per_job}"
+        summary = run_participant_level(
+            bids_dir=bids_dir, output_dir=out, work_dir=tmp_path / f"work-{per_job}",
+            model_spec=model, methods=("gradient", "smoothgrad", "random"), reports=False,
+            ground_truth_dir=bids_dir / "derivatives" / "groundtruth",
+            subjects_per_job=per_job, plugin="MultiProc", plugin_args={"n_procs": 2})
+        assert sorted(summary.succeeded) == ["sub-01", "sub-02", "sub-03"]
+        outputs[per_job] = {p.relative_to(out).as_posix(): p for p in sorted(out.rglob("*"))
+                            if p.is_file() and ".nipype-xai" not in p.relative_to(out).parts}
+    # Batches of 2 + 1 subjects: the model nodes ran per batch.
+    assert sorted(p.name for p in (tmp_path / "work-2" / "participant_wf").glob("model_batch_*")) \
+        == ["model_batch_0000_wf", "model_batch_0001_wf"]
+    assert set(outputs[1]) == set(outputs[2]) and len(outputs[1]) > 30
+    for relative, path in outputs[1].items():
+        other = outputs[2][relative]
+        if relative.endswith(".nii.gz"):
+            a, b = (np.asanyarray(nib.load(p).dataobj, dtype=np.float64) for p in (path, other))
+            np.testing.assert_allclose(b, a, rtol=0,
+                                       atol=MAP_ATOL_SHARE * max(np.abs(a).max(), 1e-30),
+                                       err_msg=relative)
+        elif relative.endswith(".tsv"):
+            a, b = (pd.read_csv(p, sep="\t") for p in (path, other))
+            assert list(a.columns) == list(b.columns), relative
+            numeric = a.select_dtypes("number").columns
+            np.testing.assert_allclose(b[numeric].to_numpy(float), a[numeric].to_numpy(float),
+                                       rtol=1e-5, atol=1e-12, err_msg=relative)
+        elif not relative.endswith(".json"):  # sidecars: probabilities may round differently
+            assert path.read_bytes() == other.read_bytes(), relative
