@@ -51,6 +51,7 @@ from . import (  # noqa: E402,F401
 )
 from .baselines import available_baselines
 from .model_state import TargetLike, model_guard, resolve_target
+from .precision import PRECISIONS, autocast, check_precision, method_precision
 from .registry import get_family, get_method, registered_methods
 
 #: The canonical method names, in the order of the SPEC §3 table (each method's registry row).
@@ -203,6 +204,7 @@ def attribute_many(
     target: TargetLike = None,
     *,
     method_params: Optional[Mapping[str, Mapping[str, Any]]] = None,
+    precision: str = PRECISIONS[0],
     **params: Any,
 ) -> dict[str, torch.Tensor]:
     """Several attribution maps at once; methods of one family share their passes.
@@ -216,6 +218,13 @@ def attribute_many(
         Method names; duplicates are computed once.
     method_params
         Per-method parameters, ``{"occlusion": {"window": 4}}``; they override ``params``.
+    precision
+        One of :data:`~nipype_xai.attribution.precision.PRECISIONS`: ``"fp32"`` (default), or
+        ``"bf16"`` / ``"fp16"`` (CUDA only) to run the methods' model passes under
+        :func:`torch.autocast` (:mod:`nipype_xai.attribution.precision`); the methods in
+        :data:`~nipype_xai.attribution.precision.FP32_ONLY` run in float32 regardless
+        (:func:`~nipype_xai.attribution.precision.method_precision`). The target is always
+        resolved in float32, and the maps come back in ``x``'s dtype.
     **params
         Parameters applied to every method that accepts them (``seed``, ``batch_size``, ...).
         A parameter no requested method accepts is an error (it is most likely a typo).
@@ -224,6 +233,11 @@ def attribute_many(
     -------
     dict
         ``{method: map}`` in the order of ``methods``.
+
+    Raises
+    ------
+    nipype_xai.attribution.precision.PrecisionError
+        An unknown precision, or ``fp16`` on a model that is not on a CUDA device.
 
     Warns
     -----
@@ -251,11 +265,22 @@ def attribute_many(
     out_device = x.device
     results: dict[str, torch.Tensor] = {}
     with model_guard(model) as device:
+        check_precision(precision, device)
         x_model = x.detach().to(device)
         # The target pass is bounded like the smallest batch any requested method runs with.
+        # It runs in float32 whatever the precision: the explained class is the predicted one.
         batch_size = min(int(resolved(name).get("batch_size", 16)) for name in names)
         target_index = resolve_target(model, x_model, target, batch_size=batch_size)
+
+        def passes(members: Sequence[str]):
+            # A family's members share their passes, so they share a precision (FP32_ONLY lists
+            # whole families: tests/test_precision.py checks it).
+            return autocast(method_precision(members[0], precision), device)
+
         fused = _fuse_gradient_into_smoothgrad(groups, resolved, x_model.shape[0])
+        if fused is not None and len({method_precision(groups[key][0], precision)
+                                      for key in fused}) > 1:
+            fused = None  # one pass cannot run in two precisions
         for key, members in groups.items():
             first = entries[members[0]]
             if fused is not None and key == fused[0]:
@@ -264,7 +289,7 @@ def attribute_many(
                 from .gradient import gradient_maps
 
                 gradient_names = groups[fused[1]]
-                with _computing(members + gradient_names):
+                with _computing(members + gradient_names), passes(members):
                     maps = get_family(first.family)(
                         model, x_model, target_index, members, with_clean_gradient=True,
                         **resolved(first.name))
@@ -273,11 +298,11 @@ def attribute_many(
             elif fused is not None and key == fused[1]:
                 continue
             elif first.family is None:
-                with _computing(members):
+                with _computing(members), passes(members):
                     maps = {first.name: first.function(model, x_model, target_index,
                                                        **resolved(first.name))}
             else:
-                with _computing(members):
+                with _computing(members), passes(members):
                     maps = get_family(first.family)(
                         model, x_model, target_index, members, **resolved(first.name)
                     )
@@ -288,5 +313,9 @@ def attribute_many(
                         f"{name} produced a map of shape {tuple(result.shape)} for input "
                         f"{tuple(x.shape)}; this is a bug"
                     )
-                results[name] = result.detach().to(out_device)
+                if precision == PRECISIONS[0]:
+                    results[name] = result.detach().to(out_device)
+                else:
+                    # Maps built from 16-bit activations (Grad-CAM's) come back in x's dtype.
+                    results[name] = result.detach().to(out_device, x.dtype)
     return {name: results[name] for name in names}

@@ -26,6 +26,7 @@ from ..attribution import (
     resolve_params,
 )
 from ..attribution.model_state import forward, model_device
+from ..attribution.precision import PRECISIONS
 from ..images import ImageError, check_not_constant, format_bytes, usable_memory_bytes
 from .domain import InputDistance, input_distance
 from .preprocessing import ModelGrid, from_model_grid, to_model_grid
@@ -297,6 +298,7 @@ def explain_image(
     batch_size: Optional[int] = None,
     name: Optional[str] = None,
     input_domain: bool = False,
+    precision: str = PRECISIONS[0],
 ) -> Explanation:
     """Predict and explain one 3D image with every method in one ``attribute_many`` call.
 
@@ -325,6 +327,9 @@ def explain_image(
     input_domain
         Also measure the model input against the spec's training-input summary
         (:attr:`Explanation.domain`).
+    precision
+        Of the attribution passes (:mod:`nipype_xai.attribution.precision`); the prediction is
+        float32 whatever it is.
 
     Returns
     -------
@@ -343,7 +348,7 @@ def explain_image(
     result = explain_images(model, spec, [img], methods, target, method_params=method_params,
                             seed=seed, batch_size=batch_size,
                             names=None if name is None else [name],
-                            input_domain=input_domain)[0]
+                            input_domain=input_domain, precision=precision)[0]
     if isinstance(result, Exception):
         raise result
     return result
@@ -361,6 +366,7 @@ def explain_images(
     batch_size: Optional[int] = None,
     names: Optional[Sequence[str]] = None,
     input_domain: bool = False,
+    precision: str = PRECISIONS[0],
 ) -> list[Union[Explanation, Exception]]:
     """Predict and explain several 3D images (subjects) as one batch: one forward pass for the
     predictions and one :func:`~nipype_xai.attribution.attribute_many` call for every map.
@@ -381,7 +387,7 @@ def explain_images(
     input_domain
         Also measure each model input against the spec's training-input summary
         (:attr:`Explanation.domain`; ``None`` where the spec has none).
-    model, spec, methods, target, method_params, seed, batch_size
+    model, spec, methods, target, method_params, seed, batch_size, precision
         As for :func:`explain_image` (one target for every image).
 
     Returns
@@ -435,7 +441,7 @@ def explain_images(
             # Every occurrence, not Python's once per code location: each map gets its own.
             warnings.simplefilter("always", AttributionWarning)
             tensors = attribute_many(model, x, list(parameters), engine_target,
-                                     method_params=parameters)
+                                     method_params=parameters, precision=precision)
         for record in caught:
             if isinstance(record.message, AttributionWarning):
                 samples = record.message.samples
