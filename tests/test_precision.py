@@ -314,6 +314,155 @@ def test_gpu_batch_size_reads_the_free_cuda_memory(monkeypatch):
     assert gpu_batch_size(model, (16, 16, 16), device="cuda:0") == 8  # 0.8 x 10 copies
     assert asked == [torch.device("cuda:0")]
 
+
+# ------------------------------------------------------------------------------------------
+# the Attribution interface, the pipeline options and the command line
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def subject(tmp_path):
+    """A 16³ 4 mm image with a bright blob and a TinyCNN3D spec on a 16³ grid."""
+    from tiny_model import TPL
+
+    rng = np.random.default_rng(0)
+    data = rng.normal(100, 10, (16, 16, 16)).astype(np.float32)
+    data[9:12, 9:12, 9:12] += 200
+    affine = np.diag([4.0, 4.0, 4.0, 1.0])
+    in_file = tmp_path / "sub-01_T1w.nii.gz"
+    nib.save(nib.Nifti1Image(data, affine), in_file)
+    torch.manual_seed(0)
+    torch.save(TinyCNN3D(n_outputs=2, width=4).state_dict(), tmp_path / "tiny.pt")
+    spec = {"name": "tiny", "architecture": "nipype_xai.models.architectures:TinyCNN3D",
+            "kwargs": {"n_outputs": 2, "width": 4}, "weights": "tiny.pt",
+            "input": {"space": TPL, "resolution_mm": 4, "shape": [16, 16, 16],
+                      "normalization": "zscore", "mask": "nonzero"},
+            "outputs": ["control", "lesion"], "task": "classification"}
+    (tmp_path / "tiny.json").write_text(json.dumps(spec))
+    return in_file, tmp_path / "tiny.json"
+
+
+def _run_attribution(tmp_path, name, **inputs):
+    from nipype_xai.interfaces import Attribution
+
+    folder = tmp_path / name
+    folder.mkdir()
+    result = Attribution(**inputs).run(cwd=str(folder))
+    sidecars = [json.loads(Path(f).read_text()) for f in result.outputs.out_sidecars]
+    maps = [nib.load(f).get_fdata() for f in result.outputs.out_files]
+    return {s["Method"]: (s, m) for s, m in zip(sidecars, maps)}
+
+
+def test_attribution_records_the_precision_of_each_map(tmp_path, subject):
+    in_file, spec = subject
+    methods = ["gradient", "deeplift"]
+    fp32 = _run_attribution(tmp_path, "fp32", in_file=str(in_file), model_spec=str(spec),
+                            methods=methods)
+    bf16 = _run_attribution(tmp_path, "bf16", in_file=str(in_file), model_spec=str(spec),
+                            methods=methods, precision="bf16")
+    assert fp32["gradient"][0]["Precision"] == "fp32"
+    assert "PrecisionNote" not in fp32["gradient"][0]
+    assert bf16["gradient"][0]["Precision"] == "bf16"
+    assert not np.array_equal(bf16["gradient"][1], fp32["gradient"][1])
+    sidecar, deeplift = bf16["deeplift"]
+    assert sidecar["Precision"] == "fp32"
+    assert sidecar["PrecisionNote"].startswith("bf16 was asked for; deeplift runs in fp32: captum")
+    np.testing.assert_array_equal(deeplift, fp32["deeplift"][1])
+
+
+def test_precision_is_hashed_and_unset_keeps_the_old_hash(subject):
+    from nipype_xai.interfaces import Attribution
+
+    in_file, spec = subject
+    hashes = {}
+    for precision in (None, "fp32", "bf16"):
+        node = Attribution(in_file=str(in_file), model_spec=str(spec), methods=["gradient"])
+        if precision is not None:
+            node.inputs.precision = precision
+        hashed, hashes[precision] = node.inputs.get_hashval()
+        assert ("precision" in dict(hashed)) == (precision is not None)
+    assert hashes["bf16"] != hashes[None]
+    assert hashes["fp32"] != hashes["bf16"]
+
+
+def test_attribution_uses_the_fitted_batch_size_unless_one_is_given(tmp_path, subject,
+                                                                    monkeypatch):
+    """What gpu_batch_size fits (None on a CPU) reaches every method that takes a batch_size;
+    the batch_size input and a method's own method_params win over it."""
+    from nipype_xai.interfaces import attribution as interface
+
+    fitted = []
+
+    def fake_fit(model, shape, *, channels, precision):
+        fitted.append((tuple(shape), channels, precision))
+        return 3
+
+    monkeypatch.setattr(interface, "gpu_batch_size", fake_fit)
+    in_file, spec = subject
+    common = dict(in_file=str(in_file), model_spec=str(spec), methods=["gradient", "lrp_epsilon"])
+    maps = _run_attribution(tmp_path, "fitted", **common, precision="bf16",
+                            method_params={"lrp_epsilon": {"batch_size": 5}})
+    assert fitted == [((16, 16, 16), 1, "bf16")]
+    assert maps["gradient"][0]["Parameters"]["batch_size"] == 3
+    assert maps["lrp_epsilon"][0]["Parameters"]["batch_size"] == 5
+    maps = _run_attribution(tmp_path, "given", **common, batch_size=7)
+    assert len(fitted) == 1  # not asked: the input was given
+    assert maps["gradient"][0]["Parameters"]["batch_size"] == 7
+
+
+def test_cpu_keeps_the_methods_batch_sizes(tmp_path, subject):
+    in_file, spec = subject
+    maps = _run_attribution(tmp_path, "cpu", in_file=str(in_file), model_spec=str(spec),
+                            methods=["gradient"])
+    assert maps["gradient"][0]["Parameters"]["batch_size"] == 16
+
+
+def test_pipeline_options_refuse_fp16_on_a_cpu(tmp_path):
+    from nipype_xai.workflows.options import PipelineOptions
+
+    with pytest.raises(PrecisionError, match="fp16 needs a CUDA device"):
+        PipelineOptions(model_spec=tmp_path / "m.json", methods=["gradient"], precision="fp16")
+    options = PipelineOptions(model_spec=tmp_path / "m.json", methods=["gradient"],
+                              precision="fp16", device="cuda")
+    assert options.precision_inputs == {"precision": "fp16"}
+    assert PipelineOptions(model_spec=tmp_path / "m.json", methods=["gradient"]
+                           ).precision_inputs == {}
+
+
+def test_xai_workflow_gives_the_precision_to_the_attribution_node(tmp_path):
+    from tiny_model import write_tiny_model
+
+    from nipype_xai.workflows.xai import init_xai_wf
+
+    spec = write_tiny_model(tmp_path / "model")
+    t1w = tmp_path / "sub-01_T1w.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 8), np.float32), np.eye(4)), t1w)
+    nodes = {}
+    for precision in ("fp32", "bf16"):
+        workflow = init_xai_wf(subject="01", output_dir=tmp_path / "out", t1w=t1w,
+                               model_spec=spec, methods=["gradient"], precision=precision,
+                               brain_extraction="none", reports=False)
+        nodes[precision] = workflow.get_node("attribution").inputs.precision
+    assert nodes == {"fp32": nipype_undefined(), "bf16": "bf16"}
+
+
+def nipype_undefined():
+    from nipype.interfaces.base import Undefined
+
+    return Undefined
+
+
+def test_cli_refuses_fp16_on_a_cpu_in_one_line(tmp_path, capsys):
+    from nipype_xai.cli.run import main
+
+    code = main([str(tmp_path / "bids"), str(tmp_path / "out"), "participant",
+                 "--precision", "fp16"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code != 0
+    assert err == ["nipype-xai: error: --precision: precision fp16 needs a CUDA device, not "
+                   "'cpu'; use bf16 on a CPU (or fp32)"]
+    assert not (tmp_path / "out").exists()
+
 if __name__ == "__main__":
     import warnings
 

@@ -73,6 +73,7 @@ def _common_run_options(parser: argparse.ArgumentParser, *, methods_default=DEFA
                         brain_extraction_default: str = "deepbet",
                         work_dir_help: str = WORK_DIR_HELP):
     """Options shared by the BIDS-App call and ``demo``."""
+    from ..attribution.precision import PRECISIONS
     from ..workflows.anatomy import BRAIN_EXTRACTION
 
     parser.add_argument(
@@ -116,6 +117,11 @@ def _common_run_options(parser: argparse.ArgumentParser, *, methods_default=DEFA
                              "N gives byte-identical re-runs under any plugin")
     parser.add_argument("--device", default="cpu", metavar="cpu|cuda",
                         help="torch device of the model nodes (default: cpu)")
+    parser.add_argument("--precision", choices=PRECISIONS, default=PRECISIONS[0],
+                        help="numeric precision of the attribution passes: bf16 or fp16 (CUDA "
+                             "only) run them under torch.autocast, faster on a GPU, maps within "
+                             "the tolerances the README states; predictions stay fp32 "
+                             f"(default: {PRECISIONS[0]})")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the stochastic methods, the random baseline and the "
                              "registration (default: 0)")

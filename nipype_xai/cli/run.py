@@ -159,6 +159,16 @@ def _check_background(background: Optional[Path], model_spec: Path, methods: Seq
     load_background(background, spec, model_grid_for(reference, spec))
 
 
+def _check_precision(args) -> None:
+    """``--precision fp16`` without ``--device cuda``: one line now, before anything runs."""
+    from ..attribution.precision import PrecisionError, check_precision
+
+    try:
+        check_precision(args.precision, args.device)
+    except PrecisionError as error:
+        raise UsageError(f"--precision: {error}") from None
+
+
 def _pipeline_options(args, model_spec: Path, methods: Sequence[str],
                       template: Optional[str]):
     """The participant level's options from the parsed command line (BIDS-App or demo)."""
@@ -172,7 +182,7 @@ def _pipeline_options(args, model_spec: Path, methods: Sequence[str],
         registration=args.registration, brain_extraction=args.brain_extraction,
         bias_correction=args.bias_correction, keep_failed_qc=args.keep_failed_qc,
         restrict_maps=args.restrict_maps, seed=args.seed, deterministic=args.deterministic,
-        device=args.device, trust_model_code=args.trust_model_code,
+        device=args.device, precision=args.precision, trust_model_code=args.trust_model_code,
         external_weights=args.external_weights, reports=args.reports,
         background=args.background,
         counterfactual=counterfactual,
@@ -230,6 +240,7 @@ def _check_dirs(bids_dir: Path, output_dir: Path, work_dir: Path) -> tuple[Path,
 
 def _bids_app(argv: list[str]) -> int:
     args = bids_app_parser().parse_args(argv)
+    _check_precision(args)
     from .execution import WorkDirectory, configure_logging, plugin_settings, progress_wanted
 
     configure_logging(args.verbose)
@@ -292,6 +303,7 @@ def _bids_app_run(args, work_dir: Path, plugin: str, plugin_args: dict, progress
 
 def _demo(argv: list[str]) -> int:
     args = demo_parser().parse_args(argv)
+    _check_precision(args)
     from ..models.spec import load_model_spec
     from ..synth import generate_cohort
     from .execution import (

@@ -23,11 +23,13 @@ from nipype.interfaces.base import (
 from nipype.utils.filemanip import fname_presuffix
 
 from ..attribution import method_defaults
+from ..attribution.precision import FP32_ONLY, PRECISIONS, method_precision
 from ..attribution.restriction import restrict_to_mask
 from ..attribution.shap_gradients import BACKGROUND_FALLBACK
 from ..bids import method_to_desc, write_json
 from ..images import ImageError, image_like, load_volume, save_image
 from ..models.background import background_description, load_background
+from ..models.batching import gpu_batch_size
 from ..models.inference import Explanation, explain_image
 from ..models.preprocessing import model_grid_for
 from ..models.spec import ModelSpec, load_model, weights_sha256
@@ -50,7 +52,16 @@ class _AttributionSettingsSpec(_ModelSpecInputSpec):
     )
     seed = traits.Int(desc="seed of the stochastic methods (default: each method's default)")
     batch_size = traits.Int(
-        desc="perturbed copies per forward pass, for the methods that take it (default: theirs)"
+        desc="perturbed copies per forward pass, for the methods that take it (default: on a "
+        "CUDA device, as many as fit its free memory, nipype_xai.models.batching; elsewhere, "
+        "each method's own); a method's batch_size in method_params wins over both"
+    )
+    # Hashed: the precision changes the maps. Unset means fp32 (and keeps the hash of nodes
+    # cached before the input existed).
+    precision = traits.Enum(
+        *PRECISIONS,
+        desc="numeric precision of the attribution passes (nipype_xai.attribution.precision): "
+        "fp32 (default), bf16, or fp16 (CUDA only); the prediction is always fp32",
     )
     background = File(
         exists=True,
@@ -59,12 +70,17 @@ class _AttributionSettingsSpec(_ModelSpecInputSpec):
         "(nipype_xai.models.background); default: each method's fallback",
     )
 
-    def explain_arguments(self) -> dict[str, Any]:
-        """The target, seed and batch size as :func:`~nipype_xai.models.inference.explain_images`
-        takes them (None where not set)."""
+    def explain_arguments(self, model: torch.nn.Module, spec: ModelSpec) -> dict[str, Any]:
+        """The target, seed, batch size and precision as
+        :func:`~nipype_xai.models.inference.explain_images` takes them for ``model`` (None
+        where not set). Without a batch size, a model on a CUDA device gets as many copies per
+        pass as fit its free memory (:func:`~nipype_xai.models.batching.gpu_batch_size`)."""
+        precision = self.precision if isdefined(self.precision) else PRECISIONS[0]
+        batch_size = self.batch_size if isdefined(self.batch_size) else gpu_batch_size(
+            model, spec.input.shape, channels=spec.input.channels, precision=precision)
         return {"target": self.target if isdefined(self.target) else None,
                 "seed": self.seed if isdefined(self.seed) else None,
-                "batch_size": self.batch_size if isdefined(self.batch_size) else None}
+                "batch_size": batch_size, "precision": precision}
 
 
 class _AttributionInputSpec(_ModelInputSpec, _AttributionSettingsSpec):
@@ -132,23 +148,25 @@ class Attribution(SimpleInterface):
         # The output count is checked on the real prediction (no separate shape-only pass).
         model = load_model(spec, device=resolve_device(inputs), check_outputs=False,
                            trust_code=inputs.trust_model_code)
+        arguments = inputs.explain_arguments(model, spec)
         explanation = explain_image(model, spec, img, list(inputs.methods),
-                                    method_params=method_params or None,
-                                    **inputs.explain_arguments())
+                                    method_params=method_params or None, **arguments)
         out_files, out_sidecars = write_maps(explanation, inputs.in_file, runtime.cwd, spec,
-                                             described)
+                                             described, precision=arguments["precision"])
         self._results["out_files"] = out_files
         self._results["out_sidecars"] = out_sidecars
         return runtime
 
 
 def write_maps(explanation: Explanation, in_file: str, folder: str, spec: ModelSpec,
-               described: Mapping[str, Mapping[str, Any]]) -> tuple[list[str], list[str]]:
+               described: Mapping[str, Mapping[str, Any]], *, precision: str = PRECISIONS[0],
+               ) -> tuple[list[str], list[str]]:
     """Write each map of ``explanation`` and its JSON sidecar into ``folder``; return the paths.
 
     Named ``<in_file stem>_desc-<method>_attribution.nii.gz`` (+ ``.json``); the sidecars carry
-    the explanation's warnings about each map (:attr:`Explanation.notes`) and ``described``'s
-    entries for the parameters that are data (a background).
+    the explanation's warnings about each map (:attr:`Explanation.notes`), ``described``'s
+    entries for the parameters that are data (a background) and the precision each map was
+    computed in when ``precision`` was asked for.
     """
     sha256 = weights_sha256(spec.weights)
     out_files, out_sidecars = [], []
@@ -159,7 +177,7 @@ def write_maps(explanation: Explanation, in_file: str, folder: str, spec: ModelS
         save_image(map_img, out_file)
         write_json(sidecar, _sidecar(method, explanation, spec, sha256, map_img.header,
                                      explanation.notes.get(method, ()),
-                                     described.get(method, {})))
+                                     described.get(method, {}), precision))
         out_files.append(str(out_file))
         out_sidecars.append(str(sidecar))
     return out_files, out_sidecars
@@ -258,12 +276,15 @@ def _background_params(
 def _sidecar(
     method: str, explanation: Explanation, spec: ModelSpec, sha256: str, header,
     notes: Sequence[str] = (), described: Optional[Mapping[str, Any]] = None,
+    precision: str = PRECISIONS[0],
 ) -> dict[str, Any]:
     """The JSON sidecar of one map (SPEC §6): what was explained, how, and by which model; and,
     under ``"Warnings"``, where the map does not keep its method's promise (``notes``).
 
     ``described`` gives the sidecar's entry of parameters that are data, not settings (a
-    background: its file, checksum and size), in place of the value."""
+    background: its file, checksum and size), in place of the value. ``"Precision"`` is the one
+    the map was computed in; where that is not the ``precision`` asked for, ``"PrecisionNote"``
+    says why."""
     prediction = explanation.prediction
     grid = explanation.grid
     zooms = [round(float(z), 6) for z in header.get_zooms()[:3]]
@@ -284,7 +305,11 @@ def _sidecar(
             f"{'x'.join(str(n) for n in grid.shape)}) and resampled with linear interpolation."
         ),
         "ModelGrid": {"ResolutionMM": model_res, "Shape": list(grid.shape)},
+        "Precision": method_precision(method, precision),
     }
+    if sidecar["Precision"] != precision:
+        sidecar["PrecisionNote"] = (f"{precision} was asked for; {method} runs in "
+                                    f"{sidecar['Precision']}: {FP32_ONLY[method]}")
     if prediction.task == "classification":
         sidecar.update(
             PredictedClass=prediction.predicted_index,

@@ -91,8 +91,9 @@ class ModelBatch(SimpleInterface):
             _background_params(methods, spec, img, background, dict(method_params))
         model = load_model(spec, device=resolve_device(inputs), check_outputs=False,
                            trust_code=inputs.trust_model_code)
+        arguments = inputs.explain_arguments(model, spec)
         results = explain_images(model, spec, imgs, methods, method_params=method_params or None,
-                                 input_domain=True, **inputs.explain_arguments())
+                                 input_domain=True, **arguments)
         items = []
         for index, (in_file, result) in enumerate(zip(inputs.in_files, results)):
             folder = Path(runtime.cwd) / f"item-{index:04d}"
@@ -101,7 +102,8 @@ class ModelBatch(SimpleInterface):
                 manifest = {"source": in_file, "error_type": type(result).__name__,
                             "error": str(result)}
             else:
-                maps, sidecars = write_maps(result, in_file, str(folder), spec, described)
+                maps, sidecars = write_maps(result, in_file, str(folder), spec, described,
+                                            precision=arguments["precision"])
                 predictions = write_prediction(result, spec, in_file, str(folder))
                 manifest = {"source": in_file, "predictions": predictions.name,
                             "maps": [Path(p).name for p in maps],

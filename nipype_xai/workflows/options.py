@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
+from ..attribution.precision import PRECISIONS, check_precision
+
 __all__ = ["PipelineOptions", "pipeline_options"]
 
 PathLike = Union[str, os.PathLike]
@@ -54,6 +56,9 @@ class PipelineOptions:
         own thread count (faster; transforms differ slightly between runs).
     device
         Torch device of the model nodes (``"cpu"``, ``"cuda"``); not part of the cache hash.
+    precision
+        Numeric precision of the attribution passes (:mod:`nipype_xai.attribution.precision`):
+        ``"fp32"``, ``"bf16"`` or ``"fp16"`` (CUDA only: refused here with another ``device``).
     trust_model_code, external_weights
         Opt-ins of the model spec's trust boundary (:mod:`nipype_xai.models.spec`).
     reports
@@ -87,6 +92,7 @@ class PipelineOptions:
     seed: int = 0
     deterministic: bool = True
     device: str = "cpu"
+    precision: str = PRECISIONS[0]
     trust_model_code: bool = False
     external_weights: bool = False
     reports: bool = True
@@ -106,12 +112,20 @@ class PipelineOptions:
         object.__setattr__(self, "methods", tuple(self.methods))
         object.__setattr__(self, "method_params",
                            {m: dict(p) for m, p in (self.method_params or {}).items()})
+        # Before any subject runs: fp16 on a CPU would fail in every subject's attribution node.
+        check_precision(self.precision, self.device)
 
     @property
     def trust(self) -> dict[str, bool]:
         """The trust-boundary opt-ins as the model interfaces take them."""
         return {"trust_model_code": self.trust_model_code,
                 "external_weights": self.external_weights}
+
+    @property
+    def precision_inputs(self) -> dict[str, str]:
+        """The ``Attribution`` node's precision input: none for fp32, which is what an unset
+        input means, so that nodes cached before the input existed keep their hash."""
+        return {} if self.precision == PRECISIONS[0] else {"precision": self.precision}
 
 
 def pipeline_options(options: Optional[PipelineOptions] = None, **values: Any

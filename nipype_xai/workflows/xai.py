@@ -463,12 +463,14 @@ def init_xai_wf(
 def attribution_inputs(options: PipelineOptions) -> dict[str, Any]:
     """The inputs of the node that computes the maps (``Attribution``, or ``ModelBatch`` for a
     batch of subjects) as the options give them: the spec, the model methods (baselines need no
-    model), seed, device, per-method parameters, background and the trust opt-ins."""
+    model), seed, device, precision, per-method parameters, background and the trust
+    opt-ins."""
     model_methods, _ = split_methods(options.methods)
     inputs: dict[str, Any] = {
         "model_spec": str(options.model_spec), "methods": list(model_methods),
         "seed": options.seed, "device": options.device,
         "use_gpu": str(options.device).startswith("cuda"), **options.trust,
+        **options.precision_inputs,
     }
     params = {m: p for m, p in options.method_params.items() if m in model_methods}
     if params:
