@@ -35,12 +35,20 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 _CAPTUM_DEEPLIFT = ("captum's DeepLIFT rules scatter 16-bit activations into float32 tensors "
                     "and fail under autocast")
+_PATTERNS = ("in bf16 its maps moved from the fp32 maps by 21-98 % (relative L2) on the bundled "
+             "model, more than any other method's (at most 24 %)")
 
 #: Methods that run in float32 whatever the precision asked for, with the reason (written into
 #: their maps' sidecars). Measured with bf16 on CPU for every method on the bundled model
-#: (tests/test_precision.py, run as a script): these two fail; every other method runs, within
-#: the tolerances stated there. A family's members share their passes: list all or none.
-FP32_ONLY: dict[str, str] = {"deeplift": _CAPTUM_DEEPLIFT, "deeplift_shap": _CAPTUM_DEEPLIFT}
+#: (tests/test_precision.py, run as a script, at the model grid and at every 2nd voxel): the
+#: DeepLIFT pair fails; the pattern family runs but its maps move by 0.21-0.45 (relative L2
+#: error) with the spec's patterns and up to 0.98 with patterns fitted on the image (the fit's
+#: statistics then come from 16-bit activations), against at most 0.24 for every other method.
+#: A family's members share their passes: list all or none.
+FP32_ONLY: dict[str, str] = {
+    "deeplift": _CAPTUM_DEEPLIFT, "deeplift_shap": _CAPTUM_DEEPLIFT,
+    "pattern_net": _PATTERNS, "pattern_attribution": _PATTERNS,
+}
 
 
 class PrecisionError(ValueError):
