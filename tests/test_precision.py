@@ -403,6 +403,27 @@ def test_attribution_records_the_precision_of_each_map(tmp_path, subject):
     np.testing.assert_array_equal(deeplift, fp32["deeplift"][1])
 
 
+def test_a_batch_of_subjects_gets_the_precision_and_the_fitted_batch_size(tmp_path, subject,
+                                                                          monkeypatch):
+    """ModelBatch (--subjects-per-job) reads the same settings as Attribution."""
+    from nipype_xai.interfaces import ModelBatch
+    from nipype_xai.interfaces import attribution as interface
+
+    monkeypatch.setattr(interface, "gpu_batch_size", lambda *args, **kwargs: 3)
+    in_file, spec = subject
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    result = ModelBatch(in_files=[str(in_file)], model_spec=str(spec),
+                        methods=["gradient", "deeplift"], precision="bf16").run(cwd=str(folder))
+    item = Path(result.outputs.out_items[0])
+    sidecars = {s["Method"]: s for s in
+                (json.loads(path.read_text()) for path in sorted(item.glob("*_attribution.json")))}
+    assert sidecars["gradient"]["Precision"] == "bf16"
+    assert sidecars["gradient"]["Parameters"]["batch_size"] == 3
+    assert sidecars["deeplift"]["Precision"] == "fp32"
+    assert "PrecisionNote" in sidecars["deeplift"]
+
+
 def test_precision_is_hashed_and_unset_keeps_the_old_hash(subject):
     from nipype_xai.interfaces import Attribution
 
