@@ -15,8 +15,6 @@ import pytest
 
 from tiny_model import write_tiny_model  # noqa: E402
 
-pytest.importorskip("psutil")
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
