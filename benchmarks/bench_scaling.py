@@ -32,7 +32,8 @@ From the nodes' own records (``runtime.duration`` in each node's result file, su
 a MapNode's items are summed once) it also splits the participant level's node time into the nodes
 that can run on a GPU (their interface has a ``use_gpu`` input: brain extraction, inference,
 attribution, counterfactual) and the others (bias correction, registration, resampling, metrics,
-reports, sinks), per subject: the inputs of the 45,000-subject estimate in docs/scaling.md.
+reports, sinks), per subject, and keeps apart the nodes run once per run (the template
+selection): the inputs of the 45,000-subject estimate in docs/scaling.md.
 
 One JSON per (N, method set, resolution, extra arguments) goes to ``--output``; an existing one is
 kept and not run again (delete it to re-measure). At the end the script prints a table of every
@@ -274,45 +275,49 @@ def node_costs(work_dir: Path) -> dict[str, dict[str, Any]]:
     """Nipype's ``runtime.duration`` of every node of a run, summed over subjects.
 
     Keys are the node's path below its subject's workflow (``registration_wf.register``; a node
-    outside every subject workflow keeps its whole path); values ``{"seconds", "runs", "gpu"}``,
-    ``gpu`` being whether the node's interface has a ``use_gpu`` input (a node that runs a network
-    and would run on the GPU with ``--device cuda``). A MapNode's items are summed once (its
-    ``mapflow`` folders, which hold the same runs, are skipped).
-    """
-    from nipype.utils.filemanip import loadpkl
+    outside every subject workflow keeps its whole path); values ``{"seconds", "runs", "gpu",
+    "shared"}``, ``gpu`` being whether the node's interface has a ``use_gpu`` input (a node that
+    runs a network and would run on the GPU with ``--device cuda``), ``shared`` whether the node
+    lies outside every subject's workflow (run once per run, such as the template selection). A
+    MapNode's items (its ``mapflow`` folders) are added to the MapNode.
 
+    Read from each node's ``_report/report.rst`` (inputs and runtime as text), not its result
+    pickle: a sink's pickle cannot be loaded once the derivatives it staged have been moved into
+    place (its outputs are traits of existing files).
+    """
     costs: dict[str, dict[str, Any]] = {}
-    for path in sorted(Path(work_dir).rglob("result_*.pklz")):
-        parts = path.parent.relative_to(work_dir).parts
-        if "mapflow" in parts:
-            continue
-        try:
-            result = loadpkl(path)
-        except Exception:  # noqa: BLE001 - an unreadable result (a crashed node) has no cost
-            continue
-        runtime = getattr(result, "runtime", None)
-        runtimes = runtime if isinstance(runtime, list) else [runtime]
-        seconds = sum(float(getattr(r, "duration", 0.0) or 0.0) for r in runtimes if r)
-        inputs = getattr(result, "inputs", None) or {}
+    for report in sorted(Path(work_dir).rglob("_report/report.rst")):
+        parts = report.parent.parent.relative_to(work_dir).parts
+        item = "mapflow" in parts
+        if item:
+            parts = parts[:parts.index("mapflow")]
+        text = report.read_text(errors="replace")
+        _, _, runtime = text.partition("Runtime info")
+        duration = re.search(r"^\* duration : ([0-9.eE+-]+)$", runtime, re.MULTILINE)
         subject = [i for i, part in enumerate(parts) if re.fullmatch(r"sub_.+_wf", part)]
         key = ".".join(parts[subject[-1] + 1:] if subject else parts)
-        entry = costs.setdefault(key, {"seconds": 0.0, "runs": 0, "gpu": "use_gpu" in inputs})
-        entry["seconds"] = round(entry["seconds"] + seconds, 3)
-        entry["runs"] += 1
+        entry = costs.setdefault(key, {"seconds": 0.0, "runs": 0, "gpu": False,
+                                       "shared": not subject})
+        entry["gpu"] |= re.search(r"^\* use_gpu : ", text, re.MULTILINE) is not None
+        entry["seconds"] = round(entry["seconds"] + (float(duration[1]) if duration else 0.0), 3)
+        entry["runs"] += 0 if item else 1
     return costs
 
 
 def cost_split(costs: dict[str, dict[str, Any]], n_subjects: int) -> dict[str, float]:
-    """Node seconds per subject: GPU-capable nodes, the others, and registration alone."""
-    gpu = sum(c["seconds"] for c in costs.values() if c["gpu"])
-    cpu = sum(c["seconds"] for c in costs.values() if not c["gpu"])
-    registration = sum(c["seconds"] for name, c in costs.items()
+    """Node seconds per subject (the subjects' own nodes: GPU-capable, the others, registration
+    alone, all), and the shared nodes' seconds (once per run, not per subject)."""
+    own = {name: cost for name, cost in costs.items() if not cost["shared"]}
+    gpu = sum(c["seconds"] for c in own.values() if c["gpu"])
+    cpu = sum(c["seconds"] for c in own.values() if not c["gpu"])
+    registration = sum(c["seconds"] for name, c in own.items()
                        if name.startswith("registration_wf."))
     n = max(n_subjects, 1)
     return {"gpu_nodes_s_per_subject": round(gpu / n, 2),
             "cpu_nodes_s_per_subject": round(cpu / n, 2),
             "registration_wf_s_per_subject": round(registration / n, 2),
-            "all_nodes_s_per_subject": round((gpu + cpu) / n, 2)}
+            "all_nodes_s_per_subject": round((gpu + cpu) / n, 2),
+            "shared_nodes_s": round(sum(c["seconds"] for c in costs.values() if c["shared"]), 2)}
 
 
 # ---- one measurement ----------------------------------------------------------------------------
@@ -421,6 +426,7 @@ TABLE_ROWS = (
     ("participant CPU (user+sys, s)", "participant", "cpu_s"),
     ("GPU-capable nodes / subject (s)", "participant", "gpu_nodes_s_per_subject"),
     ("other nodes / subject (s)", "participant", "cpu_nodes_s_per_subject"),
+    ("shared nodes, once per run (s)", "participant", "shared_nodes_s"),
     ("participant peak tree (MiB)", "participant", "peak_tree_mib"),
     ("participant peak single RSS (MiB)", "participant", "peak_single_rss_mib"),
     ("participant peak processes", "participant", "peak_processes"),

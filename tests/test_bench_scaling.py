@@ -124,7 +124,15 @@ def test_script_measures_both_levels_end_to_end(tmp_path):
                                                              rel=1e-2)
     costs = participant["node_costs"]
     assert costs["attribution"]["gpu"] and costs["inference"]["gpu"]
-    assert costs["attribution"]["runs"] == 2
+    assert costs["attribution"]["runs"] == 2 and not costs["attribution"]["shared"]
+    # The template selection runs once per run, outside the subjects' workflows.
+    assert costs["participant_wf.template_select"] == {
+        **costs["participant_wf.template_select"], "runs": 1, "shared": True, "gpu": False}
+    # The JSON rounds the split to 0.01 s.
+    assert participant["shared_nodes_s"] == pytest.approx(
+        costs["participant_wf.template_select"]["seconds"], abs=0.005)
+    # Sinks' result pickles cannot be loaded once their files moved: read from the reports.
+    assert costs["derivatives_wf.commit_derivatives"]["runs"] == 2
     registration = [name for name in costs if name.startswith("registration_wf.")]
     assert registration and not any(costs[name]["gpu"] for name in registration)
     assert 0 < participant["gpu_nodes_s_per_subject"] < participant["wall_s"]
