@@ -31,7 +31,7 @@ not seen.
 From the nodes' own records (``runtime.duration`` in each node's result file, summed over subjects;
 a MapNode's items are summed once) it also splits the participant level's node time into the nodes
 that can run on a GPU (their interface has a ``use_gpu`` input: brain extraction, inference,
-attribution, counterfactual) and the others (bias correction, registration, resampling, metrics,
+attribution, counterfactual, the model node of a ``--subjects-per-job`` batch) and the others (bias correction, registration, resampling, metrics,
 reports, sinks), per subject, and keeps apart the nodes run once per run (the template
 selection): the inputs of the 45,000-subject estimate in docs/scaling.md.
 
@@ -271,15 +271,25 @@ def run_measured(command: Sequence[str], *, interval: float = SAMPLE_INTERVAL_S,
 # ---- node costs ---------------------------------------------------------------------------------
 
 
+def _is_batch_workflow(name: str) -> bool:
+    """Whether ``name`` is the workflow of a batch of subjects (``--subjects-per-job``)."""
+    from nipype_xai.workflows.base import batch_workflow_name
+
+    index = re.search(r"\d+", name)
+    return index is not None and name == batch_workflow_name(int(index[0]))
+
+
 def node_costs(work_dir: Path) -> dict[str, dict[str, Any]]:
     """Nipype's ``runtime.duration`` of every node of a run, summed over subjects.
 
-    Keys are the node's path below its subject's workflow (``registration_wf.register``; a node
-    outside every subject workflow keeps its whole path); values ``{"seconds", "runs", "gpu",
-    "shared"}``, ``gpu`` being whether the node's interface has a ``use_gpu`` input (a node that
-    runs a network and would run on the GPU with ``--device cuda``), ``shared`` whether the node
-    lies outside every subject's workflow (run once per run, such as the template selection). A
-    MapNode's items (its ``mapflow`` folders) are added to the MapNode.
+    Keys are the node's path below its subject's or its batch's workflow
+    (``registration_wf.register``; ``model`` for the model node of ``--subjects-per-job``'s
+    batches); a node outside both keeps its whole path. Values ``{"seconds", "runs", "gpu",
+    "shared"}``: ``gpu``, whether the node's interface has a ``use_gpu`` input (a node that runs a
+    network and would run on the GPU with ``--device cuda``); ``shared``, whether the node lies
+    outside every subject's and batch's workflow (run once per run, such as the template
+    selection: not a cost per subject). A MapNode's items (its ``mapflow`` folders) are added to
+    the MapNode.
 
     Read from each node's ``_report/report.rst`` (inputs and runtime as text), not its result
     pickle: a sink's pickle cannot be loaded once the derivatives it staged have been moved into
@@ -294,10 +304,11 @@ def node_costs(work_dir: Path) -> dict[str, dict[str, Any]]:
         text = report.read_text(errors="replace")
         _, _, runtime = text.partition("Runtime info")
         duration = re.search(r"^\* duration : ([0-9.eE+-]+)$", runtime, re.MULTILINE)
-        subject = [i for i, part in enumerate(parts) if re.fullmatch(r"sub_.+_wf", part)]
-        key = ".".join(parts[subject[-1] + 1:] if subject else parts)
+        owner = [i for i, part in enumerate(parts)
+                 if re.fullmatch(r"sub_.+_wf", part) or _is_batch_workflow(part)]
+        key = ".".join(parts[owner[-1] + 1:] if owner else parts)
         entry = costs.setdefault(key, {"seconds": 0.0, "runs": 0, "gpu": False,
-                                       "shared": not subject})
+                                       "shared": not owner})
         entry["gpu"] |= re.search(r"^\* use_gpu : ", text, re.MULTILINE) is not None
         entry["seconds"] = round(entry["seconds"] + (float(duration[1]) if duration else 0.0), 3)
         entry["runs"] += 0 if item else 1

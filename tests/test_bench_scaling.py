@@ -98,16 +98,17 @@ def test_script_measures_both_levels_end_to_end(tmp_path):
             "--n-subjects", "2", "--method-sets", "gradient", "--resolution", "4",
             "--model", str(spec), "--group-args", "--n-boot 50 --no-reports",
             # Not the script's: forwarded to the participant level (the synthetic heads are
-            # skull-stripped; no reports keeps the test short).
-            "--skull-stripped", "--no-reports"]
+            # skull-stripped; no reports keeps the test short; both subjects in one model node).
+            "--skull-stripped", "--no-reports", "--subjects-per-job", "2"]
     assert bench.main(argv) == 0
     [path] = output.glob("*.json")
-    assert path.name == "n2-gradient-4mm-skull-stripped-no-reports.json"
+    assert path.name == "n2-gradient-4mm-skull-stripped-no-reports-subjects-per-job-2.json"
     result = json.loads(path.read_text())
-    assert result["extra_args"] == ["--skull-stripped", "--no-reports"]
+    assert result["extra_args"] == ["--skull-stripped", "--no-reports", "--subjects-per-job",
+                                    "2"]
     assert result["methods"] == ["gradient"] and result["n_subjects"] == 2
     participant, group = result["participant"], result["group"]
-    assert participant["command"][-2:] == ["--skull-stripped", "--no-reports"]
+    assert participant["command"][-4:] == result["extra_args"]
     assert group["command"][-3:] == ["--n-boot", "50", "--no-reports"]
     assert participant["returncode"] == 0 and group["returncode"] == 0
     assert participant["failed_subjects"] == 0
@@ -123,8 +124,10 @@ def test_script_measures_both_levels_end_to_end(tmp_path):
     assert participant["subjects_per_hour"] == pytest.approx(2 * 3600 / participant["wall_s"],
                                                              rel=1e-2)
     costs = participant["node_costs"]
-    assert costs["attribution"]["gpu"] and costs["inference"]["gpu"]
-    assert costs["attribution"]["runs"] == 2 and not costs["attribution"]["shared"]
+    # The batch's model node (inference and attribution of both subjects, in the batch's
+    # workflow) is a cost of the subjects, not a shared one.
+    assert costs["model"] == {**costs["model"], "runs": 1, "gpu": True, "shared": False}
+    assert costs["model_grid"]["runs"] == 2 and not costs["model_grid"]["gpu"]
     # The template selection runs once per run, outside the subjects' workflows.
     assert costs["participant_wf.template_select"] == {
         **costs["participant_wf.template_select"], "runs": 1, "shared": True, "gpu": False}
