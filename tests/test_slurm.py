@@ -1,9 +1,16 @@
-"""The participant level through a real SLURM scheduler (Nipype's SLURM plugin, one job per node)
-gives the same files, byte for byte, as a MultiProc run (SPEC §9).
+"""The participant level through a real SLURM scheduler gives the same files, byte for byte, as a
+MultiProc run (SPEC §9), with both of Nipype's SLURM plugins:
+
+- ``SLURM``: one job per node, submitted by a head process that polls ``squeue`` and waits;
+- ``SLURMGraph``: the whole graph submitted at once, each job with ``--dependency=afterok`` on its
+  predecessors' jobs; the head process returns as soon as everything is submitted (Nipype's
+  ``GraphPluginBase.run`` only writes and runs ``submit_jobs.sh``), so the test waits for the
+  jobs itself (:func:`wait_for_jobs`) before it compares.
 
 The cluster is real: slurmctld and slurmd on this host, started by ``.ci/slurm-cluster start`` (CI
 does it in ``.ci/run``). Without an idle node in ``sinfo`` the tests skip and say why, except where
-``NIPYPE_XAI_REQUIRE_SLURM=1`` makes that a failure.
+``NIPYPE_XAI_REQUIRE_SLURM=1`` makes that a failure. The jobs import nipype-xai from the
+submitting process's environment (sbatch exports it all by default, ``PYTHONPATH`` included).
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ import os
 import shutil
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 from typing import Optional
 
@@ -66,12 +75,20 @@ def _snapshot(folder: Path) -> dict[str, str]:
             if p.is_file() and p.name != "lock" and status not in p.parents}
 
 
-def _run(root: Path, name: str, *plugin: str) -> dict[str, str]:
+def _run(root: Path, name: str, *plugin: str) -> Path:
+    """Run the participant level into ``root/name/out``; return that folder."""
     out, work = root / name / "out", root / name / "work"
     command = [sys.executable, "-m", "nipype_xai.cli.run", str(root / "bids"), str(out),
                "participant", "--model", str(root / "model" / "tiny.json"),
                "--methods", "gradient", "random", "--ground-truth",
-               str(root / "bids" / "derivatives" / "groundtruth"), "-w", str(work), *plugin]
+               str(root / "bids" / "derivatives" / "groundtruth"), "-w", str(work),
+               # Fixed: the default depends on the plugin (MultiProc: the subjects spread over its
+               # processes; a cluster plugin: up to 8 per job), and a batch's composition is part
+               # of its maps' bytes. 1, because a batched run is two-staged (every subject's model
+               # input first, then the batches), and under SLURMGraph the second stage finds the
+               # first one's results only queued: every subject fails ("its model input ... was
+               # not found"), measured with 2 here.
+               "--subjects-per-job", "1", *plugin]
     # SOURCE_DATE_EPOCH fixes the reports' "generated" time, the only timestamp in the outputs.
     environment = {**os.environ, "SOURCE_DATE_EPOCH": "1700000000", "PYTHONWARNINGS": "ignore"}
     # Nipype's SLURM plugin names each job after $LOGNAME (a KeyError where it is unset, as in
@@ -79,17 +96,67 @@ def _run(root: Path, name: str, *plugin: str) -> dict[str, str]:
     environment.setdefault("LOGNAME", getpass.getuser())
     done = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=1500)
     assert done.returncode == 0, f"{name} run failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    return _snapshot(out)
+    return out
+
+
+def wait_for_jobs(comment: str, timeout_s: float = 1500.0) -> None:
+    """Wait until no job tagged ``--comment=<comment>`` is left in ``squeue``.
+
+    SLURMGraph's jobs are submitted with ``--kill-on-invalid-dep=yes`` (see the test), so a job
+    whose predecessor failed is cancelled by the scheduler instead of pending forever with
+    ``DependencyNeverSatisfied``; a failure then shows as missing or different files.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        listing = subprocess.run(["squeue", "--noheader", "--format=%i|%k|%T|%r"],
+                                 capture_output=True, text=True, timeout=60)
+        assert listing.returncode == 0, listing.stderr
+        ours = [line for line in listing.stdout.splitlines() if line.split("|")[1:2] == [comment]]
+        if not ours:
+            return
+        if time.monotonic() > deadline:
+            subprocess.run(["scancel", *(line.split("|")[0] for line in ours)], timeout=60)
+            pytest.fail(f"SLURMGraph jobs still queued after {timeout_s:.0f} s:\n"
+                        + "\n".join(ours[:20]))
+        time.sleep(2)
+
+
+def _job_errors(work: Path) -> str:
+    """The non-empty stderr files of SLURMGraph's batch scripts (for a failure's message)."""
+    texts = [f"{path.name}:\n{path.read_text(errors='replace')[-1500:]}"
+             for path in sorted(work.rglob("batchscript_*.sh.e")) if path.stat().st_size]
+    return "\n".join(texts[:3])
+
+
+@pytest.fixture(scope="module")
+def multiproc_reference(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """The cohort, the tiny model and the MultiProc run's snapshot, made once for both plugins."""
+    root = tmp_path_factory.mktemp("slurm")
+    generate_cohort(root / "bids", "lesion", 2, seed=0, resolution_mm=4.0, progress=False)
+    write_tiny_model(root / "model")
+    reference = _snapshot(_run(root, "multiproc", "--nprocs", "2"))
+    assert len(reference) > 30
+    return root, reference
 
 
 @needs_slurm
-def test_participant_level_through_slurm_equals_multiproc(tmp_path):
-    generate_cohort(tmp_path / "bids", "lesion", 2, seed=0, resolution_mm=4.0, progress=False)
-    write_tiny_model(tmp_path / "model")
-    reference = _run(tmp_path, "multiproc", "--nprocs", "2")
-    plugin_args = {"sbatch_args": f"-p {PARTITION} --mem=3000", "poll_sleep_duration": 1}
-    through_slurm = _run(tmp_path, "slurm", "--plugin", "SLURM",
-                         "--plugin-args", json.dumps(plugin_args))
-    assert len(reference) > 30
+@pytest.mark.parametrize("plugin", ["SLURM", "SLURMGraph"])
+def test_participant_level_through_slurm_equals_multiproc(plugin, multiproc_reference):
+    root, reference = multiproc_reference
+    # --mem: SLURM's default here is DefMemPerCPU=1024 (.ci/slurm-cluster), too little for a
+    # process that imports torch and holds a registration.
+    plugin_args = {"sbatch_args": f"-p {PARTITION} --mem=3000"}
+    comment = f"nipype-xai-test-{uuid.uuid4().hex[:12]}"
+    if plugin == "SLURM":
+        plugin_args["poll_sleep_duration"] = 1
+    else:
+        plugin_args["sbatch_args"] += f" --kill-on-invalid-dep=yes --comment={comment}"
+    out = _run(root, plugin.lower(), "--plugin", plugin, "--plugin-args", json.dumps(plugin_args))
+    if plugin == "SLURMGraph":
+        wait_for_jobs(comment)
+    through_slurm = _snapshot(out)
     different = sorted(k for k in reference if through_slurm.get(k) != reference[k])
-    assert not different and set(through_slurm) == set(reference), different
+    extra = sorted(set(through_slurm) - set(reference))
+    assert not different and not extra, (
+        f"{plugin}: {len(different)} files missing or different, {len(extra)} extra: "
+        f"{(different + extra)[:10]}\n{_job_errors(root / plugin.lower() / 'work')}")

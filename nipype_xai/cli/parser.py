@@ -103,7 +103,7 @@ def _common_run_options(parser: argparse.ArgumentParser, *, methods_default=DEFA
     parser.add_argument("--work-dir", "-w", type=Path, metavar="DIR", help=work_dir_help)
     parser.add_argument("--nprocs", "--n-cpus", type=_positive_int, metavar="N",
                         help="parallel processes (default: all CPUs)")
-    parser.add_argument("--plugin", choices=("Linear", "MultiProc", "SLURM"),
+    parser.add_argument("--plugin", choices=("Linear", "MultiProc", "SLURM", "SLURMGraph"),
                         help="Nipype execution plugin (default: MultiProc, Linear with --nprocs 1)")
     parser.add_argument("--plugin-args", metavar="JSON",
                         help="Nipype plugin arguments as a JSON object, e.g. "
