@@ -232,3 +232,21 @@ def test_batched_participant_level_equals_one_subject_per_model_node(tmp_path):
                                        rtol=1e-5, atol=1e-12, err_msg=relative)
         elif not relative.endswith(".json"):  # sidecars: probabilities may round differently
             assert path.read_bytes() == other.read_bytes(), relative
+
+
+@pytest.mark.parametrize("extra, message", [
+    ([], "give -w on a filesystem the compute nodes share"),
+    (["-w", "WORK", "--subjects-per-job", "2"], "--subjects-per-job 1"),
+])
+def test_a_submitting_plugin_is_refused_what_it_cannot_do(tmp_path, capsys, extra, message):
+    from nipype_xai.cli.execution import default_subjects_per_job
+    from nipype_xai.cli.run import main
+
+    extra = [str(tmp_path / "work") if arg == "WORK" else arg for arg in extra]
+    code = main([str(tmp_path / "bids"), str(tmp_path / "out"), "participant", "--plugin",
+                 "SLURMGraph", *extra])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+    assert default_subjects_per_job(200, "SLURMGraph", {}) == 1

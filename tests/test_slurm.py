@@ -83,11 +83,10 @@ def _run(root: Path, name: str, *plugin: str) -> Path:
                "--methods", "gradient", "random", "--ground-truth",
                str(root / "bids" / "derivatives" / "groundtruth"), "-w", str(work),
                # Fixed: the default depends on the plugin (MultiProc: the subjects spread over its
-               # processes; a cluster plugin: up to 8 per job), and a batch's composition is part
-               # of its maps' bytes. 1, because a batched run is two-staged (every subject's model
-               # input first, then the batches), and under SLURMGraph the second stage finds the
-               # first one's results only queued: every subject fails ("its model input ... was
-               # not found"), measured with 2 here.
+               # processes; SLURM: up to 8 per job; SLURMGraph: 1, since a batched run forms its
+               # batches from its first stage's results, which SLURMGraph has only queued), and
+               # a batch's composition is part of its maps' bytes. Batched runs are compared with
+               # unbatched ones in tests/test_batch.py.
                "--subjects-per-job", "1", *plugin]
     # SOURCE_DATE_EPOCH fixes the reports' "generated" time, the only timestamp in the outputs.
     environment = {**os.environ, "SOURCE_DATE_EPOCH": "1700000000", "PYTHONWARNINGS": "ignore"}

@@ -289,7 +289,8 @@ def test_model_nodes_ask_a_batch_scheduler_for_a_gpu_only_on_cuda(tmp_path):
     for node in on_gpu._get_all_nodes():
         asked = node.plugin_args.get("sbatch_args", "")
         if node.name in model_nodes:
-            assert asked == GPU_NODE_PLUGIN_ARGS["sbatch_args"] == "--gres=gpu:1", node.name
+            # With a leading space: the graph plugins glue it to the run's sbatch_args.
+            assert asked == GPU_NODE_PLUGIN_ARGS["sbatch_args"] == " --gres=gpu:1", node.name
             assert node.inputs.use_gpu and not node.plugin_args.get("overwrite")
         else:  # registration, baselines, sinks: no GPU held for them
             assert "gres" not in asked, node.name

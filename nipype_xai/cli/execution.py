@@ -39,7 +39,7 @@ from ..bids import (
     write_dataset_description,
 )
 from ..tables import read_tsv, write_tsv
-from .parser import MAX_SUBJECTS_PER_JOB, UsageError
+from .parser import MAX_SUBJECTS_PER_JOB, SUBMITTING_PLUGINS, UsageError
 
 if TYPE_CHECKING:  # the workflows import Nipype's engine: not at the command line's start
     from ..workflows.options import PipelineOptions
@@ -86,6 +86,9 @@ class RunSummary:
     succeeded: list[str] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     elapsed_s: float = 0.0
+    #: Subjects handed to a plugin that returns once they are submitted
+    #: (:data:`~nipype_xai.cli.parser.SUBMITTING_PLUGINS`): their outcome is not known yet.
+    submitted: list[str] = field(default_factory=list)
 
 
 # ---- Nipype configuration ----------------------------------------------------------------------
@@ -174,8 +177,12 @@ def default_subjects_per_job(n_subjects: int, plugin: str, plugin_args: Mapping[
     Local plugins spread the subjects evenly over the processes that run side by side (MultiProc:
     ``n_procs``; Linear: one), so batching never leaves a core idle; a cluster plugin (each node
     a job) takes :data:`MAX_SUBJECTS_PER_JOB`, one job per batch. Never more than
-    :data:`MAX_SUBJECTS_PER_JOB`, never less than 1.
+    :data:`MAX_SUBJECTS_PER_JOB`, never less than 1. A plugin that submits the graph and returns
+    (:data:`~nipype_xai.cli.parser.SUBMITTING_PLUGINS`) takes 1: a batched run needs its first
+    stage's results before it can form its batches (:func:`check_plugin_use`).
     """
+    if plugin in SUBMITTING_PLUGINS:
+        return 1
     if plugin == "MultiProc":
         workers = int(plugin_args.get("n_procs") or os.cpu_count() or 1)
     elif plugin == "Linear":
@@ -183,6 +190,31 @@ def default_subjects_per_job(n_subjects: int, plugin: str, plugin_args: Mapping[
     else:
         workers = 1
     return max(1, min(MAX_SUBJECTS_PER_JOB, -(-max(n_subjects, 1) // workers)))
+
+
+def check_plugin_use(plugin: str, *, work_dir_given: bool,
+                     subjects_per_job: Optional[int]) -> None:
+    """Refuse, before anything runs, what a plugin that submits the graph and returns cannot do.
+
+    Raises
+    ------
+    UsageError
+        Such a plugin without ``-w`` (the temporary work folder, which the jobs run from, would
+        be removed when the command returns, before any job ran), or with more than one subject
+        per job (a batched run forms its batches from its first stage's results, which such a
+        plugin has only queued).
+    """
+    if plugin not in SUBMITTING_PLUGINS:
+        return
+    if not work_dir_given:
+        raise UsageError(f"--plugin {plugin} returns once the jobs are submitted: give -w on a "
+                         "filesystem the compute nodes share (the jobs run from it, and a "
+                         "temporary work folder would be removed before they start)")
+    if subjects_per_job is not None and subjects_per_job > 1:
+        raise UsageError(f"--plugin {plugin} returns once the jobs are submitted, but a run with "
+                         f"--subjects-per-job {subjects_per_job} batches the subjects that "
+                         "reached their model input, which it cannot know then; use "
+                         "--plugin SLURM (which waits), or --subjects-per-job 1")
 
 
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -388,6 +420,8 @@ class RunProgress:
         #: Shared workflows that serve several subjects (a batch's model node): name -> labels;
         #: their failure fails those subjects.
         self.groups: dict[str, tuple[str, ...]] = {}
+        #: A sentence for the status file (``"Note"``), e.g. that the subjects were only submitted.
+        self.note: Optional[str] = None
         self._level = level
         self.status_file = Path(status_file) if status_file is not None else None
         self._started = time.time()
@@ -490,6 +524,8 @@ class RunProgress:
             "Host": socket.gethostname(),
             "PID": os.getpid(),
         }
+        if self.note:
+            status["Note"] = self.note
         if self.subjects:
             status["Subjects"] = {
                 "Done": sorted(self.done),
@@ -557,7 +593,7 @@ class RunProgress:
                 self._bar = None
 
     def __getstate__(self) -> dict:
-        return {"subjects": {}, "groups": {}, "done": set(), "failed": set(), "running": {},
+        return {"subjects": {}, "groups": {}, "note": None, "done": set(), "failed": set(), "running": {},
                 "_steps": set(),
                 "_done_when": self._done_when, "_total": self._total, "_unit": self._unit,
                 "_level": "", "_bar": None, "_ticker": None, "status_file": None,
@@ -871,11 +907,18 @@ def run_participant_level(
         processed = list(labels.values()) + [f.subject for f in failures]
         _write_failures(output_dir, failures, processed)
         succeeded = [label for label in labels.values() if label not in crashed]
+        submitted = []
+        if plugin in SUBMITTING_PLUGINS:
+            # The jobs are only queued: nothing is known of them yet.
+            submitted, succeeded = succeeded, []
+            tracker.note = (f"{len(submitted)} subject(s) submitted to {plugin}, not run yet: "
+                            "follow the jobs with the scheduler; the same command with --plugin "
+                            "MultiProc and the same -w collects their results")
         tracker.finish(succeeded, [f.subject for f in failures])
     finally:
         tracker.close()
     return RunSummary(succeeded=succeeded, failures=failures,
-                      elapsed_s=time.perf_counter() - started)
+                      elapsed_s=time.perf_counter() - started, submitted=submitted)
 
 
 def _model_inputs(workflow_dir: Path, subjects: Sequence[Any]) -> dict[str, str]:

@@ -21,6 +21,10 @@ from .. import __version__
 #: torch, seconds) are a small share of the node's time.
 MAX_SUBJECTS_PER_JOB = 8
 
+#: Nipype plugins that submit the whole graph to the scheduler and return without waiting for
+#: it (the jobs hold their dependencies); the others run it to the end.
+SUBMITTING_PLUGINS = ("SLURMGraph",)
+
 __all__ = [
     "DEFAULT_METHODS",
     "UsageError",
@@ -103,7 +107,7 @@ def _common_run_options(parser: argparse.ArgumentParser, *, methods_default=DEFA
     parser.add_argument("--work-dir", "-w", type=Path, metavar="DIR", help=work_dir_help)
     parser.add_argument("--nprocs", "--n-cpus", type=_positive_int, metavar="N",
                         help="parallel processes (default: all CPUs)")
-    parser.add_argument("--plugin", choices=("Linear", "MultiProc", "SLURM", "SLURMGraph"),
+    parser.add_argument("--plugin", choices=("Linear", "MultiProc", "SLURM", *SUBMITTING_PLUGINS),
                         help="Nipype execution plugin (default: MultiProc, Linear with --nprocs 1)")
     parser.add_argument("--plugin-args", metavar="JSON",
                         help="Nipype plugin arguments as a JSON object, e.g. "

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from .parser import (
+    SUBMITTING_PLUGINS,
     UsageError,
     bids_app_parser,
     demo_parser,
@@ -203,11 +204,17 @@ def _check_simulator(simulator_spec: Path, model_spec: Path, external_weights: b
 def _report_run(summary, output_dir: Path) -> int:
     from ..bids import FAILURES_FILE
 
-    total = len(summary.succeeded) + len(summary.failures)
+    total = len(summary.succeeded) + len(summary.failures) + len(summary.submitted)
     for failure in summary.failures:
         _say(f"{failure.subject} failed: {failure.reason}")
-    print(f"nipype-xai: participant level: {len(summary.succeeded)} of {total} subject(s) done "
-          f"in {summary.elapsed_s:.0f} s; results in {output_dir}")
+    if summary.submitted:
+        print(f"nipype-xai: participant level: {len(summary.submitted)} of {total} subject(s) "
+              "submitted, not run yet: follow the jobs with the scheduler (squeue); once they "
+              "are done, the same command with --plugin MultiProc and the same -w collects "
+              f"their results into {output_dir} and writes the true failures")
+    else:
+        print(f"nipype-xai: participant level: {len(summary.succeeded)} of {total} subject(s) "
+              f"done in {summary.elapsed_s:.0f} s; results in {output_dir}")
     if summary.failures:
         _say(f"{len(summary.failures)} subject(s) failed; see {output_dir / FAILURES_FILE}")
         return EXIT_SUBJECTS_FAILED
@@ -241,10 +248,18 @@ def _check_dirs(bids_dir: Path, output_dir: Path, work_dir: Path) -> tuple[Path,
 def _bids_app(argv: list[str]) -> int:
     args = bids_app_parser().parse_args(argv)
     _check_precision(args)
-    from .execution import WorkDirectory, configure_logging, plugin_settings, progress_wanted
+    from .execution import (
+        WorkDirectory,
+        check_plugin_use,
+        configure_logging,
+        plugin_settings,
+        progress_wanted,
+    )
 
     configure_logging(args.verbose)
     plugin, plugin_args = plugin_settings(args.plugin, args.plugin_args, args.nprocs, args.device)
+    check_plugin_use(plugin, work_dir_given=args.work_dir is not None,
+                     subjects_per_job=args.subjects_per_job)
     # The progress line would be torn apart by Nipype's log (-v).
     progress = progress_wanted(args.quiet) and not args.verbose
     with WorkDirectory(args.work_dir) as work:
@@ -325,6 +340,9 @@ def _demo(argv: list[str]) -> int:
     spec = load_model_spec(model_spec, external_weights=args.external_weights)
     _check_background(args.background, model_spec, methods, None, args.external_weights)
     plugin, plugin_args = plugin_settings(args.plugin, args.plugin_args, args.nprocs, args.device)
+    if plugin in SUBMITTING_PLUGINS:
+        raise UsageError(f"demo: --plugin {plugin} returns before its jobs run, and the demo's "
+                         "group level and report need them done; use --plugin SLURM")
 
     resolution = float(args.resolution)
     if (bids_dir / "participants.tsv").is_file():

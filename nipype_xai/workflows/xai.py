@@ -74,7 +74,9 @@ def subject_workflow_name(subject: str, session: Optional[str] = None) -> str:
 #: What a node that runs the model on a GPU (``--device cuda``) asks a batch scheduler for. Nipype's
 #: SLURM plugin appends a node's ``sbatch_args`` to the run's (``--plugin-args``), so only these
 #: nodes request a GPU, not the registration; MultiProc schedules them by ``use_gpu`` instead.
-GPU_NODE_PLUGIN_ARGS = {"sbatch_args": "--gres=gpu:1"}
+# The leading space: Nipype's graph plugins (SLURMGraph) glue a node's sbatch_args to the
+# run's without one ("--mem=4G--gres=gpu:1"); the SLURM plugin's own space makes it two, harmless.
+GPU_NODE_PLUGIN_ARGS = {"sbatch_args": " --gres=gpu:1"}
 
 #: What :func:`init_xai_wf` builds: everything, or the steps up to the model input.
 STAGES = ("all", "model_input")
