@@ -131,10 +131,12 @@ def _job_errors(work: Path) -> str:
 def multiproc_reference(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     """The cohort, the tiny model and the MultiProc run's snapshot, made once for both plugins."""
     root = tmp_path_factory.mktemp("slurm")
-    generate_cohort(root / "bids", "lesion", 2, seed=0, resolution_mm=4.0, progress=False)
+    # One subject: every job is a Python process importing torch (seconds each on CI's two
+    # cores), and what is compared (each node's result through the scheduler) is per subject.
+    generate_cohort(root / "bids", "lesion", 1, seed=0, resolution_mm=4.0, progress=False)
     write_tiny_model(root / "model")
     reference = _snapshot(_run(root, "multiproc", "--nprocs", "2"))
-    assert len(reference) > 30
+    assert len(reference) > 20
     return root, reference
 
 
