@@ -121,9 +121,13 @@ def test_an_image_the_batch_cannot_explain_fails_its_item_alone(tmp_path):
     for index in (0, 2):
         outputs = BatchItem(items=items, index=index, in_file=subjects[index]).run().outputs
         assert len(outputs.out_files) == 2 and Path(outputs.out_tsv).is_file()
-    # An item read for another subject's input is refused, not silently swapped.
+    # An item read for another subject's input is refused, not silently swapped; and so is one
+    # whose input changed after the batch read it.
     with pytest.raises(ValueError, match="sub-02_T1w.nii.gz"):
         BatchItem(items=items, index=2, in_file=subjects[0]).run()
+    nib.save(nib.Nifti1Image(brain_volume(seed=9), AFFINE_4MM), subjects[2])
+    with pytest.raises(ValueError, match="changed after the batch read it"):
+        BatchItem(items=items, index=2, in_file=subjects[2]).run()
 
 
 def test_a_batch_without_methods_predicts(tmp_path):
@@ -194,7 +198,10 @@ def test_a_failing_batch_node_fails_its_own_subjects_only(tmp_path):
 
 
 def test_batched_participant_level_equals_one_subject_per_model_node(tmp_path):
-    from nipype_xai.cli.execution import run_participant_level
+    import os
+    import subprocess
+    import sys
+
     from nipype_xai.synth import generate_cohort
 
     from tiny_model import write_tiny_model  # noqa: E402
@@ -205,12 +212,18 @@ def test_batched_participant_level_equals_one_subject_per_model_node(tmp_path):
     outputs = {}
     for per_job in (1, 2):
         out = tmp_path / f"out-{per_job}"
-        summary = run_participant_level(
-            bids_dir=bids_dir, output_dir=out, work_dir=tmp_path / f"work-{per_job}",
-            model_spec=model, methods=("gradient", "smoothgrad", "random"), reports=False,
-            ground_truth_dir=bids_dir / "derivatives" / "groundtruth",
-            subjects_per_job=per_job, plugin="MultiProc", plugin_args={"n_procs": 2})
-        assert sorted(summary.succeeded) == ["sub-01", "sub-02", "sub-03"]
+        # A fresh process per run, as a user's: ITK reads its thread count once per process, and
+        # this one may have imported it earlier under another.
+        command = [sys.executable, "-m", "nipype_xai.cli.run", str(bids_dir), str(out),
+                   "participant", "--model", str(model), "--methods", "gradient", "smoothgrad",
+                   "random", "--no-reports", "--ground-truth",
+                   str(bids_dir / "derivatives" / "groundtruth"), "-w",
+                   str(tmp_path / f"work-{per_job}"), "--nprocs", "2",
+                   "--subjects-per-job", str(per_job)]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=1500,
+                              env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "3 of 3 subject(s) done" in done.stdout
         outputs[per_job] = {p.relative_to(out).as_posix(): p for p in sorted(out.rglob("*"))
                             if p.is_file() and ".nipype-xai" not in p.relative_to(out).parts}
     # Batches of 2 + 1 subjects: the model nodes ran per batch.

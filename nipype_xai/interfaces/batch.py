@@ -13,6 +13,7 @@ subject alone, with its own message.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -42,6 +43,14 @@ ITEM_MANIFEST = "item.json"
 _ITEM_ERRORS = {error.__name__: error
                 for error in (ImageError, ModelOutputError, ModelSpecError, TargetError,
                               ValueError)}
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 class BatchItemError(RuntimeError):
@@ -98,14 +107,16 @@ class ModelBatch(SimpleInterface):
         for index, (in_file, result) in enumerate(zip(inputs.in_files, results)):
             folder = Path(runtime.cwd) / f"item-{index:04d}"
             folder.mkdir(exist_ok=True)
+            # The input's checksum: its item is refused if the file changes after it was read.
+            source = {"source": in_file, "source_sha256": _sha256(in_file)}
             if isinstance(result, Exception):
-                manifest = {"source": in_file, "error_type": type(result).__name__,
+                manifest = {**source, "error_type": type(result).__name__,
                             "error": str(result)}
             else:
                 maps, sidecars = write_maps(result, in_file, str(folder), spec, described,
                                             precision=arguments["precision"])
                 predictions = write_prediction(result, spec, in_file, str(folder))
-                manifest = {"source": in_file, "predictions": predictions.name,
+                manifest = {**source, "predictions": predictions.name,
                             "maps": [Path(p).name for p in maps],
                             "sidecars": [Path(p).name for p in sidecars]}
             (folder / ITEM_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -141,10 +152,15 @@ class BatchItem(SimpleInterface):
             raise IndexError(f"item {self.inputs.index} of a batch of {len(items)}")
         folder = Path(items[self.inputs.index])
         manifest = json.loads((folder / ITEM_MANIFEST).read_text())
-        if isdefined(self.inputs.in_file) and manifest["source"] != self.inputs.in_file:
-            raise ValueError(f"item {self.inputs.index} of the batch is "
-                             f"{Path(manifest['source']).name}, not "
-                             f"{Path(self.inputs.in_file).name}")
+        if isdefined(self.inputs.in_file):
+            if manifest["source"] != self.inputs.in_file:
+                raise ValueError(f"item {self.inputs.index} of the batch is "
+                                 f"{Path(manifest['source']).name}, not "
+                                 f"{Path(self.inputs.in_file).name}")
+            if _sha256(self.inputs.in_file) != manifest["source_sha256"]:
+                raise ValueError(f"{Path(self.inputs.in_file).name} changed after the batch "
+                                 f"read it ({folder.parent}): its maps are not of this input; "
+                                 "run again (the batch reruns on the new input)")
         if "error" in manifest:
             kind = manifest["error_type"]
             error = _ITEM_ERRORS.get(kind)
