@@ -35,7 +35,8 @@ def completion_record_path(root: PathLike, label: str) -> Path:
     return Path(root) / STATE_DIR / "complete" / f"{label}.json"
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: PathLike) -> str:
+    """SHA-256 of a file, read in 1 MiB chunks."""
     import hashlib
 
     digest = hashlib.sha256()
@@ -112,7 +113,7 @@ def commit_subject(root: PathLike, label: str, staged_files: Iterable[PathLike])
         elif not target.is_file():
             # Neither staged nor in place: a previous attempt cannot have moved it either.
             raise FileNotFoundError(f"{staged}: staged derivative of {label} is missing")
-        files[relative] = {"size": target.stat().st_size, "sha256": _sha256(target)}
+        files[relative] = {"size": target.stat().st_size, "sha256": file_sha256(target)}
     import shutil
 
     shutil.rmtree(staging, ignore_errors=True)
@@ -143,7 +144,7 @@ def subject_status(root: PathLike, label: str, *, check_hashes: bool = False) ->
             return f"{relative} is missing"
         if not isinstance(entry, dict) or target.stat().st_size != entry.get("size"):
             return f"{relative} has changed since it was written"
-        if check_hashes and _sha256(target) != entry.get("sha256"):
+        if check_hashes and file_sha256(target) != entry.get("sha256"):
             return f"{relative} has changed since it was written"
     return None
 

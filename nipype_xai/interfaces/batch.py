@@ -13,7 +13,6 @@ subject alone, with its own message.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from nipype.interfaces.base import (
 )
 
 from ..attribution import TargetError
+from ..bids.commit import file_sha256
 from ..images import ImageError, load_volume
 from ..models.inference import ModelOutputError, explain_images
 from ..models.spec import ModelSpecError, load_model
@@ -43,14 +43,6 @@ ITEM_MANIFEST = "item.json"
 _ITEM_ERRORS = {error.__name__: error
                 for error in (ImageError, ModelOutputError, ModelSpecError, TargetError,
                               ValueError)}
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class BatchItemError(RuntimeError):
@@ -108,7 +100,7 @@ class ModelBatch(SimpleInterface):
             folder = Path(runtime.cwd) / f"item-{index:04d}"
             folder.mkdir(exist_ok=True)
             # The input's checksum: its item is refused if the file changes after it was read.
-            source = {"source": in_file, "source_sha256": _sha256(in_file)}
+            source = {"source": in_file, "source_sha256": file_sha256(in_file)}
             if isinstance(result, Exception):
                 manifest = {**source, "error_type": type(result).__name__,
                             "error": str(result)}
@@ -157,7 +149,7 @@ class BatchItem(SimpleInterface):
                 raise ValueError(f"item {self.inputs.index} of the batch is "
                                  f"{Path(manifest['source']).name}, not "
                                  f"{Path(self.inputs.in_file).name}")
-            if _sha256(self.inputs.in_file) != manifest["source_sha256"]:
+            if file_sha256(self.inputs.in_file) != manifest["source_sha256"]:
                 raise ValueError(f"{Path(self.inputs.in_file).name} changed after the batch "
                                  f"read it ({folder.parent}): its maps are not of this input; "
                                  "run again (the batch reruns on the new input)")
