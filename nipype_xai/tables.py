@@ -26,6 +26,14 @@ TEXT_COLUMNS = (
     "label", "layer", "node", "reason", "crashfile",
 )
 
+#: Columns of the input-domain check in a predictions TSV
+#: (:meth:`nipype_xai.models.domain.InputDistance.as_row`); ``outside_training_inputs`` says whether
+#: it warns.
+DOMAIN_COLUMNS: tuple[str, ...] = (
+    "input_distance", "input_distance_threshold", "outside_training_inputs", "input_quantile_z",
+    "input_dissimilarity_z", "input_nonzero_fraction_z",
+)
+
 #: How booleans are spelled in a TSV (JSON's spelling, which BIDS uses in sidecars).
 _BOOLEAN_TEXT = {True: "true", False: "false"}
 
@@ -81,3 +89,30 @@ def read_tsv(path: PathLike, *, text_columns: Iterable[str] = TEXT_COLUMNS,
         if values and values <= {"true", "false"}:
             table[column] = table[column].map({"true": True, "false": False})
     return table
+
+
+def _is_true(value: object) -> bool:
+    return str(value).strip().lower() in ("true", "1")
+
+
+def outside_training_inputs(predictions: pd.DataFrame) -> Optional[str]:
+    """Why a predictions table's input lies outside the model's training inputs, or None.
+
+    None also when the table has no input-domain check (a spec without a summary of its training
+    inputs). The reason gives the distance and the threshold, e.g. ``"input distance 41.2 >
+    threshold 3.1"``.
+    """
+    if "outside_training_inputs" not in predictions.columns or not len(predictions):
+        return None
+    row = predictions.iloc[0]
+    if not _is_true(row["outside_training_inputs"]):
+        return None
+    return (f"input distance {_figure(row.get('input_distance'))} > threshold "
+            f"{_figure(row.get('input_distance_threshold'))}")
+
+
+def _figure(value: object) -> str:
+    try:
+        return f"{float(value):.3g}"
+    except (TypeError, ValueError):
+        return "n/a"

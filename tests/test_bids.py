@@ -216,3 +216,42 @@ def test_group_inputs_keep_sessions(tmp_path):
     assert inputs.subjects == ["01"]
     assert inputs.labels == ["sub-01_ses-1", "sub-01_ses-2"]
     assert inputs.methods == ["gradient", "gradient"] and len(inputs.maps) == 2
+
+
+def test_group_inputs_name_the_subjects_outside_the_models_training_inputs(tmp_path):
+    """The predictions TSV's input-domain check reaches the group level: a subject whose input
+    the model flagged is named (with its distance and threshold); one inside, one without the
+    check and one whose derivatives are not complete are not."""
+    import pandas as pd
+
+    from nipype_xai.bids import collect_group_inputs, commit_subject, staging_folder
+    from nipype_xai.tables import write_tsv
+
+    out = tmp_path / "out"
+    write_dataset_description(out)
+    domain = {"01": (41.5, True), "02": (1.25, False), "03": None, "04": (50.0, True)}
+    for subject, check in domain.items():
+        label = f"sub-{subject}"
+        staged_map = staging_folder(out, label) / derivative_path(
+            {"subject": subject, "space": "MNI152NLin2009aSym", "res": "8", "desc": "gradient",
+             "suffix": "attribution", "extension": ".nii.gz"})
+        staged_map.parent.mkdir(parents=True)
+        staged_map.write_bytes(b"map")
+        row = {"control": 0.2, "lesion": 0.8, "predicted_label": "lesion"}
+        if check is not None:
+            row.update(input_distance=check[0], input_distance_threshold=7.5,
+                       outside_training_inputs=check[1])
+        staged_tsv = staging_folder(out, label) / derivative_path(
+            {"subject": subject, "desc": "tinycnn", "suffix": "predictions",
+             "extension": ".tsv"})
+        write_tsv(pd.DataFrame([row]), staged_tsv)
+        if subject != "04":  # sub-04: killed before its record, left out
+            commit_subject(out, label, [staged_map, staged_tsv])
+        else:
+            final = out / staged_map.relative_to(staging_folder(out, label))
+            final.parent.mkdir(parents=True, exist_ok=True)
+            staged_map.rename(final)
+            staged_tsv.rename(out / staged_tsv.relative_to(staging_folder(out, label)))
+    inputs = collect_group_inputs(out)
+    assert inputs.subjects == ["01", "02", "03"]
+    assert inputs.outside_domain == [("sub-01", "input distance 41.5 > threshold 7.5")]

@@ -277,6 +277,37 @@ def test_group_report_summarises_the_tsv_when_no_summary(metrics_table, tmp_path
     assert "4 subjects with metrics" in text
 
 
+
+def test_group_report_names_subjects_outside_the_models_training_inputs(metrics_table, tmp_path):
+    from nipype_xai.interfaces.reports import GroupReport, group_derivatives
+
+    names = group_derivatives(methods=[], space="MNI152NLin2009aSym", res="4",
+                              subjects=["01", "02"])
+    outside = [("sub-02", "input distance 41.5 > threshold 7.5 <skull>")]
+    text = group_report(tmp_path / "group.html", metrics_tsv=None, summary=None, mean_maps={},
+                        derivatives=names, location="group.html",
+                        outside_domain=outside).read_text()
+    warning = "<strong>Inputs outside the model's training data.</strong>"
+    assert text.count(warning) == 1
+    assert "1 with an input outside the model&#x27;s training inputs" in text
+    # The subject links to its report; the reason is escaped.
+    assert '<li><a href="sub-02.html">sub-02</a>: input distance 41.5 &gt; threshold 7.5 ' \
+           "&lt;skull&gt;</li>" in text
+    quiet = group_report(tmp_path / "quiet.html", metrics_tsv=None, summary=None,
+                         mean_maps={}).read_text()
+    assert 'class="warning"' not in quiet and "training inputs" not in quiet
+
+    # The interface passes the pairs through (as Nipype gives them: lists).
+    metrics = tmp_path / "m.tsv"
+    metrics_table.to_csv(metrics, sep="\t", index=False)
+    node = GroupReport(metrics_tsv=str(metrics), subjects=["01", "02"],
+                       outside_domain=[["sub-02", "input distance 41.5 > threshold 7.5"]])
+    work = tmp_path / "node"
+    work.mkdir()
+    result = node.run(cwd=str(work))
+    with open(result.outputs.out_report) as page_file:
+        assert warning in page_file.read()
+
 # ---- the pages name derivatives only, linked relatively ---------------------------------------
 
 

@@ -6,6 +6,7 @@ attribution methods and one baseline, affine registration, MultiProc with two pr
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gc
 import json
@@ -242,6 +243,19 @@ def test_group_workflow(participant_run):
         ".bidsignore", "README.md", "dataset_description.json", "group.html", "sub-01.html",
         "sub-02.html", "sub-03.html"]
 
+
+
+def test_group_report_node_gets_the_subjects_outside_the_training_inputs(tmp_path):
+    from nipype_xai.workflows import GroupInputs
+
+    inputs = GroupInputs(metrics_tsvs=[], maps=[tmp_path / "m.nii.gz"], methods=["gradient"],
+                         template=TPL, res="8", subjects=["01"], labels=["sub-01"],
+                         outside_domain=[("sub-01", "input distance 41.5 > threshold 7.5")])
+    report = init_group_wf(inputs=inputs, output_dir=tmp_path).get_node("report")
+    assert report.inputs.outside_domain == [["sub-01", "input distance 41.5 > threshold 7.5"]]
+    inputs = dataclasses.replace(inputs, outside_domain=[])
+    report = init_group_wf(inputs=inputs, output_dir=tmp_path).get_node("report")
+    assert not isdefined(report.inputs.outside_domain)
 
 def test_xai_wf_reusing_transforms_has_no_registration(tmp_path):
     model = write_tiny_model(tmp_path)

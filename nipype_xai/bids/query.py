@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
+from ..tables import outside_training_inputs, read_tsv
 from .commit import recorded_files, subject_status
 from .naming import FAILURES_FILE, desc_to_method
 
@@ -337,6 +338,11 @@ class GroupInputs:
         complete (a run killed while it wrote them, or files changed since).
     labels
         ``sub-X[_ses-Y]`` of every subject and session with maps: one report each.
+    outside_domain
+        ``(sub-X[_ses-Y], why)`` of the subjects with maps whose input the model's input-domain
+        check put outside its training inputs (their predictions TSV,
+        :func:`nipype_xai.tables.outside_training_inputs`). They are summarised with the others;
+        the group report and the command line name them.
     """
 
     metrics_tsvs: list[Path]
@@ -348,6 +354,7 @@ class GroupInputs:
     failures_tsv: Optional[Path] = None
     incomplete: list[tuple[str, str]] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
+    outside_domain: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _method_of(path: Path, desc: str) -> str:
@@ -410,12 +417,23 @@ def collect_group_inputs(output_dir: PathLike, template: Optional[str] = None) -
         labels.append((f.entities["subject"], f.entities.get("session")))
     metrics, _ = _complete_only(root, layout.get(
         subject=Query.ANY, desc="overlap", suffix="metrics", extension=".tsv"))
+    with_maps = {_label(s, ses) for s, ses in labels}
+    predictions, _ = _complete_only(root, layout.get(
+        subject=Query.ANY, suffix="predictions", extension=".tsv"))
+    outside: dict[str, str] = {}
+    for f in sorted(predictions, key=lambda f: f.path):
+        label = _label(f.entities["subject"], f.entities.get("session"))
+        if label not in with_maps or label in outside:
+            continue
+        why = outside_training_inputs(read_tsv(f.path))
+        if why is not None:
+            outside[label] = why
     failures = root / FAILURES_FILE
     return GroupInputs(
         metrics_tsvs=sorted(Path(f.path) for f in metrics), maps=maps, methods=methods,
         template=space, res=res, subjects=sorted({s for s, _ in labels}),
         failures_tsv=failures if failures.is_file() else None, incomplete=incomplete,
-        labels=sorted({_label(s, ses) for s, ses in labels}),
+        labels=sorted(with_maps), outside_domain=sorted(outside.items()),
     )
 
 

@@ -967,6 +967,9 @@ def run_group_level(
     inputs = collect_group_inputs(output_dir, template)
     for label, why in inputs.incomplete:
         LOGGER.warning("group level: %s left out: %s", label, why)
+    for label, why in inputs.outside_domain:
+        LOGGER.warning("group level: %s's input lies outside the model's training inputs (%s); "
+                       "its maps are summarised with the others", label, why)
     provenance = {
         "Subjects": len(inputs.subjects),
         "Methods": ", ".join(dict.fromkeys(inputs.methods)),

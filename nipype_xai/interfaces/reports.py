@@ -255,6 +255,10 @@ class _GroupReportInputSpec(BaseInterfaceInputSpec):
                            "'01', 'sub-01' or 'sub-01_ses-2'")
     report_name = traits.Str(desc="the report's dataset-relative name, where its links start "
                              "(default: nipype_xai.bids' group report, group.html)")
+    outside_domain = traits.List(
+        traits.List(traits.Str, minlen=2, maxlen=2),
+        desc="(sub-X[_ses-Y], why) of the subjects whose input lies outside the model's training "
+        "inputs (GroupInputs.outside_domain): listed in a warning")
 
 
 class _GroupReportOutputSpec(TraitedSpec):
@@ -304,6 +308,8 @@ class GroupReport(SimpleInterface):
             brain_mask=_optional(inputs.brain_mask),
             derivatives=names,
             location=location,
+            outside_domain=([tuple(item) for item in inputs.outside_domain]
+                            if isdefined(inputs.outside_domain) else ()),
         )
         self._results["out_report"] = str(out_html)
         self._results["out_figures"] = _figures(figures_dir)

@@ -108,6 +108,7 @@ def group_report(
     brain_mask: Any = None,
     derivatives: Optional[Mapping[str, Any]] = None,
     location: Optional[str] = None,
+    outside_domain: Sequence[tuple[str, str]] = (),
 ) -> Path:
     """Write the group's self-contained HTML report.
 
@@ -145,6 +146,10 @@ def group_report(
     location
         The page's own dataset-relative name, which the links start from; default: the name of
         ``out_html`` at the dataset root.
+    outside_domain
+        ``(sub-X[_ses-Y], why)`` of the subjects whose input the model's input-domain check put
+        outside its training inputs: named in a warning at the top (their maps are in the
+        ranking and the means, as every subject's).
 
     Returns
     -------
@@ -175,7 +180,13 @@ def group_report(
     elif mean_maps:
         overview.append(f"{len(mean_maps)} methods")
     overview.append(f"{len(failures)} failed subject{'s' if len(failures) != 1 else ''}")
+    if outside_domain:
+        overview.append(f"{len(outside_domain)} with an input outside the model's training "
+                        "inputs")
     body.append(f"<p>{html.escape(', '.join(overview))}.</p>")
+    if outside_domain:
+        body.append(_outside_domain_warning(outside_domain, names.get("participant_reports"),
+                                            here))
 
     reports = dict(names.get("participant_reports") or {})
     if reports:
@@ -280,6 +291,24 @@ def group_report(
         body.append("<h2>Provenance</h2>")
         body.append(html_table(_provenance(provenance)))
         return write_page(out_html, page("nipype-xai: group report", body))
+
+
+def _outside_domain_warning(outside: Sequence[tuple[str, str]],
+                            reports: Optional[Mapping[str, str]], here: str) -> str:
+    """The warning box naming the subjects whose input lies outside the model's training inputs."""
+    reports = dict(reports or {})
+    items = "".join(
+        f"<li>{link(reports[label], here, label) if label in reports else html.escape(label)}: "
+        f"{html.escape(why)}</li>" for label, why in outside)
+    n = len(outside)
+    return (
+        '<div class="warning"><strong>Inputs outside the model\'s training data.</strong> '
+        f"The model's input-domain check found the input of {n} subject{'s' if n != 1 else ''} "
+        "far from the inputs the model was trained on (for instance a head that still has its "
+        "skull, or another contrast). Their predictions and maps are for inputs unlike the "
+        "model's training data, and they are in the ranking and the group means below like "
+        f"every other subject's.<ul>{items}</ul></div>"
+    )
 
 
 def _subject_column(table: Optional[pd.DataFrame]) -> Optional[str]:

@@ -10,7 +10,12 @@ from typing import Any, Optional
 import pandas as pd
 
 from ..metrics.group import LOWER_IS_BETTER
-from ..tables import IDENTIFIER_COLUMNS, read_tsv
+from ..tables import (
+    DOMAIN_COLUMNS,
+    IDENTIFIER_COLUMNS,
+    outside_training_inputs,
+    read_tsv,
+)
 from .figures import plot_anatomy, plot_attribution_panel
 from .page import (
     SCALE_NOTE,
@@ -39,26 +44,11 @@ __all__ = ["DOMAIN_COLUMNS", "subject_report"]
 _LABEL_COLUMNS = (*IDENTIFIER_COLUMNS, "subject", "session", "method")
 
 
-#: Columns of the input-domain check in a predictions TSV
-#: (:meth:`nipype_xai.models.domain.InputDistance.as_row`); ``outside_training_inputs`` says whether
-#: it warns.
-DOMAIN_COLUMNS: tuple[str, ...] = (
-    "input_distance", "input_distance_threshold", "outside_training_inputs", "input_quantile_z",
-    "input_dissimilarity_z", "input_nonzero_fraction_z",
-)
-
-
-def _is_true(value: Any) -> bool:
-    return str(value).strip().lower() in ("true", "1")
-
-
 def _domain_warning(predictions: pd.DataFrame) -> Optional[str]:
     """The warning box for an input outside the model's training inputs, or None."""
-    if "outside_training_inputs" not in predictions.columns or not len(predictions):
+    if outside_training_inputs(predictions) is None:
         return None
     row = predictions.iloc[0]
-    if not _is_true(row["outside_training_inputs"]):
-        return None
     return (
         '<div class="warning"><strong>Input outside the model\'s training data.</strong> '
         "This subject's input, as the model saw it, lies far from the inputs the model was "

@@ -127,6 +127,8 @@ def init_group_wf(
                          name="report")
         if inputs.res:
             report.inputs.res = inputs.res
+        if inputs.outside_domain:
+            report.inputs.outside_domain = [list(item) for item in inputs.outside_domain]
         if provenance:
             report.inputs.provenance = dict(provenance)
         connections += [
