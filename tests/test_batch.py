@@ -93,11 +93,43 @@ def test_a_batch_gives_each_subject_what_it_gets_alone(batch_and_alone):
                                        err_msg=method)
         for method, mine, reference in zip(methods, item.out_sidecars, sidecars):
             a, b = json.loads(Path(mine).read_text()), json.loads(Path(reference).read_text())
-            # A warning names the map's sample: its position in the batch, 0 alone.
+            # A warning's figures may differ in their last digit (batched rounding).
             assert len(a.pop("Warnings", [])) == len(b.pop("Warnings", [])), method
             for key in ("Probability", "TargetProbability"):
                 assert a.pop(key) == pytest.approx(b.pop(key), rel=PREDICTION_RTOL)
             assert a == b, method
+
+
+def test_a_warning_about_one_image_names_it_not_its_batch_position(tmp_path, monkeypatch):
+    """A warning about one sample of the batch reaches that subject's sidecar alone, naming its
+    file (not "sample 1", its position in someone else's batch); one about every sample
+    reaches every subject as it is."""
+    import warnings
+
+    import torch
+
+    from nipype_xai.attribution.engine import AttributionWarning, _computing
+    from nipype_xai.models import inference
+
+    def warning_attribute_many(model, x, methods, target=None, **kwargs):
+        with _computing(["gradient"]):
+            warnings.warn(AttributionWarning(
+                f"axiom off ({AttributionWarning.SAMPLE}: 1 vs 2)", samples=(1,)))
+            warnings.warn(AttributionWarning("every map is odd"))
+        return {"gradient": torch.ones_like(x)}
+
+    monkeypatch.setattr(inference, "attribute_many", warning_attribute_many)
+    spec = write_model(tmp_path, shape=(12, 12, 12))
+    subjects = write_subjects(tmp_path, 3)
+    items = run_node(ModelBatch(in_files=subjects, model_spec=str(spec), methods=["gradient"]),
+                     tmp_path / "batch").outputs.out_items
+    for index, in_file in enumerate(subjects):
+        sidecar, = BatchItem(items=items, index=index).run().outputs.out_sidecars
+        found = json.loads(Path(sidecar).read_text()).get("Warnings", [])
+        expected = ["every map is odd"]
+        if index == 1:
+            expected.insert(0, f"axiom off ({Path(in_file).name}: 1 vs 2)")
+        assert found == expected, index
 
 
 def test_stochastic_maps_do_not_depend_on_the_batch(batch_and_alone):

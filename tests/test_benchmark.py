@@ -566,6 +566,43 @@ def test_table_headers_state_each_metrics_convention():
     assert "(n = 4 subjects x 2 training seeds (8 cells))" in text
 
 
+
+def test_ci_reading_claims_a_difference_only_where_the_intervals_do_not_overlap():
+    from nipype_xai.benchmark.report import ci_reading, markdown_tables
+
+    def row(method, metric, mean, low, high):
+        return {"method": method, "metric": metric, "mean": mean, "ci_low": low, "ci_high": high}
+
+    group = pd.DataFrame([
+        row("lrp", "precision_at_k", 0.50, 0.40, 0.60),
+        row("smoothgrad", "precision_at_k", 0.45, 0.35, 0.55),   # overlaps the best
+        row("gradient", "precision_at_k", 0.20, 0.15, 0.39),     # below the best, above sobel
+        row("gradcam", "precision_at_k", 0.05, 0.01, 0.12),      # level with sobel
+        row("occlusion", "precision_at_k", 0.01, 0.0, 0.02),     # below sobel
+        row("sobel", "precision_at_k", 0.08, 0.06, 0.10),
+        row("random", "precision_at_k", 0.03, 0.02, 0.04),
+        # Lower is better: the best is the smallest, and "above" the baseline means below it.
+        row("lrp", "emd", 10.0, 8.0, 12.0),
+        row("gradient", "emd", 20.0, 18.0, 22.0),
+        row("sobel", "emd", 30.0, 28.0, 32.0),
+    ])
+    reading = ci_reading(group, "precision_at_k")
+    assert reading["best"] == "lrp" and reading["tied"] == ["smoothgrad"]
+    assert reading["baseline"] == "sobel"
+    assert reading["above"] == ["lrp", "smoothgrad", "gradient"]
+    assert reading["level"] == ["gradcam"] and reading["below"] == ["occlusion"]
+    emd = ci_reading(group, "emd")
+    assert emd["best"] == "lrp" and emd["tied"] == []
+    assert emd["above"] == ["lrp", "gradient"] and emd["below"] == []
+    assert ci_reading(group, "auroc") is None
+    assert ci_reading(group.loc[group["method"] == "sobel"], "emd") is None
+
+    # In the Markdown, after each table: the same reading in words.
+    table = _crossed_table(2, 4, seed_sd=0.1)
+    text = markdown_tables(summarize_benchmark(table, n_boot=20))
+    assert "What this table shows (a difference only where the 95 % CIs do not overlap):" in text
+    assert "- **auroc** (↑): best `gradient`" in text and "Best baseline *sobel*" in text
+
 def test_summarize_benchmark_requires_the_group_columns():
     with pytest.raises(ValueError, match="correct"):
         summarize_benchmark(pd.DataFrame({"task": ["lesion"], "groundtruth": ["signal"],

@@ -297,7 +297,14 @@ def test_progress_counts_subjects_done_failed_and_remaining():
     # A MapNode's subnode knows only its folder.
     progress(_node("_maps_to_native0", base_dir="/w/participant_wf/sub_02_wf/maps_to_native"),
              "start")
-    assert progress.running == {"sub-01": "register", "sub-02": "_maps_to_native0"}
+    # Running: the subjects with a node running now (sub-01's register ended: it waits).
+    assert progress.running == {"sub-02": "_maps_to_native0"}
+    progress(_node("n4", "sub_01_wf.anat_wf"), "start")
+    progress(_node("report", "sub_01_wf"), "start")
+    progress(_node("report", "sub_01_wf"), "end")
+    assert progress.running == {"sub-01": "n4", "sub-02": "_maps_to_native0"}
+    progress(_node("n4", "sub_01_wf.anat_wf"), "end")
+    assert progress.running == {"sub-02": "_maps_to_native0"}
     progress(_node("commit_derivatives", "sub_01_wf"), "end")  # named so, but no commit: not done
     assert progress.done == set()
     progress(_commit("sub_01_wf"), "end")
@@ -560,3 +567,36 @@ def test_participant_level_takes_a_background(tmp_path, capsys, monkeypatch, coh
         lines = _error_lines(capsys)
         assert len(lines) == 1 and message in lines[0], lines
         assert not captured
+
+
+
+def test_the_plugin_freezes_the_execution_graph_before_it_runs(monkeypatch):
+    """Nipype collects garbage at every scheduling step; the execution graph that Workflow.run
+    builds (deep copies of every node) is frozen out of the collector's reach before the
+    plugin runs it (at 200 subjects the collections of that graph kept the head process busy
+    while the workers idled)."""
+    import gc
+
+    from nipype.pipeline.plugins import LinearPlugin
+
+    from nipype_xai.cli.execution import _frozen_plugin
+
+    class Graph:
+        pass
+
+    seen = {}
+
+    def run(self, graph, config, updatehash=False):
+        # gc.get_objects() lists what the collector walks; frozen objects are not among them.
+        seen["walked"] = any(o is graph for o in gc.get_objects())
+
+    monkeypatch.setattr(LinearPlugin, "run", run)
+    graph = Graph()
+    assert any(o is graph for o in gc.get_objects())
+    runner = _frozen_plugin("Linear", {"status_callback": None})
+    try:
+        runner.run(graph, {})
+    finally:
+        gc.unfreeze()
+    assert seen == {"walked": False}
+    assert isinstance(runner, LinearPlugin)

@@ -92,3 +92,11 @@ def test_bundled_model_gives_deeplift_no_warning():
 
 def test_warning_outside_the_engine_names_no_method():
     assert AttributionWarning("a message").methods == ()
+
+
+def test_a_warning_about_one_sample_can_name_it():
+    one = AttributionWarning(f"sum off ({AttributionWarning.SAMPLE}: 1 vs 2)", samples=(3,))
+    assert str(one) == "sum off (sample 3: 1 vs 2)"
+    assert one.naming("sub-01_T1w.nii.gz") == "sum off (sub-01_T1w.nii.gz: 1 vs 2)"
+    every = AttributionWarning("every map is odd")
+    assert every.naming("sub-01_T1w.nii.gz") == "every map is odd" == str(every)

@@ -1,7 +1,9 @@
 """The engine's contract: names, parameters, targets, an untouched model, every method computes."""
 
 import copy
+import re
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -57,6 +59,19 @@ def test_unknown_method_and_parameter(tiny_net, volume):
         attribute(tiny_net, volume, "smoothgrad", n_sample=3)
     with pytest.raises(TypeError, match="does not accept"):
         attribute_many(tiny_net, volume, ["gradient"], method_params={"gradient": {"seed": 1}})
+
+
+
+@pytest.mark.parametrize("size", [0, -2, 2.5, True, "16"])
+def test_batch_size_must_be_a_positive_integer(tiny_net, volume, size):
+    # Before: torch's "split_size can only be 0 if dimension size is 0" from deep inside a method.
+    with pytest.raises(ValueError, match=f"smoothgrad: batch_size must be a positive integer, "
+                                         f"got {re.escape(repr(size))}"):
+        attribute(tiny_net, volume, "smoothgrad", batch_size=size)
+    with pytest.raises(ValueError, match="gradient: batch_size must be"):
+        attribute_many(tiny_net, volume, ["gradient"], method_params={"gradient": {"batch_size": 0}})
+    # A numpy integer is an integer.
+    assert attribute(tiny_net, volume, "gradient", batch_size=np.int64(1)).shape == volume.shape
 
 
 def test_bad_input(tiny_net):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import numbers
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, Iterator, Mapping, Optional, Sequence
@@ -27,10 +28,26 @@ class AttributionWarning(UserWarning):
     its own map. The ``Attribution`` interface writes it into those maps' sidecars.
     """
 
+    #: Where a message about one sample says which: ``str()`` puts ``sample <position>`` there,
+    #: :meth:`naming` the caller's name for the sample (its file, in a batch of subjects).
+    SAMPLE = "{sample}"
+
     def __init__(self, message: str, samples: Optional[Sequence[int]] = None):
-        super().__init__(message)
-        self.methods: tuple[str, ...] = _COMPUTING.get()
         self.samples: Optional[tuple[int, ...]] = None if samples is None else tuple(samples)
+        self.template = message
+        super().__init__(self.naming(f"sample {self.samples[0]}") if self._one_sample()
+                         else message)
+        self.methods: tuple[str, ...] = _COMPUTING.get()
+
+    def _one_sample(self) -> bool:
+        return self.samples is not None and len(self.samples) == 1
+
+    def naming(self, name: str) -> str:
+        """The message with its sample called ``name`` (a message about one sample that says
+        which with :attr:`SAMPLE`); any other message as it is."""
+        if not self._one_sample():
+            return str(self.template)
+        return self.template.replace(self.SAMPLE, name)
 
 
 @contextmanager
@@ -100,7 +117,9 @@ def resolve_params(
     Raises
     ------
     ValueError
-        No method, an unknown method, or ``method_params`` for a method not requested.
+        No method, an unknown method, ``method_params`` for a method not requested, or a
+        ``batch_size`` that is not a positive integer (the parameter every method shares; each
+        method checks its own others).
     TypeError
         A parameter in ``params`` that no requested method accepts (most likely a typo), or one
         in ``method_params`` that its method does not accept.
@@ -128,6 +147,10 @@ def resolve_params(
         values = dict(defaults[name])
         values.update({k: v for k, v in params.items() if k in values})
         values.update(method_params.get(name, {}))
+        size = values.get("batch_size")
+        if "batch_size" in values and (isinstance(size, bool)
+                                       or not isinstance(size, numbers.Integral) or size < 1):
+            raise ValueError(f"{name}: batch_size must be a positive integer, got {size!r}")
         resolved[name] = values
     return resolved
 

@@ -85,8 +85,9 @@ def _check_sums(
     # One warning per sample, naming it: in a batch of subjects each map's sidecar gets its own.
     for sample, failure in failures:
         warnings.warn(AttributionWarning(
-            f"{axiom} does not hold within {rtol:g} of y_t(x) - y_t(0) (sample {sample}: "
-            f"{failure}): {cause}", samples=(sample,)), stacklevel=3)
+            f"{axiom} does not hold within {rtol:g} of y_t(x) - y_t(0) "
+            f"({AttributionWarning.SAMPLE}: {failure}): {cause}", samples=(sample,)),
+            stacklevel=3)
 
 
 @register_method(

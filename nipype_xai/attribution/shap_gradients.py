@@ -336,5 +336,6 @@ def _check_efficiency(
     for sample, failure in failures:
         warnings.warn(AttributionWarning(
             f"summation-to-delta does not hold within {SUMMATION_TO_DELTA_RTOL:g} of "
-            f"y_t(x) - mean_b y_t(b) (sample {sample}: {failure}): {cause}", samples=(sample,)),
+            f"y_t(x) - mean_b y_t(b) ({AttributionWarning.SAMPLE}: {failure}): {cause}",
+            samples=(sample,)),
             stacklevel=3)

@@ -35,6 +35,7 @@ __all__ = [
     "COMPARISON_METRICS",
     "HEADLINE_METRICS",
     "architecture_table",
+    "ci_reading",
     "markdown_tables",
     "plot_architecture_comparison",
     "plot_sanity_check",
@@ -355,6 +356,88 @@ def metric_legend(metrics: Sequence[str]) -> list[str]:
             if m in METRIC_CONVENTIONS["abs"]]
 
 
+def _overlap(a: Any, b: Any) -> bool:
+    return bool(a["ci_low"] <= b["ci_high"] and b["ci_low"] <= a["ci_high"])
+
+
+def ci_reading(group: pd.DataFrame, metric: str) -> Optional[dict[str, Any]]:
+    """What one column of a headline table shows under the confidence-interval overlap rule.
+
+    ``group`` is one summarised group of subjects (as :func:`wide_table` takes); a difference is
+    claimed only where two 95 % CIs do not overlap, and "no difference shown" otherwise (the rule
+    of docs/benchmark.md: conservative for these paired CIs, never the other way). Returns None
+    when no method (other than baselines) has the metric.
+
+    Returns
+    -------
+    dict
+        ``best``: the method with the best mean (direction from
+        :data:`~nipype_xai.metrics.group.LOWER_IS_BETTER`); ``tied``: the other methods whose CI
+        overlaps the best's (no difference shown); ``baseline``: the best baseline
+        (:func:`~nipype_xai.reports.is_baseline`; None without one); ``above``, ``level``,
+        ``below``: the methods whose CI lies wholly on the better side of that baseline's, overlaps
+        it, or lies wholly on the worse side. Methods are in the order of their means, best first;
+        ``rows`` maps every method and baseline to its summary row.
+    """
+    rows = group.loc[group["metric"] == metric].dropna(subset=["mean", "ci_low", "ci_high"])
+    lower = metric in LOWER_IS_BETTER
+    rows = rows.sort_values("mean", ascending=lower, kind="stable")
+    baselines = rows.loc[rows["method"].map(is_baseline)]
+    methods = rows.loc[~rows["method"].map(is_baseline)]
+    if methods.empty:
+        return None
+    by_name = {str(r["method"]): r for _, r in rows.iterrows()}
+    best = methods.iloc[0]
+    others = [r for _, r in methods.iloc[1:].iterrows()]
+    reading: dict[str, Any] = {
+        "metric": metric, "lower_is_better": lower, "best": str(best["method"]),
+        "tied": [str(r["method"]) for r in others if _overlap(r, best)],
+        "baseline": None, "above": [], "level": [], "below": [], "rows": by_name,
+    }
+    if len(baselines):
+        baseline = baselines.iloc[0]
+        reading["baseline"] = str(baseline["method"])
+        for _, r in methods.iterrows():
+            if _overlap(r, baseline):
+                side = "level"
+            else:
+                better = r["ci_high"] < baseline["ci_low"] if lower else \
+                    r["ci_low"] > baseline["ci_high"]
+                side = "above" if better else "below"
+            reading[side].append(str(r["method"]))
+    return reading
+
+
+def _value(row: Any) -> str:
+    return (f"{format_value(row['mean'])} [{format_value(row['ci_low'])}, "
+            f"{format_value(row['ci_high'])}]")
+
+
+def _names(methods: Sequence[str]) -> str:
+    return ", ".join(f"`{m}`" for m in methods) if methods else "none"
+
+
+def reading_lines(group: pd.DataFrame, metrics: Sequence[str]) -> list[str]:
+    """One Markdown bullet per metric: :func:`ci_reading` in words, for the table above it."""
+    lines = []
+    for metric in metrics:
+        reading = ci_reading(group, metric)
+        if reading is None:
+            continue
+        rows = reading["rows"]
+        arrow = "↓" if reading["lower_is_better"] else "↑"
+        text = (f"- **{metric}** ({arrow}): best `{reading['best']}` "
+                f"{_value(rows[reading['best']])}; no difference shown from it: "
+                f"{_names(reading['tied'])}.")
+        if reading["baseline"] is not None:
+            n = len(reading["above"]) + len(reading["level"]) + len(reading["below"])
+            text += (f" Best baseline *{reading['baseline']}* {_value(rows[reading['baseline']])}:"
+                     f" better than it {len(reading['above'])} of {n}; no difference shown from "
+                     f"it: {_names(reading['level'])}; worse: {_names(reading['below'])}.")
+        lines.append(text)
+    return lines
+
+
 def _sizes(group: pd.DataFrame) -> str:
     """``n = 52 (52 subjects x 3 seeds, 156 cells)``-style size of one summarised group."""
     cells = int(group["n"].max()) if len(group) else 0
@@ -415,6 +498,10 @@ def markdown_tables(summary: pd.DataFrame, metrics=HEADLINE_METRICS) -> str:
                       f"({_sizes(group)})", ""]
             lines += _markdown_table(
                 wide, ["method", *[c for c in wide.columns if c not in ("method", "n")]])
+            reading = reading_lines(group, shown)
+            if reading:
+                lines += ["What this table shows (a difference only where the 95 % CIs do not "
+                          "overlap):", "", *reading, ""]
     return "\n".join(lines)
 
 

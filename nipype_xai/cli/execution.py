@@ -428,7 +428,9 @@ class RunProgress:
         self._finished = False
         self.done: set[str] = set()
         self.failed: set[str] = set()
-        self.running: dict[str, str] = {}  # subject (or "group") -> the node it runs now
+        # subject (or "group") -> {node's full name: its name} of the nodes running now, in the
+        # order they started: a subject whose node ended waits, and is not listed as running.
+        self._active: dict[str, dict[str, str]] = {}
         self._steps: set[str] = set()
         self._done_when = done_when
         self._total = len(self.subjects) or max(int(total_steps), 1)
@@ -454,9 +456,25 @@ class RunProgress:
         """The label of the subject ``node`` belongs to, or None (a shared node)."""
         return subject_of(node, self.subjects)
 
+    @property
+    def running(self) -> dict[str, str]:
+        """Subject (or ``"group"``) -> the node it runs now (the latest started of its nodes
+        that have not ended)."""
+        return {unit: list(nodes.values())[-1] for unit, nodes in self._active.items() if nodes}
+
+    def _track(self, unit: str, key: str, name: str, status: str) -> None:
+        nodes = self._active.setdefault(unit, {})
+        if status == "start":
+            nodes[key] = name
+        elif status in ("end", "exception"):
+            nodes.pop(key, None)
+        if not nodes:
+            del self._active[unit]
+
     def __call__(self, node, status: str) -> None:
         with self._lock:
             name = str(getattr(node, "name", ""))
+            key = str(getattr(node, "fullname", name))
             if self.subjects:
                 affected = [subject for subject in subjects_of(node, self.subjects, self.groups)
                             if subject not in self.done and subject not in self.failed]
@@ -465,18 +483,16 @@ class RunProgress:
                 for subject in affected:
                     if status == "exception":
                         self.failed.add(subject)
-                        self.running.pop(subject, None)
+                        self._active.pop(subject, None)
                     elif status == "end" and self._done_when(node):
                         self.done.add(subject)
-                        self.running.pop(subject, None)
-                    elif status == "start":
-                        self.running[subject] = name
+                        self._active.pop(subject, None)
+                    else:
+                        self._track(subject, key, name, status)
             else:
-                if status == "start":
-                    self.running["group"] = name
-                elif status in ("end", "exception") and not name.startswith("_"):
-                    (self.failed if status == "exception" else self._steps).add(
-                        str(getattr(node, "fullname", name)))
+                self._track("group", key, name, status)
+                if status in ("end", "exception") and not name.startswith("_"):
+                    (self.failed if status == "exception" else self._steps).add(key)
             self._redraw()
             self._write_status()
 
@@ -492,7 +508,7 @@ class RunProgress:
                 self.done, self.failed = set(done), set(failed)
             else:
                 self.failed |= set(failed)
-            self.running.clear()
+            self._active.clear()
             self._finished = True
             self._redraw()
             self._write_status()
@@ -593,7 +609,7 @@ class RunProgress:
                 self._bar = None
 
     def __getstate__(self) -> dict:
-        return {"subjects": {}, "groups": {}, "note": None, "done": set(), "failed": set(), "running": {},
+        return {"subjects": {}, "groups": {}, "note": None, "done": set(), "failed": set(), "_active": {},
                 "_steps": set(),
                 "_done_when": self._done_when, "_total": self._total, "_unit": self._unit,
                 "_level": "", "_bar": None, "_ticker": None, "status_file": None,
@@ -640,9 +656,12 @@ def _run(workflow, work_dir: Path, plugin: str, plugin_args: dict[str, Any],
     # node run in this process; with torch, pybids and nilearn loaded each one walks millions of
     # objects (~0.7 s here), which made a 4-subject run 3x slower than its nodes. Objects that
     # exist before the run are long-lived: freeze them out of the collector's reach.
+    # Nipype builds its execution graph (a deep copy of every node) inside Workflow.run: at 200
+    # subjects the collections walked it at every step, and the head process, at 100 % of a core
+    # in gc.collect, left both workers idle for the last half hour. Freeze it too, once built.
     gc.freeze()
     try:
-        workflow.run(plugin=plugin, plugin_args=args)
+        workflow.run(plugin=_frozen_plugin(plugin, args))
     except RuntimeError:
         # Nipype raises after running everything it could; the crash files say what failed.
         failed = True
@@ -650,6 +669,22 @@ def _run(workflow, work_dir: Path, plugin: str, plugin_args: dict[str, Any],
         gc.unfreeze()
         _restore_environment(environment)
     return crash_dir, failed
+
+
+def _frozen_plugin(plugin: str, plugin_args: dict[str, Any]):
+    """Nipype's ``<plugin>Plugin`` whose ``run`` first freezes the objects alive then (the
+    execution graph Workflow.run has just built) out of the garbage collector's reach."""
+    from nipype.pipeline import plugins
+
+    runner = getattr(plugins, f"{plugin}Plugin")(plugin_args=plugin_args)
+    run_graph = runner.run
+
+    def run(graph, config, updatehash=False):
+        gc.freeze()
+        return run_graph(graph, config, updatehash=updatehash)
+
+    runner.run = run
+    return runner
 
 
 def _reason(crash: Mapping[str, Any]) -> str:

@@ -447,10 +447,12 @@ def explain_images(
                 samples = record.message.samples
                 for position, index in enumerate(order):
                     if samples is None or position in samples:
+                        # A warning about this image alone names it, not its batch position.
+                        text = record.message.naming(names[index])
                         for method in record.message.methods:
                             listed = notes[index].setdefault(method, [])
-                            if str(record.message) not in listed:
-                                listed.append(str(record.message))
+                            if text not in listed:
+                                listed.append(text)
             # Issued again, with its origin: recording the warnings hides none from the log.
             warnings.warn_explicit(record.message, record.category, record.filename,
                                    record.lineno, source=record.source)
