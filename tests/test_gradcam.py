@@ -92,6 +92,35 @@ def test_smooth_gradcam_pp_equals_gradcam_pp_under_a_linear_head(tiny_net, volum
     torch.testing.assert_close(smooth, plain, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("pooling", ["max", "avg"])
+def test_smooth_gradcam_pp_equals_gradcam_pp_where_max_pooling_routes_the_gradient(pooling, volume):
+    # The bundled model's architecture: the default layer (last block's ReLU) feeds MaxPool3d, then
+    # global max or average pooling and a linear layer. Its gradient is c_k (the classifier's
+    # weight, over the pooled count for "avg") at each pooling window's winner and 0 elsewhere.
+    # Over noisy copies the winners move, but the mean terms are p_ij·c_k^n with Σ_ij p_ij = the
+    # number of windows: p cancels in α = D² / (2 D² + Σ A · D³), Σ α·ReLU(D¹) is the clean sum,
+    # and Omeiza et al.'s map is exactly x's Grad-CAM++ map (the benchmark found the two equal).
+    from conftest import randomize_batchnorm
+    from nipype_xai.attribution.gradcam import _layer_activation_and_gradient
+    from nipype_xai.attribution.noise import noisy_batches
+    from nipype_xai.models.architectures import TinyCNN3D
+
+    torch.manual_seed(3)
+    model = randomize_batchnorm(TinyCNN3D(width=4, n_blocks=2, pooling=pooling)).eval()
+    layer = default_gradcam_layer(model, volume)
+    assert layer == "features.6"
+    _, clean = _layer_activation_and_gradient(model, volume, None, layer)
+    moved = False
+    for index, noisy in noisy_batches(volume, 6, 0.3, 0, 16):
+        _, gradient = _layer_activation_and_gradient(model, noisy, None, layer)
+        moved |= bool(((gradient != 0) != (clean[index] != 0)).any())
+    assert moved  # not the trivial case of winners that stay put
+    plain = attribute(model, volume, "gradcam_pp")
+    smooth = attribute(model, volume, "smooth_gradcam_pp", n_samples=6, noise_level=0.3)
+    assert float(plain.abs().max()) > 0
+    torch.testing.assert_close(smooth, plain, rtol=1e-5, atol=1e-7)
+
+
 def test_gradcam_multichannel_input_and_inplace_relu(monai_resnet):
     x = torch.randn(2, 1, 24, 24, 24, generator=torch.Generator().manual_seed(0))
     for name in ["gradcam", "gradcam_pp"]:
