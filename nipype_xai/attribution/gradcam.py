@@ -313,12 +313,12 @@ def smooth_gradcam_pp(model, x, target, *, layer=None, n_samples=50, noise_level
 
     Costs n_samples forward and backward passes on the noisy copies (:func:`noisy_batches`, the
     SmoothGrad stream, in passes of at most ``batch_size``) and one forward pass on x for its
-    activation. Where the layer's gradient is one value c_k per channel at a number of entries
-    that the noise does not change, the map is x's Grad-CAM++ map exactly: global average pooling
-    and a linear classifier after the layer (every entry), or max pooling before them (each
-    pooling window's winner, as on the bundled model). The winners move between copies, but the
-    mean terms are p_ij·c_k^n with Σ_ij p_ij the number of windows, so p cancels in α and
-    Σ α·ReLU(D¹) is the clean sum.
+    activation. Where only linear maps and pooling follow the layer, the map is x's Grad-CAM++
+    map exactly: the gradient is a constant c (set by the weights) at every entry under global
+    average pooling, or at each max-pooling window's winner and 0 elsewhere (the bundled model;
+    c per channel, or per channel and window for a flattening classifier). The winners move
+    between copies, but the mean terms are p_ij·c^n with Σ p_ij = 1 over each window, so p
+    cancels in α and Σ α·ReLU(D¹) is the clean sum.
 
     Parameters
     ----------
