@@ -440,6 +440,40 @@ def test_confidence_intervals_resample_training_seeds_and_subjects():
     assert one["n_seeds"] == 1
 
 
+def test_part_coverage_names_the_missing_parts_of_each_run():
+    from nipype_xai.benchmark.provenance import coverage_lines, part_coverage
+
+    def record(task, name, part, seeds=(0, 1, 2)):
+        return f"{task}-{name}", {"settings": {"tasks": [task], "name": name, "part": part,
+                                               "training_seeds": list(seeds)}}
+
+    records = [record("lesion", "main", [k, 8]) for k in (1, 2, 3, 7, 8)]
+    records += [record("lesion", "main", [5, 8], seeds=(0,))]  # an interim part
+    records += [record("lesion", "main", [2, 8], seeds=(0,))]  # and one re-run since: 0, 1, 2
+    records += [record("lesion", "perturbation", [k, 8], seeds=(0,)) for k in (1, 2)]
+    records += [record("atrophy", "main", None)]  # a whole run
+    coverage = part_coverage(records)
+    assert coverage == {
+        "atrophy/main": {"parts": None, "of": None, "missing": [], "training_seeds": [0, 1, 2],
+                         "fewer_seeds": {}},
+        "lesion/main": {"parts": [1, 2, 3, 5, 7, 8], "of": 8, "missing": [4, 6],
+                        "training_seeds": [0, 1, 2], "fewer_seeds": {"5": [0]}},
+        "lesion/perturbation": {"parts": [1, 2], "of": 8, "missing": [3, 4, 5, 6, 7, 8],
+                                "training_seeds": [0], "fewer_seeds": {}},
+    }
+    assert coverage_lines(coverage) == [
+        "atrophy/main: a whole run, training seeds 0, 1, 2",
+        "lesion/main: parts 1-3, 5, 7-8 of 8, training seeds 0, 1, 2 (missing 4, 6: its rows "
+        "cover the subjects of the parts present only; part 5: training seed 0 only)",
+        "lesion/perturbation: parts 1-2 of 8, training seed 0 (missing 3-8: its rows cover the "
+        "subjects of the parts present only)",
+    ]
+    # Parts of two different splits of one run: nothing to count missing against.
+    mixed = part_coverage([record("lesion", "main", [1, 8]), record("lesion", "main", [1, 4])])
+    assert mixed["lesion/main"]["missing"] == [] and mixed["lesion/main"]["of"] is None
+    assert coverage_lines(mixed) == ["lesion/main: part 1, training seeds 0, 1, 2"]
+
+
 def test_models_that_did_not_learn_are_left_out_of_the_summary():
     table = _crossed_table(3, 6, seed_sd=0.0)
     table["learned"] = table["training_seed"] != 1
@@ -501,7 +535,18 @@ def test_parts_merge_into_the_tables_of_one_run(tiny_run, tmp_path):
     assert (sanity_summary["ci_low"] <= sanity_summary["spearman"] + 1e-12).all()
     provenance = json.loads((merged / "provenance.json").read_text())
     assert [p["part"] for p in provenance["parts"]] == [[1, 2], [2, 2], [1, 2]]
+    assert provenance["coverage"] == {"lesion/main": {
+        "parts": [1, 2], "of": 2, "missing": [], "training_seeds": [3, 4], "fewer_seeds": {}}}
+    assert (merged / "benchmark.md").read_text().startswith(
+        "Parts merged (run: parts of its split):\n\n"
+        "- lesion/main: parts 1-2 of 2, training seeds 3, 4\n")
     assert (merged / "benchmark.html").is_file()
+    # A merge of fewer parts than the run has says so, in the record and the Markdown.
+    merge_benchmark(tmp_path / "half", [parts[1]], n_boot=50, seed=3)
+    half = json.loads((tmp_path / "half" / "provenance.json").read_text())
+    assert half["coverage"]["lesion/main"]["missing"] == [1]
+    assert ("- lesion/main: part 2 of 2, training seeds 3, 4 (missing 1: its rows cover the "
+            "subjects of the part present only)") in (tmp_path / "half" / "benchmark.md").read_text()
     # A part of another cohort does not merge.
     other = tmp_path / "other"
     shutil.copytree(parts[0], other)
@@ -525,6 +570,7 @@ def test_parts_merge_into_the_tables_of_one_run(tiny_run, tmp_path):
     assert runs["code_digests"] == {"added": "0" * 64,
                                     "main": provenance["code_digests"]["main"]}
     assert runs["code_digest"] == "per run, see code_digests"
+    assert runs["coverage"]["lesion/added"]["missing"] == [2]
     assert provenance["code_digest"] == provenance["code_digests"]["main"]
     changed = read_table(other / "subjects.tsv")
     changed.loc[changed.index[0], "auroc"] = 0.123456

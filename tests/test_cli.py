@@ -570,6 +570,107 @@ def test_participant_level_takes_a_background(tmp_path, capsys, monkeypatch, coh
 
 
 
+def test_participant_level_takes_method_params(tmp_path, capsys, monkeypatch, cohort):
+    """--method-params reaches the pipeline options (and so every map's sidecar); a method not
+    requested, a parameter the method does not take, a background in JSON and bad JSON are one
+    line each, before any subject runs. A warning that says "raise n_steps" has a way to do it."""
+    from nipype_xai.cli import execution
+
+    captured = {}
+
+    def run_participant_level(**kwargs):
+        captured.update(kwargs)
+        raise SystemExit(0)  # stop here: only the options are under test
+
+    monkeypatch.setattr(execution, "run_participant_level", run_participant_level)
+    base = [str(cohort["bids"]), str(tmp_path / "out"), "participant", "--model",
+            str(cohort["model"]), "--methods", "gradient", "integrated_gradients", "sobel"]
+    assert main(base + ["--method-params", '{"integrated_gradients": {"n_steps": 128}}']) == 0
+    assert captured["options"].method_params == {"integrated_gradients": {"n_steps": 128}}
+    params_file = tmp_path / "params.json"
+    params_file.write_text('{"gradient": {"batch_size": 2}}')
+    captured.clear()
+    assert main(base + ["--method-params", str(params_file)]) == 0
+    assert captured["options"].method_params == {"gradient": {"batch_size": 2}}
+    captured.clear()
+    assert main(base) == 0
+    assert captured["options"].method_params == {}
+    capsys.readouterr()
+
+    cases = [
+        ('{"smoothgrad": {"n_samples": 8}}',
+         "--method-params: method_params given for 'smoothgrad', which was not requested"),
+        ('{"integrated_gradients": {"n_step": 128}}',
+         "--method-params: integrated_gradients does not accept ['n_step']"),
+        ('{"integrated_gradients": {"batch_size": 0}}',
+         "--method-params: integrated_gradients: batch_size must be a positive integer"),
+        ('{"gradient": {"background": "bg.nii.gz"}}',
+         "--method-params: gradient: give the background set with --background FILE"),
+        ('{"gradient": 3}', '--method-params: expected {"method": {"parameter": value}}'),
+        ("{oops", "--method-params: not a JSON object or a JSON file"),
+    ]
+    for params, message in cases:
+        captured.clear()
+        assert main(base + ["--method-params", params]) == 1, params
+        lines = _error_lines(capsys)
+        assert len(lines) == 1 and message in lines[0], lines
+        assert not captured
+    only_baselines = [*base[:5], "--methods", "sobel", "--method-params", '{"sobel": {}}']
+    assert main(only_baselines) == 1
+    assert "--methods names no attribution method" in _error_lines(capsys)[0]
+
+
+def _chain(value):
+    return value
+
+
+def test_multiproc_runs_subjects_one_after_the_other(tmp_path):
+    """With the subjects' priority MultiProc hands ready nodes to its workers subject by subject:
+    each subject's second step runs before the next subject's first, so subjects complete in
+    turn. Nipype's own order (the topological sort) runs every first step before any second."""
+    import gc
+
+    from nipype.interfaces.utility import Function
+    from nipype.pipeline import engine as pe
+
+    from nipype_xai.cli.execution import _frozen_plugin, subject_priority
+
+    def workflow(base):
+        top = pe.Workflow("participant_wf", base_dir=str(base))
+        for label in ("01", "02", "03"):
+            sub = pe.Workflow(f"sub_{label}_wf")
+            first = pe.Node(Function(["value"], ["value"], _chain), name="first")
+            first.inputs.value = label
+            second = pe.Node(Function(["value"], ["value"], _chain), name="second")
+            sub.connect(first, "value", second, "value")
+            top.add_nodes([sub])
+        return top
+
+    subjects = {f"sub_{label}_wf": f"sub-{label}" for label in ("01", "02", "03")}
+
+    def started(priority, base):
+        order = []
+
+        def callback(node, status):
+            if status == "start":
+                order.append(f"{subjects[node.fullname.split('.')[1]]} {node.name}")
+
+        runner = _frozen_plugin("MultiProc", {"n_procs": 1, "status_callback": callback},
+                                priority)
+        try:
+            workflow(base).run(plugin=runner)
+        finally:
+            gc.unfreeze()
+        return order
+
+    assert started(subject_priority(subjects), tmp_path / "priority") == [
+        "sub-01 first", "sub-01 second", "sub-02 first", "sub-02 second",
+        "sub-03 first", "sub-03 second"]
+    nipype_order = started(None, tmp_path / "nipype")
+    assert sorted(nipype_order) == sorted(started(subject_priority(subjects), tmp_path / "again"))
+    assert nipype_order.index("sub-01 second") > nipype_order.index("sub-02 first")
+
+
 def test_the_plugin_freezes_the_execution_graph_before_it_runs(monkeypatch):
     """Nipype collects garbage at every scheduling step; the execution graph that Workflow.run
     builds (deep copies of every node) is frozen out of the collector's reach before the

@@ -176,6 +176,93 @@ def provenance_record(settings: BenchmarkSettings, *, seeds: tuple[int, int, int
     }
 
 
+def _ranges(numbers: Sequence[int]) -> str:
+    """``[1, 2, 3, 5]`` -> ``"1-3, 5"``."""
+    spans: list[list[int]] = []
+    for n in sorted(numbers):
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
+def part_coverage(records: Sequence[tuple[Path, Mapping[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Which parts of each run the merged sources hold: ``{"<tasks>/<name>": {"parts": [k...],
+    "of": n, "missing": [k...], "training_seeds": [s...], "fewer_seeds": {"k": [s...]}}}``; a
+    whole run (no part) has ``parts`` and ``of`` None; ``fewer_seeds`` names the parts that
+    scored fewer training seeds than the run's others (an interim part not yet re-run).
+
+    A merge of fewer parts than a run has is legitimate (a costly method set run on its first
+    parts only) but its tables then cover those parts' subjects only: the merged record, the
+    Markdown and the command say so.
+    """
+    found: dict[str, dict[str, Any]] = {}
+    for _, record in records:
+        settings = record.get("settings") or {}
+        run = f"{'+'.join(settings.get('tasks') or ['?'])}/{run_name(record)}"
+        entry = found.setdefault(run, {"parts": set(), "of": set(), "seeds": {}})
+        part = settings.get("part")
+        if part is None:
+            entry["of"].add(None)
+        else:
+            entry["parts"].add(int(part[0]))
+            entry["of"].add(int(part[1]))
+        seeds = settings.get("training_seeds")
+        key = "whole" if part is None else str(int(part[0]))
+        # The same part given twice (an interim part and its re-run): the seeds of either.
+        entry["seeds"].setdefault(key, set()).update(int(s) for s in seeds or ())
+    coverage = {}
+    for run, entry in sorted(found.items()):
+        seeds = set().union(*entry["seeds"].values())
+        fewer = {k: sorted(v) for k, v in sorted(entry["seeds"].items(),
+                                                 key=lambda item: item[0].zfill(8))
+                 if v < seeds}
+        common = {"training_seeds": sorted(seeds) or None, "fewer_seeds": fewer}
+        if None in entry["of"] or len(entry["of"]) != 1:
+            # A whole run, or parts of different splits: nothing to count missing against.
+            coverage[run] = {"parts": sorted(entry["parts"]) or None, "of": None, "missing": [],
+                             **common}
+            continue
+        (of,) = entry["of"]
+        coverage[run] = {"parts": sorted(entry["parts"]), "of": of,
+                         "missing": sorted(set(range(1, of + 1)) - entry["parts"]), **common}
+    return coverage
+
+
+def coverage_lines(coverage: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """One line per run of :func:`part_coverage`: ``lesion/main: parts 1-8 of 8, training seeds
+    0, 1, 2``, with the missing parts and the parts of fewer seeds where there are any."""
+    lines = []
+    for run, entry in coverage.items():
+        parts = entry.get("parts") or []
+        word = "part" if len(parts) == 1 else "parts"
+        if entry.get("of") is None:
+            line = f"{run}: {word} {_ranges(parts)}" if parts else f"{run}: a whole run"
+        else:
+            line = f"{run}: {word} {_ranges(parts)} of {entry['of']}"
+        if entry.get("training_seeds"):
+            seeds = entry["training_seeds"]
+            line += f", training seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+        notes = []
+        if entry.get("missing"):
+            notes.append(f"missing {_ranges(entry['missing'])}: its rows cover the subjects of "
+                         f"the {word} present only")
+        for part, seeds in (entry.get("fewer_seeds") or {}).items():
+            which = "the whole run" if part == "whole" else f"part {part}"
+            notes.append(f"{which}: training seed{'s' if len(seeds) != 1 else ''} "
+                         f"{', '.join(map(str, seeds)) or 'none'} only")
+        if notes:
+            line += f" ({'; '.join(notes)})"
+        lines.append(line)
+    return lines
+
+
+def run_name(record: Mapping[str, Any]) -> str:
+    """The run (method set) a part's ``provenance.json`` belongs to: its ``--name``."""
+    return str((record.get("settings") or {}).get("name") or "main")
+
+
 def merged_provenance(records: Sequence[tuple[Path, Mapping[str, Any]]]) -> dict[str, Any]:
     """``provenance.json`` of merged parts: the first part's record, with the methods of all
     parts, and every part's command, times, machine and versions under ``parts``."""
@@ -192,8 +279,7 @@ def merged_provenance(records: Sequence[tuple[Path, Mapping[str, Any]]]) -> dict
     for _, record in records:
         models.update(record.get("models", {}))
     # Each run (method set, its --name) has one code; the merged record names every run's.
-    codes = {str((r.get("settings") or {}).get("name") or "main"): r.get("code_digest")
-             for _, r in records}
+    codes = {run_name(r): r.get("code_digest") for _, r in records}
     return {
         **first, "settings": settings, "models": models,
         "code_digest": (next(iter(codes.values())) if len(set(codes.values())) == 1
@@ -202,6 +288,7 @@ def merged_provenance(records: Sequence[tuple[Path, Mapping[str, Any]]]) -> dict
         "command": " && ".join(dict.fromkeys(str(r.get("command")) for _, r in records)),
         "seconds": round(sum(float(r.get("seconds") or 0) for _, r in records), 1),
         "skipped_subjects": [item for _, r in records for item in r.get("skipped_subjects", [])],
+        "coverage": part_coverage(records),
         "parts": [{"source": str(source), **{k: r.get(k) for k in (
             "command", "started", "finished", "seconds", "machine", "versions")},
             "part": r.get("settings", {}).get("part"),

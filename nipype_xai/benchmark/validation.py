@@ -92,7 +92,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -101,7 +101,13 @@ import pandas as pd
 from ..atomic import atomic_write
 from ..tables import read_tsv, write_tsv
 from .method_data import MethodData, method_data, takers
-from .provenance import provenance_record, write_json
+from .provenance import (
+    coverage_lines,
+    merged_provenance,
+    provenance_record,
+    run_name,
+    write_json,
+)
 from .scoring import score_model
 from .settings import GROUNDTRUTHS, METRICS, ROI_METRICS, BenchmarkSettings
 from .training import (
@@ -258,6 +264,10 @@ def write_results(out: Path, *, subjects: pd.DataFrame, sanity: pd.DataFrame,
     write_tsv(models, out / "models.tsv")
     benchmark_tsv = write_tsv(summary, out / "benchmark.tsv", float_format="%.6g")
     text = markdown_tables(summary)
+    if provenance.get("coverage"):
+        text = "\n".join(["Parts merged (run: parts of its split):", "",
+                          *[f"- {line}" for line in coverage_lines(provenance["coverage"])],
+                          "", text])
     atomic_write(out / "benchmark.md", lambda tmp: tmp.write_text(text, encoding="utf-8"))
     figures = write_figures(summary, sanity_summary, out / "figures")
     write_json(out / "provenance.json", provenance)
@@ -302,8 +312,6 @@ def merge_benchmark(output_dir: PathLike, sources: Sequence[PathLike], *, n_boot
         different weights in two sources; one score (model, ground truth, subject, method) with
         two different values.
     """
-    from .provenance import merged_provenance
-
     subjects, sanity, models, records = [], [], [], []
     for source in sources:
         source = Path(source)
@@ -374,11 +382,6 @@ def merge_benchmark(output_dir: PathLike, sources: Sequence[PathLike], *, n_boot
     provenance = merged_provenance(records)
     return write_results(Path(output_dir).absolute(), subjects=table, sanity=sanity_table,
                          models=merged_models, provenance=provenance, n_boot=n_boot, seed=seed)
-
-
-def run_name(record: Mapping[str, Any]) -> str:
-    """The run (method set) a part's ``provenance.json`` belongs to: its ``--name``."""
-    return str((record.get("settings") or {}).get("name") or "main")
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -15,30 +15,12 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from .parser import UsageError, _Parser
+from .parser import UsageError, _Parser, method_params_argument
 
 __all__ = ["add_arguments", "benchmark_parser", "main", "run", "run_from_argv"]
 
 DESCRIPTION = ("Score every attribution method against the known ground truth of synthetic "
                "cohorts, with baselines and a model-randomisation check.")
-
-
-def _method_params(text: str) -> dict[str, dict[str, Any]]:
-    """``--method-params``: a JSON object, or the path of a JSON file holding one."""
-    source = text
-    path = Path(text)
-    if not text.lstrip().startswith("{") and path.is_file():
-        source = path.read_text(encoding="utf-8")
-    try:
-        value = json.loads(source)
-    except json.JSONDecodeError as error:
-        raise argparse.ArgumentTypeError(
-            f"--method-params: not a JSON object or a JSON file ({error})") from error
-    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
-        raise argparse.ArgumentTypeError(
-            '--method-params: expected {"method": {"parameter": value}}, e.g. '
-            '\'{"shapley_sampling": {"n_samples": 2}}\'')
-    return value
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -103,7 +85,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="--model: accept weights outside the spec's folder")
     parser.add_argument("--methods", nargs="+", default=None,
                         help="attribution methods (default: all available)")
-    parser.add_argument("--method-params", type=_method_params, default=None,
+    parser.add_argument("--method-params", type=method_params_argument, default=None,
                         metavar="JSON", help="per-method parameters, a JSON object or file, "
                                              'e.g. \'{"shapley_sampling": {"n_samples": 2}}\'')
     parser.add_argument("--random-model-methods", nargs="*", default=["gradient", "smoothgrad"],
@@ -189,6 +171,11 @@ def run(args: argparse.Namespace) -> int:
                                     seed=args.seed)
         except (ValueError, OSError) as error:
             raise UsageError(str(error).splitlines()[0]) from error
+        from ..benchmark.provenance import coverage_lines
+
+        merged = json.loads((table.parent / "provenance.json").read_text("utf-8"))
+        for line in coverage_lines(merged.get("coverage") or {}):
+            print(f"merged {line}")
         print(f"benchmark table: {table}\nreport: {table.parent / 'benchmark.html'}")
         return 0
     try:

@@ -661,7 +661,9 @@ def _run(workflow, work_dir: Path, plugin: str, plugin_args: dict[str, Any],
     # in gc.collect, left both workers idle for the last half hour. Freeze it too, once built.
     gc.freeze()
     try:
-        workflow.run(plugin=_frozen_plugin(plugin, args))
+        priority = (subject_priority(tracker.subjects, tracker.groups)
+                    if tracker is not None and tracker.subjects else None)
+        workflow.run(plugin=_frozen_plugin(plugin, args, priority))
     except RuntimeError:
         # Nipype raises after running everything it could; the crash files say what failed.
         failed = True
@@ -671,9 +673,32 @@ def _run(workflow, work_dir: Path, plugin: str, plugin_args: dict[str, Any],
     return crash_dir, failed
 
 
-def _frozen_plugin(plugin: str, plugin_args: dict[str, Any]):
+def subject_priority(subjects: Mapping[str, str],
+                     groups: Mapping[str, Sequence[str]] = {}) -> Callable[[Any], int]:
+    """A node's place in line: the rank of the first subject it works for, among the subjects'
+    labels in order; -1 for a node shared by all (the template selection), which every subject
+    waits for."""
+    rank = {label: i for i, label in enumerate(sorted(set(subjects.values())))}
+
+    def priority(node) -> int:
+        labels = subjects_of(node, subjects, groups)
+        return min((rank[label] for label in labels if label in rank), default=-1)
+
+    return priority
+
+
+def _frozen_plugin(plugin: str, plugin_args: dict[str, Any],
+                   priority: Optional[Callable[[Any], int]] = None):
     """Nipype's ``<plugin>Plugin`` whose ``run`` first freezes the objects alive then (the
-    execution graph Workflow.run has just built) out of the garbage collector's reach."""
+    execution graph Workflow.run has just built) out of the garbage collector's reach.
+
+    ``priority`` (MultiProc, with its default scheduler): the ready nodes go to the workers in
+    this order (lowest first; ties in Nipype's topological order). Nipype hands them out in
+    topological order, which runs a cohort breadth first: at 200 subjects none was complete for
+    1 h 39 min, the progress had no ETA until then, and a run stopped early left few complete
+    subjects. With :func:`subject_priority` the first subjects go through every step first and
+    complete one after the other; the work, and so the throughput, is the same.
+    """
     from nipype.pipeline import plugins
 
     runner = getattr(plugins, f"{plugin}Plugin")(plugin_args=plugin_args)
@@ -684,6 +709,21 @@ def _frozen_plugin(plugin: str, plugin_args: dict[str, Any]):
         return run_graph(graph, config, updatehash=updatehash)
 
     runner.run = run
+    sort_jobs = getattr(runner, "_sort_jobs", None)
+    if (priority is not None and sort_jobs is not None
+            and plugin_args.get("scheduler", "tsort") == "tsort"):
+        places: dict[int, int] = {}  # job id -> priority: a node's place never changes
+
+        def place(jobid: int) -> int:
+            if jobid not in places:
+                places[jobid] = priority(runner.procs[jobid])
+            return places[jobid]
+
+        def prioritized(jobids, scheduler="tsort"):
+            # sorted() is stable: equal places keep the order Nipype gave them.
+            return sorted(sort_jobs(jobids, scheduler=scheduler), key=place)
+
+        runner._sort_jobs = prioritized
     return runner
 
 

@@ -64,6 +64,27 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def method_params_argument(text: str) -> dict[str, dict]:
+    """``--method-params``: a JSON object ``{"method": {"parameter": value}}``, or the path of a
+    JSON file holding one."""
+    import json
+
+    source = text
+    path = Path(text)
+    if not text.lstrip().startswith("{") and path.is_file():
+        source = path.read_text(encoding="utf-8")
+    try:
+        value = json.loads(source)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(
+            f"--method-params: not a JSON object or a JSON file ({error})") from error
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise argparse.ArgumentTypeError(
+            '--method-params: expected {"method": {"parameter": value}}, e.g. '
+            '\'{"integrated_gradients": {"n_steps": 128}}\'')
+    return value
+
+
 #: ``--work-dir`` of the BIDS-App call (see :class:`nipype_xai.cli.execution.WorkDirectory`).
 WORK_DIR_HELP = (
     "Nipype work directory, kept: a re-run with the same one recomputes only what changed "
@@ -101,6 +122,11 @@ def _common_run_options(parser: argparse.ArgumentParser, *, methods_default=DEFA
         "--methods", nargs="+", default=list(methods_default), metavar="METHOD",
         help="attribution methods and baselines (sobel, laplace, random) to compute "
              f"(default: {' '.join(methods_default)})")
+    parser.add_argument("--method-params", type=method_params_argument, default=None,
+                        metavar="JSON",
+                        help="per-method parameters (defaults: the methods' own, recorded in "
+                             "every map's sidecar), a JSON object or file, e.g. "
+                             "'{\"integrated_gradients\": {\"n_steps\": 128}}'")
     parser.add_argument("--background", type=Path, metavar="FILE",
                         help="background set of gradient_shap and deeplift_shap, from "
                              "'nipype-xai background' (default: each image's own blurred copy)")

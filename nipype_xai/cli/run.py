@@ -112,6 +112,26 @@ def _check_methods(methods: Sequence[str]) -> list[str]:
     return model_methods + baselines
 
 
+def _check_method_params(method_params: Optional[dict], methods: Sequence[str]) -> None:
+    """``--method-params``: for requested methods, parameters they accept (the values each method
+    checks when it runs); the background set comes from ``--background``, not from JSON."""
+    from ..attribution import resolve_params, split_methods
+
+    if not method_params:
+        return
+    for method, params in method_params.items():
+        if "background" in params:
+            raise UsageError(f"--method-params: {method}: give the background set with "
+                             "--background FILE (from 'nipype-xai background'), not in JSON")
+    model_methods = split_methods(methods)[0]
+    if not model_methods:
+        raise UsageError("--method-params: --methods names no attribution method, only baselines")
+    try:
+        resolve_params(model_methods, method_params)
+    except (ValueError, TypeError) as error:
+        raise UsageError(f"--method-params: {error}") from None
+
+
 def _check_space(model_spec: Path, template: Optional[str], external_weights: bool) -> None:
     """The template a run will register to must be deliverable: checked now, not per subject."""
     from ..models.spec import load_model_spec
@@ -185,7 +205,7 @@ def _pipeline_options(args, model_spec: Path, methods: Sequence[str],
         restrict_maps=args.restrict_maps, seed=args.seed, deterministic=args.deterministic,
         device=args.device, precision=args.precision, trust_model_code=args.trust_model_code,
         external_weights=args.external_weights, reports=args.reports,
-        background=args.background,
+        background=args.background, method_params=args.method_params or {},
         counterfactual=counterfactual,
         subjects_per_job=getattr(args, "subjects_per_job", None),
     )
@@ -295,6 +315,7 @@ def _bids_app_run(args, work_dir: Path, plugin: str, plugin_args: dict, progress
 
     output_dir, work_dir = _check_dirs(args.bids_dir, output_dir, work_dir)
     methods = _check_methods(args.methods)
+    _check_method_params(args.method_params, methods)
     model_spec = _model_spec(args.model, args)
     _check_space(model_spec, args.template, args.external_weights)
     _check_background(args.background, model_spec, methods, args.template,
@@ -336,6 +357,7 @@ def _demo(argv: list[str]) -> int:
     bids_dir, output_dir = root / "bids", root / "derivatives" / "nipype-xai"
     work_dir = (args.work_dir or root / "work").absolute()
     methods = _check_methods(args.methods)
+    _check_method_params(args.method_params, methods)
     model_spec = _model_spec(args.model, args)
     spec = load_model_spec(model_spec, external_weights=args.external_weights)
     _check_background(args.background, model_spec, methods, None, args.external_weights)
