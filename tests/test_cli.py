@@ -530,21 +530,28 @@ def test_background_command(tmp_path, capsys, cohort):
         assert lines[0].startswith("nipype-xai: error: ") and message in lines[0], lines
 
 
-def test_participant_level_takes_a_background(tmp_path, capsys, monkeypatch, cohort):
-    """--background is checked before any subject runs and reaches the pipeline options."""
+@pytest.fixture
+def captured(monkeypatch):
+    """The keyword arguments the command passes to run_participant_level, which stops there:
+    only the options are under test."""
     from nipype_xai.cli import execution
 
+    arguments = {}
+
+    def run_participant_level(**kwargs):
+        arguments.update(kwargs)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(execution, "run_participant_level", run_participant_level)
+    return arguments
+
+
+def test_participant_level_takes_a_background(tmp_path, capsys, captured, cohort):
+    """--background is checked before any subject runs and reaches the pipeline options."""
     images = _template_images(tmp_path, 2)
     background = tmp_path / "bg.nii.gz"
     assert main(["background", "--model", str(cohort["model"]), "--images",
                  *map(str, images), str(background)]) == 0
-    captured = {}
-
-    def run_participant_level(**kwargs):
-        captured.update(kwargs)
-        raise SystemExit(0)  # stop here: only the options are under test
-
-    monkeypatch.setattr(execution, "run_participant_level", run_participant_level)
     base = [str(cohort["bids"]), str(tmp_path / "out"), "participant", "--model",
             str(cohort["model"])]
     assert main(base + ["--methods", "gradient", "deeplift_shap", "--background",
@@ -570,19 +577,10 @@ def test_participant_level_takes_a_background(tmp_path, capsys, monkeypatch, coh
 
 
 
-def test_participant_level_takes_method_params(tmp_path, capsys, monkeypatch, cohort):
+def test_participant_level_takes_method_params(tmp_path, capsys, captured, cohort):
     """--method-params reaches the pipeline options (and so every map's sidecar); a method not
     requested, a parameter the method does not take, a background in JSON and bad JSON are one
     line each, before any subject runs. A warning that says "raise n_steps" has a way to do it."""
-    from nipype_xai.cli import execution
-
-    captured = {}
-
-    def run_participant_level(**kwargs):
-        captured.update(kwargs)
-        raise SystemExit(0)  # stop here: only the options are under test
-
-    monkeypatch.setattr(execution, "run_participant_level", run_participant_level)
     base = [str(cohort["bids"]), str(tmp_path / "out"), "participant", "--model",
             str(cohort["model"]), "--methods", "gradient", "integrated_gradients", "sobel"]
     assert main(base + ["--method-params", '{"integrated_gradients": {"n_steps": 128}}']) == 0
