@@ -8,8 +8,10 @@
 # Every part trains (or reuses) the same models on the same cohorts in OUT, then scores its share
 # of the test subjects (every N_PARTS-th subject). Parts can run one after the other, side by side,
 # or on different machines sharing OUT; a killed part resumes from its last finished subject. A
-# finished part's tables (a few MB) are copied to docs/benchmark/parts/ and committed; "merge"
-# makes the summary, figures and report from the committed tables and computes nothing.
+# finished part's tables (a few MB) are copied to docs/benchmark/parts/ and committed, its models
+# (~0.3 MB each) to docs/benchmark/models/, from where a later part on another machine reuses
+# them; "merge" makes the summary, figures and report from the committed tables and computes
+# nothing.
 #
 # Runs (one OUTPUT_DIR per task; --name keeps each method set's parts apart):
 #   lesion/main         TinyCNN3D (the bundled model's architecture), 3 training seeds, the
@@ -18,8 +20,11 @@
 #                       test balanced accuracy of 0.69 (< 0.7, did not learn), reported from that
 #                       part's models.tsv and excluded; scoring its other parts would decide
 #                       nothing (`validation_parts.sh resnet K` runs another part)
-#   lesion/perturbation TinyCNN3D seed 0, the five perturbation methods, parts 1..PERTURBATION_PARTS
-#                       only (their cost per map is 30-100 x a gradient's; see docs/benchmark.md)
+#   lesion/perturbation the five perturbation methods and five reference methods, parts
+#                       1..PERTURBATION_PARTS only (their cost per map is 30-100 x a gradient's;
+#                       see docs/benchmark.md), on docs/benchmark/models/
+#                       lesion_tinycnn-retrained_seed-0: TinyCNN3D trained as lesion/main's seed
+#                       0, on another VM, which gave other weights (its own model in the tables)
 #   atrophy/main        TinyCNN3D without global pooling (position-aware), 3 training seeds
 #   lesion/added, atrophy/added
 #                       the methods added after the review (CAM variants, GradientSHAP and
@@ -43,6 +48,8 @@ FAST="gradient saliency input_x_gradient smoothgrad smoothgrad_sq vargrad integr
 deeplift guided_backprop deconvnet lrp_epsilon lrp_epsilon_plus lrp_epsilon_plus_flat
 lrp_alpha2_beta1 lrp_epsilon_gamma_box deep_taylor gradcam gradcam_pp smooth_gradcam_pp"
 PERTURBATION="occlusion atlas_occlusion shapley_sampling kernel_shap lime"
+# Scored beside the perturbation methods, on the same model and subjects (they cost seconds).
+REFERENCE="gradient smoothgrad smoothgrad_sq lrp_epsilon_plus gradcam"
 ADDED="guided_gradcam score_cam layercam hirescam gradient_shap deeplift_shap pattern_net
 pattern_attribution"
 # Same cohorts for every run: 200 training + 100 "easy" training subjects, 160 test subjects
@@ -53,8 +60,17 @@ COMMON=(--n-train 200 --n-test 160 --seed 0 --resolution 2 --sanity-max-steps 4 
 run() {  # run OUTPUT_DIR NAME PART ARGS...
     local out=$1 name=$2 part=$3
     shift 3
+    # The trained models travel with the parts: a part first takes the task's committed models
+    # (docs/benchmark/models/<task>_*, a spec JSON beside its weights, as the benchmark writes
+    # them; the benchmark reuses a model whose recorded training matches), and afterwards commits
+    # what it trained. Training on a CPU is bit-reproducible on the same instruction set only: a
+    # retrain on another VM (same code, data, seed, versions and thread count) gave other
+    # weights, and merge refuses parts of one model with two sets of weights.
+    mkdir -p "$OUT/$out/models" "$DOCS/models"
+    find "$DOCS/models" -maxdepth 1 -name "${out}_*" -exec cp -n {} "$OUT/$out/models/" \;
     # shellcheck disable=SC2086
     "$NIPYPE_XAI" benchmark "$OUT/$out" "${COMMON[@]}" --name "$name" --part "$part/$N_PARTS" "$@"
+    find "$OUT/$out/models" -maxdepth 1 -name "${out}_*" -exec cp -n {} "$DOCS/models/" \;
     mkdir -p "$DOCS/parts/$out-$name"
     local label
     label=$(printf "part-%0${#N_PARTS}d-of-%d" "$part" "$N_PARTS")
@@ -90,8 +106,9 @@ merge)
         --methods $ADDED --n-sanity 10
     if [ "$K" -le "$PERTURBATION_PARTS" ]; then
         # shellcheck disable=SC2086
-        run lesion perturbation "$K" --task lesion --architectures tinycnn --training-seeds 0 \
-            --methods $PERTURBATION --random-model-methods --n-sanity 2
+        run lesion perturbation "$K" --task lesion \
+            --model "$DOCS/models/lesion_tinycnn-retrained_seed-0.json" \
+            --methods $PERTURBATION $REFERENCE --n-sanity 2
     fi
     ;;
 esac

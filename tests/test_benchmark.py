@@ -78,7 +78,12 @@ def test_tiny_benchmark_writes_every_output(tiny_run):
     assert provenance["settings"]["model_resolution_mm"] == 8.0
     assert provenance["versions"]["torch"] == torch.__version__
     assert {"platform", "cpu_count", "torch_threads"} <= set(provenance["machine"])
+    # The instruction set is recorded, for the run and for each model trained (weights are
+    # bit-reproducible on the same one only).
+    capability = torch.backends.cpu.get_cpu_capability()
+    assert provenance["machine"]["cpu_capability"] == capability
     for model, record in provenance["models"].items():
+        assert (record["cpu_capability"], record["torch"]) == (capability, torch.__version__)
         data = record["method_data"]
         assert data["background"]["Methods"] == ["gradient_shap"], model
         assert data["background"]["N"] == len(data["background"]["Indices"]) >= 1
@@ -577,6 +582,15 @@ def test_parts_merge_into_the_tables_of_one_run(tiny_run, tmp_path):
     write_tsv(changed, other / "subjects.tsv")
     with pytest.raises(ValueError, match="two different results"):
         merge_benchmark(tmp_path / "bad", [*parts, other])
+    # Nor a part whose model was retrained to other weights (on another CPU, say): the message
+    # says where such weights come from.
+    retrained = tmp_path / "retrained"
+    shutil.copytree(parts[1], retrained)
+    models_of_part = read_table(retrained / "models.tsv")
+    models_of_part["weights_sha256"] = "f" * 64
+    write_tsv(models_of_part, retrained / "models.tsv")
+    with pytest.raises(ValueError, match="different weights .* another instruction set"):
+        merge_benchmark(tmp_path / "bad", [parts[0], retrained])
 
 
 def test_changed_code_is_not_served_from_the_cache(tiny_run, monkeypatch):

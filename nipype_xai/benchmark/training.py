@@ -156,7 +156,10 @@ def train_or_load(name: str, spec, train_roots: Sequence[Path], task: str, out_d
     model, history = train_model(spec, X, y, device=device, progress=progress, **settings)
     record = {**wanted, "final_loss": history["loss"][-1] if history["loss"] else None,
               "train_seconds": round(history["seconds"], 1),
-              "n_parameters": history["n_parameters"], "n_train": len(y)}
+              "n_parameters": history["n_parameters"], "n_train": len(y),
+              # what the weights depend on beyond the record above (train_model's Notes)
+              "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+              "cpu_capability": torch.backends.cpu.get_cpu_capability(), "device": str(device)}
     saved = save_trained_model(model, spec, out_dir, name=spec.name, metadata=record)
     return BenchmarkModel(name, load_model_spec(saved), model, {**record, "reused": False})
 
