@@ -560,6 +560,16 @@ def test_parts_merge_into_the_tables_of_one_run(tiny_run, tmp_path):
     (other / "provenance.json").write_text(json.dumps(record))
     with pytest.raises(ValueError, match="different test cohorts"):
         merge_benchmark(tmp_path / "bad", [parts[1], other])
+    # A run of a given model (--model) records no training cohorts: on the same test cohort it
+    # merges with the parts of trained models, and the merged record keeps every cohort seed.
+    given = tmp_path / "given"
+    shutil.copytree(parts[0], given)
+    record_given = json.loads((given / "provenance.json").read_text())
+    record_given["cohort_seeds"] = {"test": record_given["cohort_seeds"]["test"]}
+    (given / "provenance.json").write_text(json.dumps(record_given))
+    merge_benchmark(tmp_path / "with-given", [given, parts[1]], n_boot=50, seed=3)
+    assert (json.loads((tmp_path / "with-given" / "provenance.json").read_text())["cohort_seeds"]
+            == provenance["cohort_seeds"])
     # Nor a part computed by other code (a method fixed in between).
     record["cohort_seeds"]["test"] -= 1
     record["code_digest"] = "0" * 64
@@ -934,3 +944,41 @@ def test_task_settings_fill_only_what_was_not_given():
     explicit = {"lr": 0.01, "weight_decay": 0.0, "max_shift": 1, "epochs": 3}
     assert _task_settings(explicit, "atrophy") == explicit  # 0.0 is a value, not "unset"
     assert _task_settings(given, "lesion")["lr"] == 3e-3
+
+
+def test_sanity_summary_is_per_model_whatever_was_merged_beside_it():
+    """Each model's randomisation-check CIs come from its own training seeds and subjects: the
+    same with a given model (--model: no training seed) merged beside it, which once stopped the
+    merge (a missing seed did not sort beside the others)."""
+    from nipype_xai.benchmark.validation import summarize_sanity
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for architecture, seeds in (("tinycnn", (0, 1, 2)), ("tinycnn-retrained", (None,))):
+        for training_seed in seeds:
+            for j in range(6):
+                for depth in (1, 2):
+                    rows.append({"task": "lesion", "architecture": architecture,
+                                 "training_seed": training_seed, "learned": True,
+                                 "subject": f"sub-{j:02d}", "correct": True, "method": "gradient",
+                                 "n_randomized": depth, "layer": f"layer{depth}", "n_layers": 2,
+                                 "spearman": rng.uniform(-1.0, 1.0)})
+    sanity = pd.DataFrame(rows)
+    both = summarize_sanity(sanity, n_boot=200, seed=1)
+    for architecture in ("tinycnn", "tinycnn-retrained"):
+        alone = summarize_sanity(sanity[sanity["architecture"] == architecture], n_boot=200,
+                                 seed=1)
+        pd.testing.assert_frame_equal(
+            both[both["architecture"] == architecture].reset_index(drop=True),
+            alone.reset_index(drop=True))
+    assert sorted(set(both["n"])) == [6, 18]
+    assert (both["ci_low"] <= both["spearman"] + 1e-12).all()
+
+
+def test_a_given_model_counts_one_training_seed():
+    """A model given with --model has no training seed (missing): its rows count one seed,
+    summarised over its subjects, not zero seeds."""
+    table = _crossed_table(1, 6, seed_sd=0.0).assign(training_seed=np.nan,
+                                                     architecture="given")
+    summary = summarize_benchmark(table, metrics=["auroc"], n_boot=50)
+    assert set(summary["n_seeds"]) == {1} and set(summary["n"]) == {6}

@@ -239,3 +239,18 @@ def test_group_mean_maps_grid_mismatch_names_the_file(tmp_path):
                          "occlusion": [nib.Nifti1Image(b[:10], AFFINE)]})
     with pytest.raises(ValueError, match="no maps"):
         group_mean_maps({"gradient": []})
+
+
+def test_summarize_methods_counts_a_missing_cluster_as_one_of_its_own(table):
+    """A cluster column with a missing value (a model without training seed) beside numbers: the
+    rows without one form one cluster, "n/a", as a string cluster would (it once failed sorting
+    a missing value beside strings)."""
+    table = pd.concat([table.assign(seed=0), table.assign(seed=1), table.assign(seed=np.nan)],
+                      ignore_index=True)
+    labelled = table.assign(seed=table["seed"].map(lambda v: "n/a" if pd.isna(v) else str(v)))
+    summary = summarize_methods(table, metrics=["auroc", "emd"], n_boot=200, seed=3,
+                                cluster="seed")
+    by_hand = summarize_methods(labelled, metrics=["auroc", "emd"], n_boot=200, seed=3,
+                                cluster="seed")
+    pd.testing.assert_frame_equal(summary, by_hand)
+    assert set(summary["n"]) == {12, 15}  # gradient's auroc has one NaN per cluster

@@ -279,12 +279,14 @@ def merged_provenance(records: Sequence[tuple[Path, Mapping[str, Any]]]) -> dict
                                               or {}).items()}
     settings["part"] = None
     models: dict[str, Any] = {}
+    cohort_seeds: dict[str, Any] = {}  # a given model's run has no training cohorts
     for _, record in records:
         models.update(record.get("models", {}))
+        cohort_seeds.update(record.get("cohort_seeds") or {})
     # Each run (method set, its --name) has one code; the merged record names every run's.
     codes = {run_name(r): r.get("code_digest") for _, r in records}
     return {
-        **first, "settings": settings, "models": models,
+        **first, "settings": settings, "models": models, "cohort_seeds": cohort_seeds,
         "code_digest": (next(iter(codes.values())) if len(set(codes.values())) == 1
                         else "per run, see code_digests"),
         "code_digests": dict(sorted(codes.items())),

@@ -336,11 +336,13 @@ def merge_benchmark(output_dir: PathLike, sources: Sequence[PathLike], *, n_boot
     if stale:
         raise ValueError("merge: the parts of one run were computed by different code "
                          f"(code_digest {stale}); re-run the stale parts")
-    cohorts = {json.dumps(r.get("cohort_seeds"), sort_keys=True) for _, r in records}
-    tests = {(r["settings"]["n_test"], r["settings"]["resolution_mm"]) for _, r in records}
-    if len(cohorts) > 1 or len(tests) > 1:
-        raise ValueError(f"merge: the sources scored different test cohorts (cohort seeds "
-                         f"{sorted(cohorts)}, n_test/resolution {sorted(tests)})")
+    # One test cohort for all. The training cohorts are not compared: a run of a given model
+    # (--model) has none, and a trained model's are named by its weights (checked below).
+    tests = {((r.get("cohort_seeds") or {}).get("test"), r["settings"]["n_test"],
+              r["settings"]["resolution_mm"]) for _, r in records}
+    if len(tests) > 1:
+        raise ValueError(f"merge: the sources scored different test cohorts (test seed, n_test, "
+                         f"resolution: {sorted(tests, key=str)})")
 
     models_table = _concat(models)
     by_model = models_table.groupby(list(_MODEL_COLUMNS), sort=False, dropna=False)
@@ -428,8 +430,13 @@ def summarize_sanity(sanity: pd.DataFrame, *, n_boot: int = 2000, ci: float = 0.
     if rows.empty:
         return pd.DataFrame(columns=columns)
     keys = ["task", "architecture", "method", "n_randomized", "layer", "n_layers"]
-    summary = summarize_methods(rows, metrics=["spearman"], n_boot=n_boot, ci=ci, seed=seed,
-                                group_by=keys, cluster="training_seed")
+    # One bootstrap per model (task x architecture), over its own training seeds and subjects,
+    # as summarize_benchmark does: a model's interval does not depend on which other models were
+    # merged beside it (a given model, --model, has no training seed at all).
+    summary = pd.concat(
+        [summarize_methods(part, metrics=["spearman"], n_boot=n_boot, ci=ci, seed=seed,
+                           group_by=keys, cluster="training_seed")
+         for _, part in rows.groupby(["task", "architecture"], sort=True)], ignore_index=True)
     summary = summary.rename(columns={"mean": "spearman"})
     order = {m: i for i, m in enumerate(dict.fromkeys(rows["method"]))}
     summary = summary.sort_values(["task", "architecture", "method", "n_randomized"],
@@ -537,7 +544,7 @@ def summarize_benchmark(
         1 = best; ``n``: subject x seed cells with a value). ``attrs`` hold
         ``ci``, ``n_boot`` and ``seed``.
     """
-    from ..metrics.group import SUMMARY_COLUMNS, summarize_methods
+    from ..metrics.group import SUMMARY_COLUMNS, cluster_labels, summarize_methods
 
     missing = [c for c in (*_SUBSET_COLUMNS, "subject", "method") if c not in table.columns]
     if missing:
@@ -555,7 +562,7 @@ def summarize_benchmark(
             summary[column] = value
         sizes = part.groupby("method").agg(
             n_subjects=("subject", "nunique"),
-            n_seeds=("training_seed", lambda v: v.astype(str).nunique()))
+            n_seeds=("training_seed", lambda v: cluster_labels(v).nunique()))
         summary = summary.join(sizes, on="method")
         parts.append(summary[columns])
     out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)

@@ -45,6 +45,7 @@ __all__ = [
     "LOWER_IS_BETTER",
     "SUMMARY_COLUMNS",
     "bootstrap_ci",
+    "cluster_labels",
     "group_mean_maps",
     "summarize_methods",
 ]
@@ -138,6 +139,13 @@ def _crossed_bootstrap(values: np.ndarray, cluster_counts: np.ndarray, unit_coun
     alpha = (1.0 - ci) / 2.0
     low, high = np.percentile(replicates, [100.0 * alpha, 100.0 * (1.0 - alpha)])
     return mean, float(low), float(high)
+
+
+def cluster_labels(values: pd.Series) -> pd.Series:
+    """Cluster values as strings, a missing one (a model without training seed) as ``"n/a"``: a
+    cluster of its own (``astype(str)`` keeps it missing, and a missing value neither sorts
+    beside strings nor counts as a value)."""
+    return values.astype(object).where(values.notna(), "n/a").astype(str)
 
 
 def bootstrap_ci(
@@ -284,7 +292,7 @@ def summarize_methods(
     unit_index = pd.MultiIndex.from_frame(keys.drop_duplicates().sort_values(unit_columns))
     indices = bootstrap_indices(len(unit_index), n_boot=n_boot, seed=seed)
     if cluster is not None:
-        cluster_keys = table[cluster].astype(str)
+        cluster_keys = cluster_labels(table[cluster])
         cluster_index = pd.Index(sorted(cluster_keys.unique()))
         # The cluster draws come from their own stream, so the subject draws stay
         # bootstrap_indices(seed)'s whatever the number of clusters.
