@@ -63,7 +63,7 @@ run() {  # run OUTPUT_DIR NAME PART ARGS...
     # The trained models travel with the parts: a part first takes the task's committed models
     # (docs/benchmark/models/<task>_*, a spec JSON beside its weights, as the benchmark writes
     # them; the benchmark reuses a model whose recorded training matches), and afterwards commits
-    # what it trained. Training on a CPU is bit-reproducible on the same instruction set only: a
+    # what it trained. Training on a CPU is bit-reproducible on the same kind of CPU only: a
     # retrain on another VM (same code, data, seed, versions and thread count) gave other
     # weights, and merge refuses parts of one model with two sets of weights.
     mkdir -p "$OUT/$out/models" "$DOCS/models"

@@ -199,9 +199,10 @@ def train_model(
     -----
     Reproducibility: the same seed, data, settings, PyTorch build, thread count and CPU
     instruction set (:func:`torch.backends.cpu.get_cpu_capability`) give bit-identical weights
-    on the CPU. Another instruction set gives other weights: the benchmark's lesion model,
-    retrained with all of the rest equal on a VM with AVX-512, ended at a training loss of 0.164
-    instead of 0.156 (twice on that VM: the same SHA-256). The global RNG state is saved and restored around the call,
+    on the CPU. Another machine can give other weights: the benchmark's lesion model, retrained
+    with all of the rest equal on another VM (AVX-512; the first VM's instruction set was not
+    recorded), ended at a training loss of 0.164 instead of 0.156 (twice on that VM: the same
+    SHA-256). The global RNG state is saved and restored around the call,
     and deterministic algorithms are switched on for its duration (on a GPU some operations have
     no deterministic kernel; they warn instead of failing, and the weights may then differ
     slightly between runs).
