@@ -9,6 +9,7 @@ from torch import nn
 
 from nipype_xai.attribution import attribute
 from nipype_xai.attribution.gradcam import _layer_activation_and_gradient, default_gradcam_layer
+from nipype_xai.models.bundled import bundled_model_spec
 
 from conftest import randomize_batchnorm
 
@@ -25,7 +26,7 @@ def _architecture(key: str, **overrides) -> nn.Module:
 def _bundled() -> nn.Module:
     from nipype_xai.models import load_model, load_model_spec
 
-    return load_model(load_model_spec("nipype_xai/data/models/lesion_tinycnn3d.json"))
+    return load_model(load_model_spec(bundled_model_spec("lesion")))
 
 
 def _sequential() -> nn.Module:
@@ -91,7 +92,7 @@ def test_bundled_model_grad_cam_family_on_synthetic_lesions():
         subject_seed,
     )
 
-    spec = load_model_spec("nipype_xai/data/models/lesion_tinycnn3d.json")
+    spec = load_model_spec(bundled_model_spec("lesion"))
     model = load_model(spec)
     anatomy = load_template_anatomy(4.0)
     inputs = []
