@@ -93,8 +93,8 @@ def machine(device: str) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-        # The vector instruction set torch's CPU kernels use (e.g. AVX2, AVX512): training is
-        # bit-reproducible on the same one only (see synth.train.train_model).
+        # The vector instruction set torch's CPU kernels use (e.g. AVX2, AVX512): trained weights
+        # were bit-identical on one VM and differed on another (see synth.train.train_model).
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "device": str(device),
     }

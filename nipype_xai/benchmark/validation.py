@@ -349,10 +349,10 @@ def merge_benchmark(output_dir: PathLike, sources: Sequence[PathLike], *, n_boot
     weights = by_model["weights_sha256"].nunique()
     if (weights > 1).any():
         raise ValueError(f"merge: model(s) {list(weights[weights > 1].index)} have different "
-                         "weights in different sources (retrained with other settings, or on a "
-                         "CPU with another instruction set: training reproduces its weights on "
-                         "the same one only; give every part the same trained models, e.g. "
-                         "committed ones)")
+                         "weights in different sources (retrained with other settings, or on "
+                         "another kind of CPU, e.g. another instruction set: training reproduces "
+                         "its weights on the same kind only; give every part the same trained "
+                         "models, e.g. committed ones)")
     table = _concat(subjects)
     # The same score from two sources (the baselines of one model and subject, computed by every
     # method set's run; a part given twice) is kept once; only its timing may differ.
