@@ -2,6 +2,7 @@
 # The validation benchmark of docs/benchmark.md, in resumable parts (issue 15).
 #
 #   bash benchmarks/validation_parts.sh K        # compute part K (1..N_PARTS) of every run
+#   bash benchmarks/validation_parts.sh K RUN... # part K of the runs named (e.g. atrophy/added)
 #   bash benchmarks/validation_parts.sh merge    # merge every finished part into docs/benchmark/
 #   bash benchmarks/validation_parts.sh resnet K # part K of lesion/resnet (see below)
 #
@@ -26,13 +27,18 @@
 #                       lesion_tinycnn-retrained_seed-0: TinyCNN3D trained as lesion/main's seed
 #                       0, on another VM, which gave other weights (its own model in the tables)
 #   atrophy/main        TinyCNN3D without global pooling (position-aware), 3 training seeds
-#   lesion/added, atrophy/added
-#                       the methods added after the review (CAM variants, GradientSHAP and
+#   atrophy/added       the methods added after the review (CAM variants, GradientSHAP and
 #                       DeepLIFT-SHAP with a background of 32 training controls, PatternNet and
 #                       PatternAttribution with patterns fitted on the training inputs), on the
-#                       same models as lesion/main and atrophy/main; a run of its own, so its
-#                       parts may come from newer code than main's (merge checks that scores
-#                       both runs computed, the baselines, agree)
+#                       same models as atrophy/main (committed); a run of its own, so its parts
+#                       may come from newer code than main's (merge checks that scores both runs
+#                       computed, the baselines, agree)
+#   lesion/added        the same methods and the five reference methods on lesion/perturbation's
+#                       committed model: lesion/main's models were lost with the VM that trained
+#                       them, and a retrain gives other weights (see above), so the added
+#                       methods are compared with the reference methods on one model; the
+#                       background and patterns come from the training cohorts that model was
+#                       trained on (generated again from their seeds)
 #
 # Environment: OUT (default ~/nipype-xai-benchmark), N_PARTS (8), PERTURBATION_PARTS (2), DEVICE
 # (cpu; cuda runs the same commands on a GPU), NIPYPE_XAI (the command, default nipype-xai).
@@ -83,7 +89,37 @@ resnet() {  # resnet K: part K of lesion/resnet
         --methods $FAST --n-sanity 10
 }
 
-case "${1:?usage: validation_parts.sh K|resnet K|merge}" in
+RUNS="lesion/main atrophy/main lesion/added atrophy/added lesion/perturbation"
+
+one() {  # one RUN K: part K of RUN
+    # shellcheck disable=SC2086
+    case "$1" in
+    lesion/main)
+        run lesion main "$2" --task lesion --architectures tinycnn --training-seeds 0 1 2 \
+            --methods $FAST --n-sanity 10 ;;
+    atrophy/main)
+        run atrophy main "$2" --task atrophy --architectures tinycnn-flat --training-seeds 0 1 2 \
+            --methods $FAST --n-sanity 10 ;;
+    lesion/added)
+        run lesion added "$2" --task lesion \
+            --model "$DOCS/models/lesion_tinycnn-retrained_seed-0.json" \
+            --methods $ADDED $REFERENCE --n-sanity 10 ;;
+    atrophy/added)
+        run atrophy added "$2" --task atrophy --architectures tinycnn-flat --training-seeds 0 1 2 \
+            --methods $ADDED --n-sanity 10 ;;
+    lesion/perturbation)
+        if [ "$2" -le "$PERTURBATION_PARTS" ]; then
+            run lesion perturbation "$2" --task lesion \
+                --model "$DOCS/models/lesion_tinycnn-retrained_seed-0.json" \
+                --methods $PERTURBATION $REFERENCE --n-sanity 2
+        fi ;;
+    *)
+        echo "validation_parts.sh: unknown run '$1' (runs: $RUNS)" >&2
+        exit 2 ;;
+    esac
+}
+
+case "${1:?usage: validation_parts.sh K [RUN...]|resnet K|merge}" in
 resnet)
     resnet "${2:?usage: validation_parts.sh resnet K}"
     ;;
@@ -92,23 +128,9 @@ merge)
     ;;
 *)
     K=$1
-    # shellcheck disable=SC2086
-    run lesion main "$K" --task lesion --architectures tinycnn --training-seeds 0 1 2 \
-        --methods $FAST --n-sanity 10
-    # shellcheck disable=SC2086
-    run atrophy main "$K" --task atrophy --architectures tinycnn-flat --training-seeds 0 1 2 \
-        --methods $FAST --n-sanity 10
-    # shellcheck disable=SC2086
-    run lesion added "$K" --task lesion --architectures tinycnn --training-seeds 0 1 2 \
-        --methods $ADDED --n-sanity 10
-    # shellcheck disable=SC2086
-    run atrophy added "$K" --task atrophy --architectures tinycnn-flat --training-seeds 0 1 2 \
-        --methods $ADDED --n-sanity 10
-    if [ "$K" -le "$PERTURBATION_PARTS" ]; then
-        # shellcheck disable=SC2086
-        run lesion perturbation "$K" --task lesion \
-            --model "$DOCS/models/lesion_tinycnn-retrained_seed-0.json" \
-            --methods $PERTURBATION $REFERENCE --n-sanity 2
-    fi
+    shift
+    for name in ${*:-$RUNS}; do
+        one "$name" "$K"
+    done
     ;;
 esac

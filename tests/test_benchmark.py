@@ -982,3 +982,40 @@ def test_a_given_model_counts_one_training_seed():
                                                      architecture="given")
     summary = summarize_benchmark(table, metrics=["auroc"], n_boot=50)
     assert set(summary["n_seeds"]) == {1} and set(summary["n"]) == {6}
+
+
+def test_a_given_model_takes_background_and_patterns_from_the_training_cohorts(tiny_run,
+                                                                               tmp_path):
+    """--model with a method that takes data (a background set, patterns): the run generates the
+    task's training cohorts (the data the benchmark trains on) and records them; without such a
+    method it generates none. Before, a given model had no training inputs at all and the
+    data-taking methods could not run on it."""
+    out, _ = tiny_run
+    given = out / "models" / "lesion_tinycnn_seed-3.json"
+    settings = {key: value for key, value in TINY.items()
+                if key not in ("tasks", "architectures", "methods", "epochs")}
+    run_validation_benchmark(tmp_path / "data", tasks=("lesion",), model_spec=given,
+                             methods=["gradient", "gradient_shap", "pattern_attribution"],
+                             **settings)
+    record = json.loads((tmp_path / "data" / "provenance.json").read_text())
+    assert record["cohort_seeds"] == dict(zip(("train", "test", "easy"), cohort_seeds(3)))
+    data = record["models"]["lesion/lesion_tinycnn_seed-3"]["method_data"]
+    trained_on = json.loads(given.read_text())["training"]["train_cohorts"]
+    # The given model was trained on these very cohorts: the background is its own controls.
+    assert data["background"]["Source"] == "training cohorts " + ", ".join(trained_on)
+    assert data["patterns"]["N"] == TINY["n_train"] + TINY["n_easy"]
+    scores = pd.read_csv(tmp_path / "data" / "subjects.tsv", sep="\t")
+    assert {"gradient_shap", "pattern_attribution"} <= set(scores["method"])
+    # Identical to the trained run's maps of the same model: same background, same patterns.
+    both = scores.merge(pd.read_csv(out / "subjects.tsv", sep="\t"),
+                        on=["task", "groundtruth", "subject", "method"], suffixes=("", "_trained"))
+    both = both[both["architecture_trained"] == "tinycnn"]
+    assert set(both["method"]) >= {"gradient_shap", "pattern_attribution"}
+    np.testing.assert_allclose(both["auroc"], both["auroc_trained"], rtol=1e-6)
+
+    run_validation_benchmark(tmp_path / "plain", tasks=("lesion",), model_spec=given,
+                             methods=["gradient"], **settings)
+    record = json.loads((tmp_path / "plain" / "provenance.json").read_text())
+    assert record["cohort_seeds"] == {"test": cohort_seeds(3)[1]}
+    assert [p.name for p in (tmp_path / "plain" / "cohorts").iterdir()] == [
+        f"lesion_test_seed-{cohort_seeds(3)[1]}_n-8_res-8"]

@@ -142,8 +142,11 @@ def provenance_record(settings: BenchmarkSettings, *, seeds: tuple[int, int, int
         "command": s.command if s.command is not None else shlex.join(sys.argv),
         "code_digest": code_digest(),
         "seed": s.seed,
-        "cohort_seeds": {"train": train_seed, "test": test_seed,
-                         **({"easy": easy_seed} if s.n_easy and s.model_spec is None else {})},
+        # The training cohorts' seeds only where they were generated (a given model without
+        # a method that takes data has none).
+        "cohort_seeds": {**({"train": train_seed} if s.uses_training_cohorts else {}),
+                         "test": test_seed,
+                         **({"easy": easy_seed} if s.n_easy and s.uses_training_cohorts else {})},
         "versions": versions(),
         "machine": machine(s.device),
         "started": _utc(started),

@@ -225,8 +225,9 @@ class BenchmarkSettings:
         tasks are bilateral on a symmetric template, so a flip keeps the label).
     model_spec
         A trained model's spec JSON instead of training (its input space must be
-        MNI152NLin2009aSym and its outputs the task's classes, ``["control", "<task>"]``); no
-        training cohort is generated. Only one task then makes sense.
+        MNI152NLin2009aSym and its outputs the task's classes, ``["control", "<task>"]``). The
+        training cohorts are generated only when a method takes data from them
+        (:attr:`uses_training_cohorts`). Only one task then makes sense.
     trust_model_code, external_weights
         The trust-boundary opt-ins for ``model_spec`` (:mod:`nipype_xai.models.spec`).
     method_params
@@ -363,7 +364,7 @@ class BenchmarkSettings:
 
     def _check_sizes(self) -> None:
         """Cohort sizes, grids and the randomisation check's sizes, resolved and checked."""
-        if int(self.n_test) < 1 or (self.model_spec is None and int(self.n_train) < 2):
+        if int(self.n_test) < 1 or (self.uses_training_cohorts and int(self.n_train) < 2):
             raise ValueError(f"n_test must be >= 1 and n_train >= 2, got {self.n_test} and "
                              f"{self.n_train}")
         n_easy = int(self.n_train) // 2 if self.n_easy is None else int(self.n_easy)
@@ -385,6 +386,23 @@ class BenchmarkSettings:
                             ("model_resolution_mm", model_resolution_mm),
                             ("lr", None if self.lr is None else float(self.lr))):
             self._set(name, value)
+
+    @property
+    def data_methods(self) -> tuple[str, ...]:
+        """The methods of the run (its scores, baselines and sanity check) that take data from
+        the training inputs: a background set or signal patterns
+        (:mod:`~nipype_xai.benchmark.method_data`)."""
+        from .method_data import takers
+
+        asked = [*self.methods, *self.random_model_methods, *self.sanity_methods]
+        return tuple(dict.fromkeys(takers(asked, "background") + takers(asked, "patterns")))
+
+    @property
+    def uses_training_cohorts(self) -> bool:
+        """Whether the run generates the training cohorts: to train its models, or, for a given
+        model (``model_spec``), when a method takes its background or patterns from them (the
+        task's own training distribution, the data a benchmark model is trained on)."""
+        return self.model_spec is None or bool(self.data_methods)
 
     @property
     def metrics(self) -> tuple[str, ...]:

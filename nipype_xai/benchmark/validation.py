@@ -100,7 +100,7 @@ import pandas as pd
 
 from ..atomic import atomic_write
 from ..tables import read_tsv, write_tsv
-from .method_data import MethodData, method_data, takers
+from .method_data import MethodData, method_data
 from .provenance import (
     coverage_lines,
     merged_provenance,
@@ -460,8 +460,7 @@ def _method_data(bundle, task: str, train_roots, settings, arrays: dict, memory)
     from .provenance import code_digest, state_digest
 
     s = settings
-    asked = list(s.methods) + list(s.random_model_methods or ()) + list(s.sanity_methods or ())
-    methods = list(dict.fromkeys(takers(asked, "background") + takers(asked, "patterns")))
+    methods = list(s.data_methods)
     if not methods:
         return MethodData.none()
     fitted = memory.cache(_fitted_method_data, ignore=["model", "load", "device"])
@@ -485,13 +484,14 @@ def _fitted_method_data(model, load, *, methods, seed: int, source: str, weights
 
 def _cohorts(root: Path, task: str, s: BenchmarkSettings,
              seeds: tuple[int, int, int]) -> tuple[Path, list[Path]]:
-    """The task's test cohort and training cohorts (none for a given model), made or reused."""
+    """The task's test cohort and training cohorts (for a given model only when a method takes
+    data from them), made or reused."""
     train_seed, test_seed, easy_seed = seeds
     res = f"{s.resolution_mm:g}"
     test_root = cohort(root / f"{task}_test_seed-{test_seed}_n-{s.n_test}_res-{res}", task,
                        s.n_test, test_seed, s.resolution_mm, s.progress)
     train_roots = []
-    if s.model_spec is None:
+    if s.uses_training_cohorts:
         train_roots.append(cohort(root / f"{task}_train_seed-{train_seed}_n-{s.n_train}_res-{res}",
                                   task, s.n_train, train_seed, s.resolution_mm, s.progress))
         if s.n_easy:
