@@ -9,6 +9,8 @@ positives, beside the run's own GradientSHAP rows.
     python benchmarks/background_difference.py OUT/lesion docs/benchmark/models/lesion_tinycnn-retrained_seed-0.json \
         docs/benchmark/parts/lesion-added
 
+For atrophy/added (three trained models): `--task atrophy --training-seed 0` with
+docs/benchmark/models/atrophy_tinycnn-flat_seed-0.json and docs/benchmark/parts/atrophy-added.
 OUT is validation_parts.sh's output folder (its cohorts: seed 0, 200 + 100 training subjects,
 160 test subjects at 2 mm). Prints one table: mean [95 % CI] over subjects (percentile bootstrap,
 2,000 resamples, paired: the same draws for every map).
@@ -44,6 +46,9 @@ def main() -> None:
     parser.add_argument("--n-easy", type=int, default=100)
     parser.add_argument("--n-test", type=int, default=160)
     parser.add_argument("--resolution", type=float, default=2.0)
+    parser.add_argument("--training-seed", type=int, default=None,
+                        help="the run's rows of this training seed only (a run of several "
+                             "trained models; the given model is that seed's)")
     args = parser.parse_args()
 
     task, res = args.task, f"{args.resolution:g}"
@@ -82,6 +87,8 @@ def main() -> None:
     run = pd.concat([pd.read_csv(p, sep="\t") for p in sorted(args.parts.glob("part-*/subjects.tsv"))])
     run = run[(run.groundtruth == "signal") & run.correct & (run.label == task)
               & run.subject.isin(ours.subject)]
+    if args.training_seed is not None:
+        run = run[run.training_seed.astype(str) == str(args.training_seed)]
     table = pd.concat([ours, run[["subject", "method", *[c for c in ours.columns
                                                           if c not in ("subject", "method")]]]])
     metrics = ["precision_at_k", "auroc", "relevance_mass_accuracy", "emd"]
