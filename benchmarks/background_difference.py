@@ -9,8 +9,9 @@ positives, beside the run's own GradientSHAP rows.
     python benchmarks/background_difference.py OUT/lesion docs/benchmark/models/lesion_tinycnn-retrained_seed-0.json \
         docs/benchmark/parts/lesion-added
 
-For atrophy/added (three trained models): `--task atrophy --training-seed 0` with
-docs/benchmark/models/atrophy_tinycnn-flat_seed-0.json and docs/benchmark/parts/atrophy-added.
+For atrophy (three trained models): `--task atrophy --training-seed 0` with
+docs/benchmark/models/atrophy_tinycnn-flat_seed-0.json and the parts folders
+docs/benchmark/parts/atrophy-added docs/benchmark/parts/atrophy-main.
 OUT is validation_parts.sh's output folder (its cohorts: seed 0, 200 + 100 training subjects,
 160 test subjects at 2 mm). Prints one table: mean [95 % CI] over subjects (percentile bootstrap,
 2,000 resamples, paired: the same draws for every map).
@@ -39,7 +40,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="the task's OUTPUT_DIR of the benchmark")
     parser.add_argument("model", type=Path, help="the model's spec JSON")
-    parser.add_argument("parts", type=Path, help="the run's parts (their subjects.tsv files)")
+    parser.add_argument("parts", type=Path, nargs="+",
+                        help="the runs' parts folders (their part-*/subjects.tsv files)")
     parser.add_argument("--task", default="lesion")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-train", type=int, default=200)
@@ -84,7 +86,8 @@ def main() -> None:
         rows.append({"subject": subject, "method": "|x - mean background|", **values})
     ours = pd.DataFrame(rows)
 
-    run = pd.concat([pd.read_csv(p, sep="\t") for p in sorted(args.parts.glob("part-*/subjects.tsv"))])
+    run = pd.concat([pd.read_csv(p, sep="\t") for parts in args.parts
+                     for p in sorted(parts.glob("part-*/subjects.tsv"))])
     run = run[(run.groundtruth == "signal") & run.correct & (run.label == task)
               & run.subject.isin(ours.subject)]
     if args.training_seed is not None:
@@ -101,7 +104,7 @@ def main() -> None:
     print(f"{task}, {spec.name}, correctly classified positives, GT signal: n = {len(subjects_)}")
     print("| map | " + " | ".join(metrics) + " |")
     print("|---|" + "---|" * len(metrics))
-    for method in methods:
+    for method in [m for m in methods if m in wide[metrics[0]].columns]:
         cells = []
         for metric in metrics:
             values = wide[metric][method].to_numpy()
