@@ -31,6 +31,7 @@ def main() -> None:
     from nipype_xai.benchmark.scoring import _mask_on_grid, _scores, groundtruth_masks
     from nipype_xai.benchmark.settings import TO_TEMPLATE
     from nipype_xai.benchmark.training import cohort_seeds, training_arrays
+    from nipype_xai.metrics.group import bootstrap_ci
     from nipype_xai.models import load_model, load_model_spec
     from nipype_xai.models.background import choose_background
     from nipype_xai.models.preprocessing import model_grid_for
@@ -97,8 +98,6 @@ def main() -> None:
     metrics = ["precision_at_k", "auroc", "relevance_mass_accuracy", "emd"]
     wide = {m: table.pivot_table(index="subject", columns="method", values=m) for m in metrics}
     subjects_ = wide[metrics[0]].index.to_numpy()
-    rng = np.random.default_rng(0)
-    draws = rng.integers(0, len(subjects_), size=(2000, len(subjects_)))
     methods = ["|x - mean background|", "gradient_shap", "deeplift_shap", "smoothgrad_sq",
                "gradient", "laplace"]
     print(f"{task}, {spec.name}, correctly classified positives, GT signal: n = {len(subjects_)}")
@@ -107,10 +106,9 @@ def main() -> None:
     for method in [m for m in methods if m in wide[metrics[0]].columns]:
         cells = []
         for metric in metrics:
-            values = wide[metric][method].to_numpy()
-            boot = values[draws].mean(1)
-            cells.append(f"{values.mean():.2f} [{np.quantile(boot, 0.025):.2f}, "
-                         f"{np.quantile(boot, 0.975):.2f}]")
+            # One seed for every map: the same resampled subjects (paired).
+            mean, low, high = bootstrap_ci(wide[metric][method].to_numpy(), n_boot=2000, seed=0)
+            cells.append(f"{mean:.2f} [{low:.2f}, {high:.2f}]")
         print(f"| {method} | " + " | ".join(cells) + " |")
 
 
